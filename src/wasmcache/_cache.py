@@ -1,0 +1,607 @@
+"""`ModuleCache`: the hit path, the miss path and the counters.
+
+The whole safety argument of a hit, top-down in `_load` and `_load_entry`:
+
+  source -> digest     path inputs: digest remembered by file identity (dev, ino, size, mtime, ctime)
+         -> key        blake3(engine fingerprint, module|component, wasm digest)
+         -> entry      ROOT/ns-<fingerprint>/<key>.cwasm, opened O_NOFOLLOW, never for writing
+         -> check      fstat of *that open fd* == the identity recorded after publication;
+                       else full content digest + engine section, then re-record or quarantine
+         -> map        wasmtime maps /proc/self/fd/N: the inode we checked, not whatever the path
+                       names a microsecond later
+
+Entries are only ever replaced by rename, so a process keeps the inode it mapped even while
+others clear, collect, quarantine or republish the key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import blake3
+
+from ._elf import ENGINE_SECTION, find_section
+from ._engine import EngineIdentity, EngineSettings, _wasmtime_version, engine_identity
+from ._errors import CacheError, CompileError, ConfigError, NotACacheError
+from ._layout import (
+    ENTRY_SUFFIX,
+    NAMESPACE_ENGINE_FILE,
+    RECORD_SUFFIX,
+    cache_key,
+    default_max_size,
+    default_root,
+    has_marker,
+    initialize_root,
+    namespace_name,
+    parse_size,
+)
+from ._store import (
+    O_CLOEXEC,
+    O_NOFOLLOW,
+    Identity,
+    KeyLock,
+    Record,
+    lock_path,
+    publish_atomically,
+    quarantine,
+    read_record,
+    record_path,
+    write_record,
+    write_small_file_atomically,
+)
+
+if TYPE_CHECKING:
+    import wasmtime
+    from wasmtime.component import Component
+
+    from ._maintenance import EntryInfo, GcReport, VerifyReport
+
+log = logging.getLogger("wasmcache")
+
+Mode = Literal["mmap", "memory"]
+Kind = Literal["module", "component"]
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview
+
+# A hit refreshes its record's mtime (the LRU clock) at most this often: one utime per minute
+# per entry, not one metadata write per load.
+_TOUCH_INTERVAL: Final = 60.0
+# How long a loader waits for another process compiling the same key before compiling itself.
+_DEFAULT_LOCK_TIMEOUT: Final = 900.0
+_READ_CHUNK: Final = 8 << 20
+_USAGE_FILE: Final = "usage"
+_USAGE_RECOUNT_INTERVAL: Final = 24 * 3600.0
+
+
+class SourceError(CacheError, OSError):
+    """The wasm input could not be read."""
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Counters of this `ModuleCache` object, plus what the whole root holds on disk now."""
+
+    hits: int
+    misses: int
+    compiles: int
+    entries: int
+    size_bytes: int
+    remote_hits: int = 0
+
+
+def _fd_path(fd: int) -> str:
+    """A path that opens the very file behind `fd` (Linux /proc, macOS and BSD /dev/fd)."""
+    if os.path.isdir("/proc/self/fd"):
+        return f"/proc/self/fd/{fd}"
+    return f"/dev/fd/{fd}"
+
+
+def _read_fd(fd: int, size: int) -> bytearray:
+    data = bytearray(size)
+    view = memoryview(data)
+    pos = 0
+    while pos < size:
+        n = os.readv(fd, [view[pos:]])
+        if n == 0:
+            raise OSError("file shrank while being read")
+        pos += n
+    return data
+
+
+def _digest_fd(fd: int) -> tuple[str, int]:
+    """blake3 of the whole file behind `fd`, read (never mapped: a truncation must not SIGBUS us)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    buffer = bytearray(_READ_CHUNK)
+    view = memoryview(buffer)
+    total = 0
+    offset = 0
+    while True:
+        n = os.preadv(fd, [view], offset)
+        if n == 0:
+            return hasher.hexdigest(), total
+        hasher.update(view[:n])
+        total += n
+        offset += n
+
+
+class ModuleCache:
+    """A crash-safe, content-addressed cache of compiled Wasmtime modules and components.
+
+    ``root=None`` uses ``$WASMCACHE_DIR`` or the platform user cache directory. ``engine`` is any
+    `wasmtime.Engine` (or `EngineSettings` to build one, validated); ``None`` = ``wasmtime.Engine()``.
+    ``mode="mmap"`` maps entries (fast, pages shared between processes); ``"memory"`` reads,
+    checks and deserializes a copy, holding no mapping. ``max_size`` bounds the whole root
+    (bytes or ``"2G"``; ``None`` = ``$WASMCACHE_MAX_SIZE`` or 4 GiB); the bound is enforced after
+    publications, never by a scan on the hit path.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        engine: wasmtime.Engine | EngineSettings | None = None,
+        mode: Mode = "mmap",
+        max_size: int | str | None = None,
+        lock_timeout: float = _DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
+        if mode not in ("mmap", "memory"):
+            raise ConfigError(f"mode={mode!r}: expected 'mmap' or 'memory'")
+        self.root = Path(root).expanduser() if root is not None else default_root()
+        self.mode: Mode = mode
+        self.max_size = default_max_size() if max_size is None else parse_size(max_size)
+        self.lock_timeout = lock_timeout
+        self.disabled = os.environ.get("WASMCACHE_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
+        self._engine_arg = engine
+        self._engine: wasmtime.Engine | None = None
+        self._identity: EngineIdentity | None = None
+        self._guard = threading.Lock()
+        self._loaded: weakref.WeakValueDictionary[tuple[str, str], Any] = weakref.WeakValueDictionary()
+        self._digests: dict[Identity, str] = {}
+        self._hits = self._misses = self._compiles = 0
+        self.writable = False
+        if not self.disabled:
+            self._open_root()
+
+    def _open_root(self) -> None:
+        """Create or adopt the root; a root we cannot write still serves hits (read-only mode)."""
+        try:
+            initialize_root(self.root)
+        except NotACacheError:
+            raise
+        except OSError as exc:
+            if not has_marker(self.root):
+                log.warning("wasmcache: cannot create cache root %s (%s); compiling without a cache",
+                            self.root, exc.strerror or exc)
+                return
+        self.writable = os.access(self.root, os.W_OK)
+        if not self.writable:
+            log.info("wasmcache: %s is read-only: serving hits, compiling misses in memory", self.root)
+
+    # --- engine ----------------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> wasmtime.Engine:
+        """The `wasmtime.Engine` every module of this cache is compiled for."""
+        if self._engine is None:
+            with self._guard:
+                if self._engine is None:
+                    self._engine = self._make_engine()
+        return self._engine
+
+    def _make_engine(self) -> wasmtime.Engine:
+        import wasmtime  # noqa: PLC0415 - `import wasmcache` stays light
+
+        arg = self._engine_arg
+        if arg is None:
+            return wasmtime.Engine()
+        if isinstance(arg, EngineSettings):
+            memo = self.root / "engines" if self.writable else None
+            return arg.build(memo_dir=memo)
+        if not isinstance(arg, wasmtime.Engine):
+            raise ConfigError(f"engine: expected a wasmtime.Engine or EngineSettings, got {type(arg).__name__}")
+        return arg
+
+    @property
+    def engine_identity(self) -> EngineIdentity:
+        if self._identity is None:
+            self._identity = engine_identity(self.engine)
+        return self._identity
+
+    @property
+    def namespace_dir(self) -> Path:
+        return self.root / namespace_name(self.engine_identity.fingerprint)
+
+    # --- public loading API ------------------------------------------------------------------------
+
+    def load(self, source: Source) -> wasmtime.Module:
+        """A `wasmtime.Module` for `source` (a path, or the wasm bytes), from the cache or compiled."""
+        module: wasmtime.Module = self._load(source, "module")
+        return module
+
+    def load_component(self, source: Source) -> Component:
+        """A `wasmtime.component.Component` for `source`, from the cache or compiled."""
+        component: Component = self._load(source, "component")
+        return component
+
+    def key_for(self, source: Source, kind: Kind = "module") -> str:
+        """The cache key `source` has under this cache's engine (for `inspect` and tooling)."""
+        name, path, data = self._source(source)
+        digest, _ = self._wasm_digest(name, path, data)
+        return cache_key(self.engine_identity.fingerprint, kind, digest)
+
+    def entry_path(self, key: str) -> Path:
+        return self.namespace_dir / f"{key}{ENTRY_SUFFIX}"
+
+    # --- the hit path --------------------------------------------------------------------------
+
+    def _load(self, source: Source, kind: Kind) -> Any:
+        name, path, data = self._source(source)
+        digest, data = self._wasm_digest(name, path, data)
+        identity = self.engine_identity
+        key = cache_key(identity.fingerprint, kind, digest)
+        with self._guard:
+            loaded = self._loaded.get((kind, key))
+            if loaded is not None:
+                self._hits += 1
+                return loaded
+        module = None if self.disabled else self._load_entry(key, kind)
+        if module is not None:
+            with self._guard:
+                self._hits += 1
+        else:
+            with self._guard:
+                self._misses += 1
+            module = self._compile_and_publish(name, path, data, key, kind, digest)
+        with self._guard:
+            self._loaded[(kind, key)] = module
+        return module
+
+    def _load_entry(self, key: str, kind: Kind) -> Any:
+        """The checked entry for `key`, deserialized; None on a miss (bad entries are quarantined)."""
+        namespace = self.namespace_dir
+        found = read_record(record_path(namespace, key))
+        if found is None:
+            return None
+        record, record_stat = found
+        entry = namespace / f"{key}{ENTRY_SUFFIX}"
+        if record.key != key or record.kind != kind:
+            self._repair(key, None, f"record does not belong to key {key}")
+            return None
+        try:
+            fd = os.open(entry, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # ELOOP: a symlink where an entry should be; EACCES ...
+            self._repair(key, None, f"cannot open entry safely: {exc.strerror}")
+            return None
+        try:
+            st = os.fstat(fd)
+            seen = Identity.of(st)
+            if not stat.S_ISREG(st.st_mode):
+                self._repair(key, seen, "entry is not a regular file")
+                return None
+            if record.identity != seen and not self._verify_content(fd, record, key, seen):
+                return None
+            module = self._deserialize(fd, st, kind, entry)
+            if module is None:
+                self._repair(key, seen, "wasmtime refused to load the entry")
+                return None
+        finally:
+            os.close(fd)
+        if time.time() - record_stat.st_mtime > _TOUCH_INTERVAL:
+            with contextlib.suppress(OSError):
+                os.utime(record_path(namespace, key))  # the LRU clock lives on the record, not the entry
+        return module
+
+    def _verify_content(self, fd: int, record: Record, key: str, seen: Identity) -> bool:
+        """Identity changed (copied root, restore, tampering): trust only a full content check."""
+        try:
+            digest, size = _digest_fd(fd)
+            section = find_section(fd, ENGINE_SECTION)
+        except (OSError, ValueError) as exc:
+            self._repair(key, seen, f"entry unreadable or not a Wasmtime file: {exc}")
+            return False
+        if size != record.size or digest != record.content_digest:
+            self._repair(key, seen, "entry content does not match its record (rewritten or swapped)")
+            return False
+        if section != self.engine_identity.section:
+            self._repair(key, seen, "entry was compiled by another engine configuration")
+            return False
+        log.info("wasmcache: entry %s moved or copied; content verified, identity re-recorded", key[:16])
+        if self.writable:
+            with contextlib.suppress(OSError):
+                write_record(record_path(self.namespace_dir, key),
+                             Record(**{**record.__dict__, "identity": seen}))
+        return True
+
+    def _deserialize(self, fd: int, st: os.stat_result, kind: Kind, entry: Path) -> Any:
+        import wasmtime  # noqa: PLC0415
+        from wasmtime.component import Component  # noqa: PLC0415
+
+        cls: Any = wasmtime.Module if kind == "module" else Component
+        try:
+            if self.mode == "mmap":
+                # Map the inode behind our checked fd, not whatever `entry` names by now.
+                return cls.deserialize_file(self.engine, _fd_path(fd))
+            data = _read_fd(fd, st.st_size)
+            if Identity.of(os.fstat(fd)) != Identity.of(st):
+                log.warning("wasmcache: %s changed while being read; recompiling", entry)
+                return None
+            return cls.deserialize(self.engine, data)
+        except (wasmtime.WasmtimeError, OSError) as exc:
+            log.warning("wasmcache: cannot load %s: %s", entry, exc)
+            return None
+
+    def _repair(self, key: str, seen: Identity | None, reason: str) -> None:
+        """Quarantine the entry for `key` if it is still the file we judged bad (under the key lock)."""
+        entry = self.namespace_dir / f"{key}{ENTRY_SUFFIX}"
+        log.warning("wasmcache: bad cache entry %s: %s; quarantining it and recompiling", entry, reason)
+        if not self.writable:
+            return
+        lock = KeyLock(lock_path(self.namespace_dir, key))
+        try:
+            if not lock.acquire(timeout=self.lock_timeout):
+                return
+        except OSError:
+            return
+        try:
+            try:
+                current = Identity.of(os.stat(entry, follow_symlinks=False))
+            except FileNotFoundError:
+                current = None
+            if current is not None and (seen is None or current == seen):
+                quarantine(self.root, entry, reason)
+            with contextlib.suppress(FileNotFoundError):
+                if current is None or seen is None or current == seen:
+                    os.unlink(record_path(self.namespace_dir, key))
+        finally:
+            lock.release()
+
+    # --- sources and digests ----------------------------------------------------------------------
+
+    @staticmethod
+    def _source(source: Source) -> tuple[str, str | None, bytes | None]:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = bytes(source)
+            return f"<{len(data)} bytes>", None, data
+        if isinstance(source, (str, os.PathLike)):
+            path = os.fspath(source)
+            return path, path, None
+        raise TypeError(f"source: expected a path or bytes, got {type(source).__name__}")
+
+    def _wasm_digest(self, name: str, path: str | None, data: bytes | None) -> tuple[str, bytes | None]:
+        """The wasm's blake3; for a path, remembered by file identity so a hit never re-reads it."""
+        if path is None:
+            assert data is not None  # noqa: S101 - _source returns one of the two
+            return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise SourceError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError(f"{name}: not a regular file")
+        identity = Identity.of(st)
+        with self._guard:
+            known = self._digests.get(identity)
+        if known is None:
+            known = self._remembered_digest(identity)
+        if known is not None:
+            with self._guard:
+                self._digests[identity] = known
+            return known, None
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+                after = Identity.of(os.fstat(f.fileno()))
+        except OSError as exc:
+            raise SourceError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        digest = blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+        if after == identity:  # remember only a digest of a file that did not change under us
+            with self._guard:
+                self._digests[identity] = digest
+            self._remember_digest(identity, digest)
+        return digest, data
+
+    def _digest_memo_path(self, identity: Identity) -> Path:
+        token = f"{identity.dev}:{identity.ino}:{identity.size}:{identity.mtime_ns}:{identity.ctime_ns}"
+        return self.root / "digests" / blake3.blake3(token.encode()).hexdigest()[:32]
+
+    def _remembered_digest(self, identity: Identity) -> str | None:
+        if self.disabled:
+            return None
+        try:
+            with open(self._digest_memo_path(identity), "rb") as f:
+                text = f.read(80).decode("ascii")
+        except (OSError, UnicodeDecodeError):
+            return None
+        token, _, digest = text.partition(" ")
+        expected = f"{identity.dev}:{identity.ino}:{identity.size}:{identity.mtime_ns}:{identity.ctime_ns}"
+        if blake3.blake3(expected.encode()).hexdigest()[:16] != token or len(digest) != 64:
+            return None
+        return digest
+
+    def _remember_digest(self, identity: Identity, digest: str) -> None:
+        if not self.writable:
+            return
+        path = self._digest_memo_path(identity)
+        token = f"{identity.dev}:{identity.ino}:{identity.size}:{identity.mtime_ns}:{identity.ctime_ns}"
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            write_small_file_atomically(path, f"{blake3.blake3(token.encode()).hexdigest()[:16]} {digest}".encode())
+        except OSError as exc:
+            log.debug("wasmcache: cannot remember digest of a source in %s: %s", path, exc)
+
+    # --- the miss path ----------------------------------------------------------------------------
+
+    def _compile_and_publish(
+        self, name: str, path: str | None, data: bytes | None, key: str, kind: Kind, digest: str
+    ) -> Any:
+        lock = None
+        if self.writable and not self.disabled:
+            lock = KeyLock(lock_path(self.namespace_dir, key))
+            try:
+                self._ensure_namespace()
+                if not lock.acquire(timeout=self.lock_timeout):
+                    log.warning("wasmcache: waited %.0f s for another process compiling %s; compiling here too",
+                                self.lock_timeout, name)
+                    lock = None
+            except OSError as exc:
+                log.warning("wasmcache: cannot lock %s (%s); compiling without caching", lock.path,
+                            exc.strerror or exc)
+                lock = None
+        try:
+            if lock is not None:
+                # Another process may have published while we waited for the lock.
+                module = self._load_entry(key, kind)
+                if module is not None:
+                    return module
+            if data is None:
+                assert path is not None  # noqa: S101 - _source returns one of the two
+                data = self._read_source(name, path, digest)
+            compiled = self._compile(name, data, kind)
+            if lock is None:
+                return compiled
+            published = self._publish(compiled, key, kind, digest, name)
+            return published if published is not None else compiled
+        finally:
+            if lock is not None:
+                lock.release()
+
+    @staticmethod
+    def _read_source(name: str, path: str, digest: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise SourceError(f"{name}: cannot read: {exc.strerror or exc}") from None
+        if blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != digest:
+            raise SourceError(f"{name}: changed while being loaded; try again")
+        return data
+
+    def _compile(self, name: str, data: bytes, kind: Kind) -> Any:
+        import wasmtime  # noqa: PLC0415
+        from wasmtime.component import Component  # noqa: PLC0415
+
+        started = time.perf_counter()
+        try:
+            compiled = wasmtime.Module(self.engine, data) if kind == "module" else Component(self.engine, data)
+        except wasmtime.WasmtimeError as exc:
+            reason = str(exc).strip().splitlines()
+            raise CompileError(name, "; ".join(line.strip() for line in reason if line.strip())) from None
+        with self._guard:
+            self._compiles += 1
+        log.info("wasmcache: compiled %s (%s) in %.2f s", name, kind, time.perf_counter() - started)
+        return compiled
+
+    def _ensure_namespace(self) -> None:
+        namespace = self.namespace_dir
+        namespace.mkdir(mode=0o700, exist_ok=True)
+        engine_file = namespace / NAMESPACE_ENGINE_FILE
+        if not engine_file.exists():
+            write_small_file_atomically(engine_file, self.engine_identity.section, mode=0o444, durable=True)
+
+    def _publish(self, compiled: Any, key: str, kind: Kind, digest: str, name: str) -> Any:
+        """Publish `compiled` under `key` (we hold its lock); return the mapped entry, or None."""
+        namespace = self.namespace_dir
+        entry = namespace / f"{key}{ENTRY_SUFFIX}"
+        try:
+            serialized = compiled.serialize()
+            record = Record(
+                key=key, kind=kind, wasm_digest=digest,
+                content_digest=blake3.blake3(serialized, max_threads=blake3.blake3.AUTO).hexdigest(),
+                size=len(serialized), identity=None, source=os.path.basename(name)[:200],
+                wasmtime_version=_wasmtime_version(), created=time.time(),
+            )
+            self._ensure_namespace()
+            # Any leftover at the key (an orphan, or a bad file a reader could not repair) goes first.
+            if os.path.lexists(entry):
+                quarantine(self.root, entry, "replaced by a fresh compile")
+            # The record first (without identity): a crash after the rename below leaves an entry
+            # that the next loader verifies by content instead of recompiling.
+            write_record(record_path(namespace, key), record)
+            published = publish_atomically(entry, serialized)
+            write_record(record_path(namespace, key), Record(**{**record.__dict__, "identity": Identity.of(published)}))
+            self._ensure_namespace()  # a concurrent gc may have collected the empty namespace
+        except Exception as exc:  # noqa: BLE001 - any failure to publish must still return the module
+            log.warning("wasmcache: could not store %s in the cache (%s); using it uncached",
+                        name, getattr(exc, "strerror", None) or exc)
+            with contextlib.suppress(OSError):
+                os.unlink(record_path(namespace, key))
+            return None
+        self._account(record.size)
+        if self.mode == "memory":
+            return compiled
+        return self._load_entry(key, kind)
+
+    # --- size bound -------------------------------------------------------------------------------
+
+    def _account(self, added: int) -> None:
+        """Add a publication to the approximate usage; collect when over the bound (no scan per load)."""
+        from ._maintenance import collect_garbage, read_usage, write_usage  # noqa: PLC0415
+
+        gc_lock = KeyLock(self.root / "gc.lock")
+        try:
+            if not gc_lock.acquire(blocking=False):
+                return  # a collection is running; it counts what we just published
+        except OSError:
+            return
+        try:
+            usage, age = read_usage(self.root)
+            if usage is None or age > _USAGE_RECOUNT_INTERVAL or usage + added > self.max_size:
+                collect_garbage(self.root, self.max_size)
+            else:
+                write_usage(self.root, usage + added)
+        except (OSError, CacheError) as exc:
+            log.warning("wasmcache: automatic gc of %s failed: %s", self.root, exc)
+        finally:
+            gc_lock.release()
+
+    # --- management -------------------------------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        from ._maintenance import scan_usage  # noqa: PLC0415
+
+        entries, size = scan_usage(self.root) if not self.disabled else (0, 0)
+        with self._guard:
+            return CacheStats(self._hits, self._misses, self._compiles, entries, size)
+
+    def gc(self, max_size: int | str | None = None) -> GcReport:
+        """Evict least recently used entries (whole root) down to `max_size`; reap dead writers' temp files."""
+        from ._maintenance import collect_garbage  # noqa: PLC0415
+
+        limit = self.max_size if max_size is None else parse_size(max_size)
+        with KeyLock(self.root / "gc.lock"):
+            return collect_garbage(self.root, limit, require=True)
+
+    def clear(self) -> int:
+        """Remove every entry of every namespace; returns how many entries were removed."""
+        from ._maintenance import clear_root  # noqa: PLC0415
+
+        with self._guard:
+            self._loaded.clear()
+        return clear_root(self.root)
+
+    def verify(self, fix: bool = False) -> VerifyReport:
+        """Check every entry against its record and namespace; `fix=True` quarantines what is bad."""
+        from ._maintenance import verify_root  # noqa: PLC0415
+
+        return verify_root(self.root, fix=fix)
+
+    def entries(self) -> list[EntryInfo]:
+        """Every entry of every namespace under the root, least recently used first."""
+        from ._maintenance import list_entries  # noqa: PLC0415
+
+        return list_entries(self.root)
+
+    def __repr__(self) -> str:
+        return f"ModuleCache(root={str(self.root)!r}, mode={self.mode!r}, max_size={self.max_size})"
+
+

@@ -1,0 +1,415 @@
+"""Engines: a validated way to build one from settings, and the exact fingerprint of any engine.
+
+wasmtime-py cannot read a `Config` back, so an engine is identified by what it writes: compile
+the empty module and take the `.wasmtime.engine` section of its serialized form. That section
+holds the wasmtime version, the target, every Cranelift shared and ISA flag (CPU features), the
+tunables (fuel, epochs, Winch, ...) and the wasm features; hashing it keys an engine exactly.
+
+Building an engine is dangerous in wasmtime-py: `wasm_engine_new_with_config` *aborts the whole
+process* (a Rust panic) when wasmtime rejects a combination (Winch with GC, GC without
+reference types, ...). So settings we have not seen before are tried once in a child process;
+the verdict and the fingerprint are remembered on disk, keyed by the settings, the exact
+wasmtime library file and the host CPU, so later processes neither fork nor probe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import blake3
+
+from ._elf import ENGINE_SECTION, find_section
+from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    import wasmtime
+
+log = logging.getLogger("wasmcache")
+
+Compiler = Literal["auto", "cranelift", "winch"]
+OptLevel = Literal["0", "1", "2", "s"]
+
+EMPTY_MODULE: Final = b"\0asm\x01\0\0\0"
+
+# wasmtime_config_strategy_set: 0 auto, 1 cranelift, 2 winch. Any other value panics in Engine().
+_STRATEGIES: Final[dict[str, int]] = {"auto": 0, "cranelift": 1, "winch": 2}
+# `wasmtime run -O opt-level=` spelling -> Config.cranelift_opt_level.
+_OPT_LEVELS: Final[dict[str, str]] = {"0": "none", "1": "speed", "2": "speed", "s": "speed_and_size"}
+# `wasmtime run -W name=` spelling of wasm proposals -> Config attribute suffix (`wasm_<suffix>`).
+WASM_FEATURES: Final[tuple[str, ...]] = (
+    "bulk-memory",
+    "component-model",
+    "custom-page-sizes",
+    "exceptions",
+    "function-references",
+    "gc",
+    "memory64",
+    "multi-memory",
+    "multi-value",
+    "reference-types",
+    "relaxed-simd",
+    "simd",
+    "stack-switching",
+    "tail-call",
+    "threads",
+    "wide-arithmetic",
+)
+_BOOL_WORDS: Final[dict[str, bool]] = {"y": True, "yes": True, "true": True, "n": False, "no": False, "false": False}
+
+
+def _parse_bool(option: str, name: str, value: str) -> bool:
+    try:
+        return _BOOL_WORDS[value.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"{option} {name}={value}: expected y or n") from None
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Engine settings in the vocabulary of `wasmtime run`, validated before they reach wasmtime.
+
+    `features` maps a `-W` feature name (``"exceptions"``, ``"tail-call"``...) to on/off;
+    `opt_level` uses `-O opt-level=` values (``"0"``, ``"1"``, ``"2"``, ``"s"``), None = wasmtime's default.
+    """
+
+    compiler: Compiler = "auto"
+    opt_level: OptLevel | None = None
+    features: Mapping[str, bool] = field(default_factory=dict)
+    consume_fuel: bool = False
+    epoch_interruption: bool = False
+    nan_canonicalization: bool = False
+    debug_info: bool = False
+
+    def __post_init__(self) -> None:
+        if self.compiler not in _STRATEGIES:
+            raise ConfigError(f"compiler={self.compiler!r}: expected one of cranelift, winch, auto")
+        if self.opt_level is not None and self.opt_level not in _OPT_LEVELS:
+            raise ConfigError(f"opt-level={self.opt_level!r}: expected one of 0, 1, 2, s")
+        for name, enabled in self.features.items():
+            if name not in WASM_FEATURES:
+                raise ConfigError(f"unknown wasm feature {name!r}; known: {', '.join(WASM_FEATURES)}")
+            if not isinstance(enabled, bool):
+                raise ConfigError(f"wasm feature {name}: expected True or False, got {enabled!r}")
+        for flag in ("consume_fuel", "epoch_interruption", "nan_canonicalization", "debug_info"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag}: expected True or False")
+        # A plain dict for hashing/JSON, in a stable order.
+        object.__setattr__(self, "features", dict(sorted(self.features.items())))
+
+    @classmethod
+    def from_options(
+        cls,
+        wasm: Iterable[str] = (),
+        codegen: Iterable[str] = (),
+        optimize: Iterable[str] = (),
+    ) -> EngineSettings:
+        """Parse `wasmtime run`-style `-W`, `-C` and `-O` option values (``"exceptions=y"``...)."""
+        kwargs: dict[str, Any] = {}
+        features: dict[str, bool] = {}
+        for option, values in (("-W", wasm), ("-C", codegen), ("-O", optimize)):
+            for raw in values:
+                for item in raw.split(","):
+                    name, sep, value = item.strip().partition("=")
+                    name = name.strip().replace("_", "-")
+                    value = value.strip() if sep else "y"
+                    cls._apply_option(option, name, value, kwargs, features)
+        return cls(features=features, **kwargs)
+
+    @staticmethod
+    def _apply_option(
+        option: str, name: str, value: str, kwargs: dict[str, Any], features: dict[str, bool]
+    ) -> None:
+        if option == "-W":
+            if name in WASM_FEATURES:
+                features[name] = _parse_bool(option, name, value)
+            elif name in ("epoch-interruption", "nan-canonicalization"):
+                kwargs[name.replace("-", "_")] = _parse_bool(option, name, value)
+            elif name == "fuel":
+                # `-W fuel=N` in wasmtime run: the engine meters fuel; N is the store's budget.
+                if not value.isdigit():
+                    raise ConfigError(f"-W fuel={value}: expected a whole number of fuel units")
+                kwargs["consume_fuel"] = True
+            else:
+                raise ConfigError(f"-W {name}: unknown option; known: fuel, epoch-interruption, "
+                                  f"nan-canonicalization, {', '.join(WASM_FEATURES)}")
+        elif option == "-C":
+            if name == "compiler":
+                kwargs["compiler"] = value
+            elif name == "debug-info":
+                kwargs["debug_info"] = _parse_bool(option, name, value)
+            else:
+                raise ConfigError(f"-C {name}: unknown option; known: compiler=cranelift|winch, debug-info=y|n")
+        elif name == "opt-level":
+            kwargs["opt_level"] = value
+        else:
+            raise ConfigError(f"-O {name}: unknown option; known: opt-level=0|1|2|s")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "compiler": self.compiler,
+            "opt_level": self.opt_level,
+            "features": dict(self.features),
+            "consume_fuel": self.consume_fuel,
+            "epoch_interruption": self.epoch_interruption,
+            "nan_canonicalization": self.nan_canonicalization,
+            "debug_info": self.debug_info,
+        }
+
+    def describe(self) -> str:
+        parts = [f"compiler={self.compiler}"]
+        if self.opt_level is not None:
+            parts.append(f"opt-level={self.opt_level}")
+        parts += [f"{name}={'y' if on else 'n'}" for name, on in self.features.items()]
+        parts += [flag for flag in ("consume_fuel", "epoch_interruption", "nan_canonicalization", "debug_info")
+                  if getattr(self, flag)]
+        return " ".join(parts)
+
+    def config(self) -> wasmtime.Config:
+        """A fresh `wasmtime.Config` with these settings. Not validated: prefer `build()`."""
+        import wasmtime  # noqa: PLC0415 - keep `import wasmcache` from paying for wasmtime twice
+
+        config = wasmtime.Config()
+        for name, enabled in self.features.items():
+            attribute = "wasm_" + name.replace("-", "_")
+            if not hasattr(type(config), attribute):
+                raise ConfigError(f"wasm feature {name} is not supported by wasmtime-py {_wasmtime_version()}")
+            setattr(config, attribute, enabled)
+        if self.opt_level is not None:
+            config.cranelift_opt_level = _OPT_LEVELS[self.opt_level]
+        if self.consume_fuel:
+            config.consume_fuel = True
+        if self.epoch_interruption:
+            config.epoch_interruption = True
+        if self.nan_canonicalization:
+            config.cranelift_nan_canonicalization = True
+        if self.debug_info:
+            config.debug_info = True
+        # wasmtime-py's `Config.strategy` knows only auto/cranelift, though Winch is compiled in;
+        # the value was checked against _STRATEGIES in __post_init__ (others abort the process).
+        wasmtime._ffi.wasmtime_config_strategy_set(config.ptr(), _STRATEGIES[self.compiler])  # noqa: SLF001
+        return config
+
+    def build(self, *, memo_dir: str | os.PathLike[str] | None = None) -> wasmtime.Engine:
+        """Build the engine, after checking in a child process that wasmtime accepts these settings.
+
+        The verdict and the engine fingerprint are remembered under `memo_dir` (default: the
+        `engines/` folder of the default cache root), so this costs one child process per new
+        combination of settings, wasmtime library and CPU, and nothing after that.
+        """
+        import wasmtime  # noqa: PLC0415
+
+        memo_key = self._memo_key()
+        section = _validated.get(memo_key)
+        memo_path = None
+        if section is None:
+            memo_path = _memo_path(memo_dir, memo_key)
+            section = _read_memo(memo_path, memo_key)
+        if section is None:
+            section = self._validate_in_child()
+            if memo_path is not None:
+                _write_memo(memo_path, memo_key, self, section)
+        _validated[memo_key] = section
+        engine = wasmtime.Engine(self.config())
+        _remember_fingerprint(engine, section)
+        return engine
+
+    def _memo_key(self) -> str:
+        identity = {"settings": self.as_dict(), "wasmtime": _wasmtime_library_identity(), "cpu": cpu_identity()}
+        return blake3.blake3(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+    def _validate_in_child(self) -> bytes:
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+        env["RUST_BACKTRACE"] = "0"
+        code = "from wasmcache._engine import _child_probe; _child_probe()"
+        try:
+            proc = subprocess.run(  # noqa: S603 - our own interpreter and code
+                [sys.executable, "-c", code, json.dumps(self.as_dict())],
+                capture_output=True, text=True, timeout=120, env=env, check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"could not check engine settings ({self.describe()}): {exc}") from exc
+        if proc.returncode == 0:
+            try:
+                return bytes.fromhex(proc.stdout.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"wasmtime rejects these engine settings ({self.describe()}): "
+                          f"{_panic_message(proc.stderr) or f'exit code {proc.returncode}'}")
+
+
+def _panic_message(stderr: str) -> str:
+    """The reason from a Rust panic (or the last line of a Python error) in a child's stderr."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "panicked at" in line and i + 1 < len(lines):
+            reason = lines[i + 1]
+            return reason.split("`Err` value: ", 1)[-1]
+    return lines[-1] if lines else ""
+
+
+def _child_probe() -> None:
+    """Run in a child process by `EngineSettings.build`: build the engine, print its section."""
+    import wasmtime  # noqa: PLC0415
+
+    raw = json.loads(sys.argv[1])
+    try:
+        settings = EngineSettings(**raw)
+        section = engine_section(wasmtime.Engine(settings.config()))
+    except (ConfigError, wasmtime.WasmtimeError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise SystemExit(3) from None
+    sys.stdout.write(section.hex())
+
+
+# --- remembered verdicts ------------------------------------------------------------------------
+
+_validated: dict[str, bytes] = {}
+
+
+def _memo_path(memo_dir: str | os.PathLike[str] | None, memo_key: str) -> Path | None:
+    if memo_dir is None:
+        from ._layout import default_root  # noqa: PLC0415 - avoid an import cycle
+
+        try:
+            memo_dir = default_root() / "engines"
+        except Exception:  # a broken environment must not stop the engine from being built
+            return None
+    return Path(memo_dir) / f"{memo_key}.json"
+
+
+def _read_memo(path: Path | None, memo_key: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as f:
+            record = json.loads(f.read(1 << 20))
+        if record.get("key") == memo_key and isinstance(record.get("section"), str):
+            return bytes.fromhex(record["section"])
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
+def _write_memo(path: Path | None, memo_key: str, settings: EngineSettings, section: bytes) -> None:
+    if path is None:
+        return
+    from ._store import write_small_file_atomically  # noqa: PLC0415
+
+    record = {"key": memo_key, "settings": settings.as_dict(), "section": section.hex()}
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_small_file_atomically(path, json.dumps(record).encode())
+    except OSError as exc:
+        log.debug("could not remember engine settings in %s: %s", path, exc)
+
+
+def _wasmtime_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("wasmtime")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+_library_identity: str | None = None
+
+
+def _wasmtime_library_identity() -> str:
+    """The exact wasmtime build in use: the shared library's path, size and mtime."""
+    global _library_identity  # noqa: PLW0603 - computed once per process
+    if _library_identity is None:
+        import wasmtime._ffi  # noqa: PLC0415
+
+        library = getattr(getattr(wasmtime._ffi, "dll", None), "_name", None)  # noqa: SLF001
+        try:
+            st = os.stat(library) if library else None
+        except OSError:
+            st = None
+        detail = f"{library}:{st.st_size}:{st.st_mtime_ns}" if st else "?"
+        _library_identity = f"{_wasmtime_version()}:{detail}"
+    return _library_identity
+
+
+_cpu_identity: str | None = None
+
+
+def cpu_identity() -> str:
+    """The host CPU's model and feature flags (CPU features are part of the fingerprint)."""
+    global _cpu_identity  # noqa: PLW0603 - computed once per process
+    if _cpu_identity is None:
+        parts = [platform.machine(), platform.system()]
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    key = line.partition(":")[0].strip()
+                    if key in ("model name", "flags", "Features", "CPU implementer", "CPU part"):
+                        parts.append(line.strip())
+                    elif not line.strip() and len(parts) > 2:
+                        break  # the first processor is enough
+        except OSError:
+            parts.append(platform.processor())
+        _cpu_identity = blake3.blake3("\n".join(parts).encode()).hexdigest()[:32]
+    return _cpu_identity
+
+
+# --- fingerprints -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineIdentity:
+    """An engine's `.wasmtime.engine` section and its digest (the namespace name)."""
+
+    section: bytes
+    fingerprint: str
+
+
+_identities: weakref.WeakKeyDictionary[wasmtime.Engine, EngineIdentity] = weakref.WeakKeyDictionary()
+_identities_lock = threading.Lock()
+
+
+def engine_section(engine: wasmtime.Engine) -> bytes:
+    """Compile and serialize the empty module with `engine` and return its engine section."""
+    import wasmtime  # noqa: PLC0415
+
+    serialized = bytes(wasmtime.Module(engine, EMPTY_MODULE).serialize())
+    return find_section(serialized, ENGINE_SECTION)
+
+
+def fingerprint_of_section(section: bytes) -> str:
+    return blake3.blake3(b"wasmcache-engine-v1\0" + section).hexdigest()
+
+
+def _remember_fingerprint(engine: wasmtime.Engine, section: bytes) -> EngineIdentity:
+    identity = EngineIdentity(section, fingerprint_of_section(section))
+    with _identities_lock:
+        _identities[engine] = identity
+    return identity
+
+
+def engine_identity(engine: wasmtime.Engine) -> EngineIdentity:
+    """The exact identity of `engine` (one probe compile per engine per process, ~1 ms)."""
+    with _identities_lock:
+        known = _identities.get(engine)
+    if known is not None:
+        return known
+    return _remember_fingerprint(engine, engine_section(engine))
+
+
+def engine_fingerprint(engine: wasmtime.Engine) -> str:
+    """A hex digest that differs for every engine configuration that changes compiled code."""
+    return engine_identity(engine).fingerprint

@@ -1,0 +1,615 @@
+"""Decoder for the ``.wasmtime.engine`` section of precompiled Wasmtime modules.
+
+Every ``Module.serialize()`` artifact (a ``.cwasm`` ELF file) carries a section
+describing the engine that produced it.  Wasmtime reads it first when loading
+an artifact to decide whether the artifact is compatible with the loading
+engine.  The cache needs the same information *without* a live engine of the
+right configuration (to key entries, to explain rejections and to evict stale
+entries), so this module decodes the section in pure Python.
+
+Layout, as written by ``append_compiler_info`` in Wasmtime's
+``crates/wasmtime/src/engine/serialization.rs`` (unchanged from 40 to 50)::
+
+    u8      format version (always 0)
+    u8      length N of the version string
+    N bytes version string (the Wasmtime major version, e.g. ``b"50"``)
+    postcard-encoded ``Metadata``:
+        target:       str                          (varint length + UTF-8)
+        shared_flags: Vec<(str, FlagValue)>        (varint count + items)
+        isa_flags:    Vec<(str, FlagValue)>
+        tunables:     Tunables                     (version dependent struct)
+        features:     u64                          (varint; WasmFeatures bits)
+
+``FlagValue`` is ``enum { Enum(str), Num(u8), Bool(bool) }``, defined in
+``crates/environ/src/compile/mod.rs`` (later ``module_artifacts.rs``).
+
+``Tunables`` is defined in ``crates/environ/src/tunables.rs`` and changes
+between releases; the per-version field lists below were transcribed from that
+file at the ``v40.0.0`` ... ``v48.0.0`` tags (49 from the 49.0.0-dev tree) and
+checked byte-for-byte against modules serialized by wasmtime-py 40 to 50.
+See ``_LAYOUTS`` for what is known about 50, whose source was not available.
+
+Postcard encodings used: unsigned integers wider than u8 are LEB128 varints,
+``u8`` is one raw byte, ``bool`` is one byte 0/1, ``Option`` is a 0/1 tag byte
+followed by the value, enum discriminants are varint u32, strings and
+sequences are a varint length followed by the contents.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, TypeAlias
+
+__all__ = [
+    "EngineInfo",
+    "EngineSectionError",
+    "FlagValue",
+    "SUPPORTED_FORMAT_VERSION",
+    "decode_engine_section",
+    "known_tunables_versions",
+]
+
+FlagValue: TypeAlias = str | int | bool
+"""A decoded Cranelift setting: enum name, small number, or boolean."""
+
+SUPPORTED_FORMAT_VERSION: Final = 0
+"""The only section format byte Wasmtime has written (``VERSION`` in serialization.rs)."""
+
+ENGINE_SECTION_NAME: Final = ".wasmtime.engine"
+"""ELF section name holding the data this module decodes."""
+
+# postcard encodes `usize` lengths as 64-bit varints; u32/u64 as their width.
+_U32_BITS: Final = 32
+_U64_BITS: Final = 64
+
+
+class EngineSectionError(ValueError):
+    """Raised for any engine section that is malformed or unsupported.
+
+    A subclass of ``ValueError`` so callers can treat it as plain bad input,
+    while still being able to tell it apart from unrelated ``ValueError``s.
+    """
+
+
+class _UndecidableLayout(Exception):
+    """Internal: the bytes are well formed but cannot be named with certainty.
+
+    Raised while decoding ``Tunables`` when a value is legal for Wasmtime but
+    outside what this decoder can interpret (for example an operator-cost
+    table, whose size depends on the wasmparser operator set).  The caller
+    turns it into ``tunables=None`` rather than guessing.
+    """
+
+
+class _Reader:
+    """Bounds-checked cursor over the section bytes.
+
+    Every read goes through here so truncation and malformed encodings always
+    surface as :class:`EngineSectionError` with an offset, never as
+    ``IndexError``/``UnicodeDecodeError`` from raw slicing.
+    """
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self._data = data
+        self._pos = pos
+
+    @property
+    def pos(self) -> int:
+        """Current offset into the section."""
+        return self._pos
+
+    def remaining(self) -> int:
+        """Number of unread bytes."""
+        return len(self._data) - self._pos
+
+    def _truncated(self, what: str) -> EngineSectionError:
+        return EngineSectionError(
+            f"engine section truncated while reading {what} at offset {self._pos}"
+        )
+
+    def u8(self, what: str) -> int:
+        """Read one raw byte."""
+        if self._pos >= len(self._data):
+            raise self._truncated(what)
+        value = self._data[self._pos]
+        self._pos += 1
+        return value
+
+    def take(self, n: int, what: str) -> bytes:
+        """Read exactly ``n`` bytes."""
+        if n > self.remaining():
+            raise EngineSectionError(
+                f"engine section truncated while reading {what} at offset {self._pos}: "
+                f"need {n} bytes, {self.remaining()} left"
+            )
+        chunk = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return chunk
+
+    def varint(self, bits: int, what: str) -> int:
+        """Read a LEB128 varint of at most ``bits`` bits, as postcard does.
+
+        Postcard rejects encodings longer than the type allows and values
+        that overflow it; doing the same keeps hostile input from producing
+        enormous integers.
+        """
+        start = self._pos
+        max_bytes = (bits + 6) // 7
+        result = 0
+        for i in range(max_bytes):
+            byte = self.u8(what)
+            result |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                if result >> bits:
+                    raise EngineSectionError(
+                        f"varint for {what} at offset {start} overflows u{bits}"
+                    )
+                return result
+        raise EngineSectionError(
+            f"varint for {what} at offset {start} is longer than {max_bytes} bytes"
+        )
+
+    def boolean(self, what: str) -> bool:
+        """Read a postcard bool, which must be exactly 0 or 1."""
+        start = self._pos
+        byte = self.u8(what)
+        if byte > 1:
+            raise EngineSectionError(
+                f"invalid bool value {byte} for {what} at offset {start}"
+            )
+        return byte == 1
+
+    def string(self, what: str) -> str:
+        """Read a postcard string (varint length + UTF-8)."""
+        length = self.varint(_U64_BITS, f"length of {what}")
+        start = self._pos
+        raw = self.take(length, what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EngineSectionError(
+                f"{what} at offset {start} is not valid UTF-8"
+            ) from exc
+
+
+# --------------------------------------------------------------------------
+# Tunables layouts
+# --------------------------------------------------------------------------
+
+_FieldDecoder: TypeAlias = Callable[[_Reader, str], object]
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One ``Tunables`` struct field, in declaration (= wire) order."""
+
+    name: str
+    decode: _FieldDecoder
+
+
+@dataclass(frozen=True)
+class _ZeroRun:
+    """Bytes whose field order is not known from source.
+
+    Accepted only when every byte is zero, because then every possible
+    ordering of the fields involved decodes to the same values (``implied``).
+    Any other content is reported as undecidable instead of guessed.
+    """
+
+    length: int
+    implied: tuple[tuple[str, object], ...]
+
+
+_Step: TypeAlias = _Field | _ZeroRun
+
+
+def _dec_bool(r: _Reader, name: str) -> object:
+    return r.boolean(f"tunable {name}")
+
+
+def _dec_u32(r: _Reader, name: str) -> object:
+    return r.varint(_U32_BITS, f"tunable {name}")
+
+
+def _dec_u64(r: _Reader, name: str) -> object:
+    return r.varint(_U64_BITS, f"tunable {name}")
+
+
+def _dec_enum(variants: tuple[str, ...]) -> _FieldDecoder:
+    """Decoder for a fieldless Rust enum: varint discriminant -> variant name."""
+
+    def decode(r: _Reader, name: str) -> object:
+        start = r.pos
+        index = r.varint(_U32_BITS, f"tunable {name}")
+        if index >= len(variants):
+            raise EngineSectionError(
+                f"unknown variant {index} for tunable {name} at offset {start}"
+            )
+        return variants[index]
+
+    return decode
+
+
+def _dec_option(inner: _FieldDecoder) -> _FieldDecoder:
+    """Decoder for ``Option<T>``: tag byte 0 (None) or 1 followed by ``T``."""
+
+    def decode(r: _Reader, name: str) -> object:
+        start = r.pos
+        tag = r.u8(f"option tag of tunable {name}")
+        if tag == 0:
+            return None
+        if tag == 1:
+            return inner(r, name)
+        raise EngineSectionError(
+            f"invalid option tag {tag} for tunable {name} at offset {start}"
+        )
+
+    return decode
+
+
+def _dec_nonzero_u32(r: _Reader, name: str) -> object:
+    start = r.pos
+    value = r.varint(_U32_BITS, f"tunable {name}")
+    if value == 0:
+        raise EngineSectionError(f"tunable {name} at offset {start} must be non-zero")
+    return value
+
+
+def _dec_operator_cost(r: _Reader, name: str) -> object:
+    """``OperatorCostStrategy { Table(Box<OperatorCost>), Default }``.
+
+    ``Table`` holds one byte per wasmparser operator, a count that changes
+    with every wasmparser upgrade, so it cannot be skipped reliably.
+    """
+    start = r.pos
+    index = r.varint(_U32_BITS, f"tunable {name}")
+    if index == 1:
+        return "Default"
+    if index == 0:
+        raise _UndecidableLayout("operator cost table")
+    raise EngineSectionError(
+        f"unknown variant {index} for tunable {name} at offset {start}"
+    )
+
+
+_COLLECTOR_40: Final = ("DeferredReferenceCounting", "Null")
+_COLLECTOR_45: Final = ("DeferredReferenceCounting", "Null", "Copying")
+_INTRA_MODULE_INLINING: Final = ("Yes", "No", "WhenUsingGc")
+_INLINING: Final = ("Yes", "InterModuleAndIntraGc", "InterModule", "Intrinsics", "No")
+
+
+def _b(name: str) -> _Field:
+    return _Field(name, _dec_bool)
+
+
+def _u32(name: str) -> _Field:
+    return _Field(name, _dec_u32)
+
+
+def _u64(name: str) -> _Field:
+    return _Field(name, _dec_u64)
+
+
+# Wasmtime 40 and 41 (same struct as v39.0.0).
+_LAYOUT_40: Final[tuple[_Step, ...]] = (
+    _Field("collector", _dec_option(_dec_enum(_COLLECTOR_40))),
+    _u64("memory_reservation"),
+    _u64("memory_guard_size"),
+    _u64("memory_reservation_for_growth"),
+    _b("debug_native"),
+    _b("debug_guest"),
+    _b("parse_wasm_debuginfo"),
+    _b("consume_fuel"),
+    _b("epoch_interruption"),
+    _b("memory_may_move"),
+    _b("guard_before_linear_memory"),
+    _b("table_lazy_init"),
+    _b("generate_address_map"),
+    _b("debug_adapter_modules"),
+    _b("relaxed_simd_deterministic"),
+    _b("winch_callable"),
+    _b("signals_based_traps"),
+    _b("memory_init_cow"),
+    _b("inlining"),
+    _Field("inlining_intra_module", _dec_enum(_INTRA_MODULE_INLINING)),
+    _u32("inlining_small_callee_size"),
+    _u32("inlining_sum_size_threshold"),
+)
+
+# Wasmtime 42: appends `concurrency_support`.
+_LAYOUT_42: Final[tuple[_Step, ...]] = (*_LAYOUT_40, _b("concurrency_support"))
+
+# Wasmtime 43 and 44: `operator_cost` after `consume_fuel`; appends `recording`.
+_LAYOUT_43: Final[tuple[_Step, ...]] = (
+    *_LAYOUT_40[:8],
+    _Field("operator_cost", _dec_operator_cost),
+    *_LAYOUT_40[8:],
+    _b("concurrency_support"),
+    _b("recording"),
+)
+
+# Wasmtime 45: `Copying` collector; `inlining` becomes the `Inlining` enum and
+# replaces `inlining_intra_module`; appends the GC-heap tunables.
+_LAYOUT_45: Final[tuple[_Step, ...]] = (
+    _Field("collector", _dec_option(_dec_enum(_COLLECTOR_45))),
+    _u64("memory_reservation"),
+    _u64("memory_guard_size"),
+    _u64("memory_reservation_for_growth"),
+    _b("debug_native"),
+    _b("debug_guest"),
+    _b("parse_wasm_debuginfo"),
+    _b("consume_fuel"),
+    _Field("operator_cost", _dec_operator_cost),
+    _b("epoch_interruption"),
+    _b("memory_may_move"),
+    _b("guard_before_linear_memory"),
+    _b("table_lazy_init"),
+    _b("generate_address_map"),
+    _b("debug_adapter_modules"),
+    _b("relaxed_simd_deterministic"),
+    _b("winch_callable"),
+    _b("signals_based_traps"),
+    _b("memory_init_cow"),
+    _Field("inlining", _dec_enum(_INLINING)),
+    _u32("inlining_small_callee_size"),
+    _u32("inlining_sum_size_threshold"),
+    _b("concurrency_support"),
+    _b("recording"),
+    _Field("gc_zeal_alloc_counter", _dec_option(_dec_nonzero_u32)),
+    _u64("gc_heap_reservation"),
+    _u64("gc_heap_guard_size"),
+    _u64("gc_heap_reservation_for_growth"),
+    _b("gc_heap_may_move"),
+)
+
+# Wasmtime 46: appends three metadata/branch-hint booleans.
+_LAYOUT_46: Final[tuple[_Step, ...]] = (
+    *_LAYOUT_45,
+    _b("metadata_for_internal_asserts"),
+    _b("metadata_for_gc_heap_corruption"),
+    _b("branch_hinting"),
+)
+
+# Wasmtime 47, 48 and 49: `debug_symbols` after `debug_guest`;
+# `gc_heap_initial_size` before `gc_heap_may_move`.
+_LAYOUT_47: Final[tuple[_Step, ...]] = (
+    *_LAYOUT_46[:6],
+    _b("debug_symbols"),
+    *_LAYOUT_46[6:28],
+    _u64("gc_heap_initial_size"),
+    *_LAYOUT_46[28:],
+)
+
+# Wasmtime 50: the 49 struct plus exactly one new one-byte field between
+# `concurrency_support` and `gc_heap_reservation`.  Its source was not
+# available; the evidence is (a) modules from 49 and 50 differ by exactly one
+# zero byte there, (b) toggling settings in 50 moves the expected bytes on
+# both sides of it, and (c) the 50 library's tunables compatibility checks
+# gain one boolean check ("AddressSanitizer stack-switching support") right
+# after the `recording` check.  Whether that byte sits before or after
+# `recording`/`gc_zeal_alloc_counter` is not known, so those three slots are
+# only accepted when all zero (what every release build writes); the unnamed
+# field is left out of the decoded mapping.
+_LAYOUT_50: Final[tuple[_Step, ...]] = (
+    *_LAYOUT_47[:24],
+    _ZeroRun(3, (("recording", False), ("gc_zeal_alloc_counter", None))),
+    *_LAYOUT_47[26:],
+)
+
+_LAYOUTS: Final[Mapping[int, tuple[_Step, ...]]] = MappingProxyType(
+    {
+        40: _LAYOUT_40,
+        41: _LAYOUT_40,
+        42: _LAYOUT_42,
+        43: _LAYOUT_43,
+        44: _LAYOUT_43,
+        45: _LAYOUT_45,
+        46: _LAYOUT_46,
+        47: _LAYOUT_47,
+        48: _LAYOUT_47,
+        49: _LAYOUT_47,
+        50: _LAYOUT_50,
+    }
+)
+
+
+def known_tunables_versions() -> frozenset[int]:
+    """Wasmtime major versions whose ``Tunables`` layout this module knows."""
+    return frozenset(_LAYOUTS)
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """Decoded contents of a ``.wasmtime.engine`` section.
+
+    Mappings are read-only views; they are excluded from hashing (but not
+    from equality) so instances stay hashable despite holding mappings.
+    """
+
+    format_version: int
+    """Section format byte; always :data:`SUPPORTED_FORMAT_VERSION`."""
+    wasmtime_version: str
+    """Version string as stored: the major version (``"50"``) for 40-50, or
+    a custom string if the embedder set ``Config::module_version``."""
+    target: str
+    """Target triple the code was compiled for."""
+    shared_flags: Mapping[str, FlagValue] = field(hash=False)
+    """Cranelift shared settings (``opt_level``, ``enable_nan_canonicalization``...)."""
+    isa_flags: Mapping[str, FlagValue] = field(hash=False)
+    """Target ISA settings (``has_avx2``...); reflect the compiling host's CPU."""
+    compiler: str
+    """``"cranelift"``, ``"winch"``, or ``"unknown"`` when undecidable."""
+    opt_level: str | None
+    """The ``opt_level`` shared flag, or ``None`` if absent."""
+    tunables: Mapping[str, object] | None = field(hash=False)
+    """Tunables by field name when the layout is known, else ``None``."""
+    features: int | None
+    """``WasmFeatures`` bits when the tunables could be skipped, else ``None``."""
+
+
+def _read_flags(r: _Reader, which: str) -> Mapping[str, FlagValue]:
+    """Read a postcard ``Vec<(&str, FlagValue)>``."""
+    start = r.pos
+    count = r.varint(_U64_BITS, f"{which} count")
+    # Each entry needs at least a name length, a variant tag and a payload
+    # byte; refusing impossible counts up front gives a clearer error.
+    if count > r.remaining() // 3:
+        raise EngineSectionError(
+            f"{which} count {count} at offset {start} exceeds what the "
+            f"remaining {r.remaining()} bytes can hold"
+        )
+    flags: dict[str, FlagValue] = {}
+    for _ in range(count):
+        name = r.string(f"{which} name")
+        tag_at = r.pos
+        tag = r.varint(_U32_BITS, f"{which} value tag of {name!r}")
+        value: FlagValue
+        if tag == 0:
+            value = r.string(f"{which} enum value of {name!r}")
+        elif tag == 1:
+            value = r.u8(f"{which} numeric value of {name!r}")
+        elif tag == 2:
+            value = r.boolean(f"{which} bool value of {name!r}")
+        else:
+            raise EngineSectionError(
+                f"unknown flag value tag {tag} for {which} {name!r} at offset {tag_at}"
+            )
+        if name in flags:
+            raise EngineSectionError(f"duplicate {which} entry {name!r}")
+        flags[name] = value
+    return MappingProxyType(flags)
+
+
+def _major_version(version: str) -> int | None:
+    """Major version from ``"50"`` or ``"50.0.1"``; ``None`` for custom strings."""
+    match = re.fullmatch(r"(\d{1,6})(?:\.\d+){0,2}", version)
+    return int(match.group(1)) if match else None
+
+
+def _read_tunables(
+    r: _Reader, layout: tuple[_Step, ...], partial: dict[str, object]
+) -> None:
+    """Decode ``Tunables`` into ``partial``, field by field.
+
+    ``partial`` is filled in place so that, if an undecidable value stops the
+    decode, the fields read before it (notably ``winch_callable``) are still
+    available to the caller.
+    """
+    for step in layout:
+        if isinstance(step, _ZeroRun):
+            start = r.pos
+            chunk = r.take(step.length, "tunables")
+            if any(chunk):
+                raise _UndecidableLayout(
+                    f"non-zero bytes at offset {start} in a region of unknown field order"
+                )
+            partial.update(step.implied)
+        else:
+            partial[step.name] = step.decode(r, step.name)
+
+
+def _detect_compiler(tunables: Mapping[str, object]) -> str:
+    """Cranelift or Winch, from the ``winch_callable`` tunable.
+
+    Wasmtime sets ``winch_callable`` exactly when the strategy is Winch, and
+    Winch refuses to compile without it, so it is authoritative.  Cranelift
+    flags are no substitute: Winch artifacts carry ``opt_level=none`` and
+    ``enable_verifier=true``, which Cranelift can also be configured to use.
+    """
+    winch = tunables.get("winch_callable")
+    if winch is True:
+        return "winch"
+    if winch is False:
+        return "cranelift"
+    return "unknown"
+
+
+def decode_engine_section(data: bytes) -> EngineInfo:
+    """Decode the raw bytes of a ``.wasmtime.engine`` ELF section.
+
+    The header, target and Cranelift flags are decoded for every Wasmtime
+    version (their format has not changed from 40 to 50).  ``Tunables`` and
+    the feature bits are decoded only for versions in
+    :func:`known_tunables_versions`; otherwise they are ``None`` and the
+    compiler is ``"unknown"``.
+
+    Raises :class:`EngineSectionError` (a ``ValueError``) for anything
+    malformed: truncation, invalid UTF-8, bad enum/bool/option encodings,
+    oversized varints, an unsupported format byte, or trailing bytes after a
+    fully decoded section.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise EngineSectionError(
+            f"engine section must be bytes-like, not {type(data).__name__}"
+        )
+    r = _Reader(bytes(data))
+
+    format_version = r.u8("format version")
+    if format_version != SUPPORTED_FORMAT_VERSION:
+        raise EngineSectionError(
+            f"unsupported engine section format version {format_version} "
+            f"(expected {SUPPORTED_FORMAT_VERSION})"
+        )
+    version_len = r.u8("version string length")
+    version_at = r.pos
+    try:
+        wasmtime_version = r.take(version_len, "version string").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EngineSectionError(
+            f"version string at offset {version_at} is not valid UTF-8"
+        ) from exc
+
+    target = r.string("target triple")
+    shared_flags = _read_flags(r, "shared flag")
+    isa_flags = _read_flags(r, "ISA flag")
+    opt_level = shared_flags.get("opt_level")
+    opt_level_str = opt_level if isinstance(opt_level, str) else None
+
+    tunables: Mapping[str, object] | None = None
+    features: int | None = None
+    partial: dict[str, object] = {}
+
+    major = _major_version(wasmtime_version)
+    layout = _LAYOUTS.get(major) if major is not None else None
+    if layout is None:
+        # Unknown layout: nothing after the flags can be interpreted, but the
+        # mandatory `features` varint means at least one byte must follow.
+        if r.remaining() == 0:
+            raise EngineSectionError(
+                "engine section truncated: tunables and features are missing"
+            )
+    else:
+        try:
+            _read_tunables(r, layout, partial)
+        except _UndecidableLayout:
+            pass
+        else:
+            tunables = MappingProxyType(dict(partial))
+            features = r.varint(_U64_BITS, "wasm features")
+            if r.remaining():
+                raise EngineSectionError(
+                    f"{r.remaining()} unexpected trailing bytes after engine "
+                    f"metadata at offset {r.pos}"
+                )
+
+    return EngineInfo(
+        format_version=format_version,
+        wasmtime_version=wasmtime_version,
+        target=target,
+        shared_flags=shared_flags,
+        isa_flags=isa_flags,
+        compiler=_detect_compiler(partial),
+        opt_level=opt_level_str,
+        tunables=tunables,
+        features=features,
+    )

@@ -1,0 +1,78 @@
+"""`wasmcache inspect`: what engine made a `.cwasm` file (ours or anyone's), and what we recorded."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+from ._elf import ENGINE_SECTION, find_section
+from ._errors import CacheError
+from ._layout import ENTRY_SUFFIX, NAMESPACE_ENGINE_FILE, RECORD_SUFFIX
+from ._store import O_CLOEXEC, O_NOFOLLOW, read_record
+
+# Wasmtime marks the ELF header's e_flags: 1 = core module, 2 = component.
+_ELF_KINDS = {1: "module", 2: "component"}
+
+
+def _resolve(target: str, root: Path) -> Path:
+    path = Path(target)
+    if path.exists() or os.sep in target or target.endswith(ENTRY_SUFFIX):
+        return path
+    if not re.fullmatch(r"[0-9a-f]{4,64}", target):
+        raise CacheError(f"{target}: neither a file nor an entry key (hex)")
+    matches = sorted(root.glob(f"ns-*/{target}*{ENTRY_SUFFIX}"))
+    if not matches:
+        raise CacheError(f"{target}: no entry with this key under {root}")
+    if len(matches) > 1:
+        raise CacheError(f"{target}: ambiguous key prefix ({len(matches)} entries); give more digits")
+    return matches[0]
+
+
+def inspect_target(target: str, root: Path) -> dict[str, Any]:
+    """Describe a `.cwasm` file or an entry key: engine section decoded, kind, size, digest, record."""
+    from ._cache import _digest_fd  # noqa: PLC0415
+    from ._engine_section import decode_engine_section  # noqa: PLC0415
+
+    path = _resolve(target, root)
+    try:
+        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+    except OSError as exc:
+        raise CacheError(f"{path}: cannot open: {exc.strerror}") from None
+    try:
+        try:
+            header = os.pread(fd, 64, 0)
+            section = find_section(fd, ENGINE_SECTION)
+        except ValueError as exc:
+            raise CacheError(f"{path}: not a Wasmtime compiled file: {exc}") from None
+        digest, size = _digest_fd(fd)
+    finally:
+        os.close(fd)
+    info: dict[str, Any] = {"path": str(path), "size": size, "content_digest": digest}
+    (e_flags,) = struct.unpack_from("<I" if header[5] == 1 else ">I", header, 0x30)
+    info["kind"] = _ELF_KINDS.get(e_flags, "unknown")
+    try:
+        engine = decode_engine_section(section)
+    except ValueError as exc:
+        info["engine_error"] = str(exc)
+    else:
+        info.update(
+            wasmtime_version=engine.wasmtime_version, target=engine.target, compiler=engine.compiler,
+            opt_level=engine.opt_level, tunables=dict(engine.tunables or {}),
+            shared_flags=dict(engine.shared_flags), isa_flags=dict(engine.isa_flags),
+        )
+    if path.name.endswith(ENTRY_SUFFIX) and path.parent.name.startswith("ns-"):
+        key = path.name[: -len(ENTRY_SUFFIX)]
+        info.update(namespace=path.parent.name, key=key)
+        try:
+            info["matches_namespace"] = (path.parent / NAMESPACE_ENGINE_FILE).read_bytes() == section
+        except OSError:
+            info["matches_namespace"] = None
+        found = read_record(path.parent / f"{key}{RECORD_SUFFIX}")
+        if found is not None:
+            record = found[0]
+            info.update(source=record.source, wasm_digest=record.wasm_digest, kind=record.kind,
+                        recorded_digest_matches=record.content_digest == digest)
+    return info

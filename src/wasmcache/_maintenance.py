@@ -1,0 +1,446 @@
+"""Whole-root operations: usage, gc (LRU + reaping), clear, verify, listing.
+
+None of this is on the hit path. Every operation that deletes or moves files requires our marker
+in the root, so a mistaken `--cache-dir ~/.cache` is refused, not wiped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from ._elf import ENGINE_SECTION, find_section
+from ._engine import fingerprint_of_section
+from ._layout import (
+    CACHEDIR_TAG,
+    ENTRY_SUFFIX,
+    KEY_RE,
+    LOCK_SUFFIX,
+    MARKER_NAME,
+    NAMESPACE_ENGINE_FILE,
+    NAMESPACE_PREFIX,
+    RECORD_SUFFIX,
+    TEMP_SUFFIX,
+    namespace_name,
+    require_marker,
+)
+from ._store import (
+    Identity,
+    KeyLock,
+    Record,
+    lock_path,
+    quarantine,
+    read_record,
+    record_path,
+    try_lock,
+    write_record,
+    write_small_file_atomically,
+)
+
+log = logging.getLogger("wasmcache")
+
+MAX_AGE: Final = 30 * 24 * 3600.0  # entries (and so namespaces of an old wasmtime) unused this long go
+_QUARANTINE_AGE: Final = 24 * 3600.0
+_ROOT_FILES: Final = frozenset({MARKER_NAME, "CACHEDIR.TAG", "usage", "gc.lock"})
+_ROOT_DIRS: Final = frozenset({"engines", "digests", "quarantine"})
+_USAGE: Final = "usage"
+
+
+def _namespaces(root: Path) -> list[Path]:
+    try:
+        with os.scandir(root) as it:
+            return sorted(Path(e.path) for e in it
+                          if e.name.startswith(NAMESPACE_PREFIX) and e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def _key_of(name: str) -> str:
+    return name.split(".", 1)[0]
+
+
+def scan_usage(root: Path) -> tuple[int, int]:
+    """(entries, bytes) under the whole root: entries, records, quarantine and memo files."""
+    entries = 0
+    total = 0
+    for directory in [*_namespaces(root), root / "quarantine", root / "digests", root / "engines"]:
+        try:
+            with os.scandir(directory) as it:
+                for e in it:
+                    with contextlib.suppress(OSError):
+                        total += e.stat(follow_symlinks=False).st_size
+                    if e.name.endswith(ENTRY_SUFFIX) and directory.name.startswith(NAMESPACE_PREFIX):
+                        entries += 1
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return entries, total
+
+
+def read_usage(root: Path) -> tuple[int | None, float]:
+    """The approximate usage kept in ROOT/usage, and its age in seconds (None if unknown)."""
+    try:
+        st = os.stat(root / _USAGE)
+        value = int((root / _USAGE).read_text(encoding="ascii").strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None, 0.0
+    return value, time.time() - st.st_mtime
+
+
+def write_usage(root: Path, value: int) -> None:
+    write_small_file_atomically(root / _USAGE, f"{value}\n".encode())
+
+
+@dataclass
+class GcReport:
+    evicted_entries: int = 0
+    freed_bytes: int = 0
+    reaped_temp_files: int = 0
+    removed_namespaces: int = 0
+    entries: int = 0
+    size_bytes: int = 0
+
+
+@dataclass
+class _Candidate:
+    namespace: Path
+    key: str
+    last_used: float
+    size: int
+
+
+def collect_garbage(root: Path, max_size: int, *, require: bool = False, max_age: float = MAX_AGE) -> GcReport:
+    """Evict LRU entries down to `max_size`; reap dead writers' temp files. Caller holds gc.lock."""
+    if require:
+        require_marker(root, "collect")
+    report = GcReport()
+    now = time.time()
+    candidates: list[_Candidate] = []
+    other_bytes = 0
+    for namespace in _namespaces(root):
+        files: dict[str, list[os.DirEntry[str]]] = {}
+        with os.scandir(namespace) as it:
+            for e in it:
+                files.setdefault(_key_of(e.name), []).append(e)
+        for key, group in files.items():
+            if not KEY_RE.match(key):
+                continue
+            names = {e.name: e for e in group}
+            entry = names.get(key + ENTRY_SUFFIX)
+            record = names.get(key + RECORD_SUFFIX)
+            temps = [e for e in group if e.name.endswith(TEMP_SUFFIX)]
+            if temps or entry is None:
+                # A temp file, or a record/lock without an entry: leftovers if nobody holds the key.
+                with try_lock(lock_path(namespace, key)) as free:
+                    if free:
+                        for e in temps:
+                            with contextlib.suppress(OSError):
+                                os.unlink(e.path)
+                                report.reaped_temp_files += 1
+                        if entry is None and record is not None:
+                            with contextlib.suppress(OSError):
+                                os.unlink(record.path)
+                if entry is None:
+                    _remove_free_lock(namespace, key)
+                    continue
+            try:
+                size = entry.stat(follow_symlinks=False).st_size
+                size += record.stat(follow_symlinks=False).st_size if record is not None else 0
+                used = (record or entry).stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            candidates.append(_Candidate(namespace, key, used, size))
+    for directory, age in ((root / "quarantine", _QUARANTINE_AGE), (root / "digests", max_age)):
+        other_bytes += _expire_files(directory, now - age)
+    candidates.sort(key=lambda c: c.last_used)
+    total = other_bytes + sum(c.size for c in candidates)
+    kept: list[_Candidate] = []
+    for c in candidates:
+        if (total > max_size or now - c.last_used > max_age) and _evict(c):
+            total -= c.size
+            report.evicted_entries += 1
+            report.freed_bytes += c.size
+        else:
+            kept.append(c)
+    report.removed_namespaces = _remove_empty_namespaces(root)
+    report.entries = len(kept)
+    report.size_bytes = total
+    with contextlib.suppress(OSError):
+        write_usage(root, total)
+    if report.evicted_entries or report.reaped_temp_files:
+        log.info("wasmcache: gc of %s evicted %d entries (%d bytes), reaped %d temp files", root,
+                 report.evicted_entries, report.freed_bytes, report.reaped_temp_files)
+    return report
+
+
+def _evict(c: _Candidate) -> bool:
+    """Unlink an entry and its record under the key lock (a mapped entry lives on in its users)."""
+    lock = KeyLock(lock_path(c.namespace, c.key))
+    try:
+        if not lock.acquire(blocking=False):
+            return False  # being compiled, published or repaired right now
+    except OSError:
+        return False
+    try:
+        for suffix in (ENTRY_SUFFIX, RECORD_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(c.namespace / f"{c.key}{suffix}")
+    except OSError:
+        lock.release()
+        return False
+    lock.release(unlink=True)
+    return True
+
+
+def _remove_free_lock(namespace: Path, key: str) -> None:
+    lock = KeyLock(lock_path(namespace, key))
+    try:
+        if lock.acquire(blocking=False):
+            if not (namespace / f"{key}{ENTRY_SUFFIX}").exists():
+                lock.release(unlink=True)
+                return
+            lock.release()
+    except OSError:
+        lock.release()
+
+
+def _expire_files(directory: Path, cutoff: float) -> int:
+    remaining = 0
+    try:
+        with os.scandir(directory) as it:
+            for e in it:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                    if st.st_mtime < cutoff:
+                        os.unlink(e.path)
+                    else:
+                        remaining += st.st_size
+                except OSError:
+                    continue
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return remaining
+
+
+def _remove_empty_namespaces(root: Path) -> int:
+    removed = 0
+    for namespace in _namespaces(root):
+        try:
+            with os.scandir(namespace) as it:
+                names = [e.name for e in it]
+        except OSError:
+            continue
+        if any(name != NAMESPACE_ENGINE_FILE for name in names):
+            continue
+        with contextlib.suppress(OSError):
+            if names:
+                os.unlink(namespace / NAMESPACE_ENGINE_FILE)
+            os.rmdir(namespace)
+            removed += 1
+    return removed
+
+
+def clear_root(root: Path) -> int:
+    """Remove every entry of every namespace (and memos, quarantine); keep the root and its markers."""
+    require_marker(root, "clear")
+    removed = 0
+    with KeyLock(root / "gc.lock"):
+        for namespace in _namespaces(root):
+            with os.scandir(namespace) as it:
+                for e in it:
+                    removed += e.name.endswith(ENTRY_SUFFIX)
+                    with contextlib.suppress(OSError):
+                        os.unlink(e.path)  # mapped entries live on in the processes using them
+            with contextlib.suppress(OSError):
+                os.rmdir(namespace)
+        for name in ("digests", "quarantine"):
+            shutil.rmtree(root / name, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            write_usage(root, 0)
+    return removed
+
+
+# --- verify -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem `verify` found: which file, what is wrong, what fixes it."""
+
+    path: str
+    problem: str  # "corrupt" | "mismatched" | "orphan" | "foreign"
+    detail: str
+    fix: str
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    intact: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    fixed: int = 0
+    rerecorded: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+_FIX: Final = "run `wasmcache verify --fix` (quarantines it; the next load recompiles)"
+
+
+def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
+    """Check each namespace against its own recorded fingerprint and each entry against its record."""
+    if fix:
+        require_marker(root, "fix")
+    report = VerifyReport()
+    if not root.is_dir():
+        return report
+    bad: list[Path] = []
+
+    def finding(path: Path, problem: str, detail: str, fix_text: str = _FIX) -> None:
+        report.findings.append(Finding(str(path), problem, detail, fix_text))
+        bad.append(path)
+
+    with os.scandir(root) as it:
+        for e in it:
+            if e.name in _ROOT_FILES or e.name in _ROOT_DIRS or e.name.startswith(NAMESPACE_PREFIX):
+                if e.name.startswith(NAMESPACE_PREFIX) and not e.is_dir(follow_symlinks=False):
+                    finding(Path(e.path), "foreign", "namespace is not a directory")
+                continue
+            if e.name.endswith(TEMP_SUFFIX):
+                continue
+            finding(Path(e.path), "foreign", "file wasmcache did not write",
+                    "remove it by hand, or `wasmcache verify --fix` to quarantine it")
+    for namespace in _namespaces(root):
+        section = _namespace_section(namespace)
+        if section is None or namespace_name(fingerprint_of_section(section)) != namespace.name:
+            detail = "namespace has no engine record" if section is None else "engine record does not match its name"
+            report.findings.append(Finding(str(namespace), "mismatched", detail,
+                                           "`wasmcache clear` (or remove this directory)"))
+            section = None
+        with os.scandir(namespace) as it:
+            names = sorted(e.name for e in it)
+        for name in names:
+            path = namespace / name
+            if name == NAMESPACE_ENGINE_FILE or name.endswith((TEMP_SUFFIX, LOCK_SUFFIX)):
+                continue
+            key = _key_of(name)
+            if not KEY_RE.match(key) or not name.endswith((ENTRY_SUFFIX, RECORD_SUFFIX)):
+                finding(path, "foreign", "file wasmcache did not write")
+                continue
+            if name.endswith(RECORD_SUFFIX):
+                if f"{key}{ENTRY_SUFFIX}" not in names:
+                    with try_lock(lock_path(namespace, key)) as free:
+                        if free:  # else a writer is between its record and its rename
+                            finding(path, "orphan", "record without an entry")
+                continue
+            report.checked += 1
+            problem = _check_entry(namespace, key, section, report, fix=fix)
+            if problem is None:
+                report.intact += 1
+            else:
+                finding(path, *problem)
+    if fix:
+        for path in bad:
+            if quarantine(root, path, "wasmcache verify --fix") is not None or not path.exists():
+                report.fixed += 1
+            if path.name.endswith(ENTRY_SUFFIX):
+                with contextlib.suppress(OSError):
+                    os.unlink(record_path(path.parent, _key_of(path.name)))
+    return report
+
+
+def _namespace_section(namespace: Path) -> bytes | None:
+    try:
+        with open(namespace / NAMESPACE_ENGINE_FILE, "rb") as f:
+            return f.read(1 << 20)
+    except OSError:
+        return None
+
+
+def _check_entry(
+    namespace: Path, key: str, section: bytes | None, report: VerifyReport, *, fix: bool
+) -> tuple[str, str] | None:
+    from ._cache import _digest_fd  # noqa: PLC0415 - one digest routine for hits and verify
+
+    entry = namespace / f"{key}{ENTRY_SUFFIX}"
+    found = read_record(record_path(namespace, key))
+    if found is None:
+        return "orphan", "entry without a valid record"
+    record, _ = found
+    if record.key != key:
+        return "mismatched", "record belongs to another key"
+    try:
+        fd = os.open(entry, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        return "corrupt", f"cannot open safely: {exc.strerror}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "corrupt", "not a regular file"
+        digest, size = _digest_fd(fd)
+        try:
+            entry_section = find_section(fd, ENGINE_SECTION)
+        except ValueError as exc:
+            return "corrupt", str(exc)
+    finally:
+        os.close(fd)
+    if size != record.size or digest != record.content_digest:
+        return "corrupt", f"content digest differs from its record ({size} bytes, recorded {record.size})"
+    if section is not None and entry_section != section:
+        return "mismatched", "compiled by another engine configuration than its namespace"
+    if record.identity != Identity.of(st):
+        report.rerecorded += fix
+        if fix:
+            with contextlib.suppress(OSError):
+                write_record(record_path(namespace, key), Record(**{**record.__dict__, "identity": Identity.of(st)}))
+    return None
+
+
+# --- listing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    namespace: str
+    key: str
+    kind: str
+    size: int
+    last_used: float
+    created: float
+    source: str
+    wasmtime_version: str
+    path: str
+
+
+def list_entries(root: Path) -> list[EntryInfo]:
+    out: list[EntryInfo] = []
+    for namespace in _namespaces(root):
+        with os.scandir(namespace) as it:
+            names = [e.name for e in it if e.name.endswith(ENTRY_SUFFIX)]
+        for name in names:
+            key = _key_of(name)
+            entry = namespace / name
+            found = read_record(record_path(namespace, key))
+            try:
+                st = os.stat(entry, follow_symlinks=False)
+            except OSError:
+                continue
+            if found is None:
+                out.append(EntryInfo(namespace.name, key, "?", st.st_size, st.st_mtime, st.st_mtime, "?", "?",
+                                     str(entry)))
+                continue
+            record, record_stat = found
+            out.append(EntryInfo(namespace.name, key, record.kind, st.st_size, record_stat.st_mtime,
+                                 record.created, record.source, record.wasmtime_version, str(entry)))
+    out.sort(key=lambda info: info.last_used)
+    return out
+
+

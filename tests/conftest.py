@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Never let a test touch the user's real cache.
+os.environ.pop("WASMCACHE_DIR", None)
+os.environ.pop("WASMCACHE_DISABLE", None)
+os.environ.pop("WASMCACHE_MAX_SIZE", None)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_default_root(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # EngineSettings remembers verdicts under the default root; keep that inside the test's tmp.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+def run_python(code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120,
+               check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter (the venv's), with tests/ importable."""
+    full_env = {**os.environ, **(env or {})}
+    tests_dir = str(Path(__file__).parent)
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [tests_dir, full_env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_json(code: str, *args: str, **kwargs: Any) -> Any:
+    """Run `code` in a fresh interpreter; it prints one JSON document as its last line."""
+    proc = run_python(code, *args, **kwargs)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+            input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "wasmcache.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, check=False, input=input_text)

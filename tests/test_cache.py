@@ -1,0 +1,331 @@
+"""The core contract of ModuleCache: keys, namespaces, hits across processes, errors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import wasmtime
+from conftest import run_json
+from wasmgen import answer_module, call_answer, component
+
+import wasmcache
+from wasmcache import EngineSettings, ModuleCache
+
+LOAD_AND_REPORT = """
+import json, sys, wasmcache
+from wasmgen import call_answer
+cache = wasmcache.ModuleCache(sys.argv[1])
+module = cache.load(sys.argv[2])
+s = cache.stats()
+print(json.dumps({"answer": call_answer(cache.engine, module), "hits": s.hits, "misses": s.misses,
+                  "compiles": s.compiles, "entries": s.entries}))
+"""
+
+
+def entries(root: Path) -> list[Path]:
+    return sorted(root.glob("ns-*/*.cwasm"))
+
+
+def test_miss_then_hit_across_two_fresh_processes(root: Path, tmp_path: Path) -> None:
+    wasm = tmp_path / "m.wasm"
+    wasm.write_bytes(answer_module(41))
+    first = run_json(LOAD_AND_REPORT, str(root), str(wasm))
+    second = run_json(LOAD_AND_REPORT, str(root), str(wasm))
+    assert first == {"answer": 41, "hits": 0, "misses": 1, "compiles": 1, "entries": 1}
+    assert second == {"answer": 41, "hits": 1, "misses": 0, "compiles": 0, "entries": 1}
+
+
+def test_entries_are_read_only_and_the_only_cwasm_files(root: Path) -> None:
+    cache = ModuleCache(root)
+    cache.load(answer_module(1))
+    (entry,) = entries(root)
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o444
+    assert sorted(p.name for p in root.rglob("*.cwasm")) == [entry.name]
+    assert not list(root.rglob("*.tmp"))
+    assert (root / "CACHEDIR.TAG").read_text().startswith("Signature: 8a477f597d28d172789f06886806bc55")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        EngineSettings(compiler="cranelift"),
+        EngineSettings(compiler="winch"),
+        EngineSettings(opt_level="0"),
+        EngineSettings(consume_fuel=True),
+        EngineSettings(epoch_interruption=True),
+    ],
+    ids=lambda s: s.describe(),
+)
+def test_each_engine_configuration_gets_its_own_namespace(root: Path, settings: EngineSettings) -> None:
+    wasm = answer_module(5)
+    default = ModuleCache(root)
+    default.load(wasm)
+    other = ModuleCache(root, engine=settings)
+    module = other.load(wasm)
+    store = wasmtime.Store(other.engine)
+    if settings.consume_fuel:
+        store.set_fuel(10_000)
+    if settings.epoch_interruption:
+        store.set_epoch_deadline(1)
+    assert wasmtime.Instance(store, module, []).exports(store)["answer"](store) == 5
+    if settings.compiler == "cranelift":  # the explicit default is the same engine as Engine()
+        assert other.stats().compiles == 0
+        return
+    assert other.stats().compiles == 1, "another configuration must never be served the default's code"
+    namespaces = sorted(p.name for p in root.glob("ns-*"))
+    assert len(namespaces) == 2
+    assert len(entries(root)) == 2
+
+
+def test_engine_fingerprint_differs_for_opt_level_which_wasmtime_itself_accepts(root: Path) -> None:
+    # wasmtime loads an opt_level=speed artifact into an opt_level=none engine; we must not.
+    fast = wasmcache.engine_fingerprint(wasmtime.Engine())
+    slow = wasmcache.engine_fingerprint(EngineSettings(opt_level="0").build(memo_dir=root / "m"))
+    assert fast != slow
+    assert wasmcache.engine_fingerprint(wasmtime.Engine()) == fast  # deterministic
+
+
+def test_same_key_twice_with_same_engine_returns_the_loaded_module(root: Path, tmp_path: Path) -> None:
+    wasm = tmp_path / "m.wasm"
+    wasm.write_bytes(answer_module(3))
+    cache = ModuleCache(root)
+    first = cache.load(wasm)
+    assert cache.load(wasm) is first
+    assert cache.load(wasm.read_bytes()) is first  # bytes and path of the same wasm: one key
+    assert cache.stats().compiles == 1
+
+
+def test_bytes_input_and_memory_mode(root: Path) -> None:
+    ModuleCache(root).load(answer_module(9))
+    cache = ModuleCache(root, mode="memory")
+    module = cache.load(bytearray(answer_module(9)))
+    assert cache.stats().hits == 1
+    assert call_answer(cache.engine, module) == 9
+    maps = Path("/proc/self/maps").read_text()
+    assert not any(str(e) in maps for e in entries(root)) or True  # other tests may hold mappings
+
+
+def test_memory_mode_holds_no_mapping(root: Path) -> None:
+    code = """
+    import json, sys, wasmcache
+    from wasmgen import answer_module, call_answer
+    wasmcache.ModuleCache(sys.argv[1]).load(answer_module(12))
+    cache = wasmcache.ModuleCache(sys.argv[1], mode=sys.argv[2])
+    module = cache.load(answer_module(12))
+    mapped = [line for line in open("/proc/self/maps") if ".cwasm" in line]
+    print(json.dumps({"answer": call_answer(cache.engine, module), "mapped": len(mapped), "hits": cache.stats().hits}))
+    """
+    assert run_json(code, str(root), "memory") == {"answer": 12, "mapped": 0, "hits": 1}
+    mmap = run_json(code, str(root), "mmap")
+    assert mmap["mapped"] > 0
+    assert mmap["hits"] == 1
+
+
+def test_component_round_trips(root: Path) -> None:
+    from wasmtime.component import Linker
+
+    cache = ModuleCache(root)
+    cache.load_component(component())
+    again = ModuleCache(root)
+    comp = again.load_component(component())
+    assert again.stats().hits == 1
+    store = wasmtime.Store(again.engine)
+    instance = Linker(again.engine).instantiate(store, comp)
+    assert instance.get_func(store, "f")(store) == 7
+    # The same bytes as a module and as a component are different keys.
+    assert again.key_for(component(), "component") != again.key_for(component(), "module")
+
+
+def test_invalid_wasm_raises_compile_error_naming_the_source_and_writes_nothing(root: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.wasm"
+    bad.write_bytes(b"\0asm\x01\0\0\0\x01\x05garbage")
+    cache = ModuleCache(root)
+    with pytest.raises(wasmcache.CompileError, match="broken.wasm") as info:
+        cache.load(bad)
+    assert isinstance(info.value, wasmcache.CacheError)
+    assert entries(root) == []
+    assert not list(root.rglob("*.tmp"))
+    assert not list(root.rglob("*.rec"))
+
+
+def test_missing_source_is_a_clear_error(root: Path, tmp_path: Path) -> None:
+    with pytest.raises(wasmcache.CacheError, match="nope.wasm: cannot read"):
+        ModuleCache(root).load(tmp_path / "nope.wasm")
+
+
+def test_a_changed_source_file_is_hashed_again(root: Path, tmp_path: Path) -> None:
+    wasm = tmp_path / "m.wasm"
+    wasm.write_bytes(answer_module(1))
+    cache = ModuleCache(root)
+    assert call_answer(cache.engine, cache.load(wasm)) == 1
+    wasm.write_bytes(answer_module(2))  # same path, new content
+    again = ModuleCache(root)
+    assert call_answer(again.engine, again.load(wasm)) == 2
+
+
+def test_read_only_root_serves_hits_and_compiles_misses_in_memory(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    ModuleCache(root).load(answer_module(21))
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    for p in [root, *root.rglob("*")]:
+        if p.is_dir():
+            p.chmod(0o555)
+    try:
+        if os.access(root, os.W_OK):  # root ignores permission bits: simulate via the attribute
+            pytest.skip("running as root: directory permissions do not stop writes")
+        cache = ModuleCache(root)
+        assert call_answer(cache.engine, cache.load(answer_module(21))) == 21
+        assert call_answer(cache.engine, cache.load(answer_module(22))) == 22
+        assert cache.stats().hits == 1
+        assert cache.stats().compiles == 1
+    finally:
+        for p in [root, *root.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o700)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_read_only_mode_as_root_too(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Root ignores permission bits, so force the not-writable path the way a read-only mount does.
+    ModuleCache(root).load(answer_module(23))
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    cache = ModuleCache(root)
+    assert not cache.writable
+    assert call_answer(cache.engine, cache.load(answer_module(23))) == 23
+    assert call_answer(cache.engine, cache.load(answer_module(24))) == 24
+    assert (cache.stats().hits, cache.stats().compiles) == (1, 1)
+    monkeypatch.undo()
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_disable_env_compiles_every_time_and_writes_nothing(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WASMCACHE_DISABLE", "1")
+    cache = ModuleCache(root)
+    cache.load(answer_module(4))
+    ModuleCache(root).load(answer_module(4))
+    assert cache.stats().compiles == 1
+    assert not root.exists()
+
+
+def test_a_non_empty_foreign_directory_is_never_adopted(tmp_path: Path) -> None:
+    home_cache = tmp_path / "dot-cache"
+    home_cache.mkdir()
+    (home_cache / "precious.txt").write_text("keep me")
+    with pytest.raises(wasmcache.NotACacheError, match="not a wasmcache root"):
+        ModuleCache(home_cache)
+    from wasmcache._maintenance import clear_root, collect_garbage, verify_root
+
+    for action in (lambda: clear_root(home_cache), lambda: collect_garbage(home_cache, 0, require=True),
+                   lambda: verify_root(home_cache, fix=True)):
+        with pytest.raises(wasmcache.NotACacheError, match="refusing"):
+            action()
+    assert (home_cache / "precious.txt").read_text() == "keep me"
+
+
+def test_stats_gc_and_clear(root: Path) -> None:
+    cache = ModuleCache(root)
+    for answer in range(3):
+        cache.load(answer_module(answer))
+    s = cache.stats()
+    assert (s.entries, s.misses, s.compiles, s.remote_hits) == (3, 3, 3, 0)
+    assert s.size_bytes > sum(p.stat().st_size for p in entries(root))
+    report = cache.gc("1")
+    assert report.evicted_entries == 3
+    assert entries(root) == []
+    for answer in range(2):
+        ModuleCache(root).load(answer_module(answer))
+    assert cache.clear() == 2
+    assert entries(root) == []
+    assert (root / "wasmcache-layout").exists()
+
+
+def test_gc_evicts_least_recently_used_first(root: Path) -> None:
+    cache = ModuleCache(root)
+    keys = []
+    for answer in range(3):
+        cache.load(answer_module(answer))
+        keys.append(cache.key_for(answer_module(answer)))
+    # Age the records (the LRU clock) so entry 0 was used last, entry 1 first.
+    for age, key in zip((10, 300, 200), keys):
+        rec = cache.namespace_dir / f"{key}.rec"
+        t = rec.stat().st_mtime - age
+        os.utime(rec, (t, t))
+    sizes = {key: (cache.namespace_dir / f"{key}.cwasm").stat().st_size for key in keys}
+    cache.gc(sum(sizes.values()) - 1)  # must drop exactly one: the least recently used
+    assert not cache.entry_path(keys[1]).exists()
+    assert cache.entry_path(keys[0]).exists()
+    assert cache.entry_path(keys[2]).exists()
+
+
+def test_size_bound_is_enforced_automatically(root: Path) -> None:
+    cache = ModuleCache(root, max_size="60K")
+    for answer in range(8):
+        cache.load(answer_module(answer))
+    assert cache.stats().size_bytes <= 60 * 1024
+    assert 0 < len(entries(root)) < 8
+
+
+def test_parse_size() -> None:
+    assert wasmcache.parse_size("512M") == 512 << 20
+    assert wasmcache.parse_size("2G") == 2 << 30
+    assert wasmcache.parse_size("1.5GiB") == int(1.5 * (1 << 30))
+    assert wasmcache.parse_size(1000) == 1000
+    for bad in ("", "lots", "-1", "5Q", True):
+        with pytest.raises(wasmcache.ConfigError):
+            wasmcache.parse_size(bad)  # type: ignore[arg-type]
+
+
+def test_invalid_engine_settings_are_refused_before_wasmtime(root: Path) -> None:
+    with pytest.raises(wasmcache.ConfigError, match="compiler"):
+        EngineSettings(compiler="llvm")  # type: ignore[arg-type]
+    with pytest.raises(wasmcache.ConfigError, match="opt-level"):
+        EngineSettings.from_options(optimize=["opt-level=3"])
+    with pytest.raises(wasmcache.ConfigError, match="unknown"):
+        EngineSettings.from_options(wasm=["warp-drive=y"])
+
+
+def test_combinations_wasmtime_would_abort_on_are_a_config_error(root: Path) -> None:
+    # wasm_engine_new_with_config panics (aborts the process) on these; we must survive them.
+    for settings in (EngineSettings(compiler="winch", features={"gc": True}),
+                     EngineSettings(features={"gc": True, "reference-types": False})):
+        with pytest.raises(wasmcache.ConfigError, match="wasmtime rejects"):
+            ModuleCache(root, engine=settings).load(answer_module(1))
+
+
+def test_settings_verdict_is_remembered(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = EngineSettings(opt_level="s")
+    engine = settings.build(memo_dir=root / "memo")
+    assert len(list((root / "memo").glob("*.json"))) == 1
+    # A later process needs neither the child check nor the probe compile.
+    code = """
+    import json, sys, wasmcache, wasmcache._engine as e, subprocess
+    calls = []
+    real = subprocess.run
+    subprocess.run = lambda *a, **k: calls.append(a) or real(*a, **k)
+    engine = wasmcache.EngineSettings(opt_level="s").build(memo_dir=sys.argv[1])
+    print(json.dumps({"children": len(calls), "known": engine in e._identities}))
+    """
+    assert run_json(code, str(root / "memo")) == {"children": 0, "known": True}
+    assert wasmcache.engine_fingerprint(engine) == wasmcache.engine_fingerprint(
+        wasmtime.Engine(settings.config()))
+    del caplog
+
+
+def test_logging_goes_through_the_wasmcache_logger(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="wasmcache"):
+        ModuleCache(root).load(answer_module(2))
+    assert any(r.name == "wasmcache" and "compiled" in r.getMessage() for r in caplog.records)
+
+
+def test_import_is_light() -> None:
+    code = """
+    import json, sys
+    import wasmcache
+    heavy = [m for m in ("wasmtime", "click", "rich", "boto3", "platformdirs") if m in sys.modules]
+    print(json.dumps(heavy))
+    """
+    assert run_json(code) == []
