@@ -60,10 +60,13 @@ from ._store import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import wasmtime
     from wasmtime.component import Component
 
     from ._maintenance import EntryInfo, GcReport, VerifyReport
+    from ._remote import RemoteTier
 
 log = logging.getLogger("wasmcache")
 
@@ -95,6 +98,32 @@ class CacheStats:
     entries: int
     size_bytes: int
     remote_hits: int = 0
+    remote_misses: int = 0
+    uploads: int = 0
+    rejected: int = 0  # remote artifacts refused (bad or untrusted signature, wrong digest or engine)
+
+
+def _remote_settings(
+    remote: str | None,
+    signing_key: str | os.PathLike[str] | None,
+    trusted_keys: Sequence[str | os.PathLike[str]] | None,
+) -> tuple[str, str | None, list[str]] | None:
+    """The remote tier's settings from arguments, else $WASMCACHE_REMOTE & co.; checked, not loaded."""
+    url = remote if remote is not None else os.environ.get("WASMCACHE_REMOTE") or None
+    if url is None:
+        return None
+    if signing_key is None:
+        signing_key = os.environ.get("WASMCACHE_SIGNING_KEY") or None
+    if trusted_keys is None:
+        trusted_keys = [p for p in os.environ.get("WASMCACHE_TRUSTED_KEYS", "").split(os.pathsep) if p]
+    if not url.startswith("s3://") or len(url) <= len("s3://"):
+        raise ConfigError(f"remote {url!r}: expected s3://BUCKET[/PREFIX]")
+    if not trusted_keys:
+        raise ConfigError(
+            f"remote {url}: no trusted public keys; a compiled module is native code, so artifacts are loaded "
+            "only when signed by a key you trust. Pass trusted_keys=[...] or set $WASMCACHE_TRUSTED_KEYS."
+        )
+    return url, (os.fspath(signing_key) if signing_key is not None else None), [os.fspath(k) for k in trusted_keys]
 
 
 def _fd_path(fd: int) -> str:
@@ -151,6 +180,9 @@ class ModuleCache:
         mode: Mode = "mmap",
         max_size: int | str | None = None,
         lock_timeout: float = _DEFAULT_LOCK_TIMEOUT,
+        remote: str | None = None,
+        signing_key: str | os.PathLike[str] | None = None,
+        trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:
         if mode not in ("mmap", "memory"):
             raise ConfigError(f"mode={mode!r}: expected 'mmap' or 'memory'")
@@ -166,7 +198,10 @@ class ModuleCache:
         self._loaded: weakref.WeakValueDictionary[tuple[str, str], Any] = weakref.WeakValueDictionary()
         self._digests: dict[Identity, str] = {}
         self._hits = self._misses = self._compiles = 0
+        self._remote_hits = self._remote_misses = self._uploads = self._rejected = 0
         self.writable = False
+        self._remote: RemoteTier | None = None
+        self._remote_settings = _remote_settings(remote, signing_key, trusted_keys)
         if not self.disabled:
             self._open_root()
 
@@ -463,13 +498,19 @@ class ModuleCache:
                 module = self._load_entry(key, kind)
                 if module is not None:
                     return module
+                module = self._load_remote(key, kind, digest, name)
+                if module is not None:
+                    return module
             if data is None:
                 assert path is not None  # noqa: S101 - _source returns one of the two
                 data = self._read_source(name, path, digest)
             compiled = self._compile(name, data, kind)
             if lock is None:
                 return compiled
-            published = self._publish(compiled, key, kind, digest, name)
+            serialized = compiled.serialize()
+            published = self._publish(serialized, key, kind, digest, name)
+            if published is not None:
+                self._upload(key, serialized)
             return published if published is not None else compiled
         finally:
             if lock is not None:
@@ -508,12 +549,11 @@ class ModuleCache:
         if not engine_file.exists():
             write_small_file_atomically(engine_file, self.engine_identity.section, mode=0o444, durable=True)
 
-    def _publish(self, compiled: Any, key: str, kind: Kind, digest: str, name: str) -> Any:
-        """Publish `compiled` under `key` (we hold its lock); return the mapped entry, or None."""
+    def _publish(self, serialized: bytes | bytearray, key: str, kind: Kind, digest: str, name: str) -> Any:
+        """Publish `serialized` under `key` (we hold its lock); return the loaded entry, or None."""
         namespace = self.namespace_dir
         entry = namespace / f"{key}{ENTRY_SUFFIX}"
         try:
-            serialized = compiled.serialize()
             record = Record(
                 key=key, kind=kind, wasm_digest=digest,
                 content_digest=blake3.blake3(serialized, max_threads=blake3.blake3.AUTO).hexdigest(),
@@ -537,9 +577,63 @@ class ModuleCache:
                 os.unlink(record_path(namespace, key))
             return None
         self._account(record.size)
-        if self.mode == "memory":
-            return compiled
         return self._load_entry(key, kind)
+
+    # --- the remote tier (issue #5): consulted only on a local miss, under the key lock ----------
+
+    def _remote_tier(self) -> RemoteTier | None:
+        if self._remote is None and self._remote_settings is not None:
+            from ._remote import RemoteTier  # noqa: PLC0415 - boto3 & co. only when the local cache misses
+
+            url, signing_key, trusted_keys = self._remote_settings
+            self._remote = RemoteTier(url, signing_key=signing_key, trusted_keys=trusted_keys)
+        return self._remote
+
+    def _load_remote(self, key: str, kind: Kind, digest: str, name: str) -> Any:
+        remote = self._remote_tier()
+        if remote is None:
+            return None
+        data = remote.fetch(key, self.engine_identity.fingerprint)
+        if data is None:
+            with self._guard:
+                self._remote_misses += 1
+            return None
+        try:
+            section = find_section(data, ENGINE_SECTION)
+        except ValueError:
+            section = b""
+        if section != self.engine_identity.section:  # signed, but for another engine: never load it
+            log.warning("wasmcache: remote artifact for %s was compiled by another engine; compiling locally", name)
+            with self._guard:
+                self._rejected += 1
+            return None
+        module = self._publish(data, key, kind, digest, name)
+        if module is None:  # could not store it locally (disk full ...): load the verified bytes
+            module = self._deserialize_bytes(data, kind, name)
+            if module is None:
+                return None
+        with self._guard:
+            self._remote_hits += 1
+        return module
+
+    def _deserialize_bytes(self, data: bytes, kind: Kind, name: str) -> Any:
+        import wasmtime  # noqa: PLC0415
+        from wasmtime.component import Component  # noqa: PLC0415
+
+        cls: Any = wasmtime.Module if kind == "module" else Component
+        try:
+            return cls.deserialize(self.engine, data)
+        except wasmtime.WasmtimeError as exc:
+            log.warning("wasmcache: cannot load the remote artifact for %s: %s", name, exc)
+            return None
+
+    def _upload(self, key: str, serialized: bytes | bytearray) -> None:
+        remote = self._remote_tier()
+        if remote is None or not remote.can_upload:
+            return
+        if remote.upload(key, self.engine_identity.fingerprint, bytes(serialized)):
+            with self._guard:
+                self._uploads += 1
 
     # --- size bound -------------------------------------------------------------------------------
 
@@ -570,8 +664,10 @@ class ModuleCache:
         from ._maintenance import scan_usage  # noqa: PLC0415
 
         entries, size = scan_usage(self.root) if not self.disabled else (0, 0)
+        rejected = self._rejected + (self._remote.rejected if self._remote is not None else 0)
         with self._guard:
-            return CacheStats(self._hits, self._misses, self._compiles, entries, size)
+            return CacheStats(self._hits, self._misses, self._compiles, entries, size, self._remote_hits,
+                              self._remote_misses, self._uploads, rejected)
 
     def gc(self, max_size: int | str | None = None) -> GcReport:
         """Evict least recently used entries (whole root) down to `max_size`; reap dead writers' temp files."""

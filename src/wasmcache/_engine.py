@@ -180,6 +180,9 @@ class EngineSettings:
         """A fresh `wasmtime.Config` with these settings. Not validated: prefer `build()`."""
         import wasmtime  # noqa: PLC0415 - keep `import wasmcache` from paying for wasmtime twice
 
+        if self.compiler == "winch" and _wasmtime_major() < _FIRST_WINCH_RELEASE:
+            # The C API's strategy enum has no Winch value before 45: 2 would be undefined behaviour.
+            raise ConfigError(f"compiler=winch needs wasmtime >= {_FIRST_WINCH_RELEASE} (installed: {_wasmtime_version()})")
         config = wasmtime.Config()
         for name, enabled in self.features.items():
             attribute = "wasm_" + name.replace("-", "_")
@@ -193,7 +196,8 @@ class EngineSettings:
         if self.epoch_interruption:
             config.epoch_interruption = True
         if self.nan_canonicalization:
-            config.cranelift_nan_canonicalization = True
+            # The C setter: wasmtime-py < 45 has no such property, and Config silently accepts any attribute.
+            wasmtime._ffi.wasmtime_config_cranelift_nan_canonicalization_set(config.ptr(), True)  # noqa: SLF001
         if self.debug_info:
             config.debug_info = True
         # wasmtime-py's `Config.strategy` knows only auto/cranelift, though Winch is compiled in;
@@ -315,6 +319,14 @@ def _write_memo(path: Path | None, memo_key: str, settings: EngineSettings, sect
         write_small_file_atomically(path, json.dumps(record).encode())
     except OSError as exc:
         log.debug("could not remember engine settings in %s: %s", path, exc)
+
+
+_FIRST_WINCH_RELEASE: Final = 45
+
+
+def _wasmtime_major() -> int:
+    head = _wasmtime_version().split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def _wasmtime_version() -> str:

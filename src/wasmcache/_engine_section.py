@@ -44,10 +44,10 @@ from types import MappingProxyType
 from typing import Final, TypeAlias
 
 __all__ = [
+    "SUPPORTED_FORMAT_VERSION",
     "EngineInfo",
     "EngineSectionError",
     "FlagValue",
-    "SUPPORTED_FORMAT_VERSION",
     "decode_engine_section",
     "known_tunables_versions",
 ]
@@ -57,9 +57,6 @@ FlagValue: TypeAlias = str | int | bool
 
 SUPPORTED_FORMAT_VERSION: Final = 0
 """The only section format byte Wasmtime has written (``VERSION`` in serialization.rs)."""
-
-ENGINE_SECTION_NAME: Final = ".wasmtime.engine"
-"""ELF section name holding the data this module decodes."""
 
 # postcard encodes `usize` lengths as 64-bit varints; u32/u64 as their width.
 _U32_BITS: Final = 32
@@ -74,7 +71,7 @@ class EngineSectionError(ValueError):
     """
 
 
-class _UndecidableLayout(Exception):
+class _UndecidableLayoutError(Exception):
     """Internal: the bytes are well formed but cannot be named with certainty.
 
     Raised while decoding ``Tunables`` when a value is legal for Wasmtime but
@@ -108,9 +105,7 @@ class _Reader:
         return len(self._data) - self._pos
 
     def _truncated(self, what: str) -> EngineSectionError:
-        return EngineSectionError(
-            f"engine section truncated while reading {what} at offset {self._pos}"
-        )
+        return EngineSectionError(f"engine section truncated while reading {what} at offset {self._pos}")
 
     def u8(self, what: str) -> int:
         """Read one raw byte."""
@@ -146,22 +141,16 @@ class _Reader:
             result |= (byte & 0x7F) << (7 * i)
             if not byte & 0x80:
                 if result >> bits:
-                    raise EngineSectionError(
-                        f"varint for {what} at offset {start} overflows u{bits}"
-                    )
+                    raise EngineSectionError(f"varint for {what} at offset {start} overflows u{bits}")
                 return result
-        raise EngineSectionError(
-            f"varint for {what} at offset {start} is longer than {max_bytes} bytes"
-        )
+        raise EngineSectionError(f"varint for {what} at offset {start} is longer than {max_bytes} bytes")
 
     def boolean(self, what: str) -> bool:
         """Read a postcard bool, which must be exactly 0 or 1."""
         start = self._pos
         byte = self.u8(what)
         if byte > 1:
-            raise EngineSectionError(
-                f"invalid bool value {byte} for {what} at offset {start}"
-            )
+            raise EngineSectionError(f"invalid bool value {byte} for {what} at offset {start}")
         return byte == 1
 
     def string(self, what: str) -> str:
@@ -172,9 +161,7 @@ class _Reader:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise EngineSectionError(
-                f"{what} at offset {start} is not valid UTF-8"
-            ) from exc
+            raise EngineSectionError(f"{what} at offset {start} is not valid UTF-8") from exc
 
 
 # --------------------------------------------------------------------------
@@ -227,9 +214,7 @@ def _dec_enum(variants: tuple[str, ...]) -> _FieldDecoder:
         start = r.pos
         index = r.varint(_U32_BITS, f"tunable {name}")
         if index >= len(variants):
-            raise EngineSectionError(
-                f"unknown variant {index} for tunable {name} at offset {start}"
-            )
+            raise EngineSectionError(f"unknown variant {index} for tunable {name} at offset {start}")
         return variants[index]
 
     return decode
@@ -245,9 +230,7 @@ def _dec_option(inner: _FieldDecoder) -> _FieldDecoder:
             return None
         if tag == 1:
             return inner(r, name)
-        raise EngineSectionError(
-            f"invalid option tag {tag} for tunable {name} at offset {start}"
-        )
+        raise EngineSectionError(f"invalid option tag {tag} for tunable {name} at offset {start}")
 
     return decode
 
@@ -271,10 +254,8 @@ def _dec_operator_cost(r: _Reader, name: str) -> object:
     if index == 1:
         return "Default"
     if index == 0:
-        raise _UndecidableLayout("operator cost table")
-    raise EngineSectionError(
-        f"unknown variant {index} for tunable {name} at offset {start}"
-    )
+        raise _UndecidableLayoutError("operator cost table")
+    raise EngineSectionError(f"unknown variant {index} for tunable {name} at offset {start}")
 
 
 _COLLECTOR_40: Final = ("DeferredReferenceCounting", "Null")
@@ -465,8 +446,8 @@ def _read_flags(r: _Reader, which: str) -> Mapping[str, FlagValue]:
     # byte; refusing impossible counts up front gives a clearer error.
     if count > r.remaining() // 3:
         raise EngineSectionError(
-            f"{which} count {count} at offset {start} exceeds what the "
-            f"remaining {r.remaining()} bytes can hold"
+            f"engine section truncated: {which} count {count} at offset {start} "
+            f"exceeds what the remaining {r.remaining()} bytes can hold"
         )
     flags: dict[str, FlagValue] = {}
     for _ in range(count):
@@ -481,9 +462,7 @@ def _read_flags(r: _Reader, which: str) -> Mapping[str, FlagValue]:
         elif tag == 2:
             value = r.boolean(f"{which} bool value of {name!r}")
         else:
-            raise EngineSectionError(
-                f"unknown flag value tag {tag} for {which} {name!r} at offset {tag_at}"
-            )
+            raise EngineSectionError(f"unknown flag value tag {tag} for {which} {name!r} at offset {tag_at}")
         if name in flags:
             raise EngineSectionError(f"duplicate {which} entry {name!r}")
         flags[name] = value
@@ -496,9 +475,7 @@ def _major_version(version: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _read_tunables(
-    r: _Reader, layout: tuple[_Step, ...], partial: dict[str, object]
-) -> None:
+def _read_tunables(r: _Reader, layout: tuple[_Step, ...], partial: dict[str, object]) -> None:
     """Decode ``Tunables`` into ``partial``, field by field.
 
     ``partial`` is filled in place so that, if an undecidable value stops the
@@ -510,7 +487,7 @@ def _read_tunables(
             start = r.pos
             chunk = r.take(step.length, "tunables")
             if any(chunk):
-                raise _UndecidableLayout(
+                raise _UndecidableLayoutError(
                     f"non-zero bytes at offset {start} in a region of unknown field order"
                 )
             partial.update(step.implied)
@@ -534,7 +511,7 @@ def _detect_compiler(tunables: Mapping[str, object]) -> str:
     return "unknown"
 
 
-def decode_engine_section(data: bytes) -> EngineInfo:
+def decode_engine_section(data: bytes | bytearray | memoryview) -> EngineInfo:
     """Decode the raw bytes of a ``.wasmtime.engine`` ELF section.
 
     The header, target and Cranelift flags are decoded for every Wasmtime
@@ -549,9 +526,7 @@ def decode_engine_section(data: bytes) -> EngineInfo:
     fully decoded section.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise EngineSectionError(
-            f"engine section must be bytes-like, not {type(data).__name__}"
-        )
+        raise EngineSectionError(f"engine section must be bytes-like, not {type(data).__name__}")
     r = _Reader(bytes(data))
 
     format_version = r.u8("format version")
@@ -565,9 +540,7 @@ def decode_engine_section(data: bytes) -> EngineInfo:
     try:
         wasmtime_version = r.take(version_len, "version string").decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise EngineSectionError(
-            f"version string at offset {version_at} is not valid UTF-8"
-        ) from exc
+        raise EngineSectionError(f"version string at offset {version_at} is not valid UTF-8") from exc
 
     target = r.string("target triple")
     shared_flags = _read_flags(r, "shared flag")
@@ -585,21 +558,18 @@ def decode_engine_section(data: bytes) -> EngineInfo:
         # Unknown layout: nothing after the flags can be interpreted, but the
         # mandatory `features` varint means at least one byte must follow.
         if r.remaining() == 0:
-            raise EngineSectionError(
-                "engine section truncated: tunables and features are missing"
-            )
+            raise EngineSectionError("engine section truncated: tunables and features are missing")
     else:
         try:
             _read_tunables(r, layout, partial)
-        except _UndecidableLayout:
+        except _UndecidableLayoutError:
             pass
         else:
             tunables = MappingProxyType(dict(partial))
             features = r.varint(_U64_BITS, "wasm features")
             if r.remaining():
                 raise EngineSectionError(
-                    f"{r.remaining()} unexpected trailing bytes after engine "
-                    f"metadata at offset {r.pos}"
+                    f"{r.remaining()} unexpected trailing bytes after engine metadata at offset {r.pos}"
                 )
 
     return EngineInfo(
