@@ -29,7 +29,7 @@ lint: venv
 
 ## make demo: compile and run Yosys (49 MB of wasm) twice through the cache, then show stats
 demo: venv
-	$(BIN)/python bench/demo.py
+	$(BIN)/python scripts/demo.py
 
 ## make bench: the benchmark suite (figures in bench/results.json and docs/bench.png)
 bench: venv

@@ -8,14 +8,17 @@ entry) recompile and rewrite the entry in place with `open(path, "wb")`.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 import wasmtime
 
 
 def naive_load(root: Path, engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
     root.mkdir(parents=True, exist_ok=True)
-    path = root / (hashlib.sha1(wasm).hexdigest() + ".cwasm")  # noqa: S324 - faithfully naive
+    path = root / (hashlib.sha1(wasm).hexdigest() + ".cwasm")
     if path.exists():
         try:
             return wasmtime.Module.deserialize_file(engine, str(path))
@@ -29,5 +32,5 @@ def naive_load(root: Path, engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Mod
 
 def winch_engine() -> wasmtime.Engine:
     config = wasmtime.Config()
-    wasmtime._ffi.wasmtime_config_strategy_set(config.ptr(), 2)  # noqa: SLF001
+    wasmtime._ffi.wasmtime_config_strategy_set(config.ptr(), 2)
     return wasmtime.Engine(config)

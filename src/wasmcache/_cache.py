@@ -35,7 +35,6 @@ from ._errors import CacheError, CompileError, ConfigError, NotACacheError
 from ._layout import (
     ENTRY_SUFFIX,
     NAMESPACE_ENGINE_FILE,
-    RECORD_SUFFIX,
     cache_key,
     default_max_size,
     default_root,
@@ -415,7 +414,7 @@ class ModuleCache:
     def _wasm_digest(self, name: str, path: str | None, data: bytes | None) -> tuple[str, bytes | None]:
         """The wasm's blake3; for a path, remembered by file identity so a hit never re-reads it."""
         if path is None:
-            assert data is not None  # noqa: S101 - _source returns one of the two
+            assert data is not None
             return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data
         try:
             st = os.stat(path)
@@ -479,19 +478,19 @@ class ModuleCache:
     def _compile_and_publish(
         self, name: str, path: str | None, data: bytes | None, key: str, kind: Kind, digest: str
     ) -> Any:
-        lock = None
+        lock: KeyLock | None = None
         if self.writable and not self.disabled:
-            lock = KeyLock(lock_path(self.namespace_dir, key))
+            key_lock = KeyLock(lock_path(self.namespace_dir, key))
             try:
                 self._ensure_namespace()
-                if not lock.acquire(timeout=self.lock_timeout):
+                if key_lock.acquire(timeout=self.lock_timeout):
+                    lock = key_lock
+                else:
                     log.warning("wasmcache: waited %.0f s for another process compiling %s; compiling here too",
                                 self.lock_timeout, name)
-                    lock = None
             except OSError as exc:
-                log.warning("wasmcache: cannot lock %s (%s); compiling without caching", lock.path,
+                log.warning("wasmcache: cannot lock %s (%s); compiling without caching", key_lock.path,
                             exc.strerror or exc)
-                lock = None
         try:
             if lock is not None:
                 # Another process may have published while we waited for the lock.
@@ -502,7 +501,7 @@ class ModuleCache:
                 if module is not None:
                     return module
             if data is None:
-                assert path is not None  # noqa: S101 - _source returns one of the two
+                assert path is not None
                 data = self._read_source(name, path, digest)
             compiled = self._compile(name, data, kind)
             if lock is None:
@@ -570,7 +569,7 @@ class ModuleCache:
             published = publish_atomically(entry, serialized)
             write_record(record_path(namespace, key), Record(**{**record.__dict__, "identity": Identity.of(published)}))
             self._ensure_namespace()  # a concurrent gc may have collected the empty namespace
-        except Exception as exc:  # noqa: BLE001 - any failure to publish must still return the module
+        except Exception as exc:
             log.warning("wasmcache: could not store %s in the cache (%s); using it uncached",
                         name, getattr(exc, "strerror", None) or exc)
             with contextlib.suppress(OSError):

@@ -24,10 +24,7 @@ _MAX_SECTION: Final = 64 << 20
 
 
 def _read_at(source: bytes | memoryview | int, offset: int, size: int) -> bytes:
-    if isinstance(source, int):
-        data = os.pread(source, size, offset)
-    else:
-        data = bytes(source[offset : offset + size])
+    data = os.pread(source, size, offset) if isinstance(source, int) else bytes(source[offset : offset + size])
     if len(data) != size:
         raise ValueError(f"truncated ELF file: wanted {size} bytes at offset {offset}")
     return data

@@ -182,7 +182,9 @@ class EngineSettings:
 
         if self.compiler == "winch" and _wasmtime_major() < _FIRST_WINCH_RELEASE:
             # The C API's strategy enum has no Winch value before 45: 2 would be undefined behaviour.
-            raise ConfigError(f"compiler=winch needs wasmtime >= {_FIRST_WINCH_RELEASE} (installed: {_wasmtime_version()})")
+            raise ConfigError(
+                f"compiler=winch needs wasmtime >= {_FIRST_WINCH_RELEASE} (installed: {_wasmtime_version()})"
+            )
         config = wasmtime.Config()
         for name, enabled in self.features.items():
             attribute = "wasm_" + name.replace("-", "_")
@@ -197,7 +199,7 @@ class EngineSettings:
             config.epoch_interruption = True
         if self.nan_canonicalization:
             # The C setter: wasmtime-py < 45 has no such property, and Config silently accepts any attribute.
-            wasmtime._ffi.wasmtime_config_cranelift_nan_canonicalization_set(config.ptr(), True)  # noqa: SLF001
+            wasmtime._ffi.wasmtime_config_cranelift_nan_canonicalization_set(config.ptr(), True)  # noqa: SLF001, FBT003
         if self.debug_info:
             config.debug_info = True
         # wasmtime-py's `Config.strategy` knows only auto/cranelift, though Winch is compiled in;
@@ -240,7 +242,7 @@ class EngineSettings:
         env["RUST_BACKTRACE"] = "0"
         code = "from wasmcache._engine import _child_probe; _child_probe()"
         try:
-            proc = subprocess.run(  # noqa: S603 - our own interpreter and code
+            proc = subprocess.run(
                 [sys.executable, "-c", code, json.dumps(self.as_dict())],
                 capture_output=True, text=True, timeout=120, env=env, check=False,
             )

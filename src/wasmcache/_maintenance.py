@@ -19,7 +19,6 @@ from typing import Final
 from ._elf import ENGINE_SECTION, find_section
 from ._engine import fingerprint_of_section
 from ._layout import (
-    CACHEDIR_TAG,
     ENTRY_SUFFIX,
     KEY_RE,
     LOCK_SUFFIX,

@@ -19,13 +19,13 @@ import secrets
 import stat
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from ._layout import KEY_RE, KINDS, LOCK_SUFFIX, RECORD_SUFFIX, TEMP_SUFFIX
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
@@ -183,7 +183,7 @@ class Record:
             raise ValueError("record field kind is malformed")
         created = fields.get("created")
         if not isinstance(created, (int, float)) or isinstance(created, bool):
-            raise ValueError("record field created is malformed")
+            raise ValueError("record field created is malformed")  # noqa: TRY004 - bad data, not a caller's type
         return cls(
             key=text("key", KEY_RE),
             kind=kind,
@@ -279,7 +279,7 @@ class KeyLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> KeyLock:
+    def __enter__(self) -> KeyLock:  # noqa: PYI034 - final in practice; Self needs 3.11
         self.acquire()
         return self
 

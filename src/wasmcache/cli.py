@@ -30,12 +30,12 @@ if TYPE_CHECKING:
 _TRAP_EXIT = 134  # what `wasmtime run` exits with when the guest traps (128 + SIGABRT)
 
 
-class _Failure(Exception):
+class _CliError(Exception):
     """A CLI-level error: printed as one line, exit code 2."""
 
 
 def _fail(message: str) -> NoReturn:
-    raise _Failure(message)
+    raise _CliError(message)
 
 
 def _console() -> Any:
@@ -181,8 +181,8 @@ def run(
         if invoke is not None:
             _invoke(store, exports, invoke, args, file)
         else:
-            start = exports.get("_start") if hasattr(exports, "get") else exports["_start"]
-            if start is None:
+            start: Any = exports.get("_start")
+            if not isinstance(start, wasmtime.Func):
                 _fail(f"{file}: exports no `_start`; name a function with --invoke")
             start(store)
     except wasmtime.ExitTrap as exit_trap:
@@ -220,7 +220,7 @@ def _invoke(store: wasmtime.Store, exports: Any, name: str, args: tuple[str, ...
     if len(params) != len(args):
         _fail(f"{file}: {name} takes {len(params)} arguments, got {len(args)}")
     values: list[Any] = []
-    for ty, raw in zip(params, args):
+    for ty, raw in zip(params, args, strict=True):
         try:
             values.append(float(raw) if str(ty) in ("f32", "f64") else int(raw, 0))
         except ValueError:
@@ -291,14 +291,15 @@ def stats(cache_dir: Path | None, as_json: bool) -> None:
         ns = namespaces.setdefault(info.namespace, {"entries": 0, "size_bytes": 0})
         ns["entries"] += 1
         ns["size_bytes"] += info.size
-    data = {"root": str(root), "entries": entries, "size_bytes": size, "max_size": default_max_size(),
+    max_size = default_max_size()
+    data = {"root": str(root), "entries": entries, "size_bytes": size, "max_size": max_size,
             "namespaces": namespaces}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"cache root      {root}")
     click.echo(f"entries         {entries}")
-    click.echo(f"size            {_human(size)} of {_human(data['max_size'])}")
+    click.echo(f"size            {_human(size)} of {_human(max_size)}")
     click.echo(f"namespaces      {len(namespaces)}")
     for name, ns in sorted(namespaces.items()):
         click.echo(f"  {name}  {ns['entries']} entries, {_human(ns['size_bytes'])}")
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)
-    except (CacheError, _Failure) as exc:
+    except (CacheError, _CliError) as exc:
         if debug:
             raise
         _err_console().print(f"[bold red]wasmcache: error:[/] {exc}", soft_wrap=True)
