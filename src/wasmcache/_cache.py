@@ -31,7 +31,7 @@ import blake3
 
 from ._elf import ENGINE_SECTION, find_section
 from ._engine import EngineIdentity, EngineSettings, _wasmtime_version, engine_identity
-from ._errors import CacheError, CompileError, ConfigError, NotACacheError
+from ._errors import CacheError, CompileError, ConfigError, NotACacheError, UnsafeCacheError
 from ._layout import (
     ENTRY_SUFFIX,
     NAMESPACE_ENGINE_FILE,
@@ -42,6 +42,8 @@ from ._layout import (
     initialize_root,
     namespace_name,
     parse_size,
+    unsafe_fix,
+    unsafe_reason,
 )
 from ._store import (
     O_CLOEXEC,
@@ -179,6 +181,7 @@ class ModuleCache:
         mode: Mode = "mmap",
         max_size: int | str | None = None,
         lock_timeout: float = _DEFAULT_LOCK_TIMEOUT,
+        strict: bool = True,
         remote: str | None = None,
         signing_key: str | os.PathLike[str] | None = None,
         trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
@@ -199,6 +202,8 @@ class ModuleCache:
         self._hits = self._misses = self._compiles = 0
         self._remote_hits = self._remote_misses = self._uploads = self._rejected = 0
         self.writable = False
+        self.strict = strict
+        self._namespace_checked = False
         self._remote: RemoteTier | None = None
         self._remote_settings = _remote_settings(remote, signing_key, trusted_keys)
         if not self.disabled:
@@ -215,9 +220,24 @@ class ModuleCache:
                 log.warning("wasmcache: cannot create cache root %s (%s); compiling without a cache",
                             self.root, exc.strerror or exc)
                 return
+        if not self._safe(self.root, os.stat(self.root)):
+            return
         self.writable = os.access(self.root, os.W_OK)
         if not self.writable:
             log.info("wasmcache: %s is read-only: serving hits, compiling misses in memory", self.root)
+
+    def _safe(self, path: Path, st: os.stat_result) -> bool:
+        """Refuse (strict) or stop using (strict=False) a cache path that others could rewrite."""
+        reason = unsafe_reason(st)
+        if reason is None:
+            return True
+        message = (f"{path} {reason}: another user could plant native code that this process would run; "
+                   f"fix: {unsafe_fix(path, reason)}")
+        if self.strict:
+            raise UnsafeCacheError(message)
+        log.warning("wasmcache: %s (strict=False: compiling without the cache)", message)
+        self.disabled = True
+        return False
 
     # --- engine ----------------------------------------------------------------------------------
 
@@ -301,6 +321,14 @@ class ModuleCache:
     def _load_entry(self, key: str, kind: Kind) -> Any:
         """The checked entry for `key`, deserialized; None on a miss (bad entries are quarantined)."""
         namespace = self.namespace_dir
+        if not self._namespace_checked:
+            try:
+                namespace_stat = os.stat(namespace)
+            except OSError:
+                return None  # no namespace yet: nothing to load
+            if not self._safe(namespace, namespace_stat):
+                return None
+            self._namespace_checked = True
         found = read_record(record_path(namespace, key))
         if found is None:
             return None
@@ -321,6 +349,8 @@ class ModuleCache:
             seen = Identity.of(st)
             if not stat.S_ISREG(st.st_mode):
                 self._repair(key, seen, "entry is not a regular file")
+                return None
+            if not self._safe(entry, st):
                 return None
             if record.identity != seen and not self._verify_content(fd, record, key, seen):
                 return None

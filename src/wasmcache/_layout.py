@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Final
 
@@ -65,6 +66,26 @@ def parse_size(value: int | str) -> int:
         raise ConfigError(f"size {value!r}: expected bytes or a number with K, M, G or T (512M, 2G)")
     number, unit, _ = match.groups()
     return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def unsafe_reason(st: os.stat_result) -> str | None:
+    """Why a cache path could be rewritten by someone else, or None (like OpenSSH StrictModes).
+
+    A world-writable root, namespace or entry, or one owned by another user (root excepted), lets
+    that user plant native code which this process would map and run.
+    """
+    if st.st_mode & stat.S_IWOTH and not stat.S_ISLNK(st.st_mode):
+        return "is world-writable"
+    getuid = getattr(os, "getuid", None)
+    if getuid is not None and st.st_uid not in (getuid(), 0):
+        return f"is owned by another user (uid {st.st_uid})"
+    return None
+
+
+def unsafe_fix(path: Path, reason: str) -> str:
+    if "world-writable" in reason:
+        return f"chmod o-w {path}"
+    return f"chown $(id -u) {path}, or use a cache directory of your own"
 
 
 def default_root() -> Path:

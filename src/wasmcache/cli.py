@@ -404,6 +404,42 @@ def inspect(cache_dir: Path | None, as_json: bool, target: str) -> None:
                 click.echo(f"  {k} = {v}")
 
 
+@cli.command()
+@cache_dir_option
+@click.option("--pid", type=int, help="Instead: check the .cwasm files mapped by this live process.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
+    """Find dangers in the cache root (or in a live process's mapped modules), each with its fix."""
+    from ._doctor import DANGER, diagnose_pid, diagnose_root  # noqa: PLC0415
+
+    if pid is not None:
+        try:
+            mapped = diagnose_pid(pid)
+        except OSError as exc:
+            _fail(f"process {pid}: cannot read its memory map: {exc.strerror or exc}")
+        danger = any(m.state == "modified-in-place" for m in mapped)
+        if as_json:
+            click.echo(json.dumps([asdict(m) for m in mapped], indent=2))
+        else:
+            if not mapped:
+                click.echo(f"process {pid} maps no .cwasm file")
+            for m in mapped:
+                click.echo(f"{m.state:18} {m.path}  ({m.detail})")
+            if danger:
+                click.echo("fix: restart the process; make the tool that rewrote the file publish by rename "
+                           "(or use wasmcache)")
+        sys.exit(1 if danger else 0)
+    findings = diagnose_root(_root(cache_dir))
+    danger = any(f.severity == DANGER for f in findings)
+    if as_json:
+        click.echo(json.dumps([asdict(f) for f in findings], indent=2))
+    else:
+        for f in findings:
+            click.echo(f"{f.severity}: {f.path}: {f.problem}\n  fix: {f.fix}")
+        click.echo("no problems found" if not findings else f"{len(findings)} finding(s)")
+    sys.exit(1 if danger else 0)
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 

@@ -1,0 +1,184 @@
+"""`wasmcache doctor`: what is dangerous in a cache root, and which mapped modules are about to crash.
+
+`diagnose_root` adds to `verify` what a person debugging a crash wants to know: permissions,
+stale temp files, identity mismatches. `diagnose_pid` reads /proc/PID/maps and tells, for every
+mapped `.cwasm` (ours or anyone's), whether its file was replaced safely (a new inode at the
+path: the process keeps the old one) or modified in place since it was mapped (the process will
+execute garbage or die with SIGBUS on its next page fault there).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ._layout import (
+    ENTRY_SUFFIX,
+    NAMESPACE_PREFIX,
+    RECORD_SUFFIX,
+    TEMP_SUFFIX,
+    unsafe_fix,
+    unsafe_reason,
+)
+from ._maintenance import _namespaces, verify_root
+from ._store import Identity, lock_path, read_record, try_lock
+
+DANGER: Final = "danger"
+WARNING: Final = "warning"
+INFO: Final = "info"
+# A process's start time is known to about a second (/proc/stat's btime is whole seconds).
+_START_SLACK: Final = 1.0
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    severity: str  # danger | warning | info
+    path: str
+    problem: str
+    fix: str
+
+
+def diagnose_root(root: Path) -> list[Diagnosis]:
+    out: list[Diagnosis] = []
+    if not root.exists():
+        return [Diagnosis(INFO, str(root), "cache root does not exist yet", "nothing to do")]
+    for directory in [root, *_namespaces(root)]:
+        try:
+            reason = unsafe_reason(os.stat(directory))
+        except OSError:
+            continue
+        if reason is not None:
+            out.append(Diagnosis(DANGER, str(directory), f"{directory.name} {reason}", unsafe_fix(directory, reason)))
+    for namespace in _namespaces(root):
+        with os.scandir(namespace) as it:
+            names = [(e.name, e.path) for e in it]
+        for name, path in names:
+            if name.endswith(TEMP_SUFFIX):
+                with try_lock(lock_path(namespace, name.split(".", 1)[0])) as free:
+                    if free:
+                        out.append(Diagnosis(WARNING, str(path), "temp file of a writer that died",
+                                             "`wasmcache gc` reaps it"))
+            elif name.endswith(ENTRY_SUFFIX):
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                reason = unsafe_reason(st)
+                if reason is not None:
+                    out.append(Diagnosis(DANGER, str(path), f"entry {reason}", unsafe_fix(Path(path), reason)))
+                found = read_record(namespace / (name[: -len(ENTRY_SUFFIX)] + RECORD_SUFFIX))
+                if found is not None and found[0].identity not in (None, Identity.of(st)):
+                    out.append(Diagnosis(WARNING, str(path), "entry is not the file that was published "
+                                         "(copied, restored or modified since)",
+                                         "the next load checks its content; `wasmcache verify --fix` settles it now"))
+    report = verify_root(root)
+    for f in report.findings:
+        severity = WARNING if f.problem in ("orphan", "foreign") else DANGER
+        out.append(Diagnosis(severity, f.path, f"{f.problem}: {f.detail}", f.fix))
+    return out
+
+
+# --- live processes -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MappedFile:
+    path: str
+    inode: int
+    device: str
+    state: str  # intact | replaced-safely | modified-in-place | deleted
+    detail: str
+    ours: bool
+
+
+def _boot_time() -> float:
+    with open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def _process_start(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def diagnose_pid(pid: int) -> list[MappedFile]:
+    """Every `.cwasm` mapped by process `pid`, and whether its file changed under the mapping."""
+    maps_path = f"/proc/{pid}/maps"
+    with open(maps_path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    started = _process_start(pid)
+    seen: dict[tuple[str, int], tuple[str, int]] = {}  # (device, inode) -> (path, highest mapped offset)
+    for line in lines:
+        parts = line.split(None, 5)
+        if len(parts) < 6 or ".cwasm" not in parts[5]:
+            continue
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        offset, device, inode = int(parts[2], 16), parts[3], int(parts[4])
+        path = parts[5].strip()
+        key = (device, inode)
+        extent = offset + (end - start)
+        previous = seen.get(key)
+        seen[key] = (path, max(extent, previous[1] if previous else 0))
+    out = []
+    for (device, inode), (path, extent) in sorted(seen.items(), key=lambda kv: kv[1][0]):
+        deleted = path.endswith(" (deleted)")
+        clean = path[: -len(" (deleted)")] if deleted else path
+        ours = Path(clean).parent.name.startswith(NAMESPACE_PREFIX)
+        out.append(_judge(pid, clean, device, inode, extent, started, deleted=deleted, ours=ours))
+    return out
+
+
+def _judge(pid: int, path: str, device: str, inode: int, extent: int, started: float, *, deleted: bool,
+           ours: bool) -> MappedFile:
+    # The mapped inode itself, through /proc/PID/map_files when we may read it, else by path.
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except OSError:
+        st = None
+    if deleted or st is None or st.st_ino != inode:
+        state = "deleted" if st is None else "replaced-safely"
+        detail = ("the path now names another file; the process keeps the inode it mapped"
+                  if st is not None else "the file was removed; the process keeps the inode it mapped")
+        mapped = _mapped_inode_stat(pid, inode)
+        if mapped is not None and mapped.st_size < extent and extent - mapped.st_size >= os.sysconf("SC_PAGE_SIZE"):
+            return MappedFile(path, inode, device, "modified-in-place", "the mapped inode was truncated: SIGBUS ahead",
+                              ours)
+        return MappedFile(path, inode, device, state, detail, ours)
+    page = os.sysconf("SC_PAGE_SIZE")
+    if st.st_size + page <= extent:
+        return MappedFile(path, inode, device, "modified-in-place",
+                          f"truncated to {st.st_size} bytes below the mapped {extent}: SIGBUS ahead",
+                          ours)
+    if ours:
+        found = read_record(Path(path).with_name(Path(path).name[: -len(ENTRY_SUFFIX)] + RECORD_SUFFIX))
+        if found is not None and found[0].identity is not None and found[0].identity != Identity.of(st):
+            return MappedFile(path, inode, device, "modified-in-place",
+                              "the entry changed after it was published (same inode, new size/mtime/ctime)", ours)
+    changed = max(st.st_mtime, st.st_ctime)
+    if changed > started + _START_SLACK:
+        when = time.strftime("%H:%M:%S", time.localtime(changed))
+        return MappedFile(path, inode, device, "modified-in-place",
+                          f"written at {when}, after the process started: its mapped code may be garbage", ours)
+    return MappedFile(path, inode, device, "intact", "unchanged since the process started", ours)
+
+
+def _mapped_inode_stat(pid: int, inode: int) -> os.stat_result | None:
+    try:
+        with os.scandir(f"/proc/{pid}/map_files") as it:
+            for e in it:
+                try:
+                    st = os.stat(e.path)
+                except OSError:
+                    continue
+                if st.st_ino == inode:
+                    return st
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,312 @@
+"""Corruption, strict permissions, disk faults and diagnostics (issue #4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import wasmtime
+
+import wasmcache
+from conftest import run_cli, run_json
+from naive import winch_engine
+from wasmgen import answer_module, call_answer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+FRESH_LOAD = """
+import json, logging, sys, wasmcache
+from wasmgen import answer_module, call_answer
+records = []
+class Keep(logging.Handler):
+    def emit(self, record): records.append(record.getMessage())
+logging.getLogger("wasmcache").addHandler(Keep())
+logging.getLogger("wasmcache").setLevel(logging.WARNING)
+cache = wasmcache.ModuleCache(sys.argv[1])
+module = cache.load(answer_module(int(sys.argv[2])))
+print(json.dumps({"answer": call_answer(cache.engine, module), "compiles": cache.stats().compiles,
+                  "warnings": records}))
+"""
+
+
+def _flip_code_bytes_keep_mtime(entry: Path, other: Path) -> None:
+    st = entry.stat()
+    data = bytearray(entry.read_bytes())
+    # Flip bytes in the middle of .text: the code the test calls.
+    for i in range(len(data) // 3, len(data) // 3 + 256):
+        data[i] ^= 0xFF
+    entry.chmod(0o644)
+    with entry.open("r+b") as f:
+        f.write(data)
+    entry.chmod(0o444)
+    os.utime(entry, ns=(st.st_atime_ns, st.st_mtime_ns))  # restore mtime: only ctime betrays it
+
+
+def _truncate(size: Callable[[int], int]) -> Callable[[Path, Path], None]:
+    def damage(entry: Path, other: Path) -> None:
+        entry.chmod(0o644)
+        os.truncate(entry, size(entry.stat().st_size))
+    return damage
+
+
+def _random_bytes(entry: Path, other: Path) -> None:
+    size = entry.stat().st_size
+    entry.chmod(0o644)
+    entry.write_bytes(os.urandom(size))
+
+
+def _other_modules_cwasm(entry: Path, other: Path) -> None:
+    shutil.copyfile(other, entry.with_suffix(".x"))
+    os.replace(entry.with_suffix(".x"), entry)
+
+
+def _winch_code_of_same_module(entry: Path, other: Path) -> None:
+    serialized = wasmtime.Module(winch_engine(), answer_module(50)).serialize()
+    entry.with_suffix(".x").write_bytes(serialized)
+    os.replace(entry.with_suffix(".x"), entry)
+
+
+def _symlink(entry: Path, other: Path) -> None:
+    entry.unlink()
+    entry.symlink_to(other)
+
+
+CORRUPTIONS = {
+    "truncated-to-0": _truncate(lambda _n: 0),
+    "truncated-to-half": _truncate(lambda n: n // 2),
+    "random-bytes": _random_bytes,
+    "code-bytes-flipped-mtime-restored": _flip_code_bytes_keep_mtime,
+    "another-modules-cwasm": _other_modules_cwasm,
+    "winch-code-of-same-module": _winch_code_of_same_module,
+    "symlink": _symlink,
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_corruption_matrix_a_fresh_process_gets_a_correct_module(root: Path, corruption: str) -> None:
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(50))
+    cache.load(answer_module(60))
+    entry = cache.entry_path(cache.key_for(answer_module(50)))
+    other = cache.entry_path(cache.key_for(answer_module(60)))
+    CORRUPTIONS[corruption](entry, other)
+    result = run_json(FRESH_LOAD, str(root), "50")  # a signal would fail run_json
+    assert result["answer"] == 50
+    assert result["compiles"] == 1
+    assert any("bad cache entry" in w for w in result["warnings"]), result
+    quarantined = [p for p in (root / "quarantine").iterdir() if not p.name.endswith(".why")]
+    assert len(quarantined) == 1
+    assert wasmcache.ModuleCache(root).verify().ok
+    assert other.exists()
+    assert call_answer(cache.engine, wasmcache.ModuleCache(root, engine=cache.engine).load(answer_module(60))) == 60
+
+
+# --- strict permissions ------------------------------------------------------------------------
+
+
+def test_world_writable_root_namespace_or_entry_is_refused(root: Path) -> None:
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(1))
+    entry = cache.entry_path(cache.key_for(answer_module(1)))
+    for path in (root, cache.namespace_dir, entry):
+        original = path.stat().st_mode & 0o777
+        path.chmod(original | 0o002)
+        try:
+            with pytest.raises(wasmcache.UnsafeCacheError, match="world-writable") as info:
+                wasmcache.ModuleCache(root).load(answer_module(1))
+            assert str(path) in str(info.value)
+            assert "chmod o-w" in str(info.value)
+            assert isinstance(info.value, wasmcache.CacheError)
+            # strict=False: a warning, and compile-only (the entry is not mapped, nothing written)
+            relaxed = wasmcache.ModuleCache(root, strict=False)
+            assert call_answer(relaxed.engine, relaxed.load(answer_module(1))) == 1
+            assert relaxed.stats().compiles == 1
+        finally:
+            path.chmod(original)
+
+
+def test_control_the_naive_cache_maps_a_planted_world_writable_entry(root: Path, tmp_path: Path) -> None:
+    # What strict mode prevents: a naive cache maps whatever sits at the path, whoever wrote it.
+    from naive import naive_load
+    naive_root = tmp_path / "naive"
+    naive_load(naive_root, wasmtime.Engine(), answer_module(2))
+    (planted,) = naive_root.iterdir()
+    planted.write_bytes(wasmtime.Module(wasmtime.Engine(), answer_module(666)).serialize())
+    planted.chmod(0o666)
+    engine = wasmtime.Engine()
+    assert call_answer(engine, naive_load(naive_root, engine, answer_module(2))) == 666
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_entry_owned_by_another_user_is_refused(root: Path) -> None:
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(3))
+    entry = cache.entry_path(cache.key_for(answer_module(3)))
+    os.chown(entry, 12345, 12345)
+    # As root, files of uid 12345 are "another user": refused.
+    with pytest.raises(wasmcache.UnsafeCacheError, match="another user"):
+        wasmcache.ModuleCache(root).load(answer_module(3))
+
+
+def test_directories_are_created_private(root: Path) -> None:
+    wasmcache.ModuleCache(root).load(answer_module(4))
+    for directory in [root, *root.glob("ns-*"), *root.glob("digests")]:
+        assert directory.stat().st_mode & 0o077 == 0, directory
+
+
+# --- disk faults --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _no_partial_files(root: Path) -> None:
+    assert not list(root.rglob("*.tmp"))
+    for entry in root.rglob("*.cwasm"):
+        record = entry.with_suffix(".rec")
+        assert record.exists(), entry
+        assert json.loads(record.read_text())["size"] == entry.stat().st_size
+
+
+def test_disk_full_still_returns_a_working_module(tiny_tmpfs: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tiny_tmpfs / "cache"
+    cache = wasmcache.ModuleCache(root)
+    free = shutil.disk_usage(tiny_tmpfs).free
+    (tiny_tmpfs / "filler").write_bytes(b"\0" * (free - 16 * 1024))  # leave 16 KiB: less than one entry
+    with caplog.at_level("WARNING", logger="wasmcache"):
+        module = cache.load(answer_module(7))
+    assert call_answer(cache.engine, module) == 7
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "could not store" in warnings[0].getMessage()
+    _no_partial_files(root)
+
+
+def test_read_only_filesystem_serves_hits_and_compiles_misses(tiny_tmpfs: Path) -> None:
+    root = tiny_tmpfs / "cache"
+    wasmcache.ModuleCache(root).load(answer_module(8))
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+    result = run_json(FRESH_LOAD, str(root), "8")
+    assert (result["answer"], result["compiles"], result["warnings"]) == (8, 0, [])
+    result = run_json(FRESH_LOAD, str(root), "9")
+    assert (result["answer"], result["compiles"]) == (9, 1)
+    _no_partial_files(root)
+
+
+def test_file_size_limit_still_returns_a_working_module(root: Path) -> None:
+    code = FRESH_LOAD.replace("import json, logging, sys, wasmcache",
+                              "import json, logging, sys, resource, wasmcache\n"
+                              "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))")
+    result = run_json(code, str(root), "10")
+    assert result["answer"] == 10
+    assert len(result["warnings"]) == 1
+    assert "could not store" in result["warnings"][0]
+    _no_partial_files(root)
+
+
+# --- doctor -------------------------------------------------------------------------------------
+
+
+def test_doctor_on_a_healthy_and_a_damaged_root(root: Path) -> None:
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(11))
+    healthy = run_cli("doctor", "--cache-dir", str(root))
+    assert healthy.returncode == 0, healthy.stdout
+    assert "no problems found" in healthy.stdout
+    cache.namespace_dir.chmod(0o777)
+    (root / "stray.txt").write_text("?")
+    entry = cache.entry_path(cache.key_for(answer_module(11)))
+    entry.chmod(0o644)
+    with entry.open("r+b") as f:
+        f.write(b"\0" * 64)
+    report = run_cli("doctor", "--json", "--cache-dir", str(root))
+    assert report.returncode == 1
+    findings = json.loads(report.stdout)
+    problems = " | ".join(f["problem"] for f in findings)
+    assert "world-writable" in problems
+    assert "foreign" in problems
+    assert "corrupt" in problems
+    assert all(f["fix"] for f in findings)
+    cache.namespace_dir.chmod(0o700)
+
+
+HOLDER = """
+import sys, time, wasmtime
+from wasmgen import answer_module
+engine = wasmtime.Engine()
+module = wasmtime.Module.deserialize_file(engine, sys.argv[1])
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def _start_holder(path: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_doctor_pid_tells_a_safe_replacement_from_an_in_place_rewrite(tmp_path: Path) -> None:
+    serialized = wasmtime.Module(wasmtime.Engine(), answer_module(12, functions=400)).serialize()
+    safe, unsafe = tmp_path / "safe.cwasm", tmp_path / "unsafe.cwasm"
+    safe.write_bytes(serialized)
+    unsafe.write_bytes(serialized)
+    holders = [_start_holder(safe), _start_holder(unsafe)]
+    try:
+        before = json.loads(run_cli("doctor", "--pid", str(holders[1].pid), "--json").stdout)
+        assert [m["state"] for m in before] == ["intact"]
+        time.sleep(1.5)  # a process's start time is known to about a second (/proc/stat btime)
+        # Another process: one publishes by rename, the other rewrites in place (the naive pattern).
+        rewrite = """
+        import os, sys
+        from pathlib import Path
+        safe, unsafe, data = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[1]).read_bytes()
+        Path(str(safe) + ".new").write_bytes(data)
+        os.replace(str(safe) + ".new", safe)
+        with open(unsafe, "r+b") as f:
+            f.write(data)
+        """
+        from conftest import run_python
+        run_python(rewrite, str(safe), str(unsafe))
+        replaced = run_cli("doctor", "--pid", str(holders[0].pid), "--json")
+        assert replaced.returncode == 0
+        assert [m["state"] for m in json.loads(replaced.stdout)] == ["replaced-safely"]
+        rewritten = run_cli("doctor", "--pid", str(holders[1].pid))
+        assert rewritten.returncode == 1
+        assert "modified-in-place" in rewritten.stdout
+        assert "unsafe.cwasm" in rewritten.stdout
+    finally:
+        for holder in holders:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+
+
+def test_doctor_pid_of_a_missing_process_is_one_line() -> None:
+    result = run_cli("doctor", "--pid", "999999999")
+    assert result.returncode == 2
+    assert "process 999999999" in result.stderr
+    assert "Traceback" not in result.stderr
