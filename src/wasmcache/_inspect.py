@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,16 @@ def inspect_target(target: str, root: Path) -> dict[str, Any]:
     except OSError as exc:
         raise CacheError(f"{path}: cannot open: {exc.strerror}") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CacheError(f"{path}: not a regular file")
         try:
             header = os.pread(fd, 64, 0)
             section = find_section(fd, ENGINE_SECTION)
+            digest, size = _digest_fd(fd)
         except ValueError as exc:
             raise CacheError(f"{path}: not a Wasmtime compiled file: {exc}") from None
-        digest, size = _digest_fd(fd)
+        except OSError as exc:
+            raise CacheError(f"{path}: cannot read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
     info: dict[str, Any] = {"path": str(path), "size": size, "content_digest": digest}
