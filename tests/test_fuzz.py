@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+from pathlib import Path
 
 import pytest
 import wasmtime
@@ -96,6 +98,8 @@ def test_cli_arguments_end_in_clean_errors(tmp_path_factory: pytest.TempPathFact
     from wasmcache.cli import main
 
     root = tmp_path_factory.mktemp("fuzz-root")
+    previous = Path.cwd()
+    os.chdir(root)  # a random --cache-dir is relative: keep it inside the test's tmp
     argv = [command, *args] if command in ("run", "compile") else [command, "--cache-dir", str(root), *args]
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -105,6 +109,8 @@ def test_cli_arguments_end_in_clean_errors(tmp_path_factory: pytest.TempPathFact
             code = exit_.code
         else:
             code = 0
+        finally:
+            os.chdir(previous)
     assert code in (0, 1, 2), (argv, code, err.getvalue())
     assert "internal error" not in err.getvalue()
     assert "Traceback" not in err.getvalue()
