@@ -7,8 +7,8 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytest
 import wasmtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,6 +17,9 @@ import wasmcache
 from wasmcache._elf import ENGINE_SECTION, find_section
 from wasmcache._store import Record
 from wasmgen import answer_module
+
+if TYPE_CHECKING:
+    import pytest
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CWASM = bytes(wasmtime.Module(wasmtime.Engine(), answer_module(1, functions=4)).serialize())

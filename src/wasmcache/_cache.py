@@ -189,6 +189,8 @@ class ModuleCache:
         if mode not in ("mmap", "memory"):
             raise ConfigError(f"mode={mode!r}: expected 'mmap' or 'memory'")
         self.root = Path(root).expanduser() if root is not None else default_root()
+        if "\0" in str(self.root):
+            raise ConfigError(f"cache root {str(self.root)!r}: a path cannot contain a NUL byte")
         self.mode: Mode = mode
         self.max_size = default_max_size() if max_size is None else parse_size(max_size)
         self.lock_timeout = lock_timeout
@@ -438,6 +440,8 @@ class ModuleCache:
             return f"<{len(data)} bytes>", None, data
         if isinstance(source, (str, os.PathLike)):
             path = os.fspath(source)
+            if "\0" in path:
+                raise SourceError(f"{path!r}: a path cannot contain a NUL byte")
             return path, path, None
         raise TypeError(f"source: expected a path or bytes, got {type(source).__name__}")
 

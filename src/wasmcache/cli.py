@@ -101,7 +101,16 @@ def _cache(cache_dir: Path | None, settings: EngineSettings | None = None, *, me
 def _root(cache_dir: Path | None) -> Path:
     from ._layout import default_root  # noqa: PLC0415
 
+    if cache_dir is not None and "\0" in str(cache_dir):
+        _fail(f"--cache-dir {str(cache_dir)!r}: a path cannot contain a NUL byte")
     return cache_dir if cache_dir is not None else default_root()
+
+
+def _require_file(path: Path) -> None:
+    if "\0" in str(path):
+        _fail(f"{str(path)!r}: a path cannot contain a NUL byte")
+    if not path.is_file():
+        _fail(f"{path}: no such file")
 
 
 def _kind_of(path: Path) -> str:
@@ -150,8 +159,7 @@ def run(
     """Run a WASI program through the cache, like `wasmtime run` (exit code = the guest's)."""
     import wasmtime  # noqa: PLC0415
 
-    if not file.is_file():
-        _fail(f"{file}: no such file")
+    _require_file(file)
     if _kind_of(file) == "component":
         _fail(f"{file}: is a component; `run` runs core wasm modules (use `wasmcache compile` to cache it)")
     cache = _cache(cache_dir, _settings(wasm, codegen, optimize), memory=memory)
@@ -248,8 +256,7 @@ def compile_(
     cache = _cache(cache_dir, _settings(wasm, codegen, optimize))
     console = _err_console()
     for file in files:
-        if not file.is_file():
-            _fail(f"{file}: no such file")
+        _require_file(file)
         kind = _kind_of(file)
         started = time.perf_counter()
         before = cache._compiles  # noqa: SLF001 - this object's counter, without a root scan
@@ -464,6 +471,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
+        if isinstance(exc, ValueError) and "null byte" in str(exc):  # click's Path type stats before our checks
+            _err_console().print("[bold red]wasmcache: error:[/] a path argument contains a NUL byte")
+            sys.exit(2)
         _err_console().print(f"[bold red]wasmcache: internal error:[/] {type(exc).__name__}: {exc} "
                              "(run with --debug for a traceback)", soft_wrap=True)
         sys.exit(3)
