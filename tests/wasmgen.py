@@ -75,3 +75,48 @@ def call_answer(engine: wasmtime.Engine, module: wasmtime.Module) -> int:
     result = instance.exports(store)["answer"](store)
     assert isinstance(result, int)
     return result
+
+
+def _leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _sleb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if (n == 0 and not byte & 0x40) or (n == -1 and byte & 0x40):
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def _section(code: int, payload: bytes) -> bytes:
+    return bytes([code]) + _leb(len(payload)) + payload
+
+
+@functools.cache
+def data_module(answer: int, size: int) -> bytes:
+    """A module with a `size`-byte data segment (a large .cwasm that compiles in milliseconds)."""
+    pages = max(1, -(-size // 65536))
+    body = b"\x00" + b"\x41" + _sleb(answer) + b"\x0b"  # no locals; i32.const answer; end
+    name = b"answer"
+    data = bytes((i * 31 + answer) & 0xFF for i in range(min(size, 4096))) * (size // 4096 + 1)
+    return (
+        b"\0asm\x01\0\0\0"
+        + _section(1, b"\x01\x60\x00\x01\x7f")  # one type: [] -> [i32]
+        + _section(3, b"\x01\x00")  # one function of type 0
+        + _section(5, b"\x01\x00" + _leb(pages))  # one memory
+        + _section(7, b"\x01" + _leb(len(name)) + name + b"\x00\x00")  # export "answer" = func 0
+        + _section(10, b"\x01" + _leb(len(body)) + body)
+        + _section(11, b"\x01\x00\x41\x00\x0b" + _leb(size) + data[:size])  # active segment at 0
+    )

@@ -61,6 +61,11 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
                     if free:
                         out.append(Diagnosis(WARNING, str(path), "temp file of a writer that died",
                                              "`wasmcache gc` reaps it"))
+            elif name.endswith(RECORD_SUFFIX) and name[: -len(RECORD_SUFFIX)] + ENTRY_SUFFIX not in dict(names):
+                with try_lock(lock_path(namespace, name.split(".", 1)[0])) as free:
+                    if free:
+                        out.append(Diagnosis(INFO, str(path), "record of an interrupted publication",
+                                             "`wasmcache gc` removes it"))
             elif name.endswith(ENTRY_SUFFIX):
                 try:
                     st = os.lstat(path)
