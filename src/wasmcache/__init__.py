@@ -13,8 +13,23 @@ from ._cache import CacheStats, ModuleCache, SourceError
 from ._engine import EngineSettings, engine_fingerprint
 from ._errors import CacheError, CompileError, ConfigError, NotACacheError, UnsafeCacheError
 from ._layout import parse_size
-from ._maintenance import EntryInfo, Finding, GcReport, VerifyReport
 from ._version import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._maintenance import EntryInfo, Finding, GcReport, VerifyReport
+
+_LAZY = {"EntryInfo", "Finding", "GcReport", "VerifyReport"}
+
+
+def __getattr__(name: str) -> object:
+    # The maintenance types (gc, verify, ls) load on first use: a process that only loads modules
+    # never pays for them.
+    if name in _LAZY:
+        from . import _maintenance  # noqa: PLC0415
+
+        return getattr(_maintenance, name)
+    raise AttributeError(f"module 'wasmcache' has no attribute {name!r}")
 
 __all__ = [
     "CacheError",

@@ -23,9 +23,8 @@ import stat
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import blake3
 
@@ -89,8 +88,7 @@ class SourceError(CacheError, OSError):
     """The wasm input could not be read."""
 
 
-@dataclass(frozen=True)
-class CacheStats:
+class CacheStats(NamedTuple):
     """Counters of this `ModuleCache` object, plus what the whole root holds on disk now."""
 
     hits: int
@@ -385,7 +383,7 @@ class ModuleCache:
         if self.writable:
             with contextlib.suppress(OSError):
                 write_record(record_path(self.namespace_dir, key),
-                             Record(**{**record.__dict__, "identity": seen}))
+                             record._replace(identity=seen))
         return True
 
     def _deserialize(self, fd: int, st: os.stat_result, kind: Kind, entry: Path) -> Any:
@@ -601,7 +599,7 @@ class ModuleCache:
             # that the next loader verifies by content instead of recompiling.
             write_record(record_path(namespace, key), record)
             published = publish_atomically(entry, serialized)
-            write_record(record_path(namespace, key), Record(**{**record.__dict__, "identity": Identity.of(published)}))
+            write_record(record_path(namespace, key), record._replace(identity=Identity.of(published)))
             self._ensure_namespace()  # a concurrent gc may have collected the empty namespace
         except Exception as exc:
             log.warning("wasmcache: could not store %s in the cache (%s); using it uncached",

@@ -18,13 +18,11 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import threading
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import blake3
 
@@ -76,37 +74,73 @@ def _parse_bool(option: str, name: str, value: str) -> bool:
         raise ConfigError(f"{option} {name}={value}: expected y or n") from None
 
 
-@dataclass(frozen=True)
+_FLAGS: Final = ("consume_fuel", "epoch_interruption", "nan_canonicalization", "debug_info")
+
+
 class EngineSettings:
     """Engine settings in the vocabulary of `wasmtime run`, validated before they reach wasmtime.
 
     `features` maps a `-W` feature name (``"exceptions"``, ``"tail-call"``...) to on/off;
     `opt_level` uses `-O opt-level=` values (``"0"``, ``"1"``, ``"2"``, ``"s"``), None = wasmtime's default.
+    Immutable and hashable. (A plain class, not a dataclass: `import dataclasses` alone costs every
+    process that loads a module ~5 ms.)
     """
 
-    compiler: Compiler = "auto"
-    opt_level: OptLevel | None = None
-    features: Mapping[str, bool] = field(default_factory=dict)
-    consume_fuel: bool = False
-    epoch_interruption: bool = False
-    nan_canonicalization: bool = False
-    debug_info: bool = False
+    __slots__ = ("compiler", "consume_fuel", "debug_info", "epoch_interruption", "features",
+                 "nan_canonicalization", "opt_level")
+    compiler: Compiler
+    opt_level: OptLevel | None
+    features: Mapping[str, bool]
+    consume_fuel: bool
+    epoch_interruption: bool
+    nan_canonicalization: bool
+    debug_info: bool
 
-    def __post_init__(self) -> None:
-        if self.compiler not in _STRATEGIES:
-            raise ConfigError(f"compiler={self.compiler!r}: expected one of cranelift, winch, auto")
-        if self.opt_level is not None and self.opt_level not in _OPT_LEVELS:
-            raise ConfigError(f"opt-level={self.opt_level!r}: expected one of 0, 1, 2, s")
-        for name, enabled in self.features.items():
+    def __init__(
+        self,
+        compiler: Compiler = "auto",
+        opt_level: OptLevel | None = None,
+        features: Mapping[str, bool] | None = None,
+        consume_fuel: bool = False,
+        epoch_interruption: bool = False,
+        nan_canonicalization: bool = False,
+        debug_info: bool = False,
+    ) -> None:
+        if compiler not in _STRATEGIES:
+            raise ConfigError(f"compiler={compiler!r}: expected one of cranelift, winch, auto")
+        if opt_level is not None and opt_level not in _OPT_LEVELS:
+            raise ConfigError(f"opt-level={opt_level!r}: expected one of 0, 1, 2, s")
+        features = {} if features is None else features
+        if not hasattr(features, "items"):
+            raise ConfigError(f"features: expected a mapping of feature name to True/False, got {features!r}")
+        for name, enabled in features.items():
             if name not in WASM_FEATURES:
                 raise ConfigError(f"unknown wasm feature {name!r}; known: {', '.join(WASM_FEATURES)}")
             if not isinstance(enabled, bool):
                 raise ConfigError(f"wasm feature {name}: expected True or False, got {enabled!r}")
-        for flag in ("consume_fuel", "epoch_interruption", "nan_canonicalization", "debug_info"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ConfigError(f"{flag}: expected True or False")
-        # A plain dict for hashing/JSON, in a stable order.
-        object.__setattr__(self, "features", dict(sorted(self.features.items())))
+        flags = (consume_fuel, epoch_interruption, nan_canonicalization, debug_info)
+        for flag, value in zip(_FLAGS, flags, strict=True):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{flag}: expected True or False, got {value!r}")
+        set_ = object.__setattr__
+        set_(self, "compiler", compiler)
+        set_(self, "opt_level", opt_level)
+        set_(self, "features", dict(sorted(features.items())))  # stable order for hashing and JSON
+        for flag, value in zip(_FLAGS, flags, strict=True):
+            set_(self, flag, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"EngineSettings is immutable (cannot set {name})")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EngineSettings) and self.as_dict() == other.as_dict()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.as_dict(), sort_keys=True))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
+        return f"EngineSettings({fields})"
 
     @classmethod
     def from_options(
@@ -172,8 +206,7 @@ class EngineSettings:
         if self.opt_level is not None:
             parts.append(f"opt-level={self.opt_level}")
         parts += [f"{name}={'y' if on else 'n'}" for name, on in self.features.items()]
-        parts += [flag for flag in ("consume_fuel", "epoch_interruption", "nan_canonicalization", "debug_info")
-                  if getattr(self, flag)]
+        parts += [flag for flag in _FLAGS if getattr(self, flag)]
         return " ".join(parts)
 
     def config(self) -> wasmtime.Config:
@@ -236,6 +269,8 @@ class EngineSettings:
         return blake3.blake3(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
     def _validate_in_child(self) -> bytes:
+        import subprocess  # noqa: PLC0415 - only for settings never seen before
+
         package_parent = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
@@ -384,8 +419,7 @@ def cpu_identity() -> str:
 # --- fingerprints -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EngineIdentity:
+class EngineIdentity(NamedTuple):
     """An engine's `.wasmtime.engine` section and its digest (the namespace name)."""
 
     section: bytes

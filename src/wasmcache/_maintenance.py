@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import stat
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,6 @@ from ._layout import (
 from ._store import (
     Identity,
     KeyLock,
-    Record,
     lock_path,
     quarantine,
     read_record,
@@ -258,6 +256,8 @@ def clear_root(root: Path) -> int:
                         os.unlink(e.path)  # mapped entries live on in the processes using them
             with contextlib.suppress(OSError):
                 os.rmdir(namespace)
+        import shutil  # noqa: PLC0415
+
         for name in ("digests", "quarantine"):
             shutil.rmtree(root / name, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -397,7 +397,7 @@ def _check_entry(
         report.rerecorded += fix
         if fix:
             with contextlib.suppress(OSError):
-                write_record(record_path(namespace, key), Record(**{**record.__dict__, "identity": Identity.of(st)}))
+                write_record(record_path(namespace, key), record._replace(identity=Identity.of(st)))
     return None
 
 
