@@ -351,3 +351,36 @@ def test_real_yosys_module_miss_then_hit_and_runs(root: Path) -> None:
     """
     assert run_json(code, str(root), str(wasm)) == [1, 0, 1]
     assert ModuleCache(root).verify().ok
+
+
+def test_threads_loading_one_key_compile_once_and_share_one_module(root: Path) -> None:
+    import threading
+
+    from wasmgen import heavy_module
+
+    cache = ModuleCache(root)
+    results: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def load() -> None:
+        barrier.wait()
+        results.append(cache.load(heavy_module(44)))
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8
+    assert all(r is results[0] for r in results)
+    assert cache.stats().compiles == 1
+    assert call_answer(cache.engine, results[0]) == 44  # type: ignore[arg-type]
+
+
+def test_same_engine_object_shares_loaded_modules_across_cache_objects(root: Path) -> None:
+    engine = wasmtime.Engine()
+    first = ModuleCache(root, engine=engine).load(answer_module(45))
+    assert ModuleCache(root, engine=engine).load(answer_module(45)) is first
+    other = ModuleCache(root)  # another Engine: another Module, never the first one
+    assert other.load(answer_module(45)) is not first
+    assert call_answer(other.engine, other.load(answer_module(45))) == 45

@@ -102,6 +102,15 @@ class CacheStats(NamedTuple):
     rejected: int = 0  # remote artifacts refused (bad or untrusted signature, wrong digest or engine)
 
 
+# Modules already loaded in this process, per engine object and (kind, key): the same key loaded
+# twice with the same Engine returns the same module (a Module only works with its own Engine).
+# Weak on both sides, so this never keeps an engine or a module alive.
+_loaded_by_engine: weakref.WeakKeyDictionary[Any, weakref.WeakValueDictionary[tuple[str, str], Any]] = (
+    weakref.WeakKeyDictionary()
+)
+_loaded_guard = threading.Lock()
+
+
 def _remote_settings(
     remote: str | None,
     signing_key: str | os.PathLike[str] | None,
@@ -197,7 +206,6 @@ class ModuleCache:
         self._engine: wasmtime.Engine | None = None
         self._identity: EngineIdentity | None = None
         self._guard = threading.Lock()
-        self._loaded: weakref.WeakValueDictionary[tuple[str, str], Any] = weakref.WeakValueDictionary()
         self._digests: dict[Identity, str] = {}
         self._hits = self._misses = self._compiles = 0
         self._remote_hits = self._remote_misses = self._uploads = self._rejected = 0
@@ -301,11 +309,13 @@ class ModuleCache:
         digest, data = self._wasm_digest(name, path, data)
         identity = self.engine_identity
         key = cache_key(identity.fingerprint, kind, digest)
-        with self._guard:
-            loaded = self._loaded.get((kind, key))
-            if loaded is not None:
+        loaded = self._loaded_modules()
+        with _loaded_guard:
+            module = loaded.get((kind, key))
+        if module is not None:
+            with self._guard:
                 self._hits += 1
-                return loaded
+            return module
         module = None if self.disabled else self._load_entry(key, kind)
         if module is not None:
             with self._guard:
@@ -314,9 +324,16 @@ class ModuleCache:
             with self._guard:
                 self._misses += 1
             module = self._compile_and_publish(name, path, data, key, kind, digest)
-        with self._guard:
-            self._loaded[(kind, key)] = module
-        return module
+        with _loaded_guard:
+            # Threads racing on one key all return the first module stored (one per engine and key).
+            return loaded.setdefault((kind, key), module)
+
+    def _loaded_modules(self) -> weakref.WeakValueDictionary[tuple[str, str], Any]:
+        with _loaded_guard:
+            loaded = _loaded_by_engine.get(self.engine)
+            if loaded is None:
+                loaded = _loaded_by_engine[self.engine] = weakref.WeakValueDictionary()
+            return loaded
 
     def _load_entry(self, key: str, kind: Kind) -> Any:
         """The checked entry for `key`, deserialized; None on a miss (bad entries are quarantined)."""
@@ -712,8 +729,8 @@ class ModuleCache:
         """Remove every entry of every namespace; returns how many entries were removed."""
         from ._maintenance import clear_root  # noqa: PLC0415
 
-        with self._guard:
-            self._loaded.clear()
+        with _loaded_guard:
+            _loaded_by_engine.clear()
         return clear_root(self.root)
 
     def verify(self, fix: bool = False) -> VerifyReport:
