@@ -299,7 +299,7 @@ def test_combinations_wasmtime_would_abort_on_are_a_config_error(root: Path) -> 
 def test_settings_verdict_is_remembered(root: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = EngineSettings(opt_level="s")
     engine = settings.build(memo_dir=root / "memo")
-    assert len(list((root / "memo").glob("*.json"))) == 1
+    assert len(list((root / "memo").glob("*.engine"))) == 1
     # A later process needs neither the child check nor the probe compile.
     code = """
     import json, sys, wasmcache, wasmcache._engine as e, subprocess

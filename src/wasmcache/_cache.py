@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 import blake3
 
 from ._elf import ENGINE_SECTION, find_section
-from ._engine import EngineIdentity, EngineSettings, _wasmtime_version, engine_identity
+from ._engine import EngineIdentity, EngineSettings, _wasmtime_version, default_engine, engine_identity
 from ._errors import CacheError, CompileError, ConfigError, NotACacheError, UnsafeCacheError
 from ._layout import (
     ENTRY_SUFFIX,
@@ -134,11 +134,23 @@ def _remote_settings(
     return url, (os.fspath(signing_key) if signing_key is not None else None), [os.fspath(k) for k in trusted_keys]
 
 
+def _compiled_class(kind: Kind) -> Any:
+    """wasmtime.Module, or Component (whose import costs ~10 ms: only when a component is loaded)."""
+    if kind == "module":
+        import wasmtime  # noqa: PLC0415
+
+        return wasmtime.Module
+    from wasmtime.component import Component  # noqa: PLC0415
+
+    return Component
+
+
+# Linux's /proc, else macOS and the BSDs' /dev/fd: a path that opens the very file behind an fd.
+_FD_DIR: Final = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+
+
 def _fd_path(fd: int) -> str:
-    """A path that opens the very file behind `fd` (Linux /proc, macOS and BSD /dev/fd)."""
-    if os.path.isdir("/proc/self/fd"):
-        return f"/proc/self/fd/{fd}"
-    return f"/dev/fd/{fd}"
+    return f"{_FD_DIR}/{fd}"
 
 
 def _read_fd(fd: int, size: int) -> bytearray:
@@ -262,11 +274,11 @@ class ModuleCache:
         import wasmtime  # noqa: PLC0415 - `import wasmcache` stays light
 
         arg = self._engine_arg
+        memo = self.root / "engines" if self.writable or has_marker(self.root) else None
         if arg is None:
-            return wasmtime.Engine()
+            return default_engine(memo if not self.disabled else None)
         if isinstance(arg, EngineSettings):
-            memo = self.root / "engines" if self.writable else None
-            return arg.build(memo_dir=memo)
+            return arg.build(memo_dir=memo if self.writable else None)
         if not isinstance(arg, wasmtime.Engine):
             raise ConfigError(f"engine: expected a wasmtime.Engine or EngineSettings, got {type(arg).__name__}")
         return arg
@@ -405,9 +417,8 @@ class ModuleCache:
 
     def _deserialize(self, fd: int, st: os.stat_result, kind: Kind, entry: Path) -> Any:
         import wasmtime  # noqa: PLC0415
-        from wasmtime.component import Component  # noqa: PLC0415
 
-        cls: Any = wasmtime.Module if kind == "module" else Component
+        cls = _compiled_class(kind)
         try:
             if self.mode == "mmap":
                 # Map the inode behind our checked fd, not whatever `entry` names by now.
@@ -493,32 +504,38 @@ class ModuleCache:
             self._remember_digest(identity, digest)
         return digest, data
 
-    def _digest_memo_path(self, identity: Identity) -> Path:
-        token = f"{identity.dev}:{identity.ino}:{identity.size}:{identity.mtime_ns}:{identity.ctime_ns}"
-        return self.root / "digests" / blake3.blake3(token.encode()).hexdigest()[:32]
+    @staticmethod
+    def _identity_token(identity: Identity) -> tuple[str, str]:
+        """(memo file name, check token) for a source file's identity."""
+        digest = blake3.blake3(f"{identity.dev}:{identity.ino}:{identity.size}:{identity.mtime_ns}:"
+                               f"{identity.ctime_ns}".encode()).hexdigest()
+        return digest[:32], digest[32:48]
 
     def _remembered_digest(self, identity: Identity) -> str | None:
         if self.disabled:
             return None
-        try:
-            with open(self._digest_memo_path(identity), "rb") as f:
-                text = f.read(80).decode("ascii")
-        except (OSError, UnicodeDecodeError):
+        name, token = self._identity_token(identity)
+        try:  # os-level: this runs on every hit by path
+            fd = os.open(f"{self.root}/digests/{name}", os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            try:
+                raw = os.read(fd, 128)
+            finally:
+                os.close(fd)
+        except OSError:
             return None
-        token, _, digest = text.partition(" ")
-        expected = f"{identity.dev}:{identity.ino}:{identity.size}:{identity.mtime_ns}:{identity.ctime_ns}"
-        if blake3.blake3(expected.encode()).hexdigest()[:16] != token or len(digest) != 64:
+        found, _, digest = raw.decode("ascii", "replace").partition(" ")
+        if found != token or len(digest) != 64:
             return None
         return digest
 
     def _remember_digest(self, identity: Identity, digest: str) -> None:
         if not self.writable:
             return
-        path = self._digest_memo_path(identity)
-        token = f"{identity.dev}:{identity.ino}:{identity.size}:{identity.mtime_ns}:{identity.ctime_ns}"
+        name, token = self._identity_token(identity)
+        path = self.root / "digests" / name
         try:
             path.parent.mkdir(mode=0o700, exist_ok=True)
-            write_small_file_atomically(path, f"{blake3.blake3(token.encode()).hexdigest()[:16]} {digest}".encode())
+            write_small_file_atomically(path, f"{token} {digest}".encode())
         except OSError as exc:
             log.debug("wasmcache: cannot remember digest of a source in %s: %s", path, exc)
 
@@ -577,11 +594,10 @@ class ModuleCache:
 
     def _compile(self, name: str, data: bytes, kind: Kind) -> Any:
         import wasmtime  # noqa: PLC0415
-        from wasmtime.component import Component  # noqa: PLC0415
 
         started = time.perf_counter()
         try:
-            compiled = wasmtime.Module(self.engine, data) if kind == "module" else Component(self.engine, data)
+            compiled = _compiled_class(kind)(self.engine, data)
         except wasmtime.WasmtimeError as exc:
             reason = str(exc).strip().splitlines()
             raise CompileError(name, "; ".join(line.strip() for line in reason if line.strip())) from None
@@ -666,9 +682,8 @@ class ModuleCache:
 
     def _deserialize_bytes(self, data: bytes, kind: Kind, name: str) -> Any:
         import wasmtime  # noqa: PLC0415
-        from wasmtime.component import Component  # noqa: PLC0415
 
-        cls: Any = wasmtime.Module if kind == "module" else Component
+        cls = _compiled_class(kind)
         try:
             return cls.deserialize(self.engine, data)
         except wasmtime.WasmtimeError as exc:

@@ -146,8 +146,13 @@ def require_marker(root: Path, action: str) -> None:
 
 def initialize_root(root: Path) -> None:
     """Create `root` (private) with its markers; an existing non-empty foreign directory is refused."""
-    if has_marker(root):
-        check_marker_version(root)
+    try:
+        marker = (root / MARKER_NAME).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        marker = ""
+    if marker.startswith("wasmcache"):
+        if f"layout {LAYOUT_VERSION}\n" not in marker:
+            check_marker_version(root)  # raises, naming the layout found
         return
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     with os.scandir(root) as it:
