@@ -384,3 +384,21 @@ def test_same_engine_object_shares_loaded_modules_across_cache_objects(root: Pat
     other = ModuleCache(root)  # another Engine: another Module, never the first one
     assert other.load(answer_module(45)) is not first
     assert call_answer(other.engine, other.load(answer_module(45))) == 45
+
+
+def test_a_hit_by_path_never_reads_the_wasm_again(root: Path, tmp_path: Path) -> None:
+    wasm = tmp_path / "big.wasm"
+    wasm.write_bytes(answer_module(46, functions=300))
+    ModuleCache(root).load(wasm)
+    code = """
+    import json, sys
+    opened = []
+    sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" else None)
+    import wasmcache
+    cache = wasmcache.ModuleCache(sys.argv[1])
+    cache.load(sys.argv[2])
+    print(json.dumps({"wasm_opened": sys.argv[2] in opened, "hits": cache.stats().hits,
+                      "probe_compiles": 0}))
+    """
+    result = run_json(code, str(root), str(wasm))
+    assert result == {"wasm_opened": False, "hits": 1, "probe_compiles": 0}, "the digest memo must serve hits"
