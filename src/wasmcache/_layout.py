@@ -117,11 +117,22 @@ def namespace_name(fingerprint: str) -> str:
     return NAMESPACE_PREFIX + fingerprint[:32]
 
 
-def has_marker(root: Path) -> bool:
+def _read_marker(root: Path) -> str:
+    """The marker's text, or "" (os-level: every ModuleCache() in every process reads it)."""
     try:
-        return (root / MARKER_NAME).read_text(encoding="utf-8", errors="replace").startswith("wasmcache")
+        fd = os.open(f"{root}/{MARKER_NAME}", os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
-        return False
+        return ""
+    try:
+        return os.read(fd, 256).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def has_marker(root: Path) -> bool:
+    return _read_marker(root).startswith("wasmcache")
 
 
 def check_marker_version(root: Path) -> None:
@@ -146,10 +157,7 @@ def require_marker(root: Path, action: str) -> None:
 
 def initialize_root(root: Path) -> None:
     """Create `root` (private) with its markers; an existing non-empty foreign directory is refused."""
-    try:
-        marker = (root / MARKER_NAME).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        marker = ""
+    marker = _read_marker(root)
     if marker.startswith("wasmcache"):
         if f"layout {LAYOUT_VERSION}\n" not in marker:
             check_marker_version(root)  # raises, naming the layout found
