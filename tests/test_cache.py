@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -402,3 +403,18 @@ def test_a_hit_by_path_never_reads_the_wasm_again(root: Path, tmp_path: Path) ->
     """
     result = run_json(code, str(root), str(wasm))
     assert result == {"wasm_opened": False, "hits": 1, "probe_compiles": 0}, "the digest memo must serve hits"
+
+
+def test_namespaces_left_unused_age_out(root: Path) -> None:
+    old = ModuleCache(root, engine=EngineSettings(opt_level="0"))  # think: the entries of an old wasmtime
+    old.load(answer_module(47))
+    current = ModuleCache(root)
+    current.load(answer_module(47))
+    month_ago = time.time() - 31 * 24 * 3600
+    for record in old.namespace_dir.glob("*.rec"):
+        os.utime(record, (month_ago, month_ago))
+    report = current.gc()  # far below the size limit: only age evicts
+    assert report.evicted_entries == 1
+    assert report.removed_namespaces == 1
+    assert not old.namespace_dir.exists()
+    assert current.entry_path(current.key_for(answer_module(47))).exists()

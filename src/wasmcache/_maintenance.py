@@ -153,7 +153,8 @@ def collect_garbage(root: Path, max_size: int, *, require: bool = False, max_age
             except OSError:
                 continue
             candidates.append(_Candidate(namespace, key, used, size))
-    for directory, age in ((root / "quarantine", _QUARANTINE_AGE), (root / "digests", max_age)):
+    for directory, age in ((root / "quarantine", _QUARANTINE_AGE), (root / "digests", max_age),
+                           (root / "engines", max_age)):
         other_bytes += _expire_files(directory, now - age)
     candidates.sort(key=lambda c: c.last_used)
     total = other_bytes + sum(c.size for c in candidates)
