@@ -236,3 +236,40 @@ def run_parallel(code: str, n: int, *args: str) -> list[dict[str, int]]:
         assert proc.returncode == 0, err
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results
+
+
+def test_a_bad_entry_found_while_holding_the_key_lock_is_repaired_not_waited_on(root: Path) -> None:
+    # A writer (another thread here) holds the key while our load waits; it leaves a record and
+    # an entry that do not match. Our re-check under the lock must repair it itself: taking the
+    # lock again on another fd would wait for ourselves (flock is per open file).
+    import threading
+
+    from wasmcache._store import KeyLock, Record, lock_path, record_path, write_record
+
+    cache = wasmcache.ModuleCache(root, lock_timeout=5)
+    wasm = answer_module(88)
+    key = cache.key_for(wasm)
+    cache.namespace_dir.mkdir(parents=True, exist_ok=True)
+    writer = KeyLock(lock_path(cache.namespace_dir, key))
+    assert writer.acquire()
+    started = threading.Event()
+
+    def load() -> None:
+        started.set()
+        results.append(call_answer(cache.engine, cache.load(wasm)))
+
+    results: list[int] = []
+    loader = threading.Thread(target=load)
+    loader.start()
+    started.wait()
+    time.sleep(0.3)  # the loader found nothing and now waits for the key
+    junk = wasmtime.Module(cache.engine, answer_module(99)).serialize()
+    write_record(record_path(cache.namespace_dir, key),
+                 Record(key=key, kind="module", wasm_digest="0" * 64, content_digest="1" * 64, size=len(junk),
+                        identity=None, source="x", wasmtime_version="?", created=0.0))
+    cache.entry_path(key).write_bytes(junk)
+    writer.release()
+    loader.join(timeout=60)
+    assert results == [88]
+    reasons = [p.read_text() for p in (root / "quarantine").glob("*.why")]
+    assert any("does not match its record" in r for r in reasons), reasons

@@ -347,8 +347,12 @@ class ModuleCache:
                 loaded = _loaded_by_engine[self.engine] = weakref.WeakValueDictionary()
             return loaded
 
-    def _load_entry(self, key: str, kind: Kind) -> Any:
-        """The checked entry for `key`, deserialized; None on a miss (bad entries are quarantined)."""
+    def _load_entry(self, key: str, kind: Kind, *, locked: bool = False) -> Any:
+        """The checked entry for `key`, deserialized; None on a miss (bad entries are quarantined).
+
+        `locked`: the caller holds the key's lock (flock is per open file: taking it again here on
+        another fd would wait for ourselves).
+        """
         namespace = self.namespace_dir
         if not self._namespace_checked:
             try:
@@ -364,28 +368,28 @@ class ModuleCache:
         record, record_stat = found
         entry = namespace / f"{key}{ENTRY_SUFFIX}"
         if record.key != key or record.kind != kind:
-            self._repair(key, None, f"record does not belong to key {key}")
+            self._repair(key, None, f"record does not belong to key {key}", locked=locked)
             return None
         try:
             fd = os.open(entry, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:  # ELOOP: a symlink where an entry should be; EACCES ...
-            self._repair(key, None, f"cannot open entry safely: {exc.strerror}")
+            self._repair(key, None, f"cannot open entry safely: {exc.strerror}", locked=locked)
             return None
         try:
             st = os.fstat(fd)
             seen = Identity.of(st)
             if not stat.S_ISREG(st.st_mode):
-                self._repair(key, seen, "entry is not a regular file")
+                self._repair(key, seen, "entry is not a regular file", locked=locked)
                 return None
             if not self._safe(entry, st):
                 return None
-            if record.identity != seen and not self._verify_content(fd, record, key, seen):
+            if record.identity != seen and not self._verify_content(fd, record, key, seen, locked=locked):
                 return None
             module = self._deserialize(fd, st, kind, entry)
             if module is None:
-                self._repair(key, seen, "wasmtime refused to load the entry")
+                self._repair(key, seen, "wasmtime refused to load the entry", locked=locked)
                 return None
         finally:
             os.close(fd)
@@ -394,19 +398,19 @@ class ModuleCache:
                 os.utime(record_path(namespace, key))  # the LRU clock lives on the record, not the entry
         return module
 
-    def _verify_content(self, fd: int, record: Record, key: str, seen: Identity) -> bool:
+    def _verify_content(self, fd: int, record: Record, key: str, seen: Identity, *, locked: bool) -> bool:
         """Identity changed (copied root, restore, tampering): trust only a full content check."""
         try:
             digest, size = _digest_fd(fd)
             section = find_section(fd, ENGINE_SECTION)
         except (OSError, ValueError) as exc:
-            self._repair(key, seen, f"entry unreadable or not a Wasmtime file: {exc}")
+            self._repair(key, seen, f"entry unreadable or not a Wasmtime file: {exc}", locked=locked)
             return False
         if size != record.size or digest != record.content_digest:
-            self._repair(key, seen, "entry content does not match its record (rewritten or swapped)")
+            self._repair(key, seen, "entry content does not match its record (rewritten or swapped)", locked=locked)
             return False
         if section != self.engine_identity.section:
-            self._repair(key, seen, "entry was compiled by another engine configuration")
+            self._repair(key, seen, "entry was compiled by another engine configuration", locked=locked)
             return False
         log.info("wasmcache: entry %s moved or copied; content verified, identity re-recorded", key[:16])
         if self.writable:
@@ -432,18 +436,19 @@ class ModuleCache:
             log.warning("wasmcache: cannot load %s: %s", entry, exc)
             return None
 
-    def _repair(self, key: str, seen: Identity | None, reason: str) -> None:
+    def _repair(self, key: str, seen: Identity | None, reason: str, *, locked: bool = False) -> None:
         """Quarantine the entry for `key` if it is still the file we judged bad (under the key lock)."""
         entry = self.namespace_dir / f"{key}{ENTRY_SUFFIX}"
         log.warning("wasmcache: bad cache entry %s: %s; quarantining it and recompiling", entry, reason)
         if not self.writable:
             return
         lock = KeyLock(lock_path(self.namespace_dir, key))
-        try:
-            if not lock.acquire(timeout=self.lock_timeout):
+        if not locked:
+            try:
+                if not lock.acquire(timeout=self.lock_timeout):
+                    return
+            except OSError:
                 return
-        except OSError:
-            return
         try:
             try:
                 current = Identity.of(os.stat(entry, follow_symlinks=False))
@@ -560,7 +565,7 @@ class ModuleCache:
         try:
             if lock is not None:
                 # Another process may have published while we waited for the lock.
-                module = self._load_entry(key, kind)
+                module = self._load_entry(key, kind, locked=True)
                 if module is not None:
                     return module
                 module = self._load_remote(key, kind, digest, name)
@@ -641,7 +646,7 @@ class ModuleCache:
                 os.unlink(record_path(namespace, key))
             return None
         self._account(record.size)
-        return self._load_entry(key, kind)
+        return self._load_entry(key, kind, locked=True)
 
     # --- the remote tier (issue #5): consulted only on a local miss, under the key lock ----------
 
