@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+# One SeaweedFS server for the whole session, shared by every test module that uses S3.
+from s3server import s3_bucket_fixture, s3_server_fixture  # noqa: F401
+
 # Never let a test touch the user's real cache.
 os.environ.pop("WASMCACHE_DIR", None)
 os.environ.pop("WASMCACHE_DISABLE", None)

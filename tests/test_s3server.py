@@ -12,11 +12,9 @@ from typing import Any
 
 import pytest
 
-from s3server import (  # noqa: F401  (the fixtures s3_server and s3_bucket)
+from s3server import (
     S3Server,
     listening_addresses,
-    s3_bucket_fixture,
-    s3_server_fixture,
     unique_bucket_name,
     weed_binary,
 )

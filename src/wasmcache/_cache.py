@@ -112,11 +112,16 @@ _loaded_guard = threading.Lock()
 
 
 def _remote_settings(
-    remote: str | None,
+    remote: str | Literal[False] | None,
     signing_key: str | os.PathLike[str] | None,
     trusted_keys: Sequence[str | os.PathLike[str]] | None,
 ) -> tuple[str, str | None, list[str]] | None:
-    """The remote tier's settings from arguments, else $WASMCACHE_REMOTE & co.; checked, not loaded."""
+    """The remote tier's settings from arguments, else $WASMCACHE_REMOTE & co.; checked, not loaded.
+
+    ``remote=False`` means no remote tier, whatever the environment says.
+    """
+    if remote is False:
+        return None
     url = remote if remote is not None else os.environ.get("WASMCACHE_REMOTE") or None
     if url is None:
         return None
@@ -201,7 +206,7 @@ class ModuleCache:
         max_size: int | str | None = None,
         lock_timeout: float = _DEFAULT_LOCK_TIMEOUT,
         strict: bool = True,
-        remote: str | None = None,
+        remote: str | Literal[False] | None = None,
         signing_key: str | os.PathLike[str] | None = None,
         trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:

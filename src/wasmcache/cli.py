@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from ._cli_remote import register as _register_remote_commands
+from ._cli_remote import remote_kwargs, remote_options
 from ._engine import EngineSettings
 from ._errors import CacheError
 from ._version import __version__
@@ -92,10 +94,11 @@ def _fuel(wasm: tuple[str, ...]) -> int | None:
     return fuel
 
 
-def _cache(cache_dir: Path | None, settings: EngineSettings | None = None, *, memory: bool = False) -> ModuleCache:
+def _cache(cache_dir: Path | None, settings: EngineSettings | None = None, *, memory: bool = False,
+           remote: dict[str, Any] | None = None) -> ModuleCache:
     from ._cache import ModuleCache  # noqa: PLC0415
 
-    return ModuleCache(cache_dir, engine=settings, mode="memory" if memory else "mmap")
+    return ModuleCache(cache_dir, engine=settings, mode="memory" if memory else "mmap", **(remote or {}))
 
 
 def _root(cache_dir: Path | None) -> Path:
@@ -149,12 +152,13 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 @_engine_options
 @click.option("--memory", is_flag=True, help="Load the entry into memory instead of mapping it.")
 @cache_dir_option
+@remote_options
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(
     dirs: tuple[str, ...], envs: tuple[str, ...], invoke: str | None, wasm: tuple[str, ...],
     codegen: tuple[str, ...], optimize: tuple[str, ...], memory: bool, cache_dir: Path | None,
-    file: Path, args: tuple[str, ...],
+    remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...], file: Path, args: tuple[str, ...],
 ) -> None:
     """Run a WASI program through the cache, like `wasmtime run` (exit code = the guest's)."""
     import wasmtime  # noqa: PLC0415
@@ -162,7 +166,8 @@ def run(
     _require_file(file)
     if _kind_of(file) == "component":
         _fail(f"{file}: is a component; `run` runs core wasm modules (use `wasmcache compile` to cache it)")
-    cache = _cache(cache_dir, _settings(wasm, codegen, optimize), memory=memory)
+    cache = _cache(cache_dir, _settings(wasm, codegen, optimize), memory=memory,
+                   remote=remote_kwargs(remote, signing_key, trusted_keys))
     module = cache.load(file)
     store = wasmtime.Store(cache.engine)
     fuel = _fuel(wasm)
@@ -246,14 +251,17 @@ def _invoke(store: wasmtime.Store, exports: Any, name: str, args: tuple[str, ...
 @cli.command("compile")
 @_engine_options
 @cache_dir_option
+@remote_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 def compile_(
     wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, ...], cache_dir: Path | None,
-    as_json: bool, files: tuple[Path, ...],
+    remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...], as_json: bool,
+    files: tuple[Path, ...],
 ) -> None:
-    """Precompile FILES into the cache; print each key and entry path."""
-    cache = _cache(cache_dir, _settings(wasm, codegen, optimize))
+    """Precompile FILES into the cache (from the remote tier if it has them); print each key and entry."""
+    cache = _cache(cache_dir, _settings(wasm, codegen, optimize),
+                   remote=remote_kwargs(remote, signing_key, trusted_keys))
     console = _err_console()
     for file in files:
         _require_file(file)
@@ -284,9 +292,11 @@ def compile_(
 
 @cli.command()
 @cache_dir_option
+@remote_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def stats(cache_dir: Path | None, as_json: bool) -> None:
-    """Entries, size and namespaces of the cache root."""
+def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...],
+          as_json: bool) -> None:
+    """Entries, size and namespaces of the cache root (and the remote tier configured, if any)."""
     from ._layout import default_max_size  # noqa: PLC0415
     from ._maintenance import list_entries, scan_usage  # noqa: PLC0415
 
@@ -299,14 +309,24 @@ def stats(cache_dir: Path | None, as_json: bool) -> None:
         ns["entries"] += 1
         ns["size_bytes"] += info.size
     max_size = default_max_size()
-    data = {"root": str(root), "entries": entries, "size_bytes": size, "max_size": max_size,
-            "namespaces": namespaces}
+    data: dict[str, Any] = {"root": str(root), "entries": entries, "size_bytes": size, "max_size": max_size,
+                            "namespaces": namespaces}
+    from ._cache import _remote_settings  # noqa: PLC0415
+
+    configured = _remote_settings(remote, signing_key, list(trusted_keys) or None)
+    if configured is not None:
+        url, key, trusted = configured
+        data["remote"] = {"url": url, "signs_uploads": key is not None, "trusted_keys": trusted}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"cache root      {root}")
     click.echo(f"entries         {entries}")
     click.echo(f"size            {_human(size)} of {_human(max_size)}")
+    if "remote" in data:
+        r = data["remote"]
+        click.echo(f"remote          {r['url']} ({len(r['trusted_keys'])} trusted key(s), "
+                   f"{'signs and uploads' if r['signs_uploads'] else 'download only'})")
     click.echo(f"namespaces      {len(namespaces)}")
     for name, ns in sorted(namespaces.items()):
         click.echo(f"  {name}  {ns['entries']} entries, {_human(ns['size_bytes'])}")
@@ -445,6 +465,9 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
             click.echo(f"{f.severity}: {f.path}: {f.problem}\n  fix: {f.fix}")
         click.echo("no problems found" if not findings else f"{len(findings)} finding(s)")
     sys.exit(1 if danger else 0)
+
+
+_register_remote_commands(cli)
 
 
 # --- entry point --------------------------------------------------------------------------------

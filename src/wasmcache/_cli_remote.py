@@ -1,0 +1,301 @@
+"""`wasmcache keygen | push | pull`: the shared remote tier from the command line (issue #5).
+
+`register(cli)` adds the commands to the main group; `remote_options` and `remote_kwargs` give
+other commands (`run`, `compile`, `stats`) the same ``--remote/--signing-key/--trusted-key``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ._errors import CacheError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._remote import PutResult, RemoteTier
+
+PRIVATE_NAME = "wasmcache-signing.pem"
+PUBLIC_NAME = "wasmcache-signing.pub"
+
+
+class RemoteCommandError(CacheError):
+    """A remote-tier command cannot do what was asked (printed as one line, exit 2)."""
+
+
+# --- options shared with other commands ---------------------------------------------------------------
+
+
+def remote_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--remote``, ``--signing-key`` and ``--trusted-key`` (default: $WASMCACHE_REMOTE & co.)."""
+    f = click.option("--trusted-key", "trusted_keys", multiple=True, metavar="PUB.pem",
+                     help="Accept artifacts signed by this public key (repeatable; default: "
+                          "$WASMCACHE_TRUSTED_KEYS).")(f)
+    f = click.option("--signing-key", metavar="KEY.pem", default=None,
+                     help="Sign and upload what this host compiles (default: $WASMCACHE_SIGNING_KEY).")(f)
+    return click.option("--remote", metavar="s3://BUCKET[/PREFIX]", default=None,
+                        help="Shared remote tier (default: $WASMCACHE_REMOTE).")(f)
+
+
+def remote_kwargs(remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...]) -> dict[str, Any]:
+    """ModuleCache keyword arguments for the options of `remote_options` (None = the environment's)."""
+    return {"remote": remote, "signing_key": signing_key, "trusted_keys": list(trusted_keys) or None}
+
+
+def _resolved(remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...]) -> tuple[
+        str | None, str | None, list[str]]:
+    url = remote or os.environ.get("WASMCACHE_REMOTE") or None
+    key = signing_key or os.environ.get("WASMCACHE_SIGNING_KEY") or None
+    trusted = list(trusted_keys) or [p for p in os.environ.get("WASMCACHE_TRUSTED_KEYS", "").split(os.pathsep) if p]
+    return url, key, trusted
+
+
+# --- keygen ---------------------------------------------------------------------------------------------
+
+
+def write_keypair(out: Path) -> tuple[Path, Path, str]:
+    """Create an Ed25519 key pair in `out`: (private PEM 0600, public PEM 0644, key id). Never overwrites."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
+
+    from ._remote import key_id  # noqa: PLC0415
+
+    private_path, public_path = out / PRIVATE_NAME, out / PUBLIC_NAME
+    for path in (private_path, public_path):
+        if os.path.lexists(path):
+            raise RemoteCommandError(f"{path} already exists; refusing to overwrite a key (move it away first)")
+    try:
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RemoteCommandError(f"--out {out}: cannot create the directory: {exc.strerror or exc}") from None
+    private = Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+    public_pem = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    written: list[Path] = []
+    try:
+        for path, data, mode in ((private_path, private_pem, 0o600), (public_path, public_pem, 0o644)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+            written.append(path)
+            try:
+                os.fchmod(fd, mode)  # whatever the umask says
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except FileExistsError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise RemoteCommandError(f"{exc.filename} already exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise RemoteCommandError(f"cannot write a key in {out}: {exc.strerror or exc}") from None
+    return private_path, public_path, key_id(private.public_key())
+
+
+# --- push -----------------------------------------------------------------------------------------------
+
+
+def push_entry(remote: RemoteTier, namespace: Path, key: str) -> tuple[PutResult | str, str]:
+    """Upload one local entry after checking it against its record and namespace: (outcome, detail).
+
+    Signing is an attestation, so nothing is signed that the local cache would not load itself:
+    the content must match the record's digest and the entry's engine section the namespace's.
+    """
+    import blake3  # noqa: PLC0415
+
+    from ._elf import ENGINE_SECTION, find_section  # noqa: PLC0415
+    from ._engine import fingerprint_of_section  # noqa: PLC0415
+    from ._layout import ENTRY_SUFFIX, NAMESPACE_ENGINE_FILE, namespace_name  # noqa: PLC0415
+    from ._store import O_CLOEXEC, O_NOFOLLOW, read_record, record_path  # noqa: PLC0415
+
+    try:
+        section = (namespace / NAMESPACE_ENGINE_FILE).read_bytes()
+    except OSError as exc:
+        return "skipped", f"namespace has no engine file: {exc.strerror or exc}"
+    fingerprint = fingerprint_of_section(section)
+    if namespace_name(fingerprint) != namespace.name:
+        return "skipped", "namespace engine file does not match the namespace name"
+    found = read_record(record_path(namespace, key))
+    if found is None:
+        return "skipped", "no valid record (an entry being written, or damaged: run `wasmcache verify`)"
+    record, _ = found
+    if record.key != key:
+        return "skipped", "record belongs to another key"
+    try:
+        fd = os.open(namespace / f"{key}{ENTRY_SUFFIX}", os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+    except OSError as exc:
+        return "skipped", f"cannot open the entry: {exc.strerror or exc}"
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return "skipped", f"cannot read the entry: {exc.strerror or exc}"
+    if len(data) != record.size or blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != \
+            record.content_digest:
+        return "skipped", "entry does not match its record (run `wasmcache verify --fix`)"
+    try:
+        entry_section = find_section(data, ENGINE_SECTION)
+    except ValueError as exc:
+        return "skipped", f"entry is not a Wasmtime file: {exc}"
+    if entry_section != section:
+        return "skipped", "entry was compiled by another engine than its namespace's"
+    outcome = remote.put(key, fingerprint, data)
+    detail = {"uploaded": f"{len(data)} bytes", "exists": "already on the remote",
+              "failed": "upload failed (see the warning above)"}[outcome]
+    return outcome, detail
+
+
+def _remote_tier(url: str | None, signing_key: str | None, trusted: list[str]) -> RemoteTier:
+    if url is None:
+        raise RemoteCommandError("no remote: pass --remote s3://BUCKET[/PREFIX] or set $WASMCACHE_REMOTE")
+    if signing_key is None:
+        raise RemoteCommandError("push needs a signing key (it signs what it uploads): pass --signing-key "
+                                 "KEY.pem or set $WASMCACHE_SIGNING_KEY (create one with `wasmcache keygen`)")
+    from ._remote import RemoteTier  # noqa: PLC0415
+
+    return RemoteTier(url, signing_key=signing_key, trusted_keys=trusted)
+
+
+# --- the commands ---------------------------------------------------------------------------------------
+
+
+def register(group: click.Group) -> None:
+    """Add `keygen`, `push` and `pull` to `group` (the main `wasmcache` group)."""
+    from . import cli as main_cli  # noqa: PLC0415 - cli imports this module; import it back lazily
+
+    engine_options = main_cli._engine_options  # noqa: SLF001 - the CLI's own shared options
+    cache_dir_option = main_cli.cache_dir_option
+
+    @group.command()
+    @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                  help="Directory for wasmcache-signing.pem (private, 0600) and wasmcache-signing.pub.")
+    def keygen(out: Path) -> None:
+        """Create an Ed25519 signing key pair for the remote tier."""
+        private_path, public_path, kid = write_keypair(out)
+        click.echo(f"private key  {private_path}  (keep it secret: CI/publishers only)")
+        click.echo(f"public key   {public_path}  (give it to every host: --trusted-key / $WASMCACHE_TRUSTED_KEYS)")
+        click.echo(f"key id       {kid}")
+
+    @group.command()
+    @click.option("--all", "push_all", is_flag=True, help="Upload every entry of the local cache root.")
+    @engine_options
+    @cache_dir_option
+    @remote_options
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per entry.")
+    @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+    def push(push_all: bool, wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, ...],
+             cache_dir: Path | None, remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...],
+             as_json: bool, files: tuple[Path, ...]) -> None:
+        """Sign and upload local entries: every one (--all) or those of FILES (compiled first if needed)."""
+        if push_all == bool(files):
+            raise RemoteCommandError("name the FILES to push, or pass --all (not both)")
+        tier = _remote_tier(*_resolved(remote, signing_key, trusted_keys))
+        results: list[tuple[str, str, str, str]] = []  # (what, key, outcome, detail)
+        if push_all:
+            from ._maintenance import list_entries  # noqa: PLC0415
+
+            root = main_cli._root(cache_dir)  # noqa: SLF001
+            for info in list_entries(root):
+                outcome, detail = push_entry(tier, root / info.namespace, info.key)
+                results.append((info.source, info.key, outcome, detail))
+                _report(results[-1], as_json=as_json)
+        else:
+            from ._cache import ModuleCache  # noqa: PLC0415
+
+            # Compile or load locally only, whatever $WASMCACHE_REMOTE says: push_entry below checks
+            # the entry and uploads it.
+            cache = ModuleCache(cache_dir, engine=main_cli._settings(wasm, codegen, optimize),  # noqa: SLF001
+                                remote=False)
+            for file in files:
+                main_cli._require_file(file)  # noqa: SLF001
+                kind = main_cli._kind_of(file)  # noqa: SLF001
+                if kind == "component":
+                    cache.load_component(file)
+                else:
+                    cache.load(file)
+                key = cache.key_for(file, kind)  # type: ignore[arg-type]
+                outcome, detail = push_entry(tier, cache.namespace_dir, key)
+                results.append((str(file), key, outcome, detail))
+                _report(results[-1], as_json=as_json)
+        counts = {o: sum(1 for r in results if r[2] == o) for o in ("uploaded", "exists", "failed", "skipped")}
+        if not as_json:
+            click.echo(f"{counts['uploaded']} uploaded, {counts['exists']} already on the remote, "
+                       f"{counts['failed']} failed, {counts['skipped']} skipped ({tier.url})", err=True)
+        if counts["failed"] or counts["skipped"]:
+            raise SystemExit(1)
+
+    @group.command()
+    @engine_options
+    @cache_dir_option
+    @remote_options
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+    @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+    def pull(wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, ...], cache_dir: Path | None,
+             remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...], as_json: bool,
+             files: tuple[Path, ...]) -> None:
+        """Warm this host's cache for FILES from the remote (compiling what the remote lacks).
+
+        Exits 1 if an artifact was rejected (bad or untrusted signature): the file was compiled
+        locally, but someone may be tampering with the bucket.
+        """
+        from ._cache import ModuleCache  # noqa: PLC0415
+
+        url, key, trusted = _resolved(remote, signing_key, trusted_keys)
+        if url is None:
+            raise RemoteCommandError("no remote: pass --remote s3://BUCKET[/PREFIX] or set $WASMCACHE_REMOTE")
+        if not trusted:
+            raise RemoteCommandError("pull loads only artifacts signed by a key you trust: pass --trusted-key "
+                                     "PUB.pem or set $WASMCACHE_TRUSTED_KEYS")
+        cache = ModuleCache(cache_dir, engine=main_cli._settings(wasm, codegen, optimize),  # noqa: SLF001
+                            remote=url, signing_key=key, trusted_keys=trusted)
+        if cache.disabled or not cache.writable:
+            raise RemoteCommandError(f"{cache.root}: not a writable cache root; nothing to warm")
+        rejected = 0
+        for file in files:
+            main_cli._require_file(file)  # noqa: SLF001
+            kind = main_cli._kind_of(file)  # noqa: SLF001
+            before = cache.stats()
+            started = time.perf_counter()
+            if kind == "component":
+                cache.load_component(file)
+            else:
+                cache.load(file)
+            elapsed = time.perf_counter() - started
+            after = cache.stats()
+            if after.remote_hits > before.remote_hits:
+                outcome = "remote hit"
+            elif after.compiles > before.compiles:
+                outcome = "compiled and uploaded" if after.uploads > before.uploads else "compiled"
+            else:
+                outcome = "already cached"
+            rejected += after.rejected - before.rejected
+            if as_json:
+                click.echo(json.dumps({"file": str(file), "key": cache.key_for(file, kind),  # type: ignore[arg-type]
+                                       "outcome": outcome, "rejected": after.rejected - before.rejected,
+                                       "seconds": round(elapsed, 3)}))
+            else:
+                click.echo(f"{file}: {outcome} in {elapsed:.2f} s")
+        if rejected:
+            click.echo(f"wasmcache: {rejected} remote artifact(s) rejected (see the warnings): compiled locally "
+                       "instead; check who can write to the bucket", err=True)
+            raise SystemExit(1)
+
+
+def _report(result: tuple[str, str, str, str], *, as_json: bool) -> None:
+    what, key, outcome, detail = result
+    if as_json:
+        click.echo(json.dumps({"source": what, "key": key, "outcome": outcome, "detail": detail}))
+    else:
+        click.echo(f"{key[:16]}  {outcome:9} {what}  ({detail})")
+
+
+__all__ = ["RemoteCommandError", "push_entry", "register", "remote_kwargs", "remote_options", "write_keypair"]
