@@ -50,9 +50,11 @@ from ._store import (
     Identity,
     KeyLock,
     Record,
+    digest_fd,
     lock_path,
     publish_atomically,
     quarantine,
+    read_fd,
     read_record,
     record_path,
     write_record,
@@ -79,7 +81,6 @@ Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 _TOUCH_INTERVAL: Final = 60.0
 # How long a loader waits for another process compiling the same key before compiling itself.
 _DEFAULT_LOCK_TIMEOUT: Final = 900.0
-_READ_CHUNK: Final = 8 << 20
 _USAGE_FILE: Final = "usage"
 _USAGE_RECOUNT_INTERVAL: Final = 24 * 3600.0
 
@@ -156,34 +157,6 @@ _FD_DIR: Final = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd
 
 def _fd_path(fd: int) -> str:
     return f"{_FD_DIR}/{fd}"
-
-
-def _read_fd(fd: int, size: int) -> bytearray:
-    data = bytearray(size)
-    view = memoryview(data)
-    pos = 0
-    while pos < size:
-        n = os.readv(fd, [view[pos:]])
-        if n == 0:
-            raise OSError("file shrank while being read")
-        pos += n
-    return data
-
-
-def _digest_fd(fd: int) -> tuple[str, int]:
-    """blake3 of the whole file behind `fd`, read (never mapped: a truncation must not SIGBUS us)."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    buffer = bytearray(_READ_CHUNK)
-    view = memoryview(buffer)
-    total = 0
-    offset = 0
-    while True:
-        n = os.preadv(fd, [view], offset)
-        if n == 0:
-            return hasher.hexdigest(), total
-        hasher.update(view[:n])
-        total += n
-        offset += n
 
 
 class ModuleCache:
@@ -406,7 +379,7 @@ class ModuleCache:
     def _verify_content(self, fd: int, record: Record, key: str, seen: Identity, *, locked: bool) -> bool:
         """Identity changed (copied root, restore, tampering): trust only a full content check."""
         try:
-            digest, size = _digest_fd(fd)
+            digest, size = digest_fd(fd)
             section = find_section(fd, ENGINE_SECTION)
         except (OSError, ValueError) as exc:
             self._repair(key, seen, f"entry unreadable or not a Wasmtime file: {exc}", locked=locked)
@@ -432,7 +405,7 @@ class ModuleCache:
             if self.mode == "mmap":
                 # Map the inode behind our checked fd, not whatever `entry` names by now.
                 return cls.deserialize_file(self.engine, _fd_path(fd))
-            data = _read_fd(fd, st.st_size)
+            data = read_fd(fd, st.st_size)
             if Identity.of(os.fstat(fd)) != Identity.of(st):
                 log.warning("wasmcache: %s changed while being read; recompiling", entry)
                 return None

@@ -110,12 +110,9 @@ def push_entry(remote: RemoteTier, namespace: Path, key: str) -> tuple[PutResult
     Signing is an attestation, so nothing is signed that the local cache would not load itself:
     the content must match the record's digest and the entry's engine section the namespace's.
     """
-    import blake3  # noqa: PLC0415
-
-    from ._elf import ENGINE_SECTION, find_section  # noqa: PLC0415
     from ._engine import fingerprint_of_section  # noqa: PLC0415
-    from ._layout import ENTRY_SUFFIX, NAMESPACE_ENGINE_FILE, namespace_name  # noqa: PLC0415
-    from ._store import O_CLOEXEC, O_NOFOLLOW, read_record, record_path  # noqa: PLC0415
+    from ._layout import NAMESPACE_ENGINE_FILE, namespace_name  # noqa: PLC0415
+    from ._maintenance import UntrustedEntryError, read_checked_entry  # noqa: PLC0415
 
     try:
         section = (namespace / NAMESPACE_ENGINE_FILE).read_bytes()
@@ -124,30 +121,10 @@ def push_entry(remote: RemoteTier, namespace: Path, key: str) -> tuple[PutResult
     fingerprint = fingerprint_of_section(section)
     if namespace_name(fingerprint) != namespace.name:
         return "skipped", "namespace engine file does not match the namespace name"
-    found = read_record(record_path(namespace, key))
-    if found is None:
-        return "skipped", "no valid record (an entry being written, or damaged: run `wasmcache verify`)"
-    record, _ = found
-    if record.key != key:
-        return "skipped", "record belongs to another key"
     try:
-        fd = os.open(namespace / f"{key}{ENTRY_SUFFIX}", os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-    except OSError as exc:
-        return "skipped", f"cannot open the entry: {exc.strerror or exc}"
-    try:
-        with os.fdopen(fd, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        return "skipped", f"cannot read the entry: {exc.strerror or exc}"
-    if len(data) != record.size or blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != \
-            record.content_digest:
-        return "skipped", "entry does not match its record (run `wasmcache verify --fix`)"
-    try:
-        entry_section = find_section(data, ENGINE_SECTION)
-    except ValueError as exc:
-        return "skipped", f"entry is not a Wasmtime file: {exc}"
-    if entry_section != section:
-        return "skipped", "entry was compiled by another engine than its namespace's"
+        data, _, _ = read_checked_entry(namespace, key, section)
+    except UntrustedEntryError as problem:
+        return "skipped", f"{problem} (run `wasmcache verify --fix`)"
     outcome = remote.put(key, fingerprint, data)
     detail = {"uploaded": f"{len(data)} bytes", "exists": "already on the remote",
               "failed": "upload failed (see the warning above)"}[outcome]

@@ -34,8 +34,8 @@ def _resolve(target: str, root: Path) -> Path:
 
 def inspect_target(target: str, root: Path) -> dict[str, Any]:
     """Describe a `.cwasm` file or an entry key: engine section decoded, kind, size, digest, record."""
-    from ._cache import _digest_fd  # noqa: PLC0415
     from ._engine_section import decode_engine_section  # noqa: PLC0415
+    from ._store import digest_fd  # noqa: PLC0415
 
     path = _resolve(target, root)
     try:
@@ -48,7 +48,7 @@ def inspect_target(target: str, root: Path) -> dict[str, Any]:
         try:
             header = os.pread(fd, 64, 0)
             section = find_section(fd, ENGINE_SECTION)
-            digest, size = _digest_fd(fd)
+            digest, size = digest_fd(fd)
         except ValueError as exc:
             raise CacheError(f"{path}: not a Wasmtime compiled file: {exc}") from None
         except OSError as exc:

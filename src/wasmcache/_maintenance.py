@@ -30,10 +30,14 @@ from ._layout import (
     require_marker,
 )
 from ._store import (
+    O_CLOEXEC,
+    O_NOFOLLOW,
     Identity,
     KeyLock,
+    Record,
     lock_path,
     quarantine,
+    read_fd,
     read_record,
     record_path,
     try_lock,
@@ -363,37 +367,62 @@ def _namespace_section(namespace: Path) -> bytes | None:
         return None
 
 
-def _check_entry(
-    namespace: Path, key: str, section: bytes | None, report: VerifyReport, *, fix: bool
-) -> tuple[str, str] | None:
-    from ._cache import _digest_fd  # noqa: PLC0415 - one digest routine for hits and verify
+class UntrustedEntryError(Exception):
+    """Why an entry cannot be trusted: `problem` is corrupt | mismatched | orphan."""
 
-    entry = namespace / f"{key}{ENTRY_SUFFIX}"
+    def __init__(self, problem: str, detail: str) -> None:
+        super().__init__(f"{problem}: {detail}")
+        self.problem = problem
+        self.detail = detail
+
+
+def read_checked_entry(namespace: Path, key: str, section: bytes | None) -> tuple[bytes, os.stat_result, Record]:
+    """The entry's bytes, its stat and its record, once its content matches the record's digest and its
+    engine section matches `section` (the namespace's); else UntrustedEntryError.
+
+    What verify checks and what push signs: nothing is uploaded that a load would not accept.
+    """
+    import blake3  # noqa: PLC0415
+
     found = read_record(record_path(namespace, key))
     if found is None:
-        return "orphan", "entry without a valid record"
+        raise UntrustedEntryError("orphan", "entry without a valid record")
     record, _ = found
     if record.key != key:
-        return "mismatched", "record belongs to another key"
+        raise UntrustedEntryError("mismatched", "record belongs to another key")
     try:
-        fd = os.open(entry, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(namespace / f"{key}{ENTRY_SUFFIX}", os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
     except OSError as exc:
-        return "corrupt", f"cannot open safely: {exc.strerror}"
+        raise UntrustedEntryError("corrupt", f"cannot open safely: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            return "corrupt", "not a regular file"
-        digest, size = _digest_fd(fd)
-        try:
-            entry_section = find_section(fd, ENGINE_SECTION)
-        except ValueError as exc:
-            return "corrupt", str(exc)
+            raise UntrustedEntryError("corrupt", "not a regular file")
+        data = bytes(read_fd(fd, st.st_size))
+    except OSError as exc:
+        raise UntrustedEntryError("corrupt", f"cannot read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-    if size != record.size or digest != record.content_digest:
-        return "corrupt", f"content digest differs from its record ({size} bytes, recorded {record.size})"
+    if len(data) != record.size or blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != \
+            record.content_digest:
+        raise UntrustedEntryError("corrupt", f"content digest differs from its record ({len(data)} bytes, "
+                                      f"recorded {record.size})")
+    try:
+        entry_section = find_section(data, ENGINE_SECTION)
+    except ValueError as exc:
+        raise UntrustedEntryError("corrupt", str(exc)) from None
     if section is not None and entry_section != section:
-        return "mismatched", "compiled by another engine configuration than its namespace"
+        raise UntrustedEntryError("mismatched", "compiled by another engine configuration than its namespace")
+    return data, st, record
+
+
+def _check_entry(
+    namespace: Path, key: str, section: bytes | None, report: VerifyReport, *, fix: bool
+) -> tuple[str, str] | None:
+    try:
+        _, st, record = read_checked_entry(namespace, key, section)
+    except UntrustedEntryError as problem:
+        return problem.problem, problem.detail
     if record.identity != Identity.of(st):
         report.rerecorded += fix
         if fix:

@@ -19,6 +19,8 @@ import stat
 import time
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+import blake3
+
 from ._layout import KEY_RE, KINDS, LOCK_SUFFIX, RECORD_SUFFIX, TEMP_SUFFIX
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 RECORD_VERSION: Final = 1
 _MAX_RECORD: Final = 64 << 10
+_READ_CHUNK: Final = 8 << 20
 
 
 def fsync_directory(directory: Path) -> None:
@@ -110,6 +113,34 @@ def publish_atomically(final: Path, data: bytes | bytearray | memoryview) -> os.
         # Someone replaced it between our rename and this stat; record nothing of theirs.
         raise FileExistsError(errno.EEXIST, "entry replaced while publishing", str(final))
     return published
+
+
+def read_fd(fd: int, size: int) -> bytearray:
+    data = bytearray(size)
+    view = memoryview(data)
+    pos = 0
+    while pos < size:
+        n = os.readv(fd, [view[pos:]])
+        if n == 0:
+            raise OSError("file shrank while being read")
+        pos += n
+    return data
+
+
+def digest_fd(fd: int) -> tuple[str, int]:
+    """blake3 of the whole file behind `fd`, read (never mapped: a truncation must not SIGBUS us)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    buffer = bytearray(_READ_CHUNK)
+    view = memoryview(buffer)
+    total = 0
+    offset = 0
+    while True:
+        n = os.preadv(fd, [view], offset)
+        if n == 0:
+            return hasher.hexdigest(), total
+        hasher.update(view[:n])
+        total += n
+        offset += n
 
 
 # --- records ------------------------------------------------------------------------------------
