@@ -25,6 +25,7 @@ from wasmcache._engine_section import (
     decode_engine_section,
     known_tunables_versions,
 )
+from wasmgen import _leb
 
 WAT = '(module (func (export "f") (param i32) (result i32) local.get 0 i32.const 1 i32.add))'
 WASMTIME_MAJOR = int(importlib.metadata.version("wasmtime").split(".")[0])
@@ -204,16 +205,7 @@ def test_engine_info_is_hashable_and_read_only() -> None:
 # -- recorded sections from every supported wasmtime-py release -----------------------
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+_varint = _leb  # postcard's varint is unsigned LEB128, as in the wasm binary format
 
 
 def _string(text: str) -> bytes:
