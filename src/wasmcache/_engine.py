@@ -265,7 +265,7 @@ class EngineSettings:
         return engine
 
     def _memo_key(self) -> str:
-        identity = {"settings": self.as_dict(), "wasmtime": _wasmtime_library_identity(), "cpu": cpu_identity()}
+        identity = {"settings": self.as_dict(), "wasmtime": _wasmtime_library_identity(), "host": host_identity()}
         return blake3.blake3(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
     def _validate_in_child(self) -> bytes:
@@ -406,6 +406,28 @@ _cpu_identity: str | None = None
 _CPUINFO_LINES: Final = re.compile(rb"^(?:model name|flags|Features|CPU implementer|CPU part)\s*:.*$", re.MULTILINE)
 
 
+def host_identity() -> str:
+    """This boot of this machine (Linux's boot_id), else the CPU's identity.
+
+    Fingerprints depend on the CPU's features, which cannot change without a reboot, so a memo
+    keyed by the boot is as exact as one keyed by /proc/cpuinfo, and reading boot_id costs a
+    fraction of parsing cpuinfo on every fresh process. (Should a live migration ever move a VM
+    to a CPU with fewer features, wasmtime's own compatibility check refuses the entries and they
+    are recompiled.)
+    """
+    try:
+        fd = os.open("/proc/sys/kernel/random/boot_id", os.O_RDONLY)
+    except OSError:
+        return cpu_identity()
+    try:
+        boot = os.read(fd, 64).strip()
+    except OSError:
+        return cpu_identity()
+    finally:
+        os.close(fd)
+    return "boot:" + boot.decode("ascii", "replace") + ":" + os.uname().nodename
+
+
 def cpu_identity() -> str:
     """The host CPU's model and feature flags (CPU features are part of the fingerprint)."""
     global _cpu_identity  # noqa: PLW0603 - computed once per process
@@ -470,7 +492,7 @@ def default_engine(memo_dir: Path | None) -> wasmtime.Engine:
     import wasmtime  # noqa: PLC0415
 
     engine = wasmtime.Engine()
-    identity = {"settings": "wasmtime.Engine()", "wasmtime": _wasmtime_library_identity(), "cpu": cpu_identity()}
+    identity = {"settings": "wasmtime.Engine()", "wasmtime": _wasmtime_library_identity(), "host": host_identity()}
     memo_key = blake3.blake3(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     section = _validated.get(memo_key)
     path = None if memo_dir is None else memo_dir / f"{memo_key}.engine"
