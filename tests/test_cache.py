@@ -418,3 +418,14 @@ def test_namespaces_left_unused_age_out(root: Path) -> None:
     assert report.removed_namespaces == 1
     assert not old.namespace_dir.exists()
     assert current.entry_path(current.key_for(answer_module(47))).exists()
+
+
+def test_bytearray_and_memoryview_sources_are_hashed_in_place_and_compiled_from_a_copy(root: Path) -> None:
+    buffer = bytearray(answer_module(48))
+    cache = ModuleCache(root)
+    module = cache.load(memoryview(buffer))  # a miss: compiled from our own copy
+    buffer[:] = b"\0" * len(buffer)  # the caller reuses its buffer afterwards
+    assert call_answer(cache.engine, module) == 48
+    again = ModuleCache(root)
+    assert call_answer(again.engine, again.load(bytearray(answer_module(48)))) == 48
+    assert again.stats().hits == 1
