@@ -429,3 +429,30 @@ def test_bytearray_and_memoryview_sources_are_hashed_in_place_and_compiled_from_
     again = ModuleCache(root)
     assert call_answer(again.engine, again.load(bytearray(answer_module(48)))) == 48
     assert again.stats().hits == 1
+
+
+def test_many_processes_creating_one_new_root_at_once_all_succeed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    root = tmp_path / "brand-new"
+    code = textwrap.dedent("""
+    import sys, time, wasmcache
+    while time.time() < float(sys.argv[2]):
+        pass
+    wasmcache.ModuleCache(sys.argv[1])
+    print("ok")
+    """)
+    for _ in range(5):  # the race is narrow: try a few fresh roots
+        if root.exists():
+            import shutil
+            shutil.rmtree(root)
+        start_at = str(time.time() + 1.0)
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(root), start_at], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(8)]
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            assert out.strip() == "ok"
+    assert (root / "wasmcache-layout").exists()

@@ -155,6 +155,14 @@ def require_marker(root: Path, action: str) -> None:
     check_marker_version(root)
 
 
+def _ours_while_initializing(name: str) -> bool:
+    """The markers, and the temp files of a process writing them (`<stem>.<random>.tmp`)."""
+    if name in (MARKER_NAME, "CACHEDIR.TAG"):
+        return True
+    stem = name.split(".", 1)[0]
+    return name.endswith(".tmp") and stem in (MARKER_NAME, "CACHEDIR")
+
+
 def initialize_root(root: Path) -> None:
     """Create `root` (private) with its markers; an existing non-empty foreign directory is refused."""
     marker = _read_marker(root)
@@ -164,8 +172,10 @@ def initialize_root(root: Path) -> None:
         return
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     with os.scandir(root) as it:
-        foreign = [e.name for e in it if e.name not in (MARKER_NAME, "CACHEDIR.TAG")]
-    if foreign:
+        foreign = [e.name for e in it if not _ours_while_initializing(e.name)]
+    # Another process may be initializing the same new root right now: once its marker exists,
+    # whatever else it has written is ours too (8 processes starting on a new root raced here).
+    if foreign and not _read_marker(root).startswith("wasmcache"):
         raise NotACacheError(
             f"{root}: exists, is not empty and is not a wasmcache root (no {MARKER_NAME} file); "
             "refusing to use it, so that clear or gc can never delete files that are not ours. "
