@@ -265,8 +265,7 @@ class EngineSettings:
         return engine
 
     def _memo_key(self) -> str:
-        identity = {"settings": self.as_dict(), "wasmtime": _wasmtime_library_identity(), "host": host_identity()}
-        return blake3.blake3(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+        return _memo_key(self.describe())
 
     def _validate_in_child(self) -> bytes:
         import subprocess  # noqa: PLC0415 - only for settings never seen before
@@ -332,6 +331,12 @@ def _memo_path(memo_dir: str | os.PathLike[str] | None, memo_key: str) -> Path |
     return Path(memo_dir) / f"{memo_key}.engine"
 
 
+def _memo_key(settings: str) -> str:
+    """Settings (a complete, canonical description) + the wasmtime library file + this boot."""
+    identity = f"{settings}\0{_wasmtime_library_identity()}\0{host_identity()}"
+    return blake3.blake3(identity.encode()).hexdigest()[:32]
+
+
 def _read_memo(path: Path | None, memo_key: str) -> bytes | None:
     if path is None:
         return None
@@ -339,7 +344,7 @@ def _read_memo(path: Path | None, memo_key: str) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            raw = os.read(fd, 1 << 20)
+            raw = os.read(fd, 1 << 16)  # sections are ~1 KiB; a 1 MiB read costs an mmap per process
         finally:
             os.close(fd)
     except OSError:
@@ -492,8 +497,7 @@ def default_engine(memo_dir: Path | None) -> wasmtime.Engine:
     import wasmtime  # noqa: PLC0415
 
     engine = wasmtime.Engine()
-    identity = {"settings": "wasmtime.Engine()", "wasmtime": _wasmtime_library_identity(), "host": host_identity()}
-    memo_key = blake3.blake3(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+    memo_key = _memo_key("wasmtime.Engine()")
     section = _validated.get(memo_key)
     path = None if memo_dir is None else memo_dir / f"{memo_key}.engine"
     if section is None:
