@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -50,6 +49,13 @@ def _err_console() -> Any:
     from rich.console import Console  # noqa: PLC0415
 
     return Console(stderr=True, highlight=False)
+
+
+def _asdict(obj: Any) -> dict[str, Any]:
+    from dataclasses import asdict  # noqa: PLC0415 - 5 ms to import; only --json output needs it
+
+    result: dict[str, Any] = asdict(obj)
+    return result
 
 
 def _human(n: float) -> str:
@@ -341,7 +347,7 @@ def ls_(cache_dir: Path | None, as_json: bool) -> None:
 
     listing = list_entries(_root(cache_dir))
     if as_json:
-        click.echo(json.dumps([asdict(info) for info in listing], indent=2))
+        click.echo(json.dumps([_asdict(info) for info in listing], indent=2))
         return
     from rich.table import Table  # noqa: PLC0415
 
@@ -365,7 +371,7 @@ def gc(cache_dir: Path | None, max_size: str | None, as_json: bool) -> None:
 
     report = ModuleCache(cache_dir).gc(max_size)
     if as_json:
-        click.echo(json.dumps(asdict(report)))
+        click.echo(json.dumps(_asdict(report)))
         return
     click.echo(f"evicted {report.evicted_entries} entries ({_human(report.freed_bytes)}), "
                f"reaped {report.reaped_temp_files} temp files; "
@@ -382,7 +388,7 @@ def verify(cache_dir: Path | None, fix: bool, as_json: bool) -> None:
 
     report = verify_root(_root(cache_dir), fix=fix)
     if as_json:
-        click.echo(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
+        click.echo(json.dumps({**_asdict(report), "ok": report.ok}, indent=2))
     else:
         for f in report.findings:
             click.echo(f"{f.problem}: {f.path}: {f.detail}; fix: {f.fix}")
@@ -446,7 +452,7 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
             _fail(f"process {pid}: cannot read its memory map: {exc.strerror or exc}")
         danger = any(m.state == "modified-in-place" for m in mapped)
         if as_json:
-            click.echo(json.dumps([asdict(m) for m in mapped], indent=2))
+            click.echo(json.dumps([_asdict(m) for m in mapped], indent=2))
         else:
             if not mapped:
                 click.echo(f"process {pid} maps no .cwasm file")
@@ -459,7 +465,7 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
     findings = diagnose_root(_root(cache_dir))
     danger = any(f.severity == DANGER for f in findings)
     if as_json:
-        click.echo(json.dumps([asdict(f) for f in findings], indent=2))
+        click.echo(json.dumps([_asdict(f) for f in findings], indent=2))
     else:
         for f in findings:
             click.echo(f"{f.severity}: {f.path}: {f.problem}\n  fix: {f.fix}")
