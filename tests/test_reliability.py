@@ -310,3 +310,55 @@ def test_doctor_pid_of_a_missing_process_is_one_line() -> None:
     assert result.returncode == 2
     assert "process 999999999" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def immutable() -> Iterator[Callable[[Path], None]]:
+    """Make a directory refuse every change, even root's (chattr +i): a real 'permission denied'."""
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("chattr +i needs root and e2fsprogs")
+    marked: list[Path] = []
+
+    def mark(path: Path) -> None:
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"this filesystem has no immutable attribute: {done.stderr.strip()}")
+        marked.append(path)
+
+    yield mark
+    for path in marked:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+def test_permission_denied_still_returns_a_working_module(root: Path, immutable: Callable[[Path], None],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(13))  # the namespace exists
+    immutable(cache.namespace_dir)  # now nothing can be created in it (EPERM, as for another owner's dir)
+    fresh = wasmcache.ModuleCache(root)
+    assert fresh.writable
+    with caplog.at_level("WARNING", logger="wasmcache"):
+        module = fresh.load(answer_module(14))
+    assert call_answer(fresh.engine, module) == 14
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "compiling without caching" in warnings[0] or "could not store" in warnings[0]
+    assert call_answer(fresh.engine, fresh.load(answer_module(13))) == 13  # hits still served
+    _no_partial_files(root)
+
+
+def test_inspect_decodes_a_cwasm_that_is_not_ours(tmp_path: Path) -> None:
+    for name, engine in (("cranelift", wasmtime.Engine()), ("winch", winch_engine())):
+        path = tmp_path / f"{name}.cwasm"
+        path.write_bytes(wasmtime.Module(engine, answer_module(15)).serialize())
+        info = json.loads(run_cli("inspect", "--json", str(path)).stdout)
+        assert info["compiler"] == name
+        assert info["kind"] == "module"
+        assert info["wasmtime_version"] == wasmtime_major()
+        assert "key" not in info  # not an entry of ours: no record to show
+
+
+def wasmtime_major() -> str:
+    from importlib.metadata import version
+
+    return version("wasmtime").split(".")[0]
