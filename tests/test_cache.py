@@ -456,3 +456,14 @@ def test_many_processes_creating_one_new_root_at_once_all_succeed(tmp_path: Path
             assert proc.returncode == 0, err
             assert out.strip() == "ok"
     assert (root / "wasmcache-layout").exists()
+
+
+def test_gc_removes_an_entry_that_no_record_vouches_for(root: Path) -> None:
+    cache = ModuleCache(root)
+    cache.load(answer_module(49))
+    key = cache.key_for(answer_module(49))
+    (cache.namespace_dir / f"{key}.rec").unlink()  # e.g. a clear that raced a publisher (older versions)
+    assert not cache.verify().ok
+    cache.gc()
+    assert not cache.entry_path(key).exists()
+    assert cache.verify().ok

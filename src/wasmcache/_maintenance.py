@@ -136,8 +136,9 @@ def collect_garbage(root: Path, max_size: int, *, require: bool = False, max_age
             entry = names.get(key + ENTRY_SUFFIX)
             record = names.get(key + RECORD_SUFFIX)
             temps = [e for e in group if e.name.endswith(TEMP_SUFFIX)]
-            if temps or entry is None:
-                # A temp file, or a record/lock without an entry: leftovers if nobody holds the key.
+            if temps or entry is None or record is None:
+                # A temp file, a record without an entry (a writer killed before its rename) or an
+                # entry without a record (nothing vouches for it): leftovers if nobody holds the key.
                 with try_lock(lock_path(namespace, key)) as free:
                     if free:
                         for e in temps:
@@ -147,6 +148,10 @@ def collect_garbage(root: Path, max_size: int, *, require: bool = False, max_age
                         if entry is None and record is not None:
                             with contextlib.suppress(OSError):
                                 os.unlink(record.path)
+                        if record is None and entry is not None:
+                            with contextlib.suppress(OSError):
+                                os.unlink(entry.path)
+                            entry = None
                 if entry is None:
                     _remove_free_lock(namespace, key)
                     continue
@@ -255,12 +260,24 @@ def clear_root(root: Path) -> int:
     with KeyLock(root / "gc.lock"):
         for namespace in _namespaces(root):
             with os.scandir(namespace) as it:
-                for e in it:
-                    removed += e.name.endswith(ENTRY_SUFFIX)
+                keys = sorted({_key_of(e.name) for e in it if e.name != NAMESPACE_ENGINE_FILE})
+            for key in keys:
+                # Under the key's lock: a writer between its record and its rename keeps its key
+                # (its entry is whole when it lands), instead of being left with half a pair.
+                lock = KeyLock(lock_path(namespace, key))
+                try:
+                    if not lock.acquire(blocking=False):
+                        continue
+                except OSError:
+                    continue
+                removed += (namespace / f"{key}{ENTRY_SUFFIX}").exists()
+                with os.scandir(namespace) as it:
+                    mine = [e.path for e in it if _key_of(e.name) == key and not e.name.endswith(LOCK_SUFFIX)]
+                for path in mine:
                     with contextlib.suppress(OSError):
-                        os.unlink(e.path)  # mapped entries live on in the processes using them
-            with contextlib.suppress(OSError):
-                os.rmdir(namespace)
+                        os.unlink(path)  # mapped entries live on in the processes using them
+                lock.release(unlink=True)
+        _remove_empty_namespaces(root)
         import shutil  # noqa: PLC0415
 
         for name in ("digests", "quarantine"):
