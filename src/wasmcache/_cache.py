@@ -639,10 +639,12 @@ class ModuleCache:
 
     def _remote_tier(self) -> RemoteTier | None:
         if self._remote is None and self._remote_settings is not None:
-            from ._remote import RemoteTier  # noqa: PLC0415 - boto3 & co. only when the local cache misses
+            from ._remote import RemoteTier  # noqa: PLC0415 - botocore & co. only when the local cache misses
 
-            url, signing_key, trusted_keys = self._remote_settings
-            self._remote = RemoteTier(url, signing_key=signing_key, trusted_keys=trusted_keys)
+            with self._guard:  # one tier (one client, one set of counters) per cache, whatever the threads
+                if self._remote is None:
+                    url, signing_key, trusted_keys = self._remote_settings
+                    self._remote = RemoteTier(url, signing_key=signing_key, trusted_keys=trusted_keys)
         return self._remote
 
     def _load_remote(self, key: str, kind: Kind, digest: str, name: str) -> Any:
