@@ -85,19 +85,22 @@ print(json.dumps({"done": True}))
 """
 
 
+def _answer_wat(path: Path, functions: int) -> Path:
+    """WAT text (each wasmtime version compiles it with its own wat2wasm) whose `answer` is 4242."""
+    lines = ["(module"]
+    lines += [f"  (func $f{i} (param i32) (result i32) local.get 0 i32.const 1 i32.add)" for i in range(functions)]
+    calls = " ".join(f"call $f{i}" for i in range(functions - 1))
+    lines.append(f'  (func (export "answer") (result i32) i32.const {4242 - (functions - 1)} {calls}))')
+    path.write_text("\n".join(lines))
+    return path
+
+
 def _snapshot(namespace: Path) -> dict[str, tuple[int, int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns) for p in namespace.glob("*.cwasm")}
 
 
 def test_oldest_and_newest_wasmtime_share_one_root(old_python: str, root: Path, tmp_path: Path) -> None:
-    from wasmgen import answer_module  # noqa: F401 - the WAT below is what both versions compile
-
-    wat = tmp_path / "m.wat"
-    lines = ["(module"]
-    lines += [f"  (func $f{i} (param i32) (result i32) local.get 0 i32.const 1 i32.add)" for i in range(200)]
-    lines.append('  (func (export "answer") (result i32) i32.const 4043 ' + " ".join(f"call $f{i}" for i in range(199))
-                 + "))")
-    wat.write_text("\n".join(lines))
+    wat = _answer_wat(tmp_path / "m.wat", functions=200)
     new = _run(sys.executable, LOAD, str(root), str(wat))
     old = _run(old_python, LOAD, str(root), str(wat))
     assert new["version"] != old["version"] == OLDEST
@@ -115,12 +118,7 @@ def test_oldest_and_newest_wasmtime_share_one_root(old_python: str, root: Path, 
 
 
 def test_a_process_of_each_version_survives_the_other_churning(old_python: str, root: Path, tmp_path: Path) -> None:
-    wat = tmp_path / "m.wat"
-    lines = ["(module"]
-    lines += [f"  (func $f{i} (param i32) (result i32) local.get 0 i32.const 1 i32.add)" for i in range(300)]
-    lines.append('  (func (export "answer") (result i32) i32.const 3943 ' + " ".join(f"call $f{i}" for i in range(299))
-                 + "))")
-    wat.write_text("\n".join(lines))
+    wat = _answer_wat(tmp_path / "m.wat", functions=300)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, TESTS])}
     for python in (sys.executable, old_python):  # warm both namespaces, so the holders map entries
         _run(python, LOAD, str(root), str(wat))
