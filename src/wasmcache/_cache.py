@@ -140,6 +140,37 @@ def _remote_settings(
     return url, (os.fspath(signing_key) if signing_key is not None else None), [os.fspath(k) for k in trusted_keys]
 
 
+_DIGEST_CHUNK: Final = 8 << 20
+_DIGEST_THREADS: Final = 4
+
+
+def wasm_digest(data: bytes | memoryview) -> str:
+    """The wasm's digest: blake3 over the blake3s of its 8 MiB chunks (and its length).
+
+    The chunks are hashed on up to 4 threads (blake3 releases the GIL). blake3's own
+    multithreading starts a thread pool on first use, which in a fresh process costs as much as
+    it saves (7-14 ms for 49 MB either way, measured); plain threads hash it in ~6.5 ms on 2
+    cores. Fixed chunks keep the digest the same whatever the core count.
+    """
+    view = memoryview(data).cast("B")
+    size = view.nbytes
+    chunks = [view[i : i + _DIGEST_CHUNK] for i in range(0, size, _DIGEST_CHUNK)] or [view]
+    leaves: list[bytes] = [b""] * len(chunks)
+
+    def hash_every(start: int, step: int) -> None:
+        for i in range(start, len(chunks), step):
+            leaves[i] = blake3.blake3(chunks[i]).digest()
+
+    workers = min(_DIGEST_THREADS, os.cpu_count() or 1, len(chunks))
+    threads = [threading.Thread(target=hash_every, args=(i, workers), daemon=True) for i in range(1, workers)]
+    for thread in threads:
+        thread.start()
+    hash_every(0, workers)
+    for thread in threads:
+        thread.join()
+    return blake3.blake3(b"wasmcache-wasm-v1\0" + size.to_bytes(8, "little") + b"".join(leaves)).hexdigest()
+
+
 def _compiled_class(kind: Kind) -> Any:
     """wasmtime.Module, or Component (whose import costs ~10 ms: only when a component is loaded)."""
     if kind == "module":
@@ -464,7 +495,7 @@ class ModuleCache:
         if path is None:
             if data is None:  # _source returns a path or the bytes, never neither
                 raise TypeError("source: expected a path or bytes")
-            return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data
+            return wasm_digest(data), data
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -486,7 +517,7 @@ class ModuleCache:
                 after = Identity.of(os.fstat(f.fileno()))
         except OSError as exc:
             raise SourceError(f"{name}: cannot read: {exc.strerror or exc}") from None
-        digest = blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+        digest = wasm_digest(data)
         if after == identity:  # remember only a digest of a file that did not change under us
             with self._guard:
                 self._digests[identity] = digest
@@ -559,7 +590,7 @@ class ModuleCache:
                 data = self._read_source(name, path or name, digest)
             elif isinstance(data, memoryview):
                 data = bytes(data)  # our own copy of a mutable buffer, checked against the digest keyed
-                if blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != digest:
+                if wasm_digest(data) != digest:
                     raise SourceError(f"{name}: the buffer changed while being loaded")
             compiled = self._compile(name, data, kind)
             if lock is None:
@@ -580,7 +611,7 @@ class ModuleCache:
                 data = f.read()
         except OSError as exc:
             raise SourceError(f"{name}: cannot read: {exc.strerror or exc}") from None
-        if blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != digest:
+        if wasm_digest(data) != digest:
             raise SourceError(f"{name}: changed while being loaded; try again")
         return data
 
