@@ -199,3 +199,31 @@ def test_gc_never_reaps_a_live_writers_temp_file(root: Path) -> None:
     # The writer is gone (its lock is free): the next gc reaps the file.
     assert cache.gc().reaped_temp_files == 1
     assert not temp.exists()
+
+
+def test_gc_reaps_dead_writers_temp_files_of_small_files_but_not_a_live_ones(root: Path) -> None:
+    import fcntl
+
+    cache = wasmcache.ModuleCache(root)
+    cache.load(b"\0asm\x01\0\0\0")
+    (root / "digests").mkdir(exist_ok=True)
+    (root / "engines").mkdir(exist_ok=True)
+    dead = [root / "usage.0123456789ab.tmp", root / "digests" / "d.0123456789ab.tmp",
+            root / "engines" / "e.0123456789ab.tmp", cache.namespace_dir / "engine.0123456789ab.tmp"]
+    for path in dead:
+        path.write_bytes(b"left by a SIGKILLed writer")
+    live = root / "usage.ba9876543210.tmp"
+    fd = os.open(live, os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what write_small_file_atomically holds while it writes
+    try:
+        code = """
+        import json, sys, wasmcache
+        print(json.dumps(wasmcache.ModuleCache(sys.argv[1]).gc().reaped_temp_files))
+        """
+        assert run_json(code, str(root)) == len(dead)
+        assert not any(path.exists() for path in dead)
+        assert live.exists()
+    finally:
+        os.close(fd)
+    assert cache.gc().reaped_temp_files == 1
+    assert not list(root.rglob("*.tmp"))

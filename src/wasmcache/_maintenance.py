@@ -39,6 +39,7 @@ from ._store import (
     quarantine,
     read_fd,
     read_record,
+    reap_if_dead,
     record_path,
     try_lock,
     write_record,
@@ -131,6 +132,8 @@ def collect_garbage(root: Path, max_size: int, *, require: bool = False, max_age
                 files.setdefault(_key_of(e.name), []).append(e)
         for key, group in files.items():
             if not KEY_RE.match(key):
+                # e.g. the namespace's own `engine.<random>.tmp`: its writer holds an flock on it.
+                report.reaped_temp_files += sum(reap_if_dead(e.path) for e in group if e.name.endswith(TEMP_SUFFIX))
                 continue
             names = {e.name: e for e in group}
             entry = names.get(key + ENTRY_SUFFIX)
@@ -162,6 +165,8 @@ def collect_garbage(root: Path, max_size: int, *, require: bool = False, max_age
             except OSError:
                 continue
             candidates.append(_Candidate(namespace, key, used, size))
+    for directory in (root, root / "digests", root / "engines"):
+        report.reaped_temp_files += _reap_dead_temp_files(directory)
     for directory, age in ((root / "quarantine", _QUARANTINE_AGE), (root / "digests", max_age),
                            (root / "engines", max_age)):
         other_bytes += _expire_files(directory, now - age)
@@ -184,6 +189,16 @@ def collect_garbage(root: Path, max_size: int, *, require: bool = False, max_age
         log.info("wasmcache: gc of %s evicted %d entries (%d bytes), reaped %d temp files", root,
                  report.evicted_entries, report.freed_bytes, report.reaped_temp_files)
     return report
+
+
+def _reap_dead_temp_files(directory: Path) -> int:
+    """Temp files of dead writers of the small files (usage, markers, memos) in `directory`."""
+    try:
+        with os.scandir(directory) as it:
+            temps = [e.path for e in it if e.name.endswith(TEMP_SUFFIX) and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return 0
+    return sum(reap_if_dead(path) for path in temps)
 
 
 def _evict(c: _Candidate) -> bool:

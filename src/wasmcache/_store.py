@@ -64,27 +64,47 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
 
 
 def write_small_file_atomically(path: Path, data: bytes, *, mode: int = 0o600, durable: bool = False) -> None:
-    """Replace `path` with `data` by temp file + rename (readers see the old or the new file)."""
+    """Replace `path` with `data` by temp file + rename (readers see the old or the new file).
+
+    The writer holds an flock on its temp file until the rename, so gc tells a dead writer's
+    leftover (lock free: reap it) from a live one's (held: leave it), whatever its age.
+    """
     temp = temp_path_for(path)
     fd = create_exclusive(temp, mode)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         write_all(fd, data)
         if durable:
             os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    os.close(fd)
-    try:
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+    finally:
+        os.close(fd)
     if durable:
         fsync_directory(path.parent)
+
+
+def reap_if_dead(temp: str | Path) -> bool:
+    """Unlink temp file `temp` if no writer holds its flock (see write_small_file_atomically)."""
+    try:
+        fd = os.open(temp, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held = os.fstat(fd)
+        current = os.stat(temp, follow_symlinks=False)
+        if (held.st_dev, held.st_ino) != (current.st_dev, current.st_ino):
+            return False
+        os.unlink(temp)
+    except OSError:  # BlockingIOError: a live writer holds it
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def publish_atomically(final: Path, data: bytes | bytearray | memoryview) -> os.stat_result:
