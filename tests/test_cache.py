@@ -467,3 +467,16 @@ def test_gc_removes_an_entry_that_no_record_vouches_for(root: Path) -> None:
     cache.gc()
     assert not cache.entry_path(key).exists()
     assert cache.verify().ok
+
+
+def test_verify_accepts_a_namespace_whose_engine_file_was_lost_if_its_entries_name_it(root: Path) -> None:
+    cache = ModuleCache(root)
+    cache.load(answer_module(50))
+    (cache.namespace_dir / "engine").unlink()  # a writer killed while a gc collected the namespace
+    assert cache.verify().ok
+    other = next(p for p in root.glob("ns-*"))
+    foreign = root / "ns-00000000000000000000000000000000"
+    other.rename(foreign)  # entries that do not name their namespace are still a finding
+    report = cache.verify()
+    assert not report.ok
+    assert any(f.problem == "mismatched" for f in report.findings)

@@ -356,6 +356,11 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
                     "remove it by hand, or `wasmcache verify --fix` to quarantine it")
     for namespace in _namespaces(root):
         section = _namespace_section(namespace)
+        if section is None:
+            # A writer killed between a concurrent gc's removal of the engine file and its own
+            # re-creation of it leaves entries without it: their engine sections still name the
+            # namespace, which is all the file is for. (The next publication restores it.)
+            section = _section_from_entries(namespace)
         if section is None or namespace_name(fingerprint_of_section(section)) != namespace.name:
             detail = "namespace has no engine record" if section is None else "engine record does not match its name"
             report.findings.append(Finding(str(namespace), "mismatched", detail,
@@ -389,6 +394,24 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
                 with contextlib.suppress(OSError):
                     os.unlink(record_path(path.parent, _key_of(path.name)))
     return report
+
+
+def _section_from_entries(namespace: Path) -> bytes | None:
+    """The engine section of an entry of `namespace` whose fingerprint names it, if any."""
+    for entry in sorted(namespace.glob(f"*{ENTRY_SUFFIX}")):
+        try:
+            fd = os.open(entry, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            section = find_section(fd, ENGINE_SECTION)
+        except (OSError, ValueError):
+            continue
+        finally:
+            os.close(fd)
+        if namespace_name(fingerprint_of_section(section)) == namespace.name:
+            return section
+    return None
 
 
 def _namespace_section(namespace: Path) -> bytes | None:
