@@ -81,7 +81,6 @@ Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 _TOUCH_INTERVAL: Final = 60.0
 # How long a loader waits for another process compiling the same key before compiling itself.
 _DEFAULT_LOCK_TIMEOUT: Final = 900.0
-_USAGE_FILE: Final = "usage"
 _USAGE_RECOUNT_INTERVAL: Final = 24 * 3600.0
 
 
