@@ -218,9 +218,10 @@ def test_a_non_empty_foreign_directory_is_never_adopted(tmp_path: Path) -> None:
     (home_cache / "precious.txt").write_text("keep me")
     with pytest.raises(wasmcache.NotACacheError, match="not a wasmcache root"):
         ModuleCache(home_cache)
-    from wasmcache._maintenance import clear_root, collect_garbage, verify_root
+    from wasmcache._maintenance import clear_root, collect_garbage_locked
+    from wasmcache._verify import verify_root
 
-    for action in (lambda: clear_root(home_cache), lambda: collect_garbage(home_cache, 0, require=True),
+    for action in (lambda: clear_root(home_cache), lambda: collect_garbage_locked(home_cache, 0),
                    lambda: verify_root(home_cache, fix=True)):
         with pytest.raises(wasmcache.NotACacheError, match="refusing"):
             action()
