@@ -59,7 +59,8 @@ def _instrument():
         if hasattr(mc, name):
             setattr(mc, name, _timed(f"ModuleCache.{name}", getattr(mc, name)))
     if "_identity_token" in mc.__dict__:
-        mc._identity_token = staticmethod(_timed("ModuleCache._identity_token", mc.__dict__["_identity_token"].__func__))
+        token = mc.__dict__["_identity_token"].__func__
+        mc._identity_token = staticmethod(_timed("ModuleCache._identity_token", token))
     for name in ("initialize_root", "default_engine", "engine_identity", "cache_key", "read_record", "record_path",
                  "default_max_size", "publish_atomically", "write_record", "quarantine"):
         if hasattr(cache_mod, name):
