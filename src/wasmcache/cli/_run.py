@@ -93,15 +93,18 @@ def run(
     except wasmtime.ExitTrap as exit_trap:
         code = exit_trap.code
     except wasmtime.Trap as trap:
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
         say(f"wasmcache: error: {file}: wasm trap: {trap.message}", err=True)
         code = _TRAP_EXIT
     except wasmtime.WasmtimeError as exc:
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
         say(f"wasmcache: error: {file}: {first}", err=True)
         code = _TRAP_EXIT if "wasm trap" in str(exc) else 1
-    sys.stdout.flush()
+    if sys.stdout is not None:
+        sys.stdout.flush()
     sys.exit(code)
 
 
