@@ -66,7 +66,8 @@ def run(
     if fuel is not None:
         store.set_fuel(fuel)
     wasi = wasmtime.WasiConfig()
-    wasi.argv = [str(file), *args]
+    # WASI argv is UTF-8: a non-UTF-8 name (surrogate-escaped by Python) reaches the guest with U+FFFD.
+    wasi.argv = [_utf8(a) for a in (str(file), *args)]
     wasi.env = [_env_pair(item) for item in envs]
     wasi.inherit_stdin()
     wasi.inherit_stdout()
@@ -138,3 +139,7 @@ def _invoke(store: wasmtime.Store, exports: Any, name: str, args: tuple[str, ...
         return
     for value in result if isinstance(result, list) else [result]:
         say(value)
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
