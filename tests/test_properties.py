@@ -329,3 +329,159 @@ def test_a_signed_artifact_compiled_by_another_engine_is_rejected_before_anythin
     assert len(result["warnings"]) == 1
     assert "another engine" in result["warnings"][0]
     assert wasmcache.ModuleCache(consumer).verify().ok
+
+
+# --- entries are never followed through symlinks ----------------------------------------------------------
+
+# Loads module 61 and reports whether the file outside the cache got mapped (by inode: a mapping
+# through a symlink or /proc/self/fd shows the target's inode).
+LOAD_AND_LOOK_FOR_MAPPING = """
+import json, os, sys, wasmtime
+from pathlib import Path
+from wasmgen import answer_module, call_answer
+
+loader, root, outside = sys.argv[1:4]
+if loader == "wasmcache":
+    import wasmcache
+    cache = wasmcache.ModuleCache(root)
+    engine, module = cache.engine, cache.load(answer_module(61))
+    compiles = cache.stats().compiles
+else:
+    from naive import naive_load
+    engine = wasmtime.Engine()
+    module, compiles = naive_load(Path(root), engine, answer_module(61)), None
+st = os.stat(outside)
+inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x} {st.st_ino} "
+mapped = sum(inode in line for line in open("/proc/self/maps"))
+print(json.dumps({"answer": call_answer(engine, module), "compiles": compiles, "outside_mapped": mapped}))
+"""
+
+
+@pytest.mark.parametrize("loader", ["wasmcache", "naive"])
+def test_an_entry_that_is_a_symlink_is_never_followed_even_to_a_valid_copy(
+        root: Path, tmp_path: Path, loader: str) -> None:
+    # The symlink points at a perfect copy of the entry outside the cache: content and engine check
+    # out, but that file is not ours and may be rewritten in place by whoever owns it (a naive
+    # cache, a sync tool), so it must never be mapped. Mutation seen failing: open the entry without
+    # O_NOFOLLOW -> verified by content, served from the outside file, compiles 0.
+    wasm = answer_module(61)
+    engine = wasmtime.Engine()
+    if loader == "wasmcache":
+        cache = wasmcache.ModuleCache(root, engine=engine)
+        cache.load(wasm)
+        entry = cache.entry_path(cache.key_for(wasm))
+    else:
+        naive_load(root, engine, wasm)
+        entry = root / (hashlib.sha1(wasm).hexdigest() + ".cwasm")
+    outside = tmp_path / "elsewhere" / "copy.cwasm"
+    outside.parent.mkdir()
+    outside.write_bytes(entry.read_bytes())
+    entry.unlink()
+    entry.symlink_to(outside)
+    result = run_json(LOAD_AND_LOOK_FOR_MAPPING, loader, str(root), str(outside))
+    assert result["answer"] == 61
+    if loader == "naive":
+        assert result["outside_mapped"] > 0, "control: the naive cache maps whatever the symlink names"
+        return
+    assert (result["compiles"], result["outside_mapped"]) == (1, 0)
+    assert not entry.is_symlink(), "the symlink is moved aside and a real entry published"
+    assert outside.read_bytes() == entry.read_bytes()  # untouched, and what we compiled is the same code
+    assert wasmcache.ModuleCache(root).verify().ok
+
+
+# --- the identity recorded is the published file's, never a file that replaced it -------------------------
+
+# Right after the publisher's rename, another module's cwasm is renamed over the entry (a writer
+# that ignores the lock; a confused sync). The publisher's stat after its rename now sees that
+# file: recording its identity would vouch for another module's code.
+REPLACED_AFTER_RENAME = """
+import json, os, sys
+import wasmcache
+from wasmgen import answer_module, call_answer
+
+root, incoming = sys.argv[1:3]
+real_rename = os.rename
+replaced = []
+
+def rename(src, dst, *args, **kwargs):
+    real_rename(src, dst, *args, **kwargs)
+    if os.fspath(dst).endswith(".cwasm") and not replaced:
+        real_rename(incoming, dst)
+        replaced.append(os.fspath(dst))
+
+os.rename = rename
+cache = wasmcache.ModuleCache(root)
+module = cache.load(answer_module(81))
+print(json.dumps({"answer": call_answer(cache.engine, module), "replaced": len(replaced)}))
+"""
+
+
+def test_an_entry_replaced_right_after_its_rename_is_never_vouched_for(root: Path) -> None:
+    # Mutation seen failing: drop publish_atomically's inode comparison of the file written and the
+    # file stat'ed after the rename -> the record names the other module's inode; answer 82.
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(82))
+    incoming = cache.namespace_dir / "incoming"
+    shutil.copyfile(cache.entry_path(cache.key_for(answer_module(82))), incoming)
+    result = run_json(REPLACED_AFTER_RENAME, str(root), str(incoming))
+    assert result == {"answer": 81, "replaced": 1}
+    code = """
+    import json, sys, wasmcache
+    from wasmgen import answer_module, call_answer
+    cache = wasmcache.ModuleCache(sys.argv[1])
+    module = cache.load(answer_module(81))
+    print(json.dumps({"answer": call_answer(cache.engine, module), "compiles": cache.stats().compiles}))
+    """
+    assert run_json(code, str(root)) == {"answer": 81, "compiles": 1}, "the next process must not trust it either"
+    assert wasmcache.ModuleCache(root).verify().ok
+
+
+# --- a key lock whose file was unlinked while we waited is not a lock ------------------------------------
+
+# Between our open of <key>.lock and our flock, gc (or clear) unlinks the lock file and another
+# compiler creates a new one and takes it (here: another open file in this process; flock locks
+# are per open file, so it excludes us exactly like another process would). Our flock then
+# succeeds on the unlinked inode, which excludes nobody.
+STOLEN_LOCK = """
+import fcntl, glob, json, logging, os, sys
+import wasmcache
+from wasmgen import answer_module, call_answer
+
+warnings = []
+
+class Collect(logging.Handler):
+    def emit(self, record):
+        if record.levelno >= logging.WARNING:
+            warnings.append(record.getMessage())
+
+logging.getLogger("wasmcache").addHandler(Collect())
+real_flock = fcntl.flock
+rival = []
+
+def flock(fd, operation):
+    if not rival:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path.endswith(".lock") and os.path.basename(os.path.dirname(path)).startswith("ns-"):
+            os.unlink(path)
+            other = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            real_flock(other, fcntl.LOCK_EX)
+            rival.append(other)
+    return real_flock(fd, operation)
+
+fcntl.flock = flock
+cache = wasmcache.ModuleCache(sys.argv[1], lock_timeout=0.5)
+module = cache.load(answer_module(71))
+print(json.dumps({"answer": call_answer(cache.engine, module), "rival": len(rival),
+                  "published_while_rival_held_the_lock": len(glob.glob(f"{sys.argv[1]}/ns-*/*.cwasm")),
+                  "warnings": warnings}))
+"""
+
+
+def test_a_key_lock_file_replaced_before_our_flock_is_not_taken_for_the_lock(root: Path) -> None:
+    # Mutation seen failing: drop KeyLock.acquire's check that the path still names the inode we
+    # locked -> we "hold" the lock alongside the rival and publish.
+    result = run_json(STOLEN_LOCK, str(root))
+    assert (result["answer"], result["rival"]) == (71, 1)
+    assert result["published_while_rival_held_the_lock"] == 0
+    assert len(result["warnings"]) == 1
+    assert "compiling here too" in result["warnings"][0]
