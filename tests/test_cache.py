@@ -218,7 +218,6 @@ def test_read_only_mode_as_root_too(root: Path, monkeypatch: pytest.MonkeyPatch)
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 item 1: engine memo written under WASMCACHE_DISABLE")
 def test_disable_env_compiles_every_time_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # As a user: a fresh process, a new HOME, no XDG_*/WASMCACHE_* but WASMCACHE_DISABLE=1. Every
     # cache object (explicit root, default root, default engine, EngineSettings) must compile every
