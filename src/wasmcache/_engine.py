@@ -34,7 +34,7 @@ from ._errors import ConfigError
 from ._native import compile_wasm
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     import wasmtime
 
@@ -225,13 +225,13 @@ class EngineSettings:
         if self.compiler == "winch" and _wasmtime_major() < _FIRST_WINCH_RELEASE:
             # The C API's strategy enum has no Winch value before 45: 2 would be undefined behaviour.
             raise ConfigError(
-                f"compiler=winch needs wasmtime >= {_FIRST_WINCH_RELEASE} (installed: {_wasmtime_version()})"
+                f"compiler=winch needs wasmtime >= {_FIRST_WINCH_RELEASE} (installed: {wasmtime_version()})"
             )
         config = wasmtime.Config()
         for name, enabled in self.features.items():
             attribute = "wasm_" + name.replace("-", "_")
             if not hasattr(type(config), attribute):
-                raise ConfigError(f"wasm feature {name} is not supported by wasmtime-py {_wasmtime_version()}")
+                raise ConfigError(f"wasm feature {name} is not supported by wasmtime-py {wasmtime_version()}")
             setattr(config, attribute, enabled)
         if self.opt_level is not None:
             config.cranelift_opt_level = _OPT_LEVELS[self.opt_level]
@@ -268,14 +268,7 @@ class EngineSettings:
         import wasmtime  # noqa: PLC0415
 
         memo_key = self._memo_key()
-        section = _validated.get(memo_key)
-        if section is None and memo is not None:
-            section = memo.read(memo_key)
-        if section is None:
-            section = self._validate_in_child()
-            if memo is not None:
-                memo.write(memo_key, self, section)
-        _validated[memo_key] = section
+        section = _remembered(memo_key, memo, self, self._validate_in_child)
         engine = wasmtime.Engine(self.config())
         _remember_fingerprint(engine, section)
         return engine
@@ -334,6 +327,33 @@ def _child_probe() -> None:
 # --- remembered verdicts ------------------------------------------------------------------------
 
 _validated: dict[str, bytes] = {}
+_in_memo: set[tuple[str, str]] = set()  # (memo directory, key) known to be on disk
+
+
+def _remembered(memo_key: str, memo: EngineMemo | None, settings: EngineSettings | None,
+                probe: Callable[[], bytes]) -> bytes:
+    """The engine section for `memo_key`: from this process, else `memo`, else `probe()`.
+
+    Whatever this process knows is also put into `memo` once (a root this process has not used
+    yet gets its memo, so the next process there neither forks nor probes).
+    """
+    section = _validated.get(memo_key)
+    if memo is None:
+        if section is None:
+            section = probe()
+        _validated[memo_key] = section
+        return section
+    place = (str(memo.directory), memo_key)
+    if place in _in_memo and section is not None:
+        return section
+    on_disk = memo.read(memo_key)
+    if section is None:
+        section = on_disk if on_disk is not None else probe()
+    if on_disk != section:
+        memo.write(memo_key, settings, section)
+    _validated[memo_key] = section
+    _in_memo.add(place)
+    return section
 
 
 class EngineMemo:
@@ -411,11 +431,11 @@ _FIRST_WINCH_RELEASE: Final = 45
 
 
 def _wasmtime_major() -> int:
-    head = _wasmtime_version().split(".", 1)[0]
+    head = wasmtime_version().split(".", 1)[0]
     return int(head) if head.isdigit() else 0
 
 
-def _wasmtime_version() -> str:
+def wasmtime_version() -> str:
     from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
 
     try:
@@ -543,15 +563,7 @@ def default_engine(memo: EngineMemo | None) -> wasmtime.Engine:
     import wasmtime  # noqa: PLC0415
 
     engine = wasmtime.Engine()
-    memo_key = _memo_key("wasmtime.Engine()")
-    section = _validated.get(memo_key)
-    if section is None and memo is not None:
-        section = memo.read(memo_key)
-    if section is None:
-        section = engine_section(engine)
-        if memo is not None:
-            memo.write(memo_key, None, section)
-    _validated[memo_key] = section
+    section = _remembered(_memo_key("wasmtime.Engine()"), memo, None, lambda: engine_section(engine))
     _remember_fingerprint(engine, section)
     return engine
 
