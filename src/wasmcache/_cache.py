@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from . import _native
 from ._elf import ENGINE_SECTION, find_section
-from ._engine import EngineIdentity, EngineMemo, EngineSettings, default_engine, engine_identity, wasmtime_version
+from ._engine import EngineSettings
 from ._entry import CheckedEntry, check_entry, quarantine, quarantine_if_unchanged
 from ._errors import CompileError, ConfigError, SourceError, UnsafeCacheError, UntrustedEntryError, wasmtime_reason
+from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_identity, wasmtime_version
 from ._fs import read_fd, write_atomically
 from ._key import SourceDigests, cache_key, read_input, wasm_digest
 from ._layout import (

@@ -335,7 +335,7 @@ class RemoteTier:
         """The signed object body for `data` (what `upload` puts)."""
         import zstandard  # noqa: PLC0415
 
-        from .._engine import wasmtime_version  # noqa: PLC0415
+        from .._fingerprint import wasmtime_version  # noqa: PLC0415
 
         if self._signing_key is None or self._signing_key_id is None:
             raise ConfigError(f"remote {self.url}: signing needs a signing key")
