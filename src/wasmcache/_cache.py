@@ -26,25 +26,22 @@ import weakref
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from . import _native
-from ._elf import ENGINE_SECTION, find_section
 from ._engine import EngineSettings
-from ._entry import CheckedEntry, check_entry, quarantine, quarantine_if_unchanged
-from ._errors import CompileError, ConfigError, SourceError, UnsafeCacheError, UntrustedEntryError, wasmtime_reason
-from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_identity, wasmtime_version
-from ._fs import read_fd, write_atomically
-from ._key import SourceDigests, cache_key, read_input, wasm_digest
+from ._entry import CheckedEntry, check_entry, quarantine_if_unchanged
+from ._errors import ConfigError, SourceError, UnsafeCacheError, UntrustedEntryError, wasmtime_reason
+from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_identity
+from ._fs import read_fd
+from ._key import SourceDigests, cache_key, wasm_digest
 from ._layout import (
     ENGINES_DIR,
     GC_LOCK_NAME,
-    NAMESPACE_ENGINE_FILE,
     entry_path,
-    lock_path,
     namespace_name,
     record_path,
 )
-from ._lock import KeyLock
-from ._record import Identity, Record, write_record
-from ._remote._settings import RemoteSettings, resolve_remote_settings
+from ._miss import Counters, MissPath
+from ._record import Identity, write_record
+from ._remote._settings import resolve_remote_settings
 from ._root import (
     disabled_by_environment,
     has_marker,
@@ -64,7 +61,6 @@ if TYPE_CHECKING:
     from wasmtime.component import Component
 
     from ._maintenance import EntryInfo, GcReport
-    from ._remote import RemoteTier
     from ._verify import VerifyReport
 
 log = logging.getLogger("wasmcache")
@@ -150,11 +146,10 @@ class ModuleCache:
         self._identity: EngineIdentity | None = None
         self._guard = threading.Lock()
         self._digests = SourceDigests()
-        self._hits = self._misses = self._compiles = 0
-        self._remote_hits = self._remote_misses = self._uploads = self._rejected = 0
+        self._counters = Counters()
         self._namespace_checked = False
-        self._remote: RemoteTier | None = None
-        self._remote_settings: RemoteSettings | None = resolve_remote_settings(remote, signing_key, trusted_keys)
+        self._miss = MissPath(self, self._counters, resolve_remote_settings(remote, signing_key, trusted_keys),
+                              self._load_entry)
         if not self.disabled:
             self._open_root()
 
@@ -269,13 +264,11 @@ class ModuleCache:
         if module is None and not self.disabled:
             module = self._load_entry(key, kind)
         if module is not None:
-            with self._guard:
-                self._hits += 1
+            self._counters.add("hits")
             log.info("wasmcache: hit %s (%s)", name, kind)
         else:
-            with self._guard:
-                self._misses += 1
-            module = self._miss(name, path, data, key, kind, digest, serialized=serialized)
+            self._counters.add("misses")
+            module = self._miss.load(name, path, data, key, kind, digest, serialized=serialized)
         with _loaded_guard:
             # Threads racing on one key all return the first module stored (one per engine and key).
             return loaded.setdefault(memo_key, module)
@@ -389,205 +382,15 @@ class ModuleCache:
         memo_root = self.root if self._initialized and not self.disabled else None
         return self._digests.digest(name, path, memo_root, writable=self.writable and not self.disabled)
 
-    @staticmethod
-    def _own_copy(name: str, path: str | None, data: bytes | memoryview | None, digest: str) -> bytes:
-        """The input's bytes, checked against the digest the key was made from."""
-        if data is None:
-            data, _ = read_input(name, path or name)
-        elif isinstance(data, memoryview):
-            data = bytes(data)  # our own copy of a mutable buffer
-        else:
-            return data
-        if wasm_digest(data) != digest:
-            raise SourceError(f"{name}: changed while being loaded; try again")
-        return data
-
-    # --- the miss path ----------------------------------------------------------------------------
-
-    def _miss(self, name: str, path: str | None, data: bytes | memoryview | None, key: str, kind: Kind,
-              digest: str, *, serialized: bool) -> Any:
-        lock: KeyLock | None = None
-        if self.writable and not self.disabled:
-            key_lock = KeyLock(lock_path(self.namespace_dir, key))
-            try:
-                self._ensure_namespace()
-                if key_lock.acquire(timeout=self.lock_timeout):
-                    lock = key_lock
-                else:
-                    log.warning("wasmcache: waited %.0f s for another process loading %s; compiling here too",
-                                self.lock_timeout, name)
-            except OSError as exc:
-                log.warning("wasmcache: cannot lock %s (%s); compiling without caching", key_lock.path,
-                            exc.strerror or exc)
-        upload: bytes | bytearray | None = None
-        try:
-            module, published, upload = self._produce(name, path, data, key, kind, digest, lock is not None,
-                                                      serialized=serialized)
-        finally:
-            if lock is not None:
-                lock.release()
-        # Outside the key lock: every process waiting for this key maps the entry meanwhile.
-        if published:
-            self._after_publish(key, published, upload)
-        return module
-
-    def _produce(self, name: str, path: str | None, data: bytes | memoryview | None, key: str, kind: Kind,
-                 digest: str, locked: bool, *, serialized: bool) -> tuple[Any, int, bytes | bytearray | None]:
-        """(module, bytes published or 0, what to upload) for a miss; the caller holds the key lock if `locked`."""
-        if locked:
-            # Another process may have published while we waited for the lock.
-            module = self._load_entry(key, kind, locked=True)
-            if module is not None:
-                return module, 0, None
-            if not serialized:
-                module, size = self._load_remote(key, kind, digest, name)
-                if module is not None:
-                    return module, size, None
-        own = self._own_copy(name, path, data, digest)
-        if serialized:
-            try:
-                section: bytes | None = find_section(own, ENGINE_SECTION)
-            except ValueError:
-                section = None
-            if not locked or section != self.engine_identity.section:
-                # Not ours to publish (another engine's artifact that wasmtime may still accept, or
-                # not an artifact at all), or nowhere to publish: do what wasmtime does, in memory.
-                return self._deserialize_copy(name, own, kind), 0, None
-            blob: bytes | bytearray = own
-            compiled = None
-        else:
-            compiled = self._compile(name, own, kind)
-            if not locked:
-                return compiled, 0, None
-            blob = compiled.serialize()
-        module = self._publish(blob, key, kind, digest, name, "snapshot" if serialized else "compiled")
-        if module is None:  # not stored (disk full ...) or not loadable: what we have, in memory
-            return (compiled if compiled is not None else self._deserialize_copy(name, own, kind)), 0, None
-        return module, len(blob), None if serialized else blob
-
-    def _compile(self, name: str, data: bytes, kind: Kind) -> Any:
-        import wasmtime  # noqa: PLC0415
-
-        started = time.perf_counter()
-        try:
-            compiled = _native.compile_wasm(kind, self.engine, data)
-        except wasmtime.WasmtimeError as exc:
-            raise CompileError(name, wasmtime_reason(exc), exc) from None
-        with self._guard:
-            self._compiles += 1
-        log.info("wasmcache: compiled %s (%s) in %.2f s", name, kind, time.perf_counter() - started)
-        return compiled
-
-    def _deserialize_copy(self, name: str, data: bytes | bytearray, kind: Kind) -> Any:
-        """wasmtime's `deserialize` of `data` (a copy, no mapping); what it refuses is a CompileError."""
-        import wasmtime  # noqa: PLC0415
-
-        try:
-            return _native.deserialize(kind, self.engine, data)
-        except wasmtime.WasmtimeError as exc:
-            raise CompileError(name, wasmtime_reason(exc), exc) from None
-
-    def _ensure_namespace(self) -> None:
-        namespace = self.namespace_dir
-        namespace.mkdir(mode=0o700, exist_ok=True)
-        engine_file = namespace / NAMESPACE_ENGINE_FILE
-        if not engine_file.exists():
-            write_atomically(engine_file, self.engine_identity.section, mode=0o444, durable=True)
-
-    def _publish(self, blob: bytes | bytearray, key: str, kind: Kind, digest: str, name: str, origin: str) -> Any:
-        """Publish `blob` under `key` (we hold its lock); return the loaded entry, or None."""
-        import blake3  # noqa: PLC0415
-
-        namespace = self.namespace_dir
-        entry = entry_path(namespace, key)
-        try:
-            record = Record(
-                key=key, kind=kind, wasm_digest=digest,
-                content_digest=blake3.blake3(blob, max_threads=blake3.blake3.AUTO).hexdigest(),
-                size=len(blob), identity=None, source=os.path.basename(name)[:200],
-                wasmtime_version=wasmtime_version(), created=time.time(), origin=origin,
-            )
-            self._ensure_namespace()
-            # Any leftover at the key (an orphan, or a bad file a reader could not repair) goes first.
-            if os.path.lexists(entry):
-                quarantine(self.root, entry, "replaced by a fresh compile")
-            # The record first (without identity): a crash after the rename below leaves an entry
-            # that the next loader verifies by content instead of recompiling.
-            write_record(record_path(namespace, key), record)
-            published = write_atomically(entry, blob, durable=True, read_only=True)
-            write_record(record_path(namespace, key), record._replace(identity=Identity.of(published)))
-            self._ensure_namespace()  # a concurrent gc may have collected the empty namespace
-        except Exception as exc:
-            log.warning("wasmcache: could not store %s in the cache (%s); using it uncached",
-                        name, getattr(exc, "strerror", None) or exc)
-            with contextlib.suppress(OSError):
-                os.unlink(record_path(namespace, key))
-            return None
-        return self._load_entry(key, kind, locked=True)
-
-    def _after_publish(self, key: str, size: int, upload: bytes | bytearray | None) -> None:
-        """Upload what this host compiled, then count it towards the size bound (collecting if over)."""
-        if upload is not None:
-            remote = self._remote_tier()
-            if remote is not None and remote.can_upload and remote.upload(key, self.engine_identity.fingerprint,
-                                                                          bytes(upload)):
-                with self._guard:
-                    self._uploads += 1
-        from ._maintenance import account_publication  # noqa: PLC0415 - only after a publication
-
-        account_publication(self.root, size, self.max_size)
-
-    # --- the remote tier: consulted only on a local miss, under the key lock ----------------------
-
-    def _remote_tier(self) -> RemoteTier | None:
-        if self._remote is None and self._remote_settings is not None:
-            from ._remote import RemoteTier  # noqa: PLC0415 - botocore & co. only when the local cache misses
-
-            with self._guard:  # one tier (one client, one set of counters) per cache, whatever the threads
-                if self._remote is None:
-                    self._remote = RemoteTier.from_settings(self._remote_settings)
-        return self._remote
-
-    def _load_remote(self, key: str, kind: Kind, digest: str, name: str) -> tuple[Any, int]:
-        remote = self._remote_tier()
-        if remote is None:
-            return None, 0
-        data = remote.fetch(key, self.engine_identity.fingerprint)
-        if data is None:
-            with self._guard:
-                self._remote_misses += 1
-            return None, 0
-        try:
-            section = find_section(data, ENGINE_SECTION)
-        except ValueError:
-            section = b""
-        if section != self.engine_identity.section:  # signed, but for another engine: never load it
-            log.warning("wasmcache: remote artifact for %s was compiled by another engine; compiling locally", name)
-            with self._guard:
-                self._rejected += 1
-            return None, 0
-        module = self._publish(data, key, kind, digest, name, "remote")
-        size = len(data) if module is not None else 0
-        if module is None:  # could not store it locally (disk full ...): load the verified bytes
-            try:
-                module = self._deserialize_copy(name, data, kind)
-            except CompileError as exc:
-                log.warning("wasmcache: cannot load the remote artifact for %s: %s", name, exc.reason)
-                return None, 0
-        with self._guard:
-            self._remote_hits += 1
-        return module, size
-
     # --- management -------------------------------------------------------------------------------
 
     def stats(self) -> CacheStats:
         """This object's counters and the root's usage record (one small read: no scan)."""
         usage = None if self.disabled else read_usage(self.root)
-        rejected = self._rejected + (self._remote.rejected if self._remote is not None else 0)
-        with self._guard:
-            return CacheStats(self._hits, self._misses, self._compiles, usage.entries if usage else 0,
-                              usage.size_bytes if usage else 0, self._remote_hits, self._remote_misses,
-                              self._uploads, rejected)
+        count = self._counters.snapshot()
+        return CacheStats(count["hits"], count["misses"], count["compiles"], usage.entries if usage else 0,
+                          usage.size_bytes if usage else 0, count["remote_hits"], count["remote_misses"],
+                          count["uploads"], count["rejected"] + self._miss.rejected)
 
     def gc(self, max_size: int | str | None = None) -> GcReport:
         """Evict least recently used entries (whole root) down to `max_size`; reap dead writers' temp files."""
