@@ -38,10 +38,30 @@ sequences are a varint length followed by the contents.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+from ._postcard import (
+    U32_BITS,
+    U64_BITS,
+    EngineSectionError,
+    Field,
+    Reader,
+    Step,
+    UndecidableLayoutError,
+    ZeroRun,
+    dec_bool,
+    dec_enum,
+    dec_nonzero_u32,
+    dec_operator_cost,
+    dec_option,
+    dec_u32,
+    dec_u64,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "SUPPORTED_FORMAT_VERSION",
@@ -58,204 +78,7 @@ FlagValue: TypeAlias = str | int | bool
 SUPPORTED_FORMAT_VERSION: Final = 0
 """The only section format byte Wasmtime has written (``VERSION`` in serialization.rs)."""
 
-# postcard encodes `usize` lengths as 64-bit varints; u32/u64 as their width.
-_U32_BITS: Final = 32
-_U64_BITS: Final = 64
 
-
-class EngineSectionError(ValueError):
-    """Raised for any engine section that is malformed or unsupported.
-
-    A subclass of ``ValueError`` so callers can treat it as plain bad input,
-    while still being able to tell it apart from unrelated ``ValueError``s.
-    """
-
-
-class _UndecidableLayoutError(Exception):
-    """Internal: the bytes are well formed but cannot be named with certainty.
-
-    Raised while decoding ``Tunables`` when a value is legal for Wasmtime but
-    outside what this decoder can interpret (for example an operator-cost
-    table, whose size depends on the wasmparser operator set).  The caller
-    turns it into ``tunables=None`` rather than guessing.
-    """
-
-
-class _Reader:
-    """Bounds-checked cursor over the section bytes.
-
-    Every read goes through here so truncation and malformed encodings always
-    surface as :class:`EngineSectionError` with an offset, never as
-    ``IndexError``/``UnicodeDecodeError`` from raw slicing.
-    """
-
-    __slots__ = ("_data", "_pos")
-
-    def __init__(self, data: bytes, pos: int = 0) -> None:
-        self._data = data
-        self._pos = pos
-
-    @property
-    def pos(self) -> int:
-        """Current offset into the section."""
-        return self._pos
-
-    def remaining(self) -> int:
-        """Number of unread bytes."""
-        return len(self._data) - self._pos
-
-    def _truncated(self, what: str) -> EngineSectionError:
-        return EngineSectionError(f"engine section truncated while reading {what} at offset {self._pos}")
-
-    def u8(self, what: str) -> int:
-        """Read one raw byte."""
-        if self._pos >= len(self._data):
-            raise self._truncated(what)
-        value = self._data[self._pos]
-        self._pos += 1
-        return value
-
-    def take(self, n: int, what: str) -> bytes:
-        """Read exactly ``n`` bytes."""
-        if n > self.remaining():
-            raise EngineSectionError(
-                f"engine section truncated while reading {what} at offset {self._pos}: "
-                f"need {n} bytes, {self.remaining()} left"
-            )
-        chunk = self._data[self._pos : self._pos + n]
-        self._pos += n
-        return chunk
-
-    def varint(self, bits: int, what: str) -> int:
-        """Read a LEB128 varint of at most ``bits`` bits, as postcard does.
-
-        Postcard rejects encodings longer than the type allows and values
-        that overflow it; doing the same keeps hostile input from producing
-        enormous integers.
-        """
-        start = self._pos
-        max_bytes = (bits + 6) // 7
-        result = 0
-        for i in range(max_bytes):
-            byte = self.u8(what)
-            result |= (byte & 0x7F) << (7 * i)
-            if not byte & 0x80:
-                if result >> bits:
-                    raise EngineSectionError(f"varint for {what} at offset {start} overflows u{bits}")
-                return result
-        raise EngineSectionError(f"varint for {what} at offset {start} is longer than {max_bytes} bytes")
-
-    def boolean(self, what: str) -> bool:
-        """Read a postcard bool, which must be exactly 0 or 1."""
-        start = self._pos
-        byte = self.u8(what)
-        if byte > 1:
-            raise EngineSectionError(f"invalid bool value {byte} for {what} at offset {start}")
-        return byte == 1
-
-    def string(self, what: str) -> str:
-        """Read a postcard string (varint length + UTF-8)."""
-        length = self.varint(_U64_BITS, f"length of {what}")
-        start = self._pos
-        raw = self.take(length, what)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise EngineSectionError(f"{what} at offset {start} is not valid UTF-8") from exc
-
-
-# --------------------------------------------------------------------------
-# Tunables layouts
-# --------------------------------------------------------------------------
-
-_FieldDecoder: TypeAlias = Callable[[_Reader, str], object]
-
-
-@dataclass(frozen=True)
-class _Field:
-    """One ``Tunables`` struct field, in declaration (= wire) order."""
-
-    name: str
-    decode: _FieldDecoder
-
-
-@dataclass(frozen=True)
-class _ZeroRun:
-    """Bytes whose field order is not known from source.
-
-    Accepted only when every byte is zero, because then every possible
-    ordering of the fields involved decodes to the same values (``implied``).
-    Any other content is reported as undecidable instead of guessed.
-    """
-
-    length: int
-    implied: tuple[tuple[str, object], ...]
-
-
-_Step: TypeAlias = _Field | _ZeroRun
-
-
-def _dec_bool(r: _Reader, name: str) -> object:
-    return r.boolean(f"tunable {name}")
-
-
-def _dec_u32(r: _Reader, name: str) -> object:
-    return r.varint(_U32_BITS, f"tunable {name}")
-
-
-def _dec_u64(r: _Reader, name: str) -> object:
-    return r.varint(_U64_BITS, f"tunable {name}")
-
-
-def _dec_enum(variants: tuple[str, ...]) -> _FieldDecoder:
-    """Decoder for a fieldless Rust enum: varint discriminant -> variant name."""
-
-    def decode(r: _Reader, name: str) -> object:
-        start = r.pos
-        index = r.varint(_U32_BITS, f"tunable {name}")
-        if index >= len(variants):
-            raise EngineSectionError(f"unknown variant {index} for tunable {name} at offset {start}")
-        return variants[index]
-
-    return decode
-
-
-def _dec_option(inner: _FieldDecoder) -> _FieldDecoder:
-    """Decoder for ``Option<T>``: tag byte 0 (None) or 1 followed by ``T``."""
-
-    def decode(r: _Reader, name: str) -> object:
-        start = r.pos
-        tag = r.u8(f"option tag of tunable {name}")
-        if tag == 0:
-            return None
-        if tag == 1:
-            return inner(r, name)
-        raise EngineSectionError(f"invalid option tag {tag} for tunable {name} at offset {start}")
-
-    return decode
-
-
-def _dec_nonzero_u32(r: _Reader, name: str) -> object:
-    start = r.pos
-    value = r.varint(_U32_BITS, f"tunable {name}")
-    if value == 0:
-        raise EngineSectionError(f"tunable {name} at offset {start} must be non-zero")
-    return value
-
-
-def _dec_operator_cost(r: _Reader, name: str) -> object:
-    """``OperatorCostStrategy { Table(Box<OperatorCost>), Default }``.
-
-    ``Table`` holds one byte per wasmparser operator, a count that changes
-    with every wasmparser upgrade, so it cannot be skipped reliably.
-    """
-    start = r.pos
-    index = r.varint(_U32_BITS, f"tunable {name}")
-    if index == 1:
-        return "Default"
-    if index == 0:
-        raise _UndecidableLayoutError("operator cost table")
-    raise EngineSectionError(f"unknown variant {index} for tunable {name} at offset {start}")
 
 
 _COLLECTOR_40: Final = ("DeferredReferenceCounting", "Null")
@@ -264,21 +87,21 @@ _INTRA_MODULE_INLINING: Final = ("Yes", "No", "WhenUsingGc")
 _INLINING: Final = ("Yes", "InterModuleAndIntraGc", "InterModule", "Intrinsics", "No")
 
 
-def _b(name: str) -> _Field:
-    return _Field(name, _dec_bool)
+def _b(name: str) -> Field:
+    return Field(name, dec_bool)
 
 
-def _u32(name: str) -> _Field:
-    return _Field(name, _dec_u32)
+def _u32(name: str) -> Field:
+    return Field(name, dec_u32)
 
 
-def _u64(name: str) -> _Field:
-    return _Field(name, _dec_u64)
+def _u64(name: str) -> Field:
+    return Field(name, dec_u64)
 
 
 # Wasmtime 40 and 41 (same struct as v39.0.0).
-_LAYOUT_40: Final[tuple[_Step, ...]] = (
-    _Field("collector", _dec_option(_dec_enum(_COLLECTOR_40))),
+_LAYOUT_40: Final[tuple[Step, ...]] = (
+    Field("collector", dec_option(dec_enum(_COLLECTOR_40))),
     _u64("memory_reservation"),
     _u64("memory_guard_size"),
     _u64("memory_reservation_for_growth"),
@@ -297,18 +120,18 @@ _LAYOUT_40: Final[tuple[_Step, ...]] = (
     _b("signals_based_traps"),
     _b("memory_init_cow"),
     _b("inlining"),
-    _Field("inlining_intra_module", _dec_enum(_INTRA_MODULE_INLINING)),
+    Field("inlining_intra_module", dec_enum(_INTRA_MODULE_INLINING)),
     _u32("inlining_small_callee_size"),
     _u32("inlining_sum_size_threshold"),
 )
 
 # Wasmtime 42: appends `concurrency_support`.
-_LAYOUT_42: Final[tuple[_Step, ...]] = (*_LAYOUT_40, _b("concurrency_support"))
+_LAYOUT_42: Final[tuple[Step, ...]] = (*_LAYOUT_40, _b("concurrency_support"))
 
 # Wasmtime 43 and 44: `operator_cost` after `consume_fuel`; appends `recording`.
-_LAYOUT_43: Final[tuple[_Step, ...]] = (
+_LAYOUT_43: Final[tuple[Step, ...]] = (
     *_LAYOUT_40[:8],
-    _Field("operator_cost", _dec_operator_cost),
+    Field("operator_cost", dec_operator_cost),
     *_LAYOUT_40[8:],
     _b("concurrency_support"),
     _b("recording"),
@@ -316,8 +139,8 @@ _LAYOUT_43: Final[tuple[_Step, ...]] = (
 
 # Wasmtime 45: `Copying` collector; `inlining` becomes the `Inlining` enum and
 # replaces `inlining_intra_module`; appends the GC-heap tunables.
-_LAYOUT_45: Final[tuple[_Step, ...]] = (
-    _Field("collector", _dec_option(_dec_enum(_COLLECTOR_45))),
+_LAYOUT_45: Final[tuple[Step, ...]] = (
+    Field("collector", dec_option(dec_enum(_COLLECTOR_45))),
     _u64("memory_reservation"),
     _u64("memory_guard_size"),
     _u64("memory_reservation_for_growth"),
@@ -325,7 +148,7 @@ _LAYOUT_45: Final[tuple[_Step, ...]] = (
     _b("debug_guest"),
     _b("parse_wasm_debuginfo"),
     _b("consume_fuel"),
-    _Field("operator_cost", _dec_operator_cost),
+    Field("operator_cost", dec_operator_cost),
     _b("epoch_interruption"),
     _b("memory_may_move"),
     _b("guard_before_linear_memory"),
@@ -336,12 +159,12 @@ _LAYOUT_45: Final[tuple[_Step, ...]] = (
     _b("winch_callable"),
     _b("signals_based_traps"),
     _b("memory_init_cow"),
-    _Field("inlining", _dec_enum(_INLINING)),
+    Field("inlining", dec_enum(_INLINING)),
     _u32("inlining_small_callee_size"),
     _u32("inlining_sum_size_threshold"),
     _b("concurrency_support"),
     _b("recording"),
-    _Field("gc_zeal_alloc_counter", _dec_option(_dec_nonzero_u32)),
+    Field("gc_zeal_alloc_counter", dec_option(dec_nonzero_u32)),
     _u64("gc_heap_reservation"),
     _u64("gc_heap_guard_size"),
     _u64("gc_heap_reservation_for_growth"),
@@ -349,7 +172,7 @@ _LAYOUT_45: Final[tuple[_Step, ...]] = (
 )
 
 # Wasmtime 46: appends three metadata/branch-hint booleans.
-_LAYOUT_46: Final[tuple[_Step, ...]] = (
+_LAYOUT_46: Final[tuple[Step, ...]] = (
     *_LAYOUT_45,
     _b("metadata_for_internal_asserts"),
     _b("metadata_for_gc_heap_corruption"),
@@ -358,7 +181,7 @@ _LAYOUT_46: Final[tuple[_Step, ...]] = (
 
 # Wasmtime 47, 48 and 49: `debug_symbols` after `debug_guest`;
 # `gc_heap_initial_size` before `gc_heap_may_move`.
-_LAYOUT_47: Final[tuple[_Step, ...]] = (
+_LAYOUT_47: Final[tuple[Step, ...]] = (
     *_LAYOUT_46[:6],
     _b("debug_symbols"),
     *_LAYOUT_46[6:28],
@@ -376,13 +199,13 @@ _LAYOUT_47: Final[tuple[_Step, ...]] = (
 # `recording`/`gc_zeal_alloc_counter` is not known, so those three slots are
 # only accepted when all zero (what every release build writes); the unnamed
 # field is left out of the decoded mapping.
-_LAYOUT_50: Final[tuple[_Step, ...]] = (
+_LAYOUT_50: Final[tuple[Step, ...]] = (
     *_LAYOUT_47[:24],
-    _ZeroRun(3, (("recording", False), ("gc_zeal_alloc_counter", None))),
+    ZeroRun(3, (("recording", False), ("gc_zeal_alloc_counter", None))),
     *_LAYOUT_47[26:],
 )
 
-_LAYOUTS: Final[Mapping[int, tuple[_Step, ...]]] = MappingProxyType(
+_LAYOUTS: Final[Mapping[int, tuple[Step, ...]]] = MappingProxyType(
     {
         40: _LAYOUT_40,
         41: _LAYOUT_40,
@@ -438,10 +261,10 @@ class EngineInfo:
     """``WasmFeatures`` bits when the tunables could be skipped, else ``None``."""
 
 
-def _read_flags(r: _Reader, which: str) -> Mapping[str, FlagValue]:
+def _read_flags(r: Reader, which: str) -> Mapping[str, FlagValue]:
     """Read a postcard ``Vec<(&str, FlagValue)>``."""
     start = r.pos
-    count = r.varint(_U64_BITS, f"{which} count")
+    count = r.varint(U64_BITS, f"{which} count")
     # Each entry needs at least a name length, a variant tag and a payload
     # byte; refusing impossible counts up front gives a clearer error.
     if count > r.remaining() // 3:
@@ -453,7 +276,7 @@ def _read_flags(r: _Reader, which: str) -> Mapping[str, FlagValue]:
     for _ in range(count):
         name = r.string(f"{which} name")
         tag_at = r.pos
-        tag = r.varint(_U32_BITS, f"{which} value tag of {name!r}")
+        tag = r.varint(U32_BITS, f"{which} value tag of {name!r}")
         value: FlagValue
         if tag == 0:
             value = r.string(f"{which} enum value of {name!r}")
@@ -475,7 +298,7 @@ def _major_version(version: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _read_tunables(r: _Reader, layout: tuple[_Step, ...], partial: dict[str, object]) -> None:
+def _read_tunables(r: Reader, layout: tuple[Step, ...], partial: dict[str, object]) -> None:
     """Decode ``Tunables`` into ``partial``, field by field.
 
     ``partial`` is filled in place so that, if an undecidable value stops the
@@ -483,11 +306,11 @@ def _read_tunables(r: _Reader, layout: tuple[_Step, ...], partial: dict[str, obj
     available to the caller.
     """
     for step in layout:
-        if isinstance(step, _ZeroRun):
+        if isinstance(step, ZeroRun):
             start = r.pos
             chunk = r.take(step.length, "tunables")
             if any(chunk):
-                raise _UndecidableLayoutError(
+                raise UndecidableLayoutError(
                     f"non-zero bytes at offset {start} in a region of unknown field order"
                 )
             partial.update(step.implied)
@@ -527,7 +350,7 @@ def decode_engine_section(data: bytes | bytearray | memoryview) -> EngineInfo:
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EngineSectionError(f"engine section must be bytes-like, not {type(data).__name__}")
-    r = _Reader(bytes(data))
+    r = Reader(bytes(data))
 
     format_version = r.u8("format version")
     if format_version != SUPPORTED_FORMAT_VERSION:
@@ -562,11 +385,11 @@ def decode_engine_section(data: bytes | bytearray | memoryview) -> EngineInfo:
     else:
         try:
             _read_tunables(r, layout, partial)
-        except _UndecidableLayoutError:
+        except UndecidableLayoutError:
             pass
         else:
             tunables = MappingProxyType(dict(partial))
-            features = r.varint(_U64_BITS, "wasm features")
+            features = r.varint(U64_BITS, "wasm features")
             if r.remaining():
                 raise EngineSectionError(
                     f"{r.remaining()} unexpected trailing bytes after engine metadata at offset {r.pos}"
