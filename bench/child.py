@@ -218,6 +218,23 @@ def _stats(spec):
     _emit({"t": time.perf_counter() - t0, "entries": stats.entries, "size_bytes": stats.size_bytes})
 
 
+def _ls(spec):
+    # `wasmcache ls` as a user runs it (whole process, table to a pipe), and entries() in-process.
+    import subprocess
+
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "ls", "--cache-dir", spec["root"]],
+                          capture_output=True, check=True)
+    cli_s = time.perf_counter() - t
+    from wasmcache import ModuleCache
+
+    cache = ModuleCache(spec["root"])
+    t0 = time.perf_counter()
+    listing = cache.entries()
+    _emit({"t": cli_s, "entries_s": time.perf_counter() - t0, "rows": len(listing),
+           "lines": proc.stdout.count(b"\n")})
+
+
 def main():
     spec = json.loads(sys.argv[1])
     action = spec.get("action", "load")
@@ -231,6 +248,8 @@ def main():
         _gc(spec)
     elif action == "stats":
         _stats(spec)
+    elif action == "ls":
+        _ls(spec)
     else:
         raise SystemExit(f"unknown action {action!r}")
 

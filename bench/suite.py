@@ -428,6 +428,7 @@ class Suite:
         self.say(f"gc figure: gc and stats() on the {count}-entry root x {self.plan.gc}")
         scan = [run_child({"action": "gc", "root": str(root)}) for _ in range(self.plan.gc)]
         stats = [run_child({"action": "stats", "root": str(root)}) for _ in range(self.plan.gc)]
+        listings = [run_child({"action": "ls", "root": str(root)}) for _ in range(self.plan.gc)]
         evict = []
         for i in range(self.plan.gc):
             copy = self.work / f"gc-copy-{i}" / "root"
@@ -441,6 +442,8 @@ class Suite:
             "gc_evict_half_s": summarize([r["t"] for r in evict]),
             "evicted": [r["evicted"] for r in evict],
             "stats_s": summarize([r["t"] for r in stats]),
+            "ls_cli_s": summarize([r["t"] for r in listings]),
+            "entries_s": summarize([r["entries_s"] for r in listings]),
             "root_bytes": stats[0]["size_bytes"],
         }
 

@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 from . import _native
 from ._engine import EngineSettings
 from ._entry import CheckedEntry, check_entry, quarantine_if_unchanged
-from ._errors import ConfigError, SourceError, UnsafeCacheError, UntrustedEntryError, wasmtime_reason
+from ._errors import (
+    ConfigError,
+    EntryChangedError,
+    EntryRefusedError,
+    SourceError,
+    UnsafeCacheError,
+    UntrustedEntryError,
+    wasmtime_reason,
+)
 from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_identity
 from ._fs import read_fd
 from ._key import SourceDigests, cache_key, wasm_digest
@@ -75,6 +83,7 @@ _TOUCH_INTERVAL: Final = 60.0
 # How long a loader waits for another process compiling the same key before compiling itself.
 _DEFAULT_LOCK_TIMEOUT: Final = 900.0
 
+
 class CacheStats(NamedTuple):
     """Counters of this `ModuleCache` object, plus what the whole root holds on disk (from its usage
     record: exact after a gc or verify, approximate between)."""
@@ -89,6 +98,7 @@ class CacheStats(NamedTuple):
     uploads: int = 0
     rejected: int = 0  # remote artifacts refused (bad or untrusted signature, wrong digest or engine)
 
+
 # Modules already loaded in this process, per engine object, then (root, mode, kind, key): the
 # same key loaded twice through the same root and mode with the same Engine returns the same
 # module (a Module only works with its own Engine). Another root still gets its entry; "memory"
@@ -101,11 +111,6 @@ _loaded_guard = threading.Lock()
 # Linux's /proc, else macOS and the BSDs' /dev/fd: a path that opens the very file behind an fd.
 _FD_DIR: Final = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
 
-class _EntryChangedError(Exception):
-    """The entry changed while it was read into memory (mode="memory"): not a bad entry, a race."""
-
-class _RefusedError(Exception):
-    """wasmtime refused to load a checked entry (its reason is the message)."""
 
 class ModuleCache:
     """A crash-safe, content-addressed cache of compiled Wasmtime modules and components.
@@ -309,10 +314,10 @@ class ModuleCache:
                 self._rerecord(key, checked)
             try:
                 module = self._deserialize(checked, kind)
-            except _EntryChangedError:
+            except EntryChangedError:
                 log.warning("wasmcache: %s changed while being read; loading it again", entry_path(namespace, key))
                 return None
-            except _RefusedError as refused:
+            except EntryRefusedError as refused:
                 self._repair(key, Identity.of(checked.stat), f"wasmtime refused to load it: {refused}", locked=locked)
                 return None
         finally:
@@ -341,12 +346,12 @@ class ModuleCache:
                 data = read_fd(checked.fd, checked.stat.st_size)
                 changed = Identity.of(os.fstat(checked.fd)) != Identity.of(checked.stat)
             except OSError as exc:
-                raise _EntryChangedError from exc
+                raise EntryChangedError from exc
             if changed:
-                raise _EntryChangedError
+                raise EntryChangedError
             return _native.deserialize(kind, self.engine, data)
         except wasmtime.WasmtimeError as exc:
-            raise _RefusedError(wasmtime_reason(exc)) from None
+            raise EntryRefusedError(wasmtime_reason(exc)) from None
 
     def _repair(self, key: str, seen: Identity | None, reason: str, *, locked: bool = False) -> None:
         """One warning, then quarantine the entry if it is still the file judged bad (see `_entry`)."""

@@ -42,14 +42,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, TypeAlias
 
+from ._errors import EngineSectionError, UndecidableLayoutError
 from ._postcard import (
     U32_BITS,
     U64_BITS,
-    EngineSectionError,
     Field,
     Reader,
     Step,
-    UndecidableLayoutError,
     ZeroRun,
     dec_bool,
     dec_enum,

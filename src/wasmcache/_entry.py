@@ -21,7 +21,7 @@ import blake3
 
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import UntrustedEntryError
-from ._fs import READ_FLAGS, digest_fd, read_fd
+from ._fs import READ_FLAGS, digest_fd, read_fd, write_atomically
 from ._layout import QUARANTINE_DIR, WHY_SUFFIX, entry_path, lock_path, record_path
 from ._lock import KeyLock
 from ._record import Identity, Record, read_record
@@ -105,7 +105,7 @@ def quarantine(root: Path, path: Path, reason: str) -> Path | None:
         target_dir.mkdir(mode=0o700, exist_ok=True)
         os.rename(path, target)
         with contextlib.suppress(OSError):
-            (target_dir / (target.name + WHY_SUFFIX)).write_text(reason + "\n", encoding="utf-8")
+            write_atomically(target_dir / (target.name + WHY_SUFFIX), (reason + "\n").encode("utf-8", "replace"))
     except FileNotFoundError:
         return None
     except OSError:

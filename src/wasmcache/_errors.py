@@ -62,6 +62,36 @@ class UntrustedEntryError(CacheError):
         self.seen = seen
 
 
+class EntryChangedError(CacheError):
+    """Internal: an entry changed while it was read into memory (mode="memory"): a race, not a bad entry."""
+
+
+class EntryRefusedError(CacheError):
+    """Internal: wasmtime refused to load a checked entry (the message is its reason)."""
+
+
+class CliError(CacheError):
+    """A command-line error: printed as one line, exit code 2."""
+
+
+class EngineSectionError(CacheError, ValueError):
+    """Raised for any engine section that is malformed or unsupported.
+
+    A subclass of ``ValueError`` so callers can treat it as plain bad input,
+    while still being able to tell it apart from unrelated ``ValueError``s.
+    """
+
+
+class UndecidableLayoutError(CacheError):
+    """Internal: the bytes are well formed but cannot be named with certainty.
+
+    Raised while decoding ``Tunables`` when a value is legal for Wasmtime but
+    outside what this decoder can interpret (for example an operator-cost
+    table, whose size depends on the wasmparser operator set).  The caller
+    turns it into ``tunables=None`` rather than guessing.
+    """
+
+
 class RejectedArtifactError(CacheError):
     """Internal: a remote object that must not be loaded (turned into `rejected` + one warning)."""
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import CacheError
-from ._fs import READ_FLAGS, digest_fd
+from ._fs import READ_FLAGS, digest_fd, read_small_file
 from ._layout import ENTRY_SUFFIX, NAMESPACE_ENGINE_FILE, RECORD_SUFFIX, is_namespace_name
 from ._record import read_record
 
@@ -71,10 +71,8 @@ def inspect_target(target: str, root: Path) -> dict[str, Any]:
     if path.name.endswith(ENTRY_SUFFIX) and is_namespace_name(path.parent.name):
         key = path.name[: -len(ENTRY_SUFFIX)]
         info.update(namespace=path.parent.name, key=key)
-        try:
-            info["matches_namespace"] = (path.parent / NAMESPACE_ENGINE_FILE).read_bytes() == section
-        except OSError:
-            info["matches_namespace"] = None
+        recorded = read_small_file(path.parent / NAMESPACE_ENGINE_FILE, 1 << 20)
+        info["matches_namespace"] = None if recorded is None else recorded == section
         found = read_record(path.parent / f"{key}{RECORD_SUFFIX}")
         if found is not None:
             record = found[0]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from .._errors import CacheError
+from .._errors import CliError
 from .._version import __version__
 
 if TYPE_CHECKING:
@@ -21,10 +21,6 @@ if TYPE_CHECKING:
 
     from .._cache import ModuleCache
     from .._engine import EngineSettings
-
-
-class CliError(CacheError):
-    """A CLI-level error: printed as one line, exit code 2."""
 
 
 def fail(message: str) -> NoReturn:
