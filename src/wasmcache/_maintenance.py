@@ -43,6 +43,7 @@ MAX_AGE: Final = 30 * 24 * 3600.0  # entries (and so namespaces of an old wasmti
 _QUARANTINE_AGE: Final = 24 * 3600.0
 # The usage record is recounted by a collection at least this often, whatever the publications say.
 _USAGE_RECOUNT_INTERVAL: Final = 24 * 3600.0
+_ACCOUNT_WAIT: Final = 2.0
 
 
 def namespaces(root: Path) -> list[Path]:
@@ -73,8 +74,13 @@ def scan_usage(root: Path) -> tuple[int, int]:
 def account_publication(root: Path, added_bytes: int, max_size: int) -> None:
     """Add one publication to the usage record; collect when over the bound (so no load ever scans)."""
     gc_lock = KeyLock(root / GC_LOCK_NAME)
-    if not gc_lock.try_acquire():
-        return  # a collection is running; it counts what we just published
+    try:
+        # Publishers hold it for a read and a write; a collection for a scan (~0.2 s at 10,000
+        # entries), after which its count includes what we just published.
+        if not gc_lock.acquire(timeout=_ACCOUNT_WAIT):
+            return
+    except OSError:
+        return
     try:
         usage = read_usage(root)
         if usage is None or usage.age > _USAGE_RECOUNT_INTERVAL or usage.size_bytes + added_bytes > max_size:
