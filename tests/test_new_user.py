@@ -322,3 +322,40 @@ def test_stats_reads_the_usage_record_without_scanning(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env=fresh_env(tmp_path), timeout=120, check=False)
     assert json.loads(proc.stdout) == [5, True, 0, 5], proc.stderr
+
+
+UPLOAD_OBSERVED = """
+import json, sys, wasmcache
+from wasmcache._layout import lock_path
+from wasmcache._lock import try_lock
+from wasmcache._remote import _tier
+from wasmgen import answer_module
+
+spec = json.loads(sys.argv[1])
+seen = []
+real = _tier.RemoteTier.upload
+def observed(self, key, fingerprint, data):
+    with try_lock(lock_path(cache.namespace_dir, key)) as free:
+        seen.append(free)
+    return real(self, key, fingerprint, data)
+_tier.RemoteTier.upload = observed
+cache = wasmcache.ModuleCache(spec["root"], remote=spec["url"], signing_key=spec["private"],
+                              trusted_keys=[spec["public"]])
+cache.load(answer_module(17))
+print(json.dumps({"seen": seen, "uploads": cache.stats().uploads}))
+"""
+
+
+@pytest.mark.s3
+def test_the_upload_runs_after_the_key_lock_is_released(s3_bucket: tuple[object, str], tmp_path: Path) -> None:
+    from wasmcache.cli._remote import write_keypair
+
+    server, bucket = s3_bucket
+    private, public, _ = write_keypair(tmp_path / "keys")
+    spec = {"root": str(tmp_path / "c"), "url": f"s3://{bucket}/upload-lock", "private": str(private),
+            "public": str(public)}
+    env = server.subprocess_env()  # type: ignore[attr-defined]
+    proc = subprocess.run([sys.executable, "-c", UPLOAD_OBSERVED, json.dumps(spec)], capture_output=True, text=True,
+                          env={**fresh_env(tmp_path / "home"), **env}, timeout=120, check=False)
+    # Waiters for this key (a fleet's cold start) map the entry while this process compresses and uploads.
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"seen": [True], "uploads": 1}, proc.stderr
