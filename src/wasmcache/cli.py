@@ -473,6 +473,16 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
     sys.exit(1 if danger else 0)
 
 
+@cli.command("exec", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+@cache_dir_option
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(cache_dir: Path | None, command: tuple[str, ...]) -> None:
+    """Run COMMAND with the drop-in active in every Python process under it (children too)."""
+    from ._dropin_exec import exec_command  # noqa: PLC0415
+
+    exec_command(list(command), cache_dir=None if cache_dir is None else str(cache_dir))
+
+
 _register_remote_commands(cli)
 
 
