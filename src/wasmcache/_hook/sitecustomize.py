@@ -31,6 +31,9 @@ def _chain(here: str) -> None:
 
 def _main() -> None:
     here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    if os.environ.get("WASMCACHE_AUTO", "").strip().lower() not in ("1", "true", "yes", "on"):
+        _chain(here)
+        return
     try:
         import _wasmcache_hook  # type: ignore[import-not-found]  # noqa: PLC0415 - beside us on sys.path
 

@@ -1,0 +1,105 @@
+"""A program that maps its own cache file survives that file being rewritten in place, under the drop-in.
+
+The program is the naive cache of tests/naive.py (the YoWASP pattern): `deserialize_file` of its
+own `.cwasm`, and on failure a recompile written back with `open(path, "wb")`. The control runs
+the very same program without the drop-in and dies with SIGBUS/SIGSEGV (or computes garbage).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from naive import naive_load, winch_engine
+from wasmgen import answer_module
+
+DISRUPT_SECONDS = float(os.environ.get("WASMCACHE_TEST_DISRUPT_SECONDS", "3"))
+TESTS = str(Path(__file__).parent)
+
+# Loads its module from its own cache file, says "ready", calls into it until stdin closes.
+VICTIM = """
+import os, select, sys, wasmtime
+from pathlib import Path
+if sys.argv[1] == "dropin":
+    import wasmcache
+    wasmcache.install(sys.argv[3])
+from naive import naive_load
+from wasmgen import answer_module, call_answer
+engine = wasmtime.Engine()
+module = naive_load(Path(sys.argv[2]), engine, answer_module(77, functions=400))
+print("ready", flush=True)
+calls = 0
+while True:
+    if call_answer(engine, module) != 77:
+        print("wrong answer", flush=True)
+        sys.exit(1)
+    calls += 1
+    if select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.read(1):
+        break
+print(f"calls {calls}", flush=True)
+"""
+
+
+def run_victim_while_others_rewrite(mode: str, own_cache: Path, root: Path) -> tuple[int, str, int]:
+    wasm = answer_module(77, functions=400)
+    naive_load(own_cache, wasmtime.Engine(), wasm)  # the program's cache is warm: its start maps the file
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", VICTIM, mode, str(own_cache), str(root)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "ready", proc.stderr.read() if proc.stderr else line
+    # Another wasmtime configuration shares the program's cache: each finds the other's file
+    # unusable and rewrites it in place (truncate, then write), as two wasmtime versions do.
+    engines = [winch_engine(), wasmtime.Engine()]
+    rounds = 0
+    deadline = time.monotonic() + DISRUPT_SECONDS
+    while time.monotonic() < deadline and proc.poll() is None:
+        naive_load(own_cache, engines[rounds % 2], wasm)
+        rounds += 1
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out + err, rounds
+
+
+def test_under_the_drop_in_a_rewritten_own_cache_file_cannot_crash_the_program(tmp_path: Path) -> None:
+    code, output, rounds = run_victim_while_others_rewrite("dropin", tmp_path / "own", tmp_path / "wasmcache")
+    assert code == 0, f"the program died (exit {code}) after {rounds} in-place rewrites:\n{output}"
+    assert rounds >= 3
+    assert "calls" in output
+
+
+def test_control_without_the_drop_in_the_same_program_crashes(tmp_path: Path) -> None:
+    code, output, rounds = run_victim_while_others_rewrite("bare", tmp_path / "own", tmp_path / "wasmcache")
+    assert code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGILL, 1), (
+        f"expected the naive program to crash or miscompute, got exit {code} after {rounds} rewrites:\n{output}")
+
+
+@pytest.mark.parametrize("kind", ["module", "component"])
+def test_deserialize_file_of_an_own_file_is_never_mapped(tmp_path: Path, kind: str) -> None:
+    # The process's maps must not name the program's file: only private copies or our entries.
+    code = """
+    import json, sys, wasmtime, wasmcache
+    from wasmtime.component import Component
+    from wasmgen import answer_module, component
+    cls = wasmtime.Module if sys.argv[3] == "module" else Component
+    engine = wasmtime.Engine()
+    own = sys.argv[2]
+    open(own, "wb").write(cls(engine, answer_module(3) if sys.argv[3] == "module" else component()).serialize())
+    wasmcache.install(sys.argv[1])
+    first = cls.deserialize_file(engine, own)
+    second = cls.deserialize_file(engine, own)
+    maps = open("/proc/self/maps").read()
+    print(json.dumps({"own_mapped": own in maps, "type": type(first).__name__, "same": type(second) is cls}))
+    """
+    from conftest import run_json
+
+    own = tmp_path / f"own {kind}.bin"
+    result = run_json(code, str(tmp_path / "root"), str(own), kind)
+    assert result == {"own_mapped": False, "type": "Module" if kind == "module" else "Component", "same": True}
