@@ -332,7 +332,7 @@ def _hook_module() -> ModuleType:
         module = sys.modules.get("_wasmcache_hook")
         if module is not None:
             return module
-        path = Path(__file__).with_name("_hook") / "_wasmcache_hook.py"
+        path = Path(__file__).resolve().parent.parent / "_wasmcache_hook.py"  # beside the package
         spec = importlib.util.spec_from_file_location("_wasmcache_hook", path)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot load {path}")

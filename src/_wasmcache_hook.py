@@ -1,7 +1,8 @@
 """wasmcache's startup hook: activate the drop-in when a process first imports wasmtime.
 
-Imported at interpreter start by `wasmcache-auto.pth` (only when $WASMCACHE_AUTO is set) and by
-the `sitecustomize` that `wasmcache exec` puts on PYTHONPATH, so it uses the standard library
+A top-level module beside the `wasmcache` package (in site-packages, or in src/ for a checkout),
+imported at interpreter start by `wasmcache-auto.pth` (only when $WASMCACHE_AUTO is set) and by
+the `sitecustomize` that `wasmcache exec` puts on PYTHONPATH. So it uses the standard library
 only and does nothing until `wasmtime` is imported: a process that never imports wasmtime pays
 one entry in `sys.meta_path`, not an import of wasmcache.
 
@@ -110,23 +111,26 @@ def _warn(message: str) -> None:
 def _import_dropin() -> Any:
     """wasmcache._dropin: from this Python's own wasmcache, else from the copy this file belongs to.
 
-    `wasmcache exec` may start a Python (another venv) where wasmcache is not installed; this file
-    then sits in <parent>/wasmcache/_hook/, and only the `wasmcache` package is taken from
-    <parent>: its dependencies (blake3, platformdirs) must be importable in that Python.
+    `wasmcache exec` may start a Python (another venv) where wasmcache is not installed: then only
+    the `wasmcache` package beside this file is taken; its dependencies (blake3, platformdirs)
+    must be importable in that Python.
     """
+    already = "wasmcache" in sys.modules
     try:
         import wasmcache._dropin as dropin  # noqa: PLC0415
     except ImportError:
-        pass
+        if already:  # the program uses a wasmcache without the drop-in: never mix two copies
+            raise
+        _forget_wasmcache()  # what the failed attempt imported (an older wasmcache, say)
     else:
         return dropin
     here = os.path.dirname(os.path.abspath(__file__))
-    if os.path.basename(here) != "_hook" or os.path.basename(os.path.dirname(here)) != "wasmcache":
+    if not os.path.isfile(os.path.join(here, "wasmcache", "_dropin.py")):
         raise ImportError("wasmcache is not installed in this Python")
     import importlib.machinery  # noqa: PLC0415
     import importlib.util  # noqa: PLC0415
 
-    spec = importlib.machinery.PathFinder.find_spec("wasmcache", [os.path.dirname(os.path.dirname(here))])
+    spec = importlib.machinery.PathFinder.find_spec("wasmcache", [here])
     if spec is None or spec.loader is None:
         raise ImportError(f"no wasmcache package beside {here}")
     package = importlib.util.module_from_spec(spec)
@@ -135,10 +139,14 @@ def _import_dropin() -> Any:
         spec.loader.exec_module(package)
         import wasmcache._dropin as dropin  # noqa: PLC0415
     except BaseException:
-        for loaded in [m for m in sys.modules if m == "wasmcache" or m.startswith("wasmcache.")]:
-            del sys.modules[loaded]
+        _forget_wasmcache()
         raise
     return dropin
+
+
+def _forget_wasmcache() -> None:
+    for loaded in [m for m in sys.modules if m == "wasmcache" or m.startswith("wasmcache.")]:
+        del sys.modules[loaded]
 
 
 def _activate(_wasmtime: Any) -> None:
@@ -150,7 +158,14 @@ def _activate(_wasmtime: Any) -> None:
     dropin.auto_install()
 
 
+_armed = False
+
+
 def arm() -> None:
     """Activate the drop-in when wasmtime is first imported (at once if it already is)."""
-    if auto_enabled():
-        when_imported("wasmtime", _activate)
+    global _armed  # noqa: PLW0603 - once per process, whoever calls (the .pth, sitecustomize)
+    with _lock:
+        if _armed or not auto_enabled():
+            return
+        _armed = True
+    when_imported("wasmtime", _activate)
