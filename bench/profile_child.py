@@ -50,15 +50,17 @@ def _instrument():
 
     import wasmcache._cache as cache_mod
     import wasmcache._engine as engine_mod
-    import wasmcache._store as store_mod
+    import wasmcache._fs as store_mod
 
     mc = cache_mod.ModuleCache
-    for name in ("_open_root", "_wasm_digest", "_remembered_digest", "_remember_digest", "_make_engine",
+    for name in ("_open_root", "_wasm_digest", "_digest", "_miss", "_produce", "_make_engine",
                  "_loaded_modules", "_load_entry", "_safe", "_deserialize", "_verify_content", "_compile_and_publish",
                  "_compile", "_publish", "_ensure_namespace", "_account", "_read_source", "_load_remote"):
         if hasattr(mc, name):
             setattr(mc, name, _timed(f"ModuleCache.{name}", getattr(mc, name)))
-    mc._identity_token = staticmethod(_timed("ModuleCache._identity_token", mc.__dict__["_identity_token"].__func__))
+    if "_identity_token" in mc.__dict__:
+        token = mc.__dict__["_identity_token"].__func__
+        mc._identity_token = staticmethod(_timed("ModuleCache._identity_token", token))
     for name in ("initialize_root", "default_engine", "engine_identity", "cache_key", "read_record", "record_path",
                  "default_max_size", "publish_atomically", "write_record", "quarantine"):
         if hasattr(cache_mod, name):

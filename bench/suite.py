@@ -537,7 +537,7 @@ class Suite:
                 server.stop()
 
     def _signing_keys(self) -> tuple[Path, Path]:
-        from wasmcache._cli_remote import write_keypair
+        from wasmcache.cli._remote import write_keypair
 
         private, public, _ = write_keypair(self.work / "keys")
         return private, public
@@ -694,7 +694,7 @@ def _version(name: str) -> str:
 def _lean_get(env: dict[str, str]) -> bool | None:
     """Whether a consumer with this environment signs its GET itself (no botocore); None if unknown."""
     try:
-        from wasmcache._remote import lean_target
+        from wasmcache._remote._lean import lean_target
     except ImportError:
         return None
     return lean_target(REMOTE_BUCKET, env) is not None

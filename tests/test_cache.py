@@ -106,8 +106,23 @@ def test_bytes_input_and_memory_mode(root: Path) -> None:
     module = cache.load(bytearray(answer_module(9)))
     assert cache.stats().hits == 1
     assert call_answer(cache.engine, module) == 9
-    maps = Path("/proc/self/maps").read_text()
-    assert not any(str(e) in maps for e in entries(root)) or True  # other tests may hold mappings
+    # Whether the entry is mapped is asked in a fresh process: this one holds other tests' mappings.
+    # /proc/self/maps names a mapped file by path and by inode; either would show a mapping.
+    (entry,) = entries(root)
+    code = """
+    import json, os, sys, wasmcache
+    from wasmgen import answer_module, call_answer
+    cache = wasmcache.ModuleCache(sys.argv[1], mode=sys.argv[2])
+    module = cache.load(bytearray(answer_module(9)))
+    st = os.stat(sys.argv[3])
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x} {st.st_ino} "
+    mapped = [line for line in open("/proc/self/maps") if sys.argv[3] in line or inode in line]
+    print(json.dumps({"answer": call_answer(cache.engine, module), "hits": cache.stats().hits,
+                      "mapped": len(mapped)}))
+    """
+    assert run_json(code, str(root), "memory", str(entry)) == {"answer": 9, "hits": 1, "mapped": 0}
+    # The same probe sees the mapping in mmap mode, so a 0 above is not a blind spot.
+    assert run_json(code, str(root), "mmap", str(entry))["mapped"] > 0
 
 
 def test_memory_mode_holds_no_mapping(root: Path) -> None:
@@ -203,13 +218,36 @@ def test_read_only_mode_as_root_too(root: Path, monkeypatch: pytest.MonkeyPatch)
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
 
 
-def test_disable_env_compiles_every_time_and_writes_nothing(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WASMCACHE_DISABLE", "1")
-    cache = ModuleCache(root)
-    cache.load(answer_module(4))
-    ModuleCache(root).load(answer_module(4))
-    assert cache.stats().compiles == 1
-    assert not root.exists()
+@pytest.mark.xfail(strict=True, reason="issue 8 item 1: engine memo written under WASMCACHE_DISABLE")
+def test_disable_env_compiles_every_time_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a user: a fresh process, a new HOME, no XDG_*/WASMCACHE_* but WASMCACHE_DISABLE=1. Every
+    # cache object (explicit root, default root, default engine, EngineSettings) must compile every
+    # module it is given, and nothing may be written anywhere under HOME, the default root included.
+    home = tmp_path / "home"
+    home.mkdir()
+    wasm = tmp_path / "src" / "five.wasm"  # a path source: its digest memo must not be written either
+    wasm.parent.mkdir()
+    wasm.write_bytes(answer_module(5))
+    for name in list(os.environ):
+        if name.startswith(("XDG_", "WASMCACHE_")):
+            monkeypatch.delenv(name)
+    code = """
+    import json, sys, wasmcache
+    from wasmgen import answer_module, call_answer
+    root, wasm = sys.argv[1], sys.argv[2]
+    report = []
+    for cache in (wasmcache.ModuleCache(root), wasmcache.ModuleCache(root), wasmcache.ModuleCache(),
+                  wasmcache.ModuleCache(root, engine=wasmcache.EngineSettings(opt_level="0")),
+                  wasmcache.ModuleCache(engine=wasmcache.EngineSettings(opt_level="s"))):
+        answers = [call_answer(cache.engine, cache.load(source)) for source in (answer_module(4), wasm)]
+        s = cache.stats()
+        report.append([answers, s.compiles, s.misses, s.hits, s.entries, cache.disabled])
+    print(json.dumps(report))
+    """
+    report = run_json(code, str(home / "explicit-root"), str(wasm), env={"HOME": str(home), "WASMCACHE_DISABLE": "1"})
+    assert report == [[[4, 5], 2, 2, 0, 0, True]] * 5
+    written = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
+    assert written == [], f"WASMCACHE_DISABLE=1 wrote {written}"
 
 
 def test_a_non_empty_foreign_directory_is_never_adopted(tmp_path: Path) -> None:
@@ -218,9 +256,10 @@ def test_a_non_empty_foreign_directory_is_never_adopted(tmp_path: Path) -> None:
     (home_cache / "precious.txt").write_text("keep me")
     with pytest.raises(wasmcache.NotACacheError, match="not a wasmcache root"):
         ModuleCache(home_cache)
-    from wasmcache._maintenance import clear_root, collect_garbage, verify_root
+    from wasmcache._maintenance import clear_root, collect_garbage_locked
+    from wasmcache._verify import verify_root
 
-    for action in (lambda: clear_root(home_cache), lambda: collect_garbage(home_cache, 0, require=True),
+    for action in (lambda: clear_root(home_cache), lambda: collect_garbage_locked(home_cache, 0),
                    lambda: verify_root(home_cache, fix=True)):
         with pytest.raises(wasmcache.NotACacheError, match="refusing"):
             action()
@@ -297,23 +336,28 @@ def test_combinations_wasmtime_would_abort_on_are_a_config_error(root: Path) -> 
             ModuleCache(root, engine=settings).load(answer_module(1))
 
 
-def test_settings_verdict_is_remembered(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_settings_verdict_is_remembered(root: Path) -> None:
     settings = EngineSettings(opt_level="s")
     engine = settings.build(memo_dir=root / "memo")
     assert len(list((root / "memo").glob("*.engine"))) == 1
-    # A later process needs neither the child check nor the probe compile.
+    # A later process needs neither the child check nor the probe compile (of the empty module,
+    # which is how an engine's fingerprint is learnt), and the fingerprint it remembers is right.
     code = """
-    import json, sys, wasmcache, wasmcache._engine as e, subprocess
-    calls = []
-    real = subprocess.run
-    subprocess.run = lambda *a, **k: calls.append(a) or real(*a, **k)
+    import json, subprocess, sys, wasmtime, wasmcache
+    children, compiles = [], []
+    real_run, real_init = subprocess.run, wasmtime.Module.__init__
+    subprocess.run = lambda *a, **k: children.append(a) or real_run(*a, **k)
+    def counting_init(self, *a, **k):
+        compiles.append(1)
+        real_init(self, *a, **k)
+    wasmtime.Module.__init__ = counting_init
     engine = wasmcache.EngineSettings(opt_level="s").build(memo_dir=sys.argv[1])
-    print(json.dumps({"children": len(calls), "known": engine in e._identities}))
+    fingerprint = wasmcache.engine_fingerprint(engine)
+    print(json.dumps({"children": len(children), "compiles": len(compiles), "fingerprint": fingerprint}))
     """
-    assert run_json(code, str(root / "memo")) == {"children": 0, "known": True}
-    assert wasmcache.engine_fingerprint(engine) == wasmcache.engine_fingerprint(
-        wasmtime.Engine(settings.config()))
-    del caplog
+    fresh = wasmcache.engine_fingerprint(wasmtime.Engine(settings.config()))
+    assert run_json(code, str(root / "memo")) == {"children": 0, "compiles": 0, "fingerprint": fresh}
+    assert wasmcache.engine_fingerprint(engine) == fresh
 
 
 def test_logging_goes_through_the_wasmcache_logger(root: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -323,11 +367,14 @@ def test_logging_goes_through_the_wasmcache_logger(root: Path, caplog: pytest.Lo
 
 
 def test_import_is_light() -> None:
+    # `import wasmcache` is paid by every process that loads a module: stdlib + blake3 only. json is
+    # allowed (records are JSON and are read on every hit); platformdirs only when no root is given.
     code = """
     import json, sys
     import wasmcache
-    heavy = [m for m in ("wasmtime", "click", "rich", "boto3", "platformdirs") if m in sys.modules]
-    print(json.dumps(heavy))
+    heavy = ("wasmtime", "click", "rich", "botocore", "boto3", "cryptography", "zstandard", "dataclasses",
+             "importlib.metadata", "platformdirs", "subprocess")
+    print(json.dumps(sorted(m for m in heavy if m in sys.modules)))
     """
     assert run_json(code) == []
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import wasmcache
 from conftest import run_json
-from wasmcache._store import KeyLock, lock_path
+from wasmcache._layout import lock_path
+from wasmcache._lock import KeyLock
 
 CHAOS_SECONDS = float(os.environ.get("WASMCACHE_CHAOS_SECONDS", "8"))
 CRASH_ROUNDS = int(os.environ.get("WASMCACHE_CRASH_ROUNDS", "12"))

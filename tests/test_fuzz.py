@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import wasmcache
 from wasmcache._elf import ENGINE_SECTION, find_section
-from wasmcache._store import Record
+from wasmcache._record import Record
 from wasmgen import answer_module
 
 if TYPE_CHECKING:

@@ -9,10 +9,10 @@
 
 from __future__ import annotations
 
-from ._cache import CacheStats, ModuleCache, SourceError
+from ._cache import CacheStats, ModuleCache
 from ._engine import EngineSettings, engine_fingerprint
-from ._errors import CacheError, CompileError, ConfigError, NotACacheError, UnsafeCacheError
-from ._layout import parse_size
+from ._errors import CacheError, CompileError, ConfigError, NotACacheError, SourceError, UnsafeCacheError
+from ._root import parse_size
 from ._version import __version__
 
 TYPE_CHECKING = False
@@ -20,22 +20,20 @@ if TYPE_CHECKING:
     import os
 
     from ._dropin import DropIn, Mode
-    from ._maintenance import EntryInfo, Finding, GcReport, VerifyReport
+    from ._maintenance import EntryInfo, GcReport
+    from ._verify import Finding, VerifyReport
 
-_LAZY = {"EntryInfo", "Finding", "GcReport", "VerifyReport"}
+_LAZY = {"EntryInfo": "_maintenance", "GcReport": "_maintenance", "Finding": "_verify", "VerifyReport": "_verify",
+         "DropIn": "_dropin"}
 
 
 def __getattr__(name: str) -> object:
     # The maintenance types (gc, verify, ls) load on first use: a process that only loads modules
     # never pays for them.
     if name in _LAZY:
-        from . import _maintenance  # noqa: PLC0415
+        import importlib  # noqa: PLC0415
 
-        return getattr(_maintenance, name)
-    if name == "DropIn":
-        from . import _dropin  # noqa: PLC0415
-
-        return _dropin.DropIn
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'wasmcache' has no attribute {name!r}")
 
 

@@ -17,14 +17,18 @@ from typing import Final
 
 from ._layout import (
     ENTRY_SUFFIX,
-    NAMESPACE_PREFIX,
     RECORD_SUFFIX,
     TEMP_SUFFIX,
-    unsafe_fix,
-    unsafe_reason,
+    is_namespace_name,
+    key_of,
+    lock_path,
+    record_path,
 )
-from ._maintenance import _namespaces, verify_root
-from ._store import Identity, lock_path, read_record, try_lock
+from ._lock import try_lock
+from ._maintenance import namespaces
+from ._record import Identity, read_record
+from ._root import require_root, unsafe_fix, unsafe_reason
+from ._verify import verify_root
 
 DANGER: Final = "danger"
 WARNING: Final = "warning"
@@ -43,26 +47,27 @@ class Diagnosis:
 
 def diagnose_root(root: Path) -> list[Diagnosis]:
     out: list[Diagnosis] = []
-    if not root.exists():
+    if not os.path.lexists(root):
         return [Diagnosis(INFO, str(root), "cache root does not exist yet", "nothing to do")]
-    for directory in [root, *_namespaces(root)]:
+    require_root(root, "diagnose")  # a directory that is not ours: one line, not advice about its files
+    for directory in [root, *namespaces(root)]:
         try:
             reason = unsafe_reason(os.stat(directory))
         except OSError:
             continue
         if reason is not None:
             out.append(Diagnosis(DANGER, str(directory), f"{directory.name} {reason}", unsafe_fix(directory, reason)))
-    for namespace in _namespaces(root):
+    for namespace in namespaces(root):
         with os.scandir(namespace) as it:
             names = [(e.name, e.path) for e in it]
         for name, path in names:
             if name.endswith(TEMP_SUFFIX):
-                with try_lock(lock_path(namespace, name.split(".", 1)[0])) as free:
+                with try_lock(lock_path(namespace, key_of(name))) as free:
                     if free:
                         out.append(Diagnosis(WARNING, str(path), "temp file of a writer that died",
                                              "`wasmcache gc` reaps it"))
             elif name.endswith(RECORD_SUFFIX) and name[: -len(RECORD_SUFFIX)] + ENTRY_SUFFIX not in dict(names):
-                with try_lock(lock_path(namespace, name.split(".", 1)[0])) as free:
+                with try_lock(lock_path(namespace, key_of(name))) as free:
                     if free:
                         out.append(Diagnosis(INFO, str(path), "record of an interrupted publication",
                                              "`wasmcache gc` removes it"))
@@ -74,7 +79,7 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
                 reason = unsafe_reason(st)
                 if reason is not None:
                     out.append(Diagnosis(DANGER, str(path), f"entry {reason}", unsafe_fix(Path(path), reason)))
-                found = read_record(namespace / (name[: -len(ENTRY_SUFFIX)] + RECORD_SUFFIX))
+                found = read_record(record_path(namespace, key_of(name)))
                 if found is not None and found[0].identity not in (None, Identity.of(st)):
                     out.append(Diagnosis(WARNING, str(path), "entry is not the file that was published "
                                          "(copied, restored or modified since)",
@@ -135,7 +140,7 @@ def diagnose_pid(pid: int) -> list[MappedFile]:
     for (device, inode), (path, extent) in sorted(seen.items(), key=lambda kv: kv[1][0]):
         deleted = path.endswith(" (deleted)")
         clean = path[: -len(" (deleted)")] if deleted else path
-        ours = Path(clean).parent.name.startswith(NAMESPACE_PREFIX)
+        ours = is_namespace_name(Path(clean).parent.name)
         out.append(_judge(pid, clean, device, inode, extent, started, deleted=deleted, ours=ours))
     return out
 
@@ -162,8 +167,13 @@ def _judge(pid: int, path: str, device: str, inode: int, extent: int, started: f
                           f"truncated to {st.st_size} bytes below the mapped {extent}: SIGBUS ahead",
                           ours)
     if ours:
-        found = read_record(Path(path).with_name(Path(path).name[: -len(ENTRY_SUFFIX)] + RECORD_SUFFIX))
-        if found is not None and found[0].identity is not None and found[0].identity != Identity.of(st):
+        found = read_record(record_path(Path(path).parent, key_of(Path(path).name)))
+        if found is not None and found[0].identity is not None:
+            # wasmcache wrote this file and recorded its identity after the final rename: a match
+            # means the very file that was published, whatever its times (a first run compiles,
+            # publishes, then maps it: its mtime is after the process start, and it is intact).
+            if found[0].identity == Identity.of(st):
+                return MappedFile(path, inode, device, "intact", "the entry wasmcache published, unchanged", ours)
             return MappedFile(path, inode, device, "modified-in-place",
                               "the entry changed after it was published (same inode, new size/mtime/ctime)", ours)
     changed = max(st.st_mtime, st.st_ctime)

@@ -13,8 +13,8 @@ While installed, for any engine the program builds:
 
 What the program gets back is a real object of that class and engine: it adopts a clone of the
 cached object's native handle (a reference count in Rust; the same compiled code and mapping).
-Invalid wasm raises wasmtime's own WasmtimeError. Calls made by wasmcache's own modules reach the
-original functions (the caller's module name says so), and `uninstall()` puts the originals back.
+Invalid wasm raises wasmtime's own WasmtimeError. wasmcache's own compiles and loads call the
+originals (captured by `_native` before anything is patched), and `uninstall()` puts them back.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ._cache import CacheStats, ModuleCache, SourceError
-from ._errors import CacheError, CompileError, ConfigError
+from . import _native
+from ._cache import CacheStats, ModuleCache
+from ._errors import CacheError, CompileError, ConfigError, SourceError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -48,13 +49,6 @@ _COUNTERS: Final = 7  # hits, misses, compiles, remote_hits, remote_misses, uplo
 _state_lock = threading.RLock()
 _active: DropIn | None = None
 _patches: dict[str, tuple[type, dict[str, Any], dict[str, Any]]] = {}  # kind -> (class, originals, ours)
-
-
-def _from_wasmcache() -> bool:
-    """Whether the caller of the patched function is wasmcache's own code (the core compiling,
-    mapping an entry, probing an engine): those calls must reach wasmtime's originals."""
-    name = sys._getframe(2).f_globals.get("__name__", "")  # noqa: SLF001 - 0: here, 1: patched fn, 2: caller
-    return isinstance(name, str) and name.startswith("wasmcache.")
 
 
 class _EngineCache(ModuleCache):
@@ -97,7 +91,7 @@ class DropIn:
 
     @property
     def settings(self) -> tuple[str, str, int, bool]:
-        return (os.path.abspath(self.root), self.mode, self.max_size, self.strict)
+        return (str(self.root), self.mode, self.max_size, self.strict)
 
     def stats(self) -> CacheStats:
         """Counters summed over every engine the drop-in served, plus what the root holds now."""
@@ -240,7 +234,7 @@ def _deserialize_copy(cls: Any, engine: Any, path: str, deserialize: Callable[..
     return deserialize(cls, engine, data)
 
 
-def _make_patches(kind: Kind, cls: Any, originals: dict[str, Any]) -> dict[str, Any]:
+def _make_patches(kind: Kind, originals: dict[str, Any]) -> dict[str, Any]:
     import wasmtime  # noqa: PLC0415
     from wasmtime import _ffi  # noqa: PLC0415
     from wasmtime._wat2wasm import _to_wasm  # noqa: PLC0415 - wasmtime's own WAT/bytes check
@@ -250,11 +244,11 @@ def _make_patches(kind: Kind, cls: Any, originals: dict[str, Any]) -> dict[str, 
     original_init = originals["__init__"]
     original_from_file = originals["from_file"].__func__
     original_deserialize_file = originals["deserialize_file"].__func__
-    original_deserialize = cls.__dict__["deserialize"].__func__
+    original_deserialize = originals["deserialize"].__func__
 
     def __init__(self: Any, engine: Any, wasm: Any) -> None:  # noqa: N807 - it is the constructor
         dropin = _serving()
-        if dropin is None or _from_wasmcache() or not isinstance(engine, engine_type):
+        if dropin is None or not isinstance(engine, engine_type):
             original_init(self, engine, wasm)
             return
         binary = _to_wasm(wasm)  # TypeError / WasmtimeError exactly as wasmtime raises them
@@ -266,7 +260,7 @@ def _make_patches(kind: Kind, cls: Any, originals: dict[str, Any]) -> dict[str, 
 
     def from_file(cls_: Any, engine: Any, path: Any) -> Any:
         dropin = _serving()
-        if (dropin is None or _from_wasmcache() or not isinstance(engine, engine_type)
+        if (dropin is None or not isinstance(engine, engine_type)
                 or cls_.__init__ is not __init__ or not isinstance(path, (str, bytes, os.PathLike))):
             return original_from_file(cls_, engine, path)
         name = os.fspath(path)
@@ -277,8 +271,8 @@ def _make_patches(kind: Kind, cls: Any, originals: dict[str, Any]) -> dict[str, 
 
     def deserialize_file(cls_: Any, engine: Any, path: Any) -> Any:
         dropin = _serving()
-        if (dropin is None or _from_wasmcache() or not isinstance(engine, engine_type) or not isinstance(path, str)
-                or "\0" in path or dropin.owns(path)):
+        if (dropin is None or not isinstance(engine, engine_type) or not isinstance(path, str) or "\0" in path
+                or dropin.owns(path)):
             return original_deserialize_file(cls_, engine, path)
         cached = dropin._load_precompiled(engine, kind, path)  # noqa: SLF001
         if cached is None:
@@ -295,16 +289,18 @@ def _make_patches(kind: Kind, cls: Any, originals: dict[str, Any]) -> dict[str, 
             "deserialize_file": classmethod(deserialize_file)}
 
 
-def _apply(kind: Kind, cls: Any) -> None:
-    """Replace `cls`'s constructors (under _state_lock); a second call for a kind does nothing."""
+def _apply(kind: Kind) -> None:
+    """Replace the constructors of `kind`'s class (under _state_lock); again for a kind: nothing."""
     if kind in _patches:
         return
-    originals = {name: cls.__dict__[name] for name in _PATCHED}
-    if not isinstance(originals["from_file"], classmethod) or not isinstance(originals["deserialize_file"],
-                                                                             classmethod):
+    # The core's own calls go through these same originals: captured before we patch anything.
+    native = _native.originals(kind)
+    cls = native["class"]
+    originals = {name: native[name] for name in _PATCHED}
+    if not all(isinstance(native[name], classmethod) for name in ("from_file", "deserialize_file", "deserialize")):
         log.warning("wasmcache: wasmtime.%s has an unexpected shape; the drop-in leaves it alone", cls.__name__)
         return
-    ours = _make_patches(kind, cls, originals)
+    ours = _make_patches(kind, native)
     for name, function in ours.items():
         setattr(cls, name, function)
     _patches[kind] = (cls, originals, ours)
@@ -320,10 +316,10 @@ def _restore_all() -> None:
     _patches.clear()
 
 
-def _patch_components(component_package: Any) -> None:
+def _patch_components(_component_package: Any) -> None:
     with _state_lock:
         if _serving() is not None:
-            _apply("component", component_package.Component)
+            _apply("component")
 
 
 def _hook_module() -> ModuleType:
@@ -346,16 +342,16 @@ def _hook_module() -> ModuleType:
 
 
 def _disabled() -> bool:
-    return os.environ.get("WASMCACHE_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
+    from ._root import disabled_by_environment  # noqa: PLC0415
+
+    return disabled_by_environment()
 
 
 def _requested_settings(root: str | os.PathLike[str] | None, mode: str, max_size: int | str | None,
                         strict: bool) -> tuple[str, str, int, bool]:
-    from ._layout import default_max_size, default_root, parse_size  # noqa: PLC0415
+    from ._root import resolve_max_size, resolve_root  # noqa: PLC0415
 
-    path = Path(root).expanduser() if root is not None else default_root()
-    size = default_max_size() if max_size is None else parse_size(max_size)
-    return (os.path.abspath(path), mode, size, strict)
+    return (str(resolve_root(root)), mode, resolve_max_size(max_size), strict)
 
 
 def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", max_size: int | str | None = None,
@@ -377,10 +373,8 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
         if _disabled():
             log.info("wasmcache: $WASMCACHE_DISABLE is set: the drop-in stays off")
             return dropin
-        import wasmtime  # noqa: PLC0415
-
         dropin.active = True
-        _apply("module", wasmtime.Module)
+        _apply("module")
         _hook_module().when_imported("wasmtime.component", _patch_components)
         log.debug("wasmcache: drop-in installed (%s)", dropin)
         return dropin

@@ -23,7 +23,7 @@ _MAX_SHSTRTAB: Final = 1 << 20
 _MAX_SECTION: Final = 64 << 20
 
 
-def _read_at(source: bytes | memoryview | int, offset: int, size: int) -> bytes:
+def _read_at(source: bytes | bytearray | memoryview | int, offset: int, size: int) -> bytes:
     data = os.pread(source, size, offset) if isinstance(source, int) else bytes(source[offset : offset + size])
     if len(data) != size:
         raise ValueError(f"truncated ELF file: wanted {size} bytes at offset {offset}")
@@ -34,7 +34,7 @@ def is_elf(head: bytes) -> bool:
     return head[:4] == _ELF_MAGIC
 
 
-def find_section(source: bytes | memoryview | int, name: str) -> bytes:
+def find_section(source: bytes | bytearray | memoryview | int, name: str) -> bytes:
     """Return the contents of section `name` of the ELF64 file in `source` (bytes or an fd)."""
     header = _read_at(source, 0, _HEADER_SIZE)
     if not is_elf(header):

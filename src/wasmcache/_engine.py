@@ -1,15 +1,18 @@
 """Engines: a validated way to build one from settings, and the exact fingerprint of any engine.
 
 wasmtime-py cannot read a `Config` back, so an engine is identified by what it writes: compile
-the empty module and take the `.wasmtime.engine` section of its serialized form. That section
+a one-function module (code, so settings that cannot compile a function are caught here, not
+blamed on the user's wasm later) and take the `.wasmtime.engine` section of its serialized form. That section
 holds the wasmtime version, the target, every Cranelift shared and ISA flag (CPU features), the
 tunables (fuel, epochs, Winch, ...) and the wasm features; hashing it keys an engine exactly.
 
 Building an engine is dangerous in wasmtime-py: `wasm_engine_new_with_config` *aborts the whole
 process* (a Rust panic) when wasmtime rejects a combination (Winch with GC, GC without
 reference types, ...). So settings we have not seen before are tried once in a child process;
-the verdict and the fingerprint are remembered on disk, keyed by the settings, the exact
-wasmtime library file and the host CPU, so later processes neither fork nor probe.
+the verdict and the fingerprint are remembered inside an initialized cache root (ROOT/engines/),
+keyed by the settings, the exact wasmtime library file, this boot and the WASMTIME_* environment
+(wasmtime's default Config reads WASMTIME_BACKTRACE_DETAILS, which changes the engine), so later
+processes neither fork nor probe. Nothing is remembered anywhere else.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import blake3
 
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import ConfigError
+from ._native import compile_wasm
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -39,7 +43,12 @@ log = logging.getLogger("wasmcache")
 Compiler = Literal["auto", "cranelift", "winch"]
 OptLevel = Literal["0", "1", "2", "s"]
 
-EMPTY_MODULE: Final = b"\0asm\x01\0\0\0"
+# (module (func (result i32) i32.const 0)): the smallest module with code. Its engine section is
+# the same as the empty module's; compiling a body is what fails for Winch + exceptions & co.
+PROBE_MODULE: Final = (b"\0asm\x01\0\0\0"  # magic, version
+                       b"\x01\x05\x01\x60\x00\x01\x7f"  # type section: [] -> [i32]
+                       b"\x03\x02\x01\x00"  # function section
+                       b"\x0a\x06\x01\x04\x00\x41\x00\x0b")
 
 # wasmtime_config_strategy_set: 0 auto, 1 cranelift, 2 winch. Any other value panics in Engine().
 _STRATEGIES: Final[dict[str, int]] = {"auto": 0, "cranelift": 1, "winch": 2}
@@ -243,22 +252,29 @@ class EngineSettings:
     def build(self, *, memo_dir: str | os.PathLike[str] | None = None) -> wasmtime.Engine:
         """Build the engine, after checking in a child process that wasmtime accepts these settings.
 
-        The verdict and the engine fingerprint are remembered under `memo_dir` (default: the
-        `engines/` folder of the default cache root), so this costs one child process per new
-        combination of settings, wasmtime library and CPU, and nothing after that.
+        A combination wasmtime would abort on, or one that cannot compile a function, raises
+        `ConfigError` naming the settings. The verdict is remembered in this process, and across
+        processes under `memo_dir` (a `ModuleCache` passes its root's); with no `memo_dir`, under
+        the default cache root only if that root already exists and is writable. Nothing is
+        written anywhere else, and nothing at all under `$WASMCACHE_DISABLE`.
         """
+        if memo_dir is not None:
+            memo: EngineMemo | None = EngineMemo(Path(memo_dir), writable=True)
+        else:
+            memo = EngineMemo.of_default_root()
+        return self.build_with_memo(memo)
+
+    def build_with_memo(self, memo: EngineMemo | None) -> wasmtime.Engine:
         import wasmtime  # noqa: PLC0415
 
         memo_key = self._memo_key()
         section = _validated.get(memo_key)
-        memo_path = None
-        if section is None:
-            memo_path = _memo_path(memo_dir, memo_key)
-            section = _read_memo(memo_path, memo_key)
+        if section is None and memo is not None:
+            section = memo.read(memo_key)
         if section is None:
             section = self._validate_in_child()
-            if memo_path is not None:
-                _write_memo(memo_path, memo_key, self, section)
+            if memo is not None:
+                memo.write(memo_key, self, section)
         _validated[memo_key] = section
         engine = wasmtime.Engine(self.config())
         _remember_fingerprint(engine, section)
@@ -320,55 +336,75 @@ def _child_probe() -> None:
 _validated: dict[str, bytes] = {}
 
 
-def _memo_path(memo_dir: str | os.PathLike[str] | None, memo_key: str) -> Path | None:
-    if memo_dir is None:
-        from ._layout import default_root  # noqa: PLC0415 - avoid an import cycle
+class EngineMemo:
+    """Where verdicts and fingerprints are remembered: ROOT/engines/ of an initialized root.
 
+    Read from any root that has one; written only where the root is writable.
+    """
+
+    def __init__(self, directory: Path, *, writable: bool) -> None:
+        self.directory = directory
+        self.writable = writable
+
+    @classmethod
+    def of_default_root(cls) -> EngineMemo | None:
+        """The default root's memo, if that root already exists (nothing is created for it)."""
+        from ._layout import ENGINES_DIR  # noqa: PLC0415
+        from ._root import disabled_by_environment, has_marker, resolve_root  # noqa: PLC0415
+
+        if disabled_by_environment():
+            return None
         try:
-            memo_dir = default_root() / "engines"
+            root = resolve_root(None)
         except Exception:  # a broken environment must not stop the engine from being built
             return None
-    return Path(memo_dir) / f"{memo_key}.engine"
+        if not has_marker(root):
+            return None
+        return cls(root / ENGINES_DIR, writable=os.access(root, os.W_OK))
+
+    def path(self, memo_key: str) -> Path:
+        return self.directory / f"{memo_key}.engine"
+
+    def read(self, memo_key: str) -> bytes | None:
+        from ._fs import read_small_file  # noqa: PLC0415
+
+        # Binary, read in one syscall: this runs in every fresh process (the JSON version cost 0.15 ms;
+        # sections are ~1 KiB, and a 1 MiB read costs an mmap per process).
+        raw = read_small_file(self.path(memo_key), 1 << 16)
+        if raw is None:
+            return None
+        header, _, rest = raw.partition(b"\n")
+        key, _, length = header.partition(b" ")
+        if key != memo_key.encode() or not length.isdigit() or int(length) > len(rest):
+            return None
+        return rest[: int(length)]
+
+    def write(self, memo_key: str, settings: EngineSettings | None, section: bytes) -> None:
+        if not self.writable:
+            return
+        from ._fs import write_atomically  # noqa: PLC0415
+
+        # key, section length, section; then the settings as JSON for people reading the file.
+        described = json.dumps(settings.as_dict() if settings else "wasmtime.Engine()").encode()
+        record = f"{memo_key} {len(section)}\n".encode() + section + b"\n" + described + b"\n"
+        path = self.path(memo_key)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomically(path, record)
+        except OSError as exc:
+            log.debug("could not remember engine settings in %s: %s", path, exc)
 
 
 def _memo_key(settings: str) -> str:
-    """Settings (a complete, canonical description) + the wasmtime library file + this boot."""
-    identity = f"{settings}\0{_wasmtime_library_identity()}\0{host_identity()}"
+    """Settings (a complete, canonical description) + the wasmtime library file + this boot + WASMTIME_*."""
+    identity = f"{settings}\0{_wasmtime_library_identity()}\0{host_identity()}\0{_wasmtime_environment()}"
     return blake3.blake3(identity.encode()).hexdigest()[:32]
 
 
-def _read_memo(path: Path | None, memo_key: str) -> bytes | None:
-    if path is None:
-        return None
-    # Binary, read in one syscall: this runs in every fresh process (the JSON version cost 0.15 ms).
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        try:
-            raw = os.read(fd, 1 << 16)  # sections are ~1 KiB; a 1 MiB read costs an mmap per process
-        finally:
-            os.close(fd)
-    except OSError:
-        return None
-    header, _, rest = raw.partition(b"\n")
-    key, _, length = header.partition(b" ")
-    if key != memo_key.encode() or not length.isdigit() or int(length) > len(rest):
-        return None
-    return rest[: int(length)]
-
-
-def _write_memo(path: Path | None, memo_key: str, settings: EngineSettings | None, section: bytes) -> None:
-    if path is None:
-        return
-    from ._store import write_small_file_atomically  # noqa: PLC0415
-
-    # key, section length, section; then the settings as JSON for people reading the file.
-    described = json.dumps(settings.as_dict() if settings else "wasmtime.Engine()").encode()
-    record = f"{memo_key} {len(section)}\n".encode() + section + b"\n" + described + b"\n"
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_small_file_atomically(path, record)
-    except OSError as exc:
-        log.debug("could not remember engine settings in %s: %s", path, exc)
+def _wasmtime_environment() -> str:
+    """The WASMTIME_* variables: wasmtime's default Config reads some (WASMTIME_BACKTRACE_DETAILS
+    changes the engine section), so a fingerprint remembered without them could be another engine's."""
+    return "\0".join(sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("WASMTIME_")))
 
 
 _FIRST_WINCH_RELEASE: Final = 45
@@ -470,11 +506,21 @@ _identities_lock = threading.Lock()
 
 
 def engine_section(engine: wasmtime.Engine) -> bytes:
-    """Compile and serialize the empty module with `engine` and return its engine section."""
+    """Compile and serialize the probe module with `engine` and return its engine section.
+
+    An engine that cannot compile a function is a ConfigError: every load would fail, and the
+    wasm would be blamed.
+    """
     import wasmtime  # noqa: PLC0415
 
-    serialized = bytes(wasmtime.Module(engine, EMPTY_MODULE).serialize())
+    try:
+        serialized = bytes(compile_wasm("module", engine, PROBE_MODULE).serialize())
+    except wasmtime.WasmtimeError as exc:
+        from ._errors import wasmtime_reason  # noqa: PLC0415
+
+        raise ConfigError(f"this engine cannot compile a function: {wasmtime_reason(exc)}") from None
     return find_section(serialized, ENGINE_SECTION)
+
 
 
 def fingerprint_of_section(section: bytes) -> str:
@@ -488,8 +534,8 @@ def _remember_fingerprint(engine: wasmtime.Engine, section: bytes) -> EngineIden
     return identity
 
 
-def default_engine(memo_dir: Path | None) -> wasmtime.Engine:
-    """`wasmtime.Engine()`, with its fingerprint remembered across processes under `memo_dir`.
+def default_engine(memo: EngineMemo | None) -> wasmtime.Engine:
+    """`wasmtime.Engine()`, with its fingerprint remembered across processes in `memo`.
 
     The probe compile costs ~0.7 ms in a fresh process, as much as the whole mapped load; the
     default configuration cannot abort, so no child check is needed, only the memo.
@@ -499,12 +545,12 @@ def default_engine(memo_dir: Path | None) -> wasmtime.Engine:
     engine = wasmtime.Engine()
     memo_key = _memo_key("wasmtime.Engine()")
     section = _validated.get(memo_key)
-    path = None if memo_dir is None else memo_dir / f"{memo_key}.engine"
-    if section is None:
-        section = _read_memo(path, memo_key)
+    if section is None and memo is not None:
+        section = memo.read(memo_key)
     if section is None:
         section = engine_section(engine)
-        _write_memo(path, memo_key, None, section)
+        if memo is not None:
+            memo.write(memo_key, None, section)
     _validated[memo_key] = section
     _remember_fingerprint(engine, section)
     return engine

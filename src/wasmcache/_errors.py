@@ -1,9 +1,13 @@
-"""The exception hierarchy: one root, a few precise subclasses.
+"""The exception hierarchy: one root, a few precise subclasses, and wasmtime's messages on one line.
 
-Every message names the file (or setting) at fault and, where there is one, the fix.
+Every message names the file (or setting) at fault and, where there is one, the fix. Internal
+exceptions (never seen by callers) live here too, under the same root.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any, Final
 
 
 class CacheError(Exception):
@@ -11,15 +15,20 @@ class CacheError(Exception):
 
 
 class CompileError(CacheError, ValueError):
-    """The input is not a valid WebAssembly module/component for this engine; nothing was cached."""
+    """The input is not a valid WebAssembly module/component for this engine; nothing was cached.
 
-    def __init__(self, source: str, reason: str) -> None:
+    `wasmtime_error` is the `wasmtime.WasmtimeError` wasmtime raised (None after unpickling), so a
+    caller that must behave exactly as wasmtime does (the drop-in) can raise it unchanged.
+    """
+
+    def __init__(self, source: str, reason: str, wasmtime_error: BaseException | None = None) -> None:
         super().__init__(f"{source}: cannot compile: {reason}")
         self.source = source
         self.reason = reason
+        self.wasmtime_error = wasmtime_error
 
     def __reduce__(self) -> tuple[type[CompileError], tuple[str, str]]:
-        # Keep the two-argument constructor picklable across processes.
+        # Keep the constructor picklable across processes (wasmtime's error object is not).
         return (type(self), (self.source, self.reason))
 
 
@@ -33,3 +42,76 @@ class NotACacheError(CacheError):
 
 class UnsafeCacheError(CacheError, PermissionError):
     """The cache root or an entry could be rewritten by someone else (world-writable, foreign owner)."""
+
+
+class SourceError(CacheError, OSError):
+    """The wasm input could not be read (missing, not a regular file, changed while read)."""
+
+
+class UntrustedEntryError(CacheError):
+    """Internal: why an entry cannot be trusted; `problem` is corrupt | mismatched | orphan.
+
+    `seen` is the identity of the file judged (None if it could not be opened): only that very
+    file may be quarantined for it.
+    """
+
+    def __init__(self, problem: str, detail: str, seen: Any = None) -> None:
+        super().__init__(f"{problem}: {detail}")
+        self.problem = problem
+        self.detail = detail
+        self.seen = seen
+
+
+class RejectedArtifactError(CacheError):
+    """Internal: a remote object that must not be loaded (turned into `rejected` + one warning)."""
+
+
+class RemoteDownError(CacheError):
+    """Internal: the remote did not answer in time or answered 5xx (turned into a back-off)."""
+
+
+class LeanFallbackError(CacheError):
+    """Internal: the direct GET met something only botocore handles."""
+
+
+class RemoteCommandError(CacheError):
+    """A remote-tier command cannot do what was asked (printed as one line, exit 2)."""
+
+
+# --- wasmtime's messages ---------------------------------------------------------------------------
+
+_CAUSE_NUMBER: Final = re.compile(r"^\d+:\s+")
+_FRAME: Final = re.compile(r"^\d+:\s+0x[0-9a-f]+\s+-\s")
+
+
+def wasmtime_error_chain(error: BaseException | str) -> list[str]:
+    """wasmtime's error (anyhow's `context\\n\\nCaused by:\\n  0: ...`) as its messages, outermost first.
+
+    Source excerpts of WAT errors collapse into the location (`expected ( at <anon>:1:1`), wasm
+    backtrace frames are dropped: what is left reads on one line, joined with ": ".
+    """
+    text = str(error).strip()
+    if not text:
+        return [type(error).__name__ if isinstance(error, BaseException) else "unknown error"]
+    head: list[str] = []
+    causes: list[str] = []
+    in_causes = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if line == "Caused by:":
+            in_causes = True
+        elif in_causes:
+            causes.append(_CAUSE_NUMBER.sub("", line))
+        elif line.startswith("--> ") and head:
+            head[-1] += f" at {line[4:]}"
+        elif not head:
+            head.append(line)
+        # else: a WAT source excerpt (`|`, `1 | hello`) or a backtrace frame: the first line says it
+    return [part.removesuffix(":") for part in head + causes if not _FRAME.match(part)] or [text]
+
+
+def wasmtime_reason(error: BaseException | str) -> str:
+    """The whole chain on one line (what a compile error says)."""
+    return ": ".join(wasmtime_error_chain(error))

@@ -11,8 +11,9 @@ from typing import Any
 
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import CacheError
-from ._layout import ENTRY_SUFFIX, NAMESPACE_ENGINE_FILE, RECORD_SUFFIX
-from ._store import O_CLOEXEC, O_NOFOLLOW, read_record
+from ._fs import READ_FLAGS, digest_fd
+from ._layout import ENTRY_SUFFIX, NAMESPACE_ENGINE_FILE, RECORD_SUFFIX, is_namespace_name
+from ._record import read_record
 
 # Wasmtime marks the ELF header's e_flags: 1 = core module, 2 = component.
 _ELF_KINDS = {1: "module", 2: "component"}
@@ -35,11 +36,10 @@ def _resolve(target: str, root: Path) -> Path:
 def inspect_target(target: str, root: Path) -> dict[str, Any]:
     """Describe a `.cwasm` file or an entry key: engine section decoded, kind, size, digest, record."""
     from ._engine_section import decode_engine_section  # noqa: PLC0415
-    from ._store import digest_fd  # noqa: PLC0415
 
     path = _resolve(target, root)
     try:
-        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        fd = os.open(path, READ_FLAGS)
     except OSError as exc:
         raise CacheError(f"{path}: cannot open: {exc.strerror}") from None
     try:
@@ -68,7 +68,7 @@ def inspect_target(target: str, root: Path) -> dict[str, Any]:
             opt_level=engine.opt_level, tunables=dict(engine.tunables or {}),
             shared_flags=dict(engine.shared_flags), isa_flags=dict(engine.isa_flags),
         )
-    if path.name.endswith(ENTRY_SUFFIX) and path.parent.name.startswith("ns-"):
+    if path.name.endswith(ENTRY_SUFFIX) and is_namespace_name(path.parent.name):
         key = path.name[: -len(ENTRY_SUFFIX)]
         info.update(namespace=path.parent.name, key=key)
         try:

@@ -1,7 +1,7 @@
-"""Whole-root operations: usage, gc (LRU + reaping), clear, verify, listing.
+"""Whole-root operations: the usage record, gc (LRU + reaping), clear, and listing.
 
 None of this is on the hit path. Every operation that deletes or moves files requires our marker
-in the root, so a mistaken `--cache-dir ~/.cache` is refused, not wiped.
+in the root, so a mistaken `--cache-dir ~/.cache` is refused, not wiped. (verify: `_verify.py`.)
 """
 
 from __future__ import annotations
@@ -9,94 +9,99 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ._elf import ENGINE_SECTION, find_section
-from ._engine import fingerprint_of_section
+from ._errors import CacheError
+from ._fs import reap_if_dead
 from ._layout import (
+    DIGESTS_DIR,
+    ENGINES_DIR,
     ENTRY_SUFFIX,
+    GC_LOCK_NAME,
     KEY_RE,
     LOCK_SUFFIX,
-    MARKER_NAME,
     NAMESPACE_ENGINE_FILE,
-    NAMESPACE_PREFIX,
+    QUARANTINE_DIR,
     RECORD_SUFFIX,
     TEMP_SUFFIX,
-    namespace_name,
-    require_marker,
-)
-from ._store import (
-    O_CLOEXEC,
-    O_NOFOLLOW,
-    Identity,
-    KeyLock,
-    Record,
+    entry_path,
+    is_namespace_name,
+    key_of,
     lock_path,
-    quarantine,
-    read_fd,
-    read_record,
-    reap_if_dead,
     record_path,
-    try_lock,
-    write_record,
-    write_small_file_atomically,
 )
+from ._lock import KeyLock, try_lock
+from ._record import read_record
+from ._root import read_usage, require_root, write_usage
 
 log = logging.getLogger("wasmcache")
 
 MAX_AGE: Final = 30 * 24 * 3600.0  # entries (and so namespaces of an old wasmtime) unused this long go
 _QUARANTINE_AGE: Final = 24 * 3600.0
-_ROOT_FILES: Final = frozenset({MARKER_NAME, "CACHEDIR.TAG", "usage", "gc.lock"})
-_ROOT_DIRS: Final = frozenset({"engines", "digests", "quarantine"})
-_USAGE: Final = "usage"
+# The usage record is recounted by a collection at least this often, whatever the publications say.
+_USAGE_RECOUNT_INTERVAL: Final = 24 * 3600.0
 
 
-def _namespaces(root: Path) -> list[Path]:
+def namespaces(root: Path) -> list[Path]:
     try:
         with os.scandir(root) as it:
-            return sorted(Path(e.path) for e in it
-                          if e.name.startswith(NAMESPACE_PREFIX) and e.is_dir(follow_symlinks=False))
-    except FileNotFoundError:
+            return sorted(Path(e.path) for e in it if is_namespace_name(e.name) and e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 
-def _key_of(name: str) -> str:
-    return name.split(".", 1)[0]
-
-
 def scan_usage(root: Path) -> tuple[int, int]:
-    """(entries, bytes) under the whole root: entries, records, quarantine and memo files."""
+    """(entries, bytes) under the whole root, counted: entries, records, quarantine and memo files."""
     entries = 0
     total = 0
-    for directory in [*_namespaces(root), root / "quarantine", root / "digests", root / "engines"]:
+    for directory in [*namespaces(root), root / QUARANTINE_DIR, root / DIGESTS_DIR, root / ENGINES_DIR]:
         try:
             with os.scandir(directory) as it:
                 for e in it:
                     with contextlib.suppress(OSError):
                         total += e.stat(follow_symlinks=False).st_size
-                    if e.name.endswith(ENTRY_SUFFIX) and directory.name.startswith(NAMESPACE_PREFIX):
+                    if e.name.endswith(ENTRY_SUFFIX) and is_namespace_name(directory.name):
                         entries += 1
         except (FileNotFoundError, NotADirectoryError):
             continue
     return entries, total
 
 
-def read_usage(root: Path) -> tuple[int | None, float]:
-    """The approximate usage kept in ROOT/usage, and its age in seconds (None if unknown)."""
+def account_publication(root: Path, added_bytes: int, max_size: int) -> None:
+    """Add one publication to the usage record; collect when over the bound (so no load ever scans)."""
+    gc_lock = KeyLock(root / GC_LOCK_NAME)
+    if not gc_lock.try_acquire():
+        return  # a collection is running; it counts what we just published
     try:
-        st = os.stat(root / _USAGE)
-        value = int((root / _USAGE).read_text(encoding="ascii").strip())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None, 0.0
-    return value, time.time() - st.st_mtime
+        usage = read_usage(root)
+        if usage is None or usage.age > _USAGE_RECOUNT_INTERVAL or usage.size_bytes + added_bytes > max_size:
+            collect_garbage(root, max_size)
+        else:
+            write_usage(root, usage.entries + 1, usage.size_bytes + added_bytes)
+    except (OSError, CacheError) as exc:
+        log.warning("wasmcache: automatic gc of %s failed: %s", root, exc)
+    finally:
+        gc_lock.release()
 
 
-def write_usage(root: Path, value: int) -> None:
-    write_small_file_atomically(root / _USAGE, f"{value}\n".encode())
+def collect_garbage_locked(root: Path, max_size: int) -> GcReport:
+    """`collect_garbage` under the collector's lock, for `gc`: one-line errors for a root that is not ours
+    or cannot be written; a root that does not exist has nothing to collect."""
+    if not os.path.lexists(root):
+        return GcReport()
+    require_root(root, "collect")
+    lock = KeyLock(root / GC_LOCK_NAME)
+    try:
+        lock.acquire()
+        return collect_garbage(root, max_size)
+    except OSError as exc:
+        raise CacheError(f"{root}: cannot collect: {exc.strerror or exc} (a read-only cache can only be read)") \
+            from None
+    finally:
+        lock.release()
 
 
 @dataclass
@@ -117,19 +122,20 @@ class _Candidate:
     size: int
 
 
-def collect_garbage(root: Path, max_size: int, *, require: bool = False, max_age: float = MAX_AGE) -> GcReport:
-    """Evict LRU entries down to `max_size`; reap dead writers' temp files. Caller holds gc.lock."""
-    if require:
-        require_marker(root, "collect")
+def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> GcReport:
+    """Evict LRU entries down to `max_size`; reap dead writers' temp files; write the exact usage.
+
+    The caller holds gc.lock.
+    """
     report = GcReport()
     now = time.time()
     candidates: list[_Candidate] = []
     other_bytes = 0
-    for namespace in _namespaces(root):
+    for namespace in namespaces(root):
         files: dict[str, list[os.DirEntry[str]]] = {}
         with os.scandir(namespace) as it:
             for e in it:
-                files.setdefault(_key_of(e.name), []).append(e)
+                files.setdefault(key_of(e.name), []).append(e)
         for key, group in files.items():
             if not KEY_RE.match(key):
                 # e.g. the namespace's own `engine.<random>.tmp`: its writer holds an flock on it.
@@ -165,10 +171,10 @@ def collect_garbage(root: Path, max_size: int, *, require: bool = False, max_age
             except OSError:
                 continue
             candidates.append(_Candidate(namespace, key, used, size))
-    for directory in (root, root / "digests", root / "engines"):
+    for directory in (root, root / DIGESTS_DIR, root / ENGINES_DIR):
         report.reaped_temp_files += _reap_dead_temp_files(directory)
-    for directory, age in ((root / "quarantine", _QUARANTINE_AGE), (root / "digests", max_age),
-                           (root / "engines", max_age)):
+    for directory, age in ((root / QUARANTINE_DIR, _QUARANTINE_AGE), (root / DIGESTS_DIR, max_age),
+                           (root / ENGINES_DIR, max_age)):
         other_bytes += _expire_files(directory, now - age)
     candidates.sort(key=lambda c: c.last_used)
     total = other_bytes + sum(c.size for c in candidates)
@@ -184,7 +190,7 @@ def collect_garbage(root: Path, max_size: int, *, require: bool = False, max_age
     report.entries = len(kept)
     report.size_bytes = total
     with contextlib.suppress(OSError):
-        write_usage(root, total)
+        write_usage(root, report.entries, total)
     if report.evicted_entries or report.reaped_temp_files:
         log.info("wasmcache: gc of %s evicted %d entries (%d bytes), reaped %d temp files", root,
                  report.evicted_entries, report.freed_bytes, report.reaped_temp_files)
@@ -204,15 +210,12 @@ def _reap_dead_temp_files(directory: Path) -> int:
 def _evict(c: _Candidate) -> bool:
     """Unlink an entry and its record under the key lock (a mapped entry lives on in its users)."""
     lock = KeyLock(lock_path(c.namespace, c.key))
+    if not lock.try_acquire():
+        return False  # being compiled, published or repaired right now
     try:
-        if not lock.acquire(blocking=False):
-            return False  # being compiled, published or repaired right now
-    except OSError:
-        return False
-    try:
-        for suffix in (ENTRY_SUFFIX, RECORD_SUFFIX):
+        for path in (entry_path(c.namespace, c.key), record_path(c.namespace, c.key)):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(c.namespace / f"{c.key}{suffix}")
+                os.unlink(path)
     except OSError:
         lock.release()
         return False
@@ -222,14 +225,8 @@ def _evict(c: _Candidate) -> bool:
 
 def _remove_free_lock(namespace: Path, key: str) -> None:
     lock = KeyLock(lock_path(namespace, key))
-    try:
-        if lock.acquire(blocking=False):
-            if not (namespace / f"{key}{ENTRY_SUFFIX}").exists():
-                lock.release(unlink=True)
-                return
-            lock.release()
-    except OSError:
-        lock.release()
+    if lock.try_acquire():
+        lock.release(unlink=not entry_path(namespace, key).exists())
 
 
 def _expire_files(directory: Path, cutoff: float) -> int:
@@ -252,7 +249,7 @@ def _expire_files(directory: Path, cutoff: float) -> int:
 
 def _remove_empty_namespaces(root: Path) -> int:
     removed = 0
-    for namespace in _namespaces(root):
+    for namespace in namespaces(root):
         try:
             with os.scandir(namespace) as it:
                 names = [e.name for e in it]
@@ -270,24 +267,28 @@ def _remove_empty_namespaces(root: Path) -> int:
 
 def clear_root(root: Path) -> int:
     """Remove every entry of every namespace (and memos, quarantine); keep the root and its markers."""
-    require_marker(root, "clear")
+    if not os.path.lexists(root):
+        return 0
+    require_root(root, "clear")
+    gc_lock = KeyLock(root / GC_LOCK_NAME)
+    try:
+        gc_lock.acquire()
+    except OSError as exc:
+        raise CacheError(f"{root}: cannot clear: {exc.strerror or exc} (a read-only cache can only be read)") from None
     removed = 0
-    with KeyLock(root / "gc.lock"):
-        for namespace in _namespaces(root):
+    try:
+        for namespace in namespaces(root):
             with os.scandir(namespace) as it:
-                keys = sorted({_key_of(e.name) for e in it if e.name != NAMESPACE_ENGINE_FILE})
+                keys = sorted({key_of(e.name) for e in it if e.name != NAMESPACE_ENGINE_FILE})
             for key in keys:
                 # Under the key's lock: a writer between its record and its rename keeps its key
                 # (its entry is whole when it lands), instead of being left with half a pair.
                 lock = KeyLock(lock_path(namespace, key))
-                try:
-                    if not lock.acquire(blocking=False):
-                        continue
-                except OSError:
+                if not lock.try_acquire():
                     continue
-                removed += (namespace / f"{key}{ENTRY_SUFFIX}").exists()
+                removed += entry_path(namespace, key).exists()
                 with os.scandir(namespace) as it:
-                    mine = [e.path for e in it if _key_of(e.name) == key and not e.name.endswith(LOCK_SUFFIX)]
+                    mine = [e.path for e in it if key_of(e.name) == key and not e.name.endswith(LOCK_SUFFIX)]
                 for path in mine:
                     with contextlib.suppress(OSError):
                         os.unlink(path)  # mapped entries live on in the processes using them
@@ -295,195 +296,13 @@ def clear_root(root: Path) -> int:
         _remove_empty_namespaces(root)
         import shutil  # noqa: PLC0415
 
-        for name in ("digests", "quarantine"):
+        for name in (DIGESTS_DIR, QUARANTINE_DIR):
             shutil.rmtree(root / name, ignore_errors=True)
         with contextlib.suppress(OSError):
-            write_usage(root, 0)
-    return removed
-
-
-# --- verify -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem `verify` found: which file, what is wrong, what fixes it."""
-
-    path: str
-    problem: str  # "corrupt" | "mismatched" | "orphan" | "foreign"
-    detail: str
-    fix: str
-
-
-@dataclass
-class VerifyReport:
-    checked: int = 0
-    intact: int = 0
-    findings: list[Finding] = field(default_factory=list)
-    fixed: int = 0
-    rerecorded: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.findings
-
-
-_FIX: Final = "run `wasmcache verify --fix` (quarantines it; the next load recompiles)"
-
-
-def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
-    """Check each namespace against its own recorded fingerprint and each entry against its record."""
-    if fix:
-        require_marker(root, "fix")
-    report = VerifyReport()
-    if not root.is_dir():
-        return report
-    bad: list[Path] = []
-
-    def finding(path: Path, problem: str, detail: str, fix_text: str = _FIX) -> None:
-        report.findings.append(Finding(str(path), problem, detail, fix_text))
-        bad.append(path)
-
-    with os.scandir(root) as it:
-        for e in it:
-            if e.name in _ROOT_FILES or e.name in _ROOT_DIRS or e.name.startswith(NAMESPACE_PREFIX):
-                if e.name.startswith(NAMESPACE_PREFIX) and not e.is_dir(follow_symlinks=False):
-                    finding(Path(e.path), "foreign", "namespace is not a directory")
-                continue
-            if e.name.endswith(TEMP_SUFFIX):
-                continue
-            finding(Path(e.path), "foreign", "file wasmcache did not write",
-                    "remove it by hand, or `wasmcache verify --fix` to quarantine it")
-    for namespace in _namespaces(root):
-        section = _namespace_section(namespace)
-        if section is None:
-            # A writer killed between a concurrent gc's removal of the engine file and its own
-            # re-creation of it leaves entries without it: their engine sections still name the
-            # namespace, which is all the file is for. (The next publication restores it.)
-            section = _section_from_entries(namespace)
-        if section is None or namespace_name(fingerprint_of_section(section)) != namespace.name:
-            detail = "namespace has no engine record" if section is None else "engine record does not match its name"
-            report.findings.append(Finding(str(namespace), "mismatched", detail,
-                                           "`wasmcache clear` (or remove this directory)"))
-            section = None
-        with os.scandir(namespace) as it:
-            names = sorted(e.name for e in it)
-        for name in names:
-            path = namespace / name
-            if name == NAMESPACE_ENGINE_FILE or name.endswith((TEMP_SUFFIX, LOCK_SUFFIX)):
-                continue
-            key = _key_of(name)
-            if not KEY_RE.match(key) or not name.endswith((ENTRY_SUFFIX, RECORD_SUFFIX)):
-                finding(path, "foreign", "file wasmcache did not write")
-                continue
-            if name.endswith(RECORD_SUFFIX):
-                # A record without an entry is what a writer killed between writing its record and
-                # renaming its entry leaves, like a temp file: harmless, reaped by gc, not a finding.
-                continue
-            report.checked += 1
-            problem = _check_entry(namespace, key, section, report, fix=fix)
-            if problem is None:
-                report.intact += 1
-            else:
-                finding(path, *problem)
-    if fix:
-        for path in bad:
-            if quarantine(root, path, "wasmcache verify --fix") is not None or not path.exists():
-                report.fixed += 1
-            if path.name.endswith(ENTRY_SUFFIX):
-                with contextlib.suppress(OSError):
-                    os.unlink(record_path(path.parent, _key_of(path.name)))
-    return report
-
-
-def _section_from_entries(namespace: Path) -> bytes | None:
-    """The engine section of an entry of `namespace` whose fingerprint names it, if any."""
-    for entry in sorted(namespace.glob(f"*{ENTRY_SUFFIX}")):
-        try:
-            fd = os.open(entry, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            section = find_section(fd, ENGINE_SECTION)
-        except (OSError, ValueError):
-            continue
-        finally:
-            os.close(fd)
-        if namespace_name(fingerprint_of_section(section)) == namespace.name:
-            return section
-    return None
-
-
-def _namespace_section(namespace: Path) -> bytes | None:
-    try:
-        with open(namespace / NAMESPACE_ENGINE_FILE, "rb") as f:
-            return f.read(1 << 20)
-    except OSError:
-        return None
-
-
-class UntrustedEntryError(Exception):
-    """Why an entry cannot be trusted: `problem` is corrupt | mismatched | orphan."""
-
-    def __init__(self, problem: str, detail: str) -> None:
-        super().__init__(f"{problem}: {detail}")
-        self.problem = problem
-        self.detail = detail
-
-
-def read_checked_entry(namespace: Path, key: str, section: bytes | None) -> tuple[bytes, os.stat_result, Record]:
-    """The entry's bytes, its stat and its record, once its content matches the record's digest and its
-    engine section matches `section` (the namespace's); else UntrustedEntryError.
-
-    What verify checks and what push signs: nothing is uploaded that a load would not accept.
-    """
-    import blake3  # noqa: PLC0415
-
-    found = read_record(record_path(namespace, key))
-    if found is None:
-        raise UntrustedEntryError("orphan", "entry without a valid record")
-    record, _ = found
-    if record.key != key:
-        raise UntrustedEntryError("mismatched", "record belongs to another key")
-    try:
-        fd = os.open(namespace / f"{key}{ENTRY_SUFFIX}", os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-    except OSError as exc:
-        raise UntrustedEntryError("corrupt", f"cannot open safely: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UntrustedEntryError("corrupt", "not a regular file")
-        data = bytes(read_fd(fd, st.st_size))
-    except OSError as exc:
-        raise UntrustedEntryError("corrupt", f"cannot read: {exc.strerror or exc}") from None
+            write_usage(root, 0, 0)
     finally:
-        os.close(fd)
-    if len(data) != record.size or blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != \
-            record.content_digest:
-        raise UntrustedEntryError("corrupt", f"content digest differs from its record ({len(data)} bytes, "
-                                      f"recorded {record.size})")
-    try:
-        entry_section = find_section(data, ENGINE_SECTION)
-    except ValueError as exc:
-        raise UntrustedEntryError("corrupt", str(exc)) from None
-    if section is not None and entry_section != section:
-        raise UntrustedEntryError("mismatched", "compiled by another engine configuration than its namespace")
-    return data, st, record
-
-
-def _check_entry(
-    namespace: Path, key: str, section: bytes | None, report: VerifyReport, *, fix: bool
-) -> tuple[str, str] | None:
-    try:
-        _, st, record = read_checked_entry(namespace, key, section)
-    except UntrustedEntryError as problem:
-        return problem.problem, problem.detail
-    if record.identity != Identity.of(st):
-        report.rerecorded += fix
-        if fix:
-            with contextlib.suppress(OSError):
-                write_record(record_path(namespace, key), record._replace(identity=Identity.of(st)))
-    return None
+        gc_lock.release()
+    return removed
 
 
 # --- listing ------------------------------------------------------------------------------------
@@ -504,11 +323,11 @@ class EntryInfo:
 
 def list_entries(root: Path) -> list[EntryInfo]:
     out: list[EntryInfo] = []
-    for namespace in _namespaces(root):
+    for namespace in namespaces(root):
         with os.scandir(namespace) as it:
             names = [e.name for e in it if e.name.endswith(ENTRY_SUFFIX)]
         for name in names:
-            key = _key_of(name)
+            key = key_of(name)
             entry = namespace / name
             found = read_record(record_path(namespace, key))
             try:
@@ -524,5 +343,3 @@ def list_entries(root: Path) -> list[EntryInfo]:
                                  record.created, record.source, record.wasmtime_version, str(entry)))
     out.sort(key=lambda info: info.last_used)
     return out
-
-

@@ -1,0 +1,95 @@
+"""Cross-process locks: one per key (`<key>.lock`) and one for the collector (`gc.lock`).
+
+flock locks belong to an open file description, so two threads of one process exclude each other
+too, and the kernel drops the lock when its holder dies: that is how a dead writer's temp file is
+told from a live one's, never by age. Lock files may be unlinked by gc or clear while held; after
+locking, `acquire` checks that the path still names its inode and retries if not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from typing import TYPE_CHECKING
+
+from ._fs import O_CLOEXEC, O_NOFOLLOW
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+class KeyLock:
+    """An exclusive, cross-process lock held with flock on `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, *, blocking: bool = True, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if not blocking or (deadline is not None and time.monotonic() >= deadline):
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+                continue
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                current = os.stat(self.path, follow_symlinks=False)
+                held = os.fstat(fd)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            if (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                self._fd = fd
+                return True
+            os.close(fd)  # the file was replaced after we opened it: lock the new one
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free right now; False if held or it cannot be created."""
+        try:
+            return self.acquire(blocking=False)
+        except OSError:
+            return False
+
+    def release(self, *, unlink: bool = False) -> None:
+        if self._fd is None:
+            return
+        if unlink:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        os.close(self._fd)  # closing drops the flock
+        self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> KeyLock:  # noqa: PYI034 - final in practice; Self needs 3.11
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def try_lock(path: Path) -> Iterator[bool]:
+    """Yield True while holding `path` if it was free, else False (never waits)."""
+    lock = KeyLock(path)
+    got = lock.try_acquire()
+    try:
+        yield got
+    finally:
+        lock.release()

@@ -1,0 +1,133 @@
+"""Entry records: what was published under a key (`<key>.rec`, JSON next to the entry).
+
+A record holds the entry's identity as stat'ed after the final rename and the blake3 of its
+content. An entry whose open fd has that identity is the very file that was published; any other
+entry must prove itself by content (see `_entry.check_entry`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from ._fs import READ_FLAGS, write_atomically
+from ._layout import KEY_RE, KINDS
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+RECORD_VERSION: Final = 1
+_MAX_RECORD: Final = 64 << 10
+ORIGINS: Final = ("compiled", "snapshot", "remote")
+
+
+class Identity(NamedTuple):
+    """What a stat says about a file; equal identities mean the very file that was published."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Identity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# NamedTuples, not dataclasses: importing dataclasses costs every process that loads a module ~5 ms.
+class Record(NamedTuple):
+    """What was published under a key."""
+
+    key: str
+    kind: str
+    wasm_digest: str  # of the input: the wasm, or (origin "snapshot") the serialized file taken in
+    content_digest: str
+    size: int
+    identity: Identity | None  # None until the entry has been renamed into place
+    source: str
+    wasmtime_version: str
+    created: float
+    origin: str = "compiled"  # compiled here | snapshot of a program's own .cwasm | remote tier
+
+    def to_json(self) -> bytes:
+        fields: dict[str, Any] = self._asdict()
+        fields["identity"] = self.identity._asdict() if self.identity is not None else None
+        fields["version"] = RECORD_VERSION
+        return json.dumps(fields, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Record:
+        """Parse a record; anything malformed raises ValueError (records are files we did not lock)."""
+        try:
+            fields = json.loads(raw)
+        except (UnicodeDecodeError, RecursionError) as exc:
+            raise ValueError(f"record is not JSON: {exc}") from None
+        if not isinstance(fields, dict) or fields.get("version") != RECORD_VERSION:
+            raise ValueError("record has no supported version")
+
+        def text(name: str, pattern: Any = None, default: str | None = None) -> str:
+            value = fields.get(name, default)
+            if not isinstance(value, str) or (pattern is not None and not pattern.match(value)):
+                raise ValueError(f"record field {name} is missing or malformed")
+            return value
+
+        def number(name: str, value: Any = None) -> int:
+            value = fields.get(name) if value is None else value
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"record field {name} is missing or malformed")
+            return value
+
+        identity = fields.get("identity")
+        if identity is not None:
+            if not isinstance(identity, dict) or set(identity) != {"dev", "ino", "size", "mtime_ns", "ctime_ns"}:
+                raise ValueError("record field identity is malformed")
+            identity = Identity(**{k: number(f"identity.{k}", v) for k, v in identity.items()})
+        kind = text("kind")
+        if kind not in KINDS:
+            raise ValueError("record field kind is malformed")
+        origin = text("origin", default="compiled")
+        if origin not in ORIGINS:
+            raise ValueError("record field origin is malformed")
+        created = fields.get("created")
+        if not isinstance(created, (int, float)) or isinstance(created, bool):
+            raise ValueError("record field created is malformed")  # noqa: TRY004 - bad data, not a caller's type
+        return cls(
+            key=text("key", KEY_RE),
+            kind=kind,
+            wasm_digest=text("wasm_digest", KEY_RE),
+            content_digest=text("content_digest", KEY_RE),
+            size=number("size"),
+            identity=identity,
+            source=text("source"),
+            wasmtime_version=text("wasmtime_version"),
+            created=float(created),
+            origin=origin,
+        )
+
+
+def read_record(path: Path) -> tuple[Record, os.stat_result] | None:
+    """The record at `path` and its stat (its mtime is the entry's last use), or None if absent/bad."""
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_RECORD:
+            return None
+        raw = os.read(fd, _MAX_RECORD)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        return Record.from_json(raw), st
+    except ValueError:
+        return None
+
+
+def write_record(path: Path, record: Record) -> None:
+    write_atomically(path, record.to_json(), mode=0o644, durable=True)

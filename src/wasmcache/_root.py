@@ -1,0 +1,218 @@
+"""The cache root: where it is, how it proves it is ours, who may write it, and what it holds.
+
+Every path to a root (argument, `--cache-dir`, `$WASMCACHE_DIR`, the platform default) goes
+through `resolve_root`, once: the result is absolute, so a later `chdir` cannot move the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+from pathlib import Path
+from typing import Final, NamedTuple
+
+from ._errors import ConfigError, NotACacheError
+from ._fs import read_small_file, write_atomically
+from ._layout import (
+    CACHEDIR_TAG_NAME,
+    LAYOUT_VERSION,
+    MARKER_NAME,
+    TEMP_SUFFIX,
+    USAGE_NAME,
+    key_of,
+)
+
+MARKER_TEXT: Final = f"wasmcache cache root, layout {LAYOUT_VERSION}\n"
+CACHEDIR_TAG: Final = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by wasmcache.\n"
+    "# For information about cache directory tags, see https://bford.info/cachedir/\n"
+)
+DEFAULT_MAX_SIZE: Final = 4 << 30
+
+_SIZE_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_TRUE_WORDS: Final = ("1", "true", "yes", "on")
+
+
+def disabled_by_environment() -> bool:
+    """`$WASMCACHE_DISABLE`: compile every time, touch nothing anywhere."""
+    return os.environ.get("WASMCACHE_DISABLE", "").strip().lower() in _TRUE_WORDS
+
+
+# --- where -----------------------------------------------------------------------------------------
+
+
+def resolve_root(root: str | os.PathLike[str] | None) -> Path:
+    """The absolute root for `root`, else `$WASMCACHE_DIR`, else the user cache directory."""
+    source = "cache root"
+    if root is None:
+        configured = os.environ.get("WASMCACHE_DIR")
+        if configured:
+            root, source = configured, "$WASMCACHE_DIR"
+        else:
+            import platformdirs  # noqa: PLC0415 - only when no root was given
+
+            root = platformdirs.user_cache_dir("wasmcache", appauthor=False)
+    text = os.fsdecode(os.fspath(root))
+    if "\0" in text:
+        raise ConfigError(f"{source} {text!r}: a path cannot contain a NUL byte")
+    if not text.strip():
+        raise ConfigError(f"{source} is empty")
+    return Path(os.path.abspath(os.path.expanduser(text)))
+
+
+# --- how big ----------------------------------------------------------------------------------------
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as ``"512M"``, ``"2G"``, ``"1.5GiB"`` or ``"1000"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"size {value!r}: expected bytes or a string like 512M or 2G")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"size {value}: must not be negative")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"size {value!r}: expected bytes or a string like 512M or 2G")
+    match = _SIZE_RE.match(value)
+    if match is None:
+        raise ConfigError(f"size {value!r}: expected bytes or a number with K, M, G or T (512M, 2G)")
+    number, unit, _ = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.lower()])
+
+
+def resolve_max_size(max_size: int | str | None) -> int:
+    """`max_size` if given (the environment is then not consulted), else `$WASMCACHE_MAX_SIZE`, else 4 GiB."""
+    if max_size is not None:
+        return parse_size(max_size)
+    configured = os.environ.get("WASMCACHE_MAX_SIZE")
+    if not configured:
+        return DEFAULT_MAX_SIZE
+    try:
+        return parse_size(configured)
+    except ConfigError as exc:
+        raise ConfigError(f"$WASMCACHE_MAX_SIZE: {exc}") from None
+
+
+# --- who may write it ------------------------------------------------------------------------------
+
+
+def unsafe_reason(st: os.stat_result) -> str | None:
+    """Why a cache path could be rewritten by someone else, or None (like OpenSSH StrictModes).
+
+    A world-writable root, namespace or entry, or one owned by another user (root excepted), lets
+    that user plant native code which this process would map and run.
+    """
+    if st.st_mode & stat.S_IWOTH and not stat.S_ISLNK(st.st_mode):
+        return "is world-writable"
+    getuid = getattr(os, "getuid", None)
+    if getuid is not None and st.st_uid not in (getuid(), 0):
+        return f"is owned by another user (uid {st.st_uid})"
+    return None
+
+
+def unsafe_fix(path: Path, reason: str) -> str:
+    if "world-writable" in reason:
+        return f"chmod o-w {path}"
+    return f"chown $(id -u) {path}, or use a cache directory of your own"
+
+
+# --- how it proves it is ours -----------------------------------------------------------------------
+
+
+def _read_marker(root: Path) -> str:
+    """The marker's text, or "" (every ModuleCache() in every process reads it)."""
+    raw = read_small_file(f"{root}/{MARKER_NAME}", 256)
+    return raw.decode("utf-8", "replace") if raw else ""
+
+
+def has_marker(root: Path) -> bool:
+    return _read_marker(root).startswith("wasmcache")
+
+
+def _check_layout(root: Path, marker: str) -> None:
+    match = re.search(r"layout (\d+)", marker)
+    if match is None or int(match.group(1)) != LAYOUT_VERSION:
+        raise NotACacheError(
+            f"{root}: written by another wasmcache layout ({marker.strip()!r}); this version reads layout "
+            f"{LAYOUT_VERSION}. Use another --cache-dir / $WASMCACHE_DIR."
+        )
+
+
+def not_a_root_message(root: Path) -> str:
+    """The one-line verdict on a directory that exists and is not a wasmcache root."""
+    if not root.is_dir():
+        return f"{root}: not a directory, so not a wasmcache cache root; check --cache-dir / $WASMCACHE_DIR"
+    return (f"{root}: not a wasmcache cache root (no {MARKER_NAME} file); check --cache-dir / $WASMCACHE_DIR")
+
+
+def require_root(root: Path, action: str) -> None:
+    """Refuse to `action` (clear, collect, fix, verify ...) anything that is not one of our roots."""
+    marker = _read_marker(root)
+    if not marker.startswith("wasmcache"):
+        raise NotACacheError(f"{not_a_root_message(root)}; refusing to {action} it")
+    _check_layout(root, marker)
+
+
+def _ours_while_initializing(name: str) -> bool:
+    """The markers, and the temp files of a process writing them (`<stem>.<random>.tmp`)."""
+    if name in (MARKER_NAME, CACHEDIR_TAG_NAME):
+        return True
+    return name.endswith(TEMP_SUFFIX) and key_of(name) in (MARKER_NAME, key_of(CACHEDIR_TAG_NAME))
+
+
+def initialize_root(root: Path) -> None:
+    """Create `root` (private) with its markers; an existing non-empty foreign directory is refused."""
+    marker = _read_marker(root)
+    if marker.startswith("wasmcache"):
+        if f"layout {LAYOUT_VERSION}\n" not in marker:
+            _check_layout(root, marker)  # raises, naming the layout found
+        return
+    if os.path.lexists(root) and not root.is_dir():
+        raise NotACacheError(f"{root}: exists and is not a directory; point --cache-dir / $WASMCACHE_DIR "
+                             "at a new or empty directory")
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with os.scandir(root) as it:
+        foreign = [e.name for e in it if not _ours_while_initializing(e.name)]
+    # Another process may be initializing the same new root right now: once its marker exists,
+    # whatever else it has written is ours too (8 processes starting on a new root raced here).
+    if foreign and not _read_marker(root).startswith("wasmcache"):
+        raise NotACacheError(
+            f"{root}: exists, is not empty and is not a wasmcache root (no {MARKER_NAME} file); "
+            "refusing to use it, so that clear or gc can never delete files that are not ours. "
+            "Point --cache-dir / $WASMCACHE_DIR at a new or empty directory."
+        )
+    write_atomically(root / CACHEDIR_TAG_NAME, CACHEDIR_TAG.encode(), mode=0o644)
+    # The marker last: a root is ours only once it is complete.
+    write_atomically(root / MARKER_NAME, MARKER_TEXT.encode(), mode=0o644, durable=True)
+
+
+# --- what it holds ---------------------------------------------------------------------------------
+
+
+class Usage(NamedTuple):
+    """The whole root's entry count and bytes (entries, records, memos, quarantine), and the record's age."""
+
+    entries: int
+    size_bytes: int
+    age: float
+
+
+def read_usage(root: Path) -> Usage | None:
+    """The usage record kept in ROOT/usage ("<entries> <bytes>"), or None if absent or unreadable."""
+    try:
+        st = os.stat(root / USAGE_NAME)
+    except OSError:
+        return None
+    raw = read_small_file(root / USAGE_NAME, 128)
+    parts = raw.split() if raw else []
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    return Usage(int(parts[0]), int(parts[1]), time.time() - st.st_mtime)
+
+
+def write_usage(root: Path, entries: int, size_bytes: int) -> None:
+    write_atomically(root / USAGE_NAME, f"{max(entries, 0)} {max(size_bytes, 0)}\n".encode())

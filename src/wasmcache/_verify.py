@@ -1,0 +1,171 @@
+"""`verify`: every entry checked in full against its record and its namespace's engine; `fix` heals.
+
+The check is `_entry.check_entry`, the one the hit path and `push` use; `fix` sets bad entries
+aside with `_entry.quarantine_if_unchanged` (under the key lock, only if still the file judged).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from ._elf import ENGINE_SECTION, find_section
+from ._engine import fingerprint_of_section
+from ._entry import check_entry, quarantine, quarantine_if_unchanged
+from ._errors import UntrustedEntryError
+from ._fs import READ_FLAGS, read_small_file
+from ._layout import (
+    ENTRY_SUFFIX,
+    KEY_RE,
+    LOCK_SUFFIX,
+    NAMESPACE_ENGINE_FILE,
+    RECORD_SUFFIX,
+    ROOT_DIRS,
+    ROOT_FILES,
+    TEMP_SUFFIX,
+    entry_path,
+    is_namespace_name,
+    key_of,
+    namespace_name,
+    record_path,
+)
+from ._maintenance import namespaces, scan_usage
+from ._record import Identity, write_record
+from ._root import require_root, write_usage
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem `verify` found: which file, what is wrong, what fixes it."""
+
+    path: str
+    problem: str  # "corrupt" | "mismatched" | "orphan" | "foreign"
+    detail: str
+    fix: str
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    intact: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    fixed: int = 0
+    rerecorded: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+_FIX: Final = "run `wasmcache verify --fix` (sets it aside in quarantine/; the next load recompiles)"
+
+
+def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
+    """Check each namespace against its own recorded fingerprint and each entry against its record.
+
+    A root that does not exist has nothing to verify; a directory that is not ours is refused.
+    """
+    report = VerifyReport()
+    if not os.path.lexists(root):
+        return report
+    require_root(root, "fix" if fix else "verify")
+    foreign: list[Path] = []
+
+    def finding(path: Path, problem: str, detail: str, fix_text: str = _FIX) -> None:
+        report.findings.append(Finding(str(path), problem, detail, fix_text))
+
+    with os.scandir(root) as it:
+        for e in it:
+            if e.name in ROOT_FILES or e.name in ROOT_DIRS or e.name.endswith(TEMP_SUFFIX):
+                continue
+            if is_namespace_name(e.name) and e.is_dir(follow_symlinks=False):
+                continue
+            detail = "namespace is not a directory" if is_namespace_name(e.name) else "file wasmcache did not write"
+            finding(Path(e.path), "foreign", detail, "`wasmcache verify --fix` moves it into quarantine/")
+            foreign.append(Path(e.path))
+    for namespace in namespaces(root):
+        section = _namespace_section(namespace)
+        if section is None:
+            # A writer killed between a concurrent gc's removal of the engine file and its own
+            # re-creation of it leaves entries without it: their engine sections still name the
+            # namespace, which is all the file is for. (The next publication restores it.)
+            section = _section_from_entries(namespace)
+        if section is None or namespace_name(fingerprint_of_section(section)) != namespace.name:
+            detail = "namespace has no engine record" if section is None else "engine record does not match its name"
+            finding(namespace, "mismatched", detail, "`wasmcache clear` (or remove this directory)")
+            section = None
+        with os.scandir(namespace) as it:
+            names = sorted(e.name for e in it)
+        for name in names:
+            path = namespace / name
+            if name == NAMESPACE_ENGINE_FILE or name.endswith((TEMP_SUFFIX, LOCK_SUFFIX)):
+                continue
+            key = key_of(name)
+            if not KEY_RE.match(key) or not name.endswith((ENTRY_SUFFIX, RECORD_SUFFIX)):
+                finding(path, "foreign", "file wasmcache did not write", "`wasmcache verify --fix` moves it into "
+                        "quarantine/")
+                foreign.append(path)
+                continue
+            if name.endswith(RECORD_SUFFIX):
+                # A record without an entry is what a writer killed between writing its record and
+                # renaming its entry leaves, like a temp file: harmless, reaped by gc, not a finding.
+                continue
+            report.checked += 1
+            if _verify_entry(root, namespace, key, section, report, fix=fix):
+                report.intact += 1
+    if fix:
+        for path in foreign:
+            quarantine(root, path, "wasmcache verify --fix: not written by wasmcache")
+            report.fixed += not os.path.lexists(path)
+    if os.access(root, os.W_OK):
+        with contextlib.suppress(OSError):
+            write_usage(root, *scan_usage(root))  # the usage record is exact after a verify
+    return report
+
+
+def _verify_entry(root: Path, namespace: Path, key: str, section: bytes | None, report: VerifyReport, *,
+                  fix: bool) -> bool:
+    path = entry_path(namespace, key)
+    seen: Identity | None = None
+    try:
+        checked = check_entry(namespace, key, kind=None, section=section, full=True)
+        if checked is None:
+            raise UntrustedEntryError("orphan", "entry without a valid record")
+    except UntrustedEntryError as bad:
+        report.findings.append(Finding(str(path), bad.problem, bad.detail, _FIX))
+        seen = bad.seen
+        if fix and quarantine_if_unchanged(root, namespace, key, seen, f"wasmcache verify --fix: {bad.detail}"):
+            report.fixed += 1
+        return False
+    checked.close()
+    if checked.record.identity != Identity.of(checked.stat):
+        report.rerecorded += fix
+        if fix:
+            with contextlib.suppress(OSError):
+                write_record(record_path(namespace, key), checked.record._replace(identity=Identity.of(checked.stat)))
+    return True
+
+
+def _section_from_entries(namespace: Path) -> bytes | None:
+    """The engine section of an entry of `namespace` whose fingerprint names it, if any."""
+    for entry in sorted(namespace.glob(f"*{ENTRY_SUFFIX}")):
+        try:
+            fd = os.open(entry, READ_FLAGS)
+        except OSError:
+            continue
+        try:
+            section = find_section(fd, ENGINE_SECTION)
+        except (OSError, ValueError):
+            continue
+        finally:
+            os.close(fd)
+        if namespace_name(fingerprint_of_section(section)) == namespace.name:
+            return section
+    return None
+
+
+def _namespace_section(namespace: Path) -> bytes | None:
+    return read_small_file(namespace / NAMESPACE_ENGINE_FILE, 1 << 20)

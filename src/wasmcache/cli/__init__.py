@@ -1,0 +1,93 @@
+"""The `wasmcache` command: `run` and `compile` like `wasmtime`, cache management like ccache.
+
+Only this package imports click (and each command imports what it needs), so `import wasmcache`
+in a library stays light. Modules: `_group` (the group, shared options, output), `_run`,
+`_compile`, `_manage` (stats, ls, gc, verify, clear, inspect, doctor), `_remote` (keygen, push, pull).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: every error is one line (exit 2), a traceback only with --debug."""
+    args = sys.argv[1:] if argv is None else argv
+    _exec_fast_path(args)
+    debug = "--debug" in args
+    try:
+        _dispatch(args)
+    except BrokenPipeError:
+        # `wasmcache ls | head`: the reader went away; say nothing more, as cat does.
+        with _suppress_os_error():
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        from .._errors import CacheError  # noqa: PLC0415
+
+        if isinstance(exc, CacheError):
+            _error_line(str(exc))
+            sys.exit(2)
+        if isinstance(exc, ValueError) and "null byte" in str(exc):  # click's Path type stats before our checks
+            _error_line("a path argument contains a NUL byte")
+            sys.exit(2)
+        _error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
+        sys.exit(3)
+
+
+def _dispatch(args: list[str]) -> None:
+    import click  # noqa: PLC0415
+
+    from . import _compile, _exec, _manage, _remote, _run  # noqa: F401, PLC0415 - they register their commands
+    from ._group import cli  # noqa: PLC0415
+
+    try:
+        cli.main(args=args, prog_name="wasmcache", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+
+
+def _exec_fast_path(args: list[str]) -> None:
+    """`exec CMD ...` and `--cache-dir DIR exec CMD ...` become CMD without importing click."""
+    cache_dir = None
+    if args[:1] == ["--cache-dir"] and len(args) > 2:
+        cache_dir, args = args[1], args[2:]
+    elif args and args[0].startswith("--cache-dir="):
+        cache_dir, args = args[0].partition("=")[2], args[1:]
+    if args[:1] != ["exec"] or len(args) < 2 or args[1].startswith("-") or cache_dir == "":
+        return  # everything else (exec --help, exec --cache-dir ..., no command) goes through click
+    from .._dropin_exec import exec_command  # noqa: PLC0415
+
+    exec_command(args[1:], cache_dir=cache_dir)
+
+
+def _error_line(message: str) -> None:
+    text = f"wasmcache: error: {message}".replace("\n", " ")
+    stream = sys.stderr
+    if stream is None:
+        return
+    with _suppress_os_error():
+        stream.write(text.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")
+        stream.flush()
+
+
+class _suppress_os_error:  # noqa: N801 - used like contextlib.suppress, without importing contextlib
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> bool:
+        return isinstance(exc, (OSError, ValueError))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from wasmcache.cli import main
+
+main()

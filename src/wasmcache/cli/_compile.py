@@ -1,0 +1,72 @@
+"""`wasmcache compile`: precompile files into the cache, going on past a bad one."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from .._errors import CacheError
+from ._group import cache_dir_option, cli, engine_options, input_kind, open_cache, remote_kwargs, remote_options, say
+from ._group import settings_of as _settings_of
+
+
+@cli.command("compile")
+@engine_options
+@cache_dir_option
+@remote_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def compile_(
+    wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, ...], cache_dir: Path | None,
+    remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...], as_json: bool,
+    files: tuple[Path, ...],
+) -> None:
+    """Precompile FILES into the cache (from the remote tier if it has them); print each key and entry.
+
+    Goes on past a file that cannot be compiled, reports each, and exits 1 if any failed.
+    """
+    cache = open_cache(cache_dir, _settings_of(wasm, codegen, optimize),
+                       remote=remote_kwargs(remote, signing_key, trusted_keys))
+    failed = 0
+    for file in files:
+        try:
+            kind = input_kind(file)
+            before = cache.stats()
+            started = time.perf_counter()
+            if kind == "component":
+                cache.load_component(file)
+            else:
+                cache.load(file)
+            elapsed = time.perf_counter() - started
+            after = cache.stats()
+            key = cache.key_for(file, "component" if kind == "component" else "module")
+        except CacheError as exc:
+            failed += 1
+            if as_json:
+                say(json.dumps({"file": str(file), "error": str(exc)}))
+            else:
+                say(f"wasmcache: error: {exc}", err=True)
+            continue
+        entry = cache.entry_path(key)
+        cached = not cache.disabled and entry.exists()
+        if after.remote_hits > before.remote_hits:
+            state = "from the remote tier"
+        elif after.compiles > before.compiles:
+            state = "compiled"
+        else:
+            state = "already cached"
+        if not cached:
+            state = f"{'compiled' if after.compiles > before.compiles else 'loaded'}, not cached (" + (
+                "WASMCACHE_DISABLE is set" if cache.disabled else f"{cache.root} is not writable") + ")"
+        if as_json:
+            say(json.dumps({"file": str(file), "kind": kind, "key": key, "entry": str(entry) if cached else None,
+                            "compiled": after.compiles > before.compiles, "seconds": round(elapsed, 3),
+                            "cached": cached}))
+        else:
+            say(f"{key}  {entry if cached else '-'}")
+            say(f"{file}: {state} in {elapsed:.2f} s", err=True)
+    if failed:
+        raise SystemExit(1)

@@ -1,0 +1,171 @@
+"""The `wasmcache` group and what its commands share: options, errors, output.
+
+Errors are printed verbatim (never as markup: a file name like `build[debug]/x.wasm` is shown as
+it is), as one line, `wasmcache: error: ...`, exit 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from .._errors import CacheError
+from .._version import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._cache import ModuleCache
+    from .._engine import EngineSettings
+
+
+class CliError(CacheError):
+    """A CLI-level error: printed as one line, exit code 2."""
+
+
+def fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+def shown(text: object) -> str:
+    """`text` as it can be printed whatever the terminal's encoding (non-UTF-8 file names included)."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def say(text: object = "", *, err: bool = False) -> None:
+    click.echo(shown(text), err=err)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def asdict(obj: Any) -> dict[str, Any]:
+    from dataclasses import asdict as dataclass_asdict  # noqa: PLC0415 - 5 ms to import; only --json needs it
+
+    result: dict[str, Any] = dataclass_asdict(obj)
+    return result
+
+
+# --- shared options -----------------------------------------------------------------------------
+
+
+def _cache_dir_or_group(ctx: click.Context, _param: click.Parameter, value: Path | None) -> Path | None:
+    # `wasmcache --cache-dir X stats` and `wasmcache stats --cache-dir X`; given twice, the subcommand's wins.
+    if value is not None:
+        return value
+    root_obj = ctx.find_root().obj or {}
+    found: Path | None = root_obj.get("cache_dir")
+    return found
+
+
+_CACHE_DIR_HELP = "Cache root (default: $WASMCACHE_DIR, else the platform user cache directory)."
+
+
+def cache_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--cache-dir", type=click.Path(path_type=Path), default=None, callback=_cache_dir_or_group,
+                        expose_value=True, help=_CACHE_DIR_HELP)(f)
+
+
+def engine_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("-O", "optimize", multiple=True, metavar="opt-level=0|1|2|s",
+                     help="Optimization options, as in `wasmtime run -O`.")(f)
+    f = click.option("-C", "codegen", multiple=True, metavar="compiler=cranelift|winch",
+                     help="Code generation options, as in `wasmtime run -C`.")(f)
+    return click.option("-W", "wasm", multiple=True, metavar="FEATURE=y|n",
+                        help="Wasm features and fuel/epoch options, as in `wasmtime run -W`.")(f)
+
+
+def remote_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--remote``, ``--signing-key`` and ``--trusted-key`` (default: $WASMCACHE_REMOTE & co.)."""
+    f = click.option("--trusted-key", "trusted_keys", multiple=True, metavar="PUB.pem",
+                     help="Accept artifacts signed by this public key (repeatable; default: "
+                          "$WASMCACHE_TRUSTED_KEYS).")(f)
+    f = click.option("--signing-key", metavar="KEY.pem", default=None,
+                     help="Sign and upload what this host compiles (default: $WASMCACHE_SIGNING_KEY).")(f)
+    return click.option("--remote", metavar="s3://BUCKET[/PREFIX]", default=None,
+                        help="Shared remote tier (default: $WASMCACHE_REMOTE).")(f)
+
+
+def remote_kwargs(remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...]) -> dict[str, Any]:
+    """ModuleCache keyword arguments for the options of `remote_options` (None = the environment's)."""
+    return {"remote": remote, "signing_key": signing_key, "trusted_keys": list(trusted_keys) or None}
+
+
+def settings_of(wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, ...]) -> EngineSettings | None:
+    from .._engine import EngineSettings  # noqa: PLC0415
+
+    settings = EngineSettings.from_options(wasm, codegen, optimize)
+    return None if settings == EngineSettings() else settings
+
+
+def open_cache(cache_dir: Path | None, settings: EngineSettings | None = None, *, memory: bool = False,
+               remote: dict[str, Any] | None = None) -> ModuleCache:
+    from .._cache import ModuleCache  # noqa: PLC0415
+
+    return ModuleCache(cache_dir, engine=settings, mode="memory" if memory else "mmap", **(remote or {}))
+
+
+def root_of(cache_dir: Path | None) -> Path:
+    """The absolute root the commands work on (the library's one resolution rule)."""
+    from .._root import resolve_root  # noqa: PLC0415
+
+    return resolve_root(cache_dir)
+
+
+def input_kind(path: Path) -> str:
+    """module | component, from the file's first bytes; a one-line error for what is not a wasm input."""
+    import os  # noqa: PLC0415
+    import stat  # noqa: PLC0415
+
+    name = shown(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        fail(f"{name}: cannot read: {exc.strerror or exc}")
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            fail(f"{name}: a directory, expected a .wasm file")
+        if not stat.S_ISREG(st.st_mode):
+            fail(f"{name}: not a regular file, expected a .wasm file")
+        head = os.read(fd, 8)
+    except OSError as exc:
+        fail(f"{name}: cannot read: {exc.strerror or exc}")
+    finally:
+        os.close(fd)
+    if not head:
+        fail(f"{name}: empty file, expected a .wasm module or component")
+    if head[:4] == b"\0asm":
+        return "component" if head[4:8] != b"\x01\0\0\0" else "module"
+    if head[:4] == b"\x7fELF":
+        fail(f"{name}: a precompiled .cwasm, not wasm; `wasmcache inspect` describes it")
+    return "module"  # WAT text, as wasmtime accepts it
+
+
+# --- the group ----------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wasmcache")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the cache does (hits, compiles, repairs).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help=_CACHE_DIR_HELP)
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: bool, cache_dir: Path | None) -> None:
+    """A crash-safe cache of precompiled WebAssembly modules for Wasmtime."""
+    ctx.obj = {"debug": debug, "cache_dir": cache_dir}
+    configure_logging(debug=debug, verbose=verbose)
+
+
+def configure_logging(*, debug: bool, verbose: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
