@@ -81,25 +81,56 @@ def test_control_without_the_drop_in_the_same_program_crashes(tmp_path: Path) ->
         f"expected the naive program to crash or miscompute, got exit {code} after {rounds} rewrites:\n{output}")
 
 
-@pytest.mark.parametrize("kind", ["module", "component"])
-def test_deserialize_file_of_an_own_file_is_never_mapped(tmp_path: Path, kind: str) -> None:
-    # The process's maps must not name the program's file: only private copies or our entries.
-    code = """
-    import json, sys, wasmtime, wasmcache
-    from wasmtime.component import Component
-    from wasmgen import answer_module, component
-    cls = wasmtime.Module if sys.argv[3] == "module" else Component
-    engine = wasmtime.Engine()
-    own = sys.argv[2]
+SNAPSHOT = """
+import json, os, sys, wasmtime, wasmcache
+from wasmtime.component import Component
+from wasmgen import answer_module, component
+cls = wasmtime.Module if sys.argv[3] == "module" else Component
+engine = wasmtime.Engine()
+own = sys.argv[2]
+if not os.path.exists(own):
     open(own, "wb").write(cls(engine, answer_module(3) if sys.argv[3] == "module" else component()).serialize())
-    wasmcache.install(sys.argv[1])
-    first = cls.deserialize_file(engine, own)
-    second = cls.deserialize_file(engine, own)
-    maps = open("/proc/self/maps").read()
-    print(json.dumps({"own_mapped": own in maps, "type": type(first).__name__, "same": type(second) is cls}))
-    """
+handle = wasmcache.install(sys.argv[1])
+first = cls.deserialize_file(engine, own)
+second = cls.deserialize_file(engine, own)
+maps = open("/proc/self/maps").read()
+s = handle.stats()
+print(json.dumps({"own_mapped": own in maps, "root_mapped": sys.argv[1] in maps, "hits": s.hits,
+                  "misses": s.misses, "types": [type(first).__name__, type(second).__name__]}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["module", "component"])
+def test_deserialize_file_maps_a_snapshot_never_the_programs_file(tmp_path: Path, kind: str) -> None:
     from conftest import run_json
 
-    own = tmp_path / f"own {kind}.bin"
-    result = run_json(code, str(tmp_path / "root"), str(own), kind)
-    assert result == {"own_mapped": False, "type": "Module" if kind == "module" else "Component", "same": True}
+    root, own = tmp_path / "root", tmp_path / f"own {kind}.bin"
+    first = run_json(SNAPSHOT, str(root), str(own), kind)
+    second = run_json(SNAPSHOT, str(root), str(own), kind)
+    name = "Module" if kind == "module" else "Component"
+    assert first == {"own_mapped": False, "root_mapped": True, "hits": 1, "misses": 1, "types": [name, name]}
+    assert second == {**first, "hits": 2, "misses": 0}  # remembered by the file's identity
+    same = own.read_bytes()
+    own.write_bytes(same)  # rewritten in place, same bytes: same content, so the same snapshot
+    assert run_json(SNAPSHOT, str(root), str(own), kind)["misses"] == 0
+    if kind == "module":  # other bytes: a new snapshot, and still never the file itself
+        own.write_bytes(wasmtime.Module(wasmtime.Engine(), answer_module(4)).serialize())
+        third = run_json(SNAPSHOT, str(root), str(own), kind)
+        assert (third["own_mapped"], third["root_mapped"], third["misses"]) == (False, True, 1)
+
+
+def test_deserialize_file_of_a_foreign_artifact_raises_wasmtime_error(tmp_path: Path) -> None:
+    from conftest import run_python
+
+    own = tmp_path / "winch.cwasm"
+    own.write_bytes(wasmtime.Module(winch_engine(), answer_module(3)).serialize())
+    code = """
+    import sys, wasmtime, wasmcache
+    wasmcache.install(sys.argv[1])
+    try:
+        wasmtime.Module.deserialize_file(wasmtime.Engine(), sys.argv[2])
+    except wasmtime.WasmtimeError as exc:
+        print("refused:", type(exc).__name__)
+    """
+    assert run_python(code, str(tmp_path / "root"), str(own)).stdout.strip() == "refused: WasmtimeError"
+    assert not list((tmp_path / "root").glob("ns-*/*.cwasm"))
