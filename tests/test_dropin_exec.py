@@ -181,3 +181,17 @@ def test_status_says_whether_this_python_would_activate() -> None:
     assert "WASMCACHE_AUTO is not set" in off["reason"]
     disabled = dropin_status({"WASMCACHE_AUTO": "1", "WASMCACHE_DISABLE": "1", "PYTHONPATH": HOOK_DIR})
     assert disabled["would_activate"] is False
+
+
+def test_exec_runs_a_console_script_and_takes_cache_dir_before_or_after_exec(root: Path, tmp_path: Path) -> None:
+    # A console script is a file with a shebang naming its venv's python: exec finds it on PATH.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "some-tool"
+    tool.write_text(f"#!{sys.executable}\n{PROGRAM}")
+    tool.chmod(0o755)
+    env = env_with(PATH=os.pathsep.join([str(bindir), os.environ.get("PATH", "")]))
+    before = last_json(run_cli("--cache-dir", str(root), "exec", "some-tool", "7", env=env))
+    after = last_json(run_cli("exec", "--cache-dir", str(root), "some-tool", "7", env=env))
+    assert (before["answer"], before["root"], before["stats"]) == (7, str(root), [0, 1, 1])
+    assert (after["root"], after["stats"]) == (str(root), [1, 0, 0])
