@@ -12,14 +12,17 @@ one entry in `sys.meta_path`, not an import of wasmcache.
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
-import threading
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # no `typing` at start-up: it costs a process that never imports wasmtime ~5 ms
+    from typing import Any
 
 _TRUE = ("1", "true", "yes", "on")
 _callbacks: dict[str, list[Any]] = {}
-_lock = threading.RLock()
+_lock = _thread.RLock()  # threading costs ~3 ms to import; its RLock is this one
 
 
 def auto_enabled(environ: Any = os.environ) -> bool:

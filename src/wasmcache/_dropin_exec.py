@@ -5,7 +5,8 @@ an environment that activates the drop-in in every Python process under it, chil
 PYTHONPATH starts with a directory holding a `sitecustomize` (which chains the one it shadows)
 and $WASMCACHE_AUTO=1 arms the hook that installs the drop-in when wasmtime is first imported.
 
-This module imports neither click nor wasmtime: the command is one exec away from the program.
+This module imports only the standard library at its top (no pathlib, click or wasmtime), so a
+launcher can load it by path and exec without importing the package.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ import os
 import signal
 import site
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Any, NoReturn
 
-HOOK_DIR: Final = str(Path(__file__).resolve().with_name("_hook"))
-PTH_NAME: Final = "wasmcache-auto.pth"
-_TRUE: Final = ("1", "true", "yes", "on")
-_USAGE: Final = "usage: wasmcache exec [--cache-dir DIR] CMD [ARGS]..."
+HOOK_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "_hook")
+PTH_NAME = "wasmcache-auto.pth"
+_TRUE = ("1", "true", "yes", "on")
+_USAGE = "usage: wasmcache exec [--cache-dir DIR] CMD [ARGS]..."
 
 
 def exec_environment(environ: Mapping[str, str], *, cache_dir: str | None) -> dict[str, str]:
