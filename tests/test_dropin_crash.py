@@ -134,3 +134,21 @@ def test_deserialize_file_of_a_foreign_artifact_raises_wasmtime_error(tmp_path: 
     """
     assert run_python(code, str(tmp_path / "root"), str(own)).stdout.strip() == "refused: WasmtimeError"
     assert not list((tmp_path / "root").glob("ns-*/*.cwasm"))
+
+
+def test_classify_tells_entries_snapshots_and_a_programs_own_file_apart(tmp_path: Path) -> None:
+    import wasmcache
+    from wasmcache._dropin_exec import classify_cwasm
+
+    root = tmp_path / "root"
+    engine = wasmtime.Engine()
+    own = tmp_path / "0123abcd"  # named like YoWASP's cache files: no suffix
+    own.write_bytes(wasmtime.Module(engine, answer_module(5)).serialize())
+    cache = wasmcache.ModuleCache(root, engine=engine)
+    cache.load(answer_module(6))
+    cache.load_precompiled(str(own))
+    kinds = sorted(classify_cwasm(str(p)) for p in root.glob("ns-*/*.cwasm"))
+    assert kinds == ["entry", "snapshot"]
+    assert classify_cwasm(str(own)) == "foreign"
+    assert classify_cwasm("/etc/passwd") == "other"
+    assert classify_cwasm(str(tmp_path / "missing")) == "other"

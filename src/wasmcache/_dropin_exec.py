@@ -150,5 +150,38 @@ def dropin_status(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     }
 
 
+def classify_cwasm(path: str) -> str:
+    """What a (mapped) file is, for `doctor` and `doctor --pid`:
+
+    ``"entry"`` (compiled or downloaded by wasmcache), ``"snapshot"`` (a program's own .cwasm taken
+    in by the drop-in), ``"foreign"`` (a Wasmtime artifact outside any wasmcache root, such as a
+    program's own cache file: whoever rewrites it in place crashes every process mapping it),
+    ``"other"`` (not a Wasmtime artifact, or unreadable). Judged by content, not by name: YoWASP's
+    cache files have no suffix.
+    """
+    from pathlib import Path  # noqa: PLC0415
+
+    from ._elf import ENGINE_SECTION, find_section  # noqa: PLC0415
+    from ._layout import ENTRY_SUFFIX, is_namespace_name, key_of, record_path  # noqa: PLC0415
+    from ._record import read_record  # noqa: PLC0415
+
+    real = Path(os.path.realpath(path))
+    if real.name.endswith(ENTRY_SUFFIX) and is_namespace_name(real.parent.name):
+        found = read_record(record_path(real.parent, key_of(real.name)))
+        if found is not None:
+            return "snapshot" if found[0].origin == "snapshot" else "entry"
+    try:
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return "other"
+    try:
+        find_section(fd, ENGINE_SECTION)
+    except (OSError, ValueError):
+        return "other"
+    finally:
+        os.close(fd)
+    return "foreign"
+
+
 if __name__ == "__main__":  # `python -m wasmcache._dropin_exec CMD ...`: exec without the CLI's imports
     exec_main(sys.argv[1:])
