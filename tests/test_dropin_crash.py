@@ -152,3 +152,25 @@ def test_classify_tells_entries_snapshots_and_a_programs_own_file_apart(tmp_path
     assert classify_cwasm(str(own)) == "foreign"
     assert classify_cwasm("/etc/passwd") == "other"
     assert classify_cwasm(str(tmp_path / "missing")) == "other"
+
+
+@pytest.mark.parametrize("mode", ["dropin", "bare"])
+def test_a_live_process_mapping_its_own_cache_file_is_recognisable(tmp_path: Path, mode: str) -> None:
+    # What `doctor --pid` needs: the wrapped program maps only our snapshot; the bare one maps its
+    # own rewritable file (named without .cwasm, as YoWASP names them).
+    from wasmcache._dropin_exec import classify_cwasm
+
+    own = tmp_path / "own"
+    naive_load(own, wasmtime.Engine(), answer_module(77, functions=400))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", VICTIM, mode, str(own), str(tmp_path / "root")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        with open(f"/proc/{proc.pid}/maps") as f:
+            paths = {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+        kinds = {classify_cwasm(p) for p in paths if p.startswith(str(tmp_path))}
+    finally:
+        proc.communicate(timeout=60)
+    assert kinds == ({"snapshot"} if mode == "dropin" else {"foreign"})
