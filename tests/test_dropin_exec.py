@@ -195,3 +195,13 @@ def test_exec_runs_a_console_script_and_takes_cache_dir_before_or_after_exec(roo
     after = last_json(run_cli("exec", "--cache-dir", str(root), "some-tool", "7", env=env))
     assert (before["answer"], before["root"], before["stats"]) == (7, str(root), [0, 1, 1])
     assert (after["root"], after["stats"]) == (str(root), [1, 0, 0])
+
+
+def test_exec_with_stdout_or_stderr_closed() -> None:
+    cli = f'"{sys.executable}" -m wasmcache.cli exec'
+    closed_out = subprocess.run(["sh", "-c", f'{cli} sh -c "exit 3" >&-'], env=env_with(), capture_output=True,
+                                text=True, check=False)
+    assert closed_out.returncode == 3, closed_out.stderr
+    closed_err = subprocess.run(["sh", "-c", f"{cli} no-such-command-wasmcache 2>&-"], env=env_with(),
+                                capture_output=True, text=True, check=False)
+    assert closed_err.returncode == 127
