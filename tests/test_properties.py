@@ -19,7 +19,7 @@ import pytest
 import wasmtime
 
 import wasmcache
-from conftest import run_json
+from conftest import run_json, run_python
 from naive import naive_load, winch_engine
 from wasmgen import answer_module
 
@@ -224,7 +224,9 @@ def test_a_fresh_process_hit_reads_no_entry_byte_and_writes_nothing(root: Path, 
     # self._verify_content(...)`) -> the entry is read.
     wasm = tmp_path / "m.wasm"
     wasm.write_bytes(answer_module(8, functions=300))
-    wasmcache.ModuleCache(root).load(wasm)
+    # The miss in a fresh process too: this one may know the engine's fingerprint already and
+    # then not leave its memo in the new root, which the hit would have to write.
+    run_python("import sys, wasmcache; wasmcache.ModuleCache(sys.argv[1]).load(sys.argv[2])", str(root), str(wasm))
     result = run_json(HIT_TRACED, str(root), str(wasm))
     assert (result["answer"], result["hits"]) == (8, 1)
     events = result["events"]
@@ -485,3 +487,51 @@ def test_a_key_lock_file_replaced_before_our_flock_is_not_taken_for_the_lock(roo
     assert result["published_while_rival_held_the_lock"] == 0
     assert len(result["warnings"]) == 1
     assert "compiling here too" in result["warnings"][0]
+
+
+# --- a repair moves aside only the file that was judged bad ---------------------------------------------
+
+# The entry has been damaged (replaced by garbage of the same size). The loader judges it bad and
+# takes the key lock to quarantine it; just before its flock, another process repairs the key by
+# renaming the good file back. What the loader quarantines must be the file it judged, not that.
+REPAIRED_WHILE_WE_WAITED = """
+import fcntl, json, os, sys
+import wasmcache
+from wasmgen import answer_module, call_answer
+
+root, good = sys.argv[1:3]
+real_flock = fcntl.flock
+repaired = []
+
+def flock(fd, operation):
+    path = os.readlink(f"/proc/self/fd/{fd}")
+    if not repaired and path.endswith(".lock") and os.path.basename(os.path.dirname(path)).startswith("ns-"):
+        os.rename(good, path[: -len(".lock")] + ".cwasm")
+        repaired.append(path)
+    return real_flock(fd, operation)
+
+fcntl.flock = flock
+cache = wasmcache.ModuleCache(root)
+module = cache.load(answer_module(91))
+print(json.dumps({"answer": call_answer(cache.engine, module), "repaired": len(repaired),
+                  "compiles": cache.stats().compiles}))
+"""
+
+
+def test_a_repair_never_quarantines_a_good_entry_published_while_it_waited(root: Path) -> None:
+    # Mutation seen failing: quarantine whatever the path names once the lock is held (drop the
+    # `current == seen` condition of the repair) -> the good entry is moved aside; compiles 1.
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(91))
+    entry = cache.entry_path(cache.key_for(answer_module(91)))
+    good = entry.with_name("good-copy")
+    shutil.copyfile(entry, good)
+    garbage = entry.with_name("garbage")
+    garbage.write_bytes(os.urandom(entry.stat().st_size))
+    os.replace(garbage, entry)
+    result = run_json(REPAIRED_WHILE_WE_WAITED, str(root), str(good))
+    assert (result["answer"], result["repaired"]) == (91, 1)
+    assert result["compiles"] == 0, "the good entry, verified by content, is served"
+    quarantined = sorted(p.name for p in (root / "quarantine").glob("*") if not p.name.endswith(".why"))
+    assert quarantined == [], "nothing may be quarantined: the file judged bad was gone when the lock came"
+    assert wasmcache.ModuleCache(root).verify().ok

@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 from ._cache import CacheStats, ModuleCache
-from ._engine import EngineSettings, engine_fingerprint
+from ._engine import EngineSettings
 from ._errors import CacheError, CompileError, ConfigError, NotACacheError, SourceError, UnsafeCacheError
+from ._fingerprint import engine_fingerprint
 from ._root import parse_size
 from ._version import __version__
 

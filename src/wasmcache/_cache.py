@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from . import _native
 from ._elf import ENGINE_SECTION, find_section
-from ._engine import EngineIdentity, EngineMemo, EngineSettings, _wasmtime_version, default_engine, engine_identity
+from ._engine import EngineSettings
 from ._entry import CheckedEntry, check_entry, quarantine, quarantine_if_unchanged
 from ._errors import CompileError, ConfigError, SourceError, UnsafeCacheError, UntrustedEntryError, wasmtime_reason
+from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_identity, wasmtime_version
 from ._fs import read_fd, write_atomically
 from ._key import SourceDigests, cache_key, read_input, wasm_digest
 from ._layout import (
@@ -504,7 +505,7 @@ class ModuleCache:
                 key=key, kind=kind, wasm_digest=digest,
                 content_digest=blake3.blake3(blob, max_threads=blake3.blake3.AUTO).hexdigest(),
                 size=len(blob), identity=None, source=os.path.basename(name)[:200],
-                wasmtime_version=_wasmtime_version(), created=time.time(), origin=origin,
+                wasmtime_version=wasmtime_version(), created=time.time(), origin=origin,
             )
             self._ensure_namespace()
             # Any leftover at the key (an orphan, or a bad file a reader could not repair) goes first.

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Final
 
 from ._elf import ENGINE_SECTION, find_section
-from ._engine import fingerprint_of_section
 from ._entry import check_entry, quarantine, quarantine_if_unchanged
 from ._errors import UntrustedEntryError
+from ._fingerprint import fingerprint_of_section
 from ._fs import READ_FLAGS, read_small_file
 from ._layout import (
     ENTRY_SUFFIX,

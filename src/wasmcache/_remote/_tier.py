@@ -335,7 +335,7 @@ class RemoteTier:
         """The signed object body for `data` (what `upload` puts)."""
         import zstandard  # noqa: PLC0415
 
-        from .._engine import _wasmtime_version  # noqa: PLC0415
+        from .._fingerprint import wasmtime_version  # noqa: PLC0415
 
         if self._signing_key is None or self._signing_key_id is None:
             raise ConfigError(f"remote {self.url}: signing needs a signing key")
@@ -349,7 +349,7 @@ class RemoteTier:
             "compression": "zstd",
             "compressed_size": len(payload),
             "payload_digest": blake3.blake3(payload, max_threads=blake3.blake3.AUTO).hexdigest(),
-            "wasmtime_version": _wasmtime_version()[:64],
+            "wasmtime_version": wasmtime_version()[:64],
             "created": int(time.time()),
             "key_id": self._signing_key_id,
         }

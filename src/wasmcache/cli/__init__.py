@@ -16,6 +16,11 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     _exec_fast_path(args)
     debug = "--debug" in args
+    run = _run_arguments(args)
+    if run is not None:  # the start-up of a hit is what `run` is measured by: no click for it
+        from .._run import main as run_main  # noqa: PLC0415
+
+        sys.exit(run_main(run[0], cache_dir=run[1], debug=debug, verbose=run[2]))
     try:
         _dispatch(args)
     except BrokenPipeError:
@@ -38,6 +43,28 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         _error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
         sys.exit(3)
+
+
+def _run_arguments(args: list[str]) -> tuple[list[str], str | None, bool] | None:
+    """(words after `run`, a --cache-dir given before it, -v) when the command is `run`, else None."""
+    cache_dir = None
+    verbose = False
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word == "run":
+            return args[i + 1:], cache_dir, verbose
+        if word in ("-v", "--verbose"):
+            verbose = True
+        elif word == "--cache-dir" and i + 1 < len(args):
+            cache_dir = args[i + 1]
+            i += 1
+        elif word.startswith("--cache-dir="):
+            cache_dir = word.split("=", 1)[1]
+        elif word != "--debug":
+            return None  # another command, or an option click must judge
+        i += 1
+    return None
 
 
 def _dispatch(args: list[str]) -> None:

@@ -162,7 +162,7 @@ def input_kind(path: Path) -> str:
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, verbose: bool, cache_dir: Path | None) -> None:
     """A crash-safe cache of precompiled WebAssembly modules for Wasmtime."""
-    ctx.obj = {"debug": debug, "cache_dir": cache_dir}
+    ctx.obj = {"debug": debug, "verbose": verbose, "cache_dir": cache_dir}
     configure_logging(debug=debug, verbose=verbose)
 
 

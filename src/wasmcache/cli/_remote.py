@@ -75,9 +75,9 @@ def push_entry(remote: RemoteTier, namespace: Path, key: str) -> tuple[PutResult
     Signing is an attestation, so nothing is signed that the local cache would not load itself:
     the same check as `verify` (`_entry.check_entry`), on the very bytes that are uploaded.
     """
-    from .._engine import fingerprint_of_section  # noqa: PLC0415
     from .._entry import check_entry  # noqa: PLC0415
     from .._errors import UntrustedEntryError  # noqa: PLC0415
+    from .._fingerprint import fingerprint_of_section  # noqa: PLC0415
     from .._fs import read_small_file  # noqa: PLC0415
     from .._layout import NAMESPACE_ENGINE_FILE, namespace_name  # noqa: PLC0415
 
