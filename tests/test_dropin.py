@@ -340,3 +340,28 @@ def test_a_program_that_never_changes_its_own_except_clause_keeps_working(root: 
     print(call_answer(engine, naive_load(Path(sys.argv[2]), engine, answer_module(6))))  # refused, recompiled
     """, str(root), str(root.parent / "own-cache"))
     assert proc.stdout.strip() == "6"
+
+
+def test_another_tools_patch_is_kept_and_restored(root: Path) -> None:
+    # Instrumentation installed before the drop-in (a profiler counting compiles) keeps seeing the
+    # compiles the drop-in does not serve, and is what uninstall puts back.
+    real = wasmtime.Module.__dict__["__init__"]
+    seen: list[int] = []
+
+    def counting(self: Any, engine: Any, wasm: Any) -> None:
+        seen.append(1)
+        real(self, engine, wasm)
+
+    wasmtime.Module.__init__ = counting  # type: ignore[method-assign]
+    try:
+        wasmcache.install(root)
+        engine = wasmtime.Engine()
+        with pytest.raises(wasmtime.WasmtimeError):
+            wasmtime.Module(engine, b"\0asm\x01\0\0\0\x01")  # refused by the cache's compile
+        wasmcache.uninstall()
+        assert wasmtime.Module.__dict__["__init__"] is counting
+        wasmtime.Module(engine, answer_module(1))
+        assert seen == [1]
+    finally:
+        wasmcache.uninstall()
+        wasmtime.Module.__init__ = real  # type: ignore[method-assign]

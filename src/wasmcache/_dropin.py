@@ -293,14 +293,16 @@ def _apply(kind: Kind) -> None:
     """Replace the constructors of `kind`'s class (under _state_lock); again for a kind: nothing."""
     if kind in _patches:
         return
-    # The core's own calls go through these same originals: captured before we patch anything.
-    native = _native.originals(kind)
-    cls = native["class"]
-    originals = {name: native[name] for name in _PATCHED}
-    if not all(isinstance(native[name], classmethod) for name in ("from_file", "deserialize_file", "deserialize")):
+    # The core's own calls go through _native's originals: captured before we patch anything.
+    cls = _native.originals(kind)["class"]
+    # What is in place now (wasmtime's, or another tool's instrumentation of it) is what a call
+    # we do not serve goes to, and what uninstall puts back.
+    current = {name: cls.__dict__.get(name) for name in (*_PATCHED, "deserialize")}
+    if not all(isinstance(current[name], classmethod) for name in ("from_file", "deserialize_file", "deserialize")):
         log.warning("wasmcache: wasmtime.%s has an unexpected shape; the drop-in leaves it alone", cls.__name__)
         return
-    ours = _make_patches(kind, native)
+    originals = {name: current[name] for name in _PATCHED}
+    ours = _make_patches(kind, current)
     for name, function in ours.items():
         setattr(cls, name, function)
     _patches[kind] = (cls, originals, ours)
