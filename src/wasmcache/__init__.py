@@ -18,10 +18,14 @@ from ._version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import os
+
+    from ._dropin import DropIn, Mode
     from ._maintenance import EntryInfo, GcReport
     from ._verify import Finding, VerifyReport
 
-_LAZY = {"EntryInfo": "_maintenance", "GcReport": "_maintenance", "Finding": "_verify", "VerifyReport": "_verify"}
+_LAZY = {"EntryInfo": "_maintenance", "GcReport": "_maintenance", "Finding": "_verify", "VerifyReport": "_verify",
+         "DropIn": "_dropin"}
 
 
 def __getattr__(name: str) -> object:
@@ -33,11 +37,34 @@ def __getattr__(name: str) -> object:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'wasmcache' has no attribute {name!r}")
 
+
+def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", max_size: int | str | None = None,
+            strict: bool = True) -> DropIn:
+    """Serve wasmtime's own `Module`/`Component` constructors from the cache, for code you did not change.
+
+    While installed, `wasmtime.Module(engine, wasm)`, `Module.from_file`, `Component(...)` and
+    `Component.from_file` hit the cache of that engine, and `deserialize_file` of a program's own
+    cache file maps a verified snapshot instead of the file. Returns a handle with `stats()` and
+    `uninstall()`; the same arguments again return the same handle, others raise `ConfigError`.
+    """
+    from ._dropin import install as _install  # noqa: PLC0415 - wasmtime is imported only now
+
+    return _install(root, mode=mode, max_size=max_size, strict=strict)
+
+
+def uninstall() -> DropIn | None:
+    """Put wasmtime's original functions back; returns the handle of the drop-in that was active."""
+    from ._dropin import uninstall as _uninstall  # noqa: PLC0415
+
+    return _uninstall()
+
+
 __all__ = [
     "CacheError",
     "CacheStats",
     "CompileError",
     "ConfigError",
+    "DropIn",
     "EngineSettings",
     "EntryInfo",
     "Finding",
@@ -49,5 +76,7 @@ __all__ = [
     "VerifyReport",
     "__version__",
     "engine_fingerprint",
+    "install",
     "parse_size",
+    "uninstall",
 ]

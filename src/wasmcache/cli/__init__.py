@@ -14,6 +14,7 @@ import sys
 def main(argv: list[str] | None = None) -> None:
     """The console script: every error is one line (exit 2), a traceback only with --debug."""
     args = sys.argv[1:] if argv is None else argv
+    _exec_fast_path(args)
     debug = "--debug" in args
     run = _run_arguments(args)
     if run is not None:  # the start-up of a hit is what `run` is measured by: no click for it
@@ -69,7 +70,7 @@ def _run_arguments(args: list[str]) -> tuple[list[str], str | None, bool] | None
 def _dispatch(args: list[str]) -> None:
     import click  # noqa: PLC0415
 
-    from . import _compile, _manage, _remote, _run  # noqa: F401, PLC0415 - they register their commands
+    from . import _compile, _exec, _manage, _remote, _run  # noqa: F401, PLC0415 - they register their commands
     from ._group import cli  # noqa: PLC0415
 
     try:
@@ -81,6 +82,20 @@ def _dispatch(args: list[str]) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)
+
+
+def _exec_fast_path(args: list[str]) -> None:
+    """`exec CMD ...` and `--cache-dir DIR exec CMD ...` become CMD without importing click."""
+    cache_dir = None
+    if args[:1] == ["--cache-dir"] and len(args) > 2:
+        cache_dir, args = args[1], args[2:]
+    elif args and args[0].startswith("--cache-dir="):
+        cache_dir, args = args[0].partition("=")[2], args[1:]
+    if args[:1] != ["exec"] or len(args) < 2 or args[1].startswith("-") or cache_dir == "":
+        return  # everything else (exec --help, exec --cache-dir ..., no command) goes through click
+    from .._dropin_exec import exec_command  # noqa: PLC0415
+
+    exec_command(args[1:], cache_dir=cache_dir)
 
 
 def _error_line(message: str) -> None:

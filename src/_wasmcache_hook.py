@@ -1,0 +1,174 @@
+"""wasmcache's startup hook: activate the drop-in when a process first imports wasmtime.
+
+A top-level module beside the `wasmcache` package (in site-packages, or in src/ for a checkout),
+imported at interpreter start by `wasmcache-auto.pth` (only when $WASMCACHE_AUTO is set) and by
+the `sitecustomize` that `wasmcache exec` puts on PYTHONPATH. So it uses the standard library
+only and does nothing until `wasmtime` is imported: a process that never imports wasmtime pays
+one entry in `sys.meta_path`, not an import of wasmcache.
+
+`when_imported(name, callback)` is the post-import hook the drop-in also uses for
+`wasmtime.component` (whose import costs ~10 ms, so it is patched only if the program imports it).
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # no `typing` at start-up: it costs a process that never imports wasmtime ~5 ms
+    from typing import Any
+
+_TRUE = ("1", "true", "yes", "on")
+_callbacks: dict[str, list[Any]] = {}
+_lock = _thread.RLock()  # threading costs ~3 ms to import; its RLock is this one
+
+
+def auto_enabled(environ: Any = os.environ) -> bool:
+    """$WASMCACHE_AUTO asks for the drop-in (and $WASMCACHE_DISABLE does not forbid it)."""
+    if environ.get("WASMCACHE_DISABLE", "").strip().lower() in _TRUE:
+        return False
+    return bool(environ.get("WASMCACHE_AUTO", "").strip().lower() in _TRUE)
+
+
+class _PostImportFinder:
+    """A meta-path finder that finds nothing itself: it lets the other finders find a watched
+    module and runs the callbacks right after that module's code has run."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in _callbacks:
+            return None
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        real_exec = getattr(loader, "exec_module", None)
+        if real_exec is None:
+            return spec
+
+        def exec_module(module: Any) -> None:
+            try:
+                real_exec(module)
+            finally:
+                # The loader object is back to its own method whatever happens.
+                try:
+                    del loader.exec_module
+                except AttributeError:
+                    pass
+            _run_callbacks(fullname, module)
+
+        try:
+            # An instance attribute on the loader of this one spec: the spec, its loader's type
+            # and everything that inspects them (importlib.resources ...) stay as they were.
+            loader.exec_module = exec_module
+        except (AttributeError, TypeError):
+            return spec
+        return spec
+
+
+_finder = _PostImportFinder()
+
+
+def _run_callbacks(name: str, module: Any) -> None:
+    with _lock:
+        pending = _callbacks.pop(name, [])
+        if not _callbacks and _finder in sys.meta_path:
+            sys.meta_path.remove(_finder)
+    for callback in pending:
+        try:
+            callback(module)
+        except Exception as exc:  # a hook must never break the program's import
+            _warn(f"wasmcache: startup hook for {name} failed: {type(exc).__name__}: {exc}")
+
+
+def _initialized(module: Any) -> bool:
+    spec = getattr(module, "__spec__", None)
+    return not getattr(spec, "_initializing", False)
+
+
+def when_imported(name: str, callback: Any) -> None:
+    """Run `callback(module)` once `name` is imported: now if it already is, else right after."""
+    with _lock:
+        module = sys.modules.get(name)
+        if module is None or not _initialized(module):
+            _callbacks.setdefault(name, []).append(callback)
+            if _finder not in sys.meta_path:
+                sys.meta_path.insert(0, _finder)
+            return
+    callback(module)
+
+
+def _warn(message: str) -> None:
+    import logging  # noqa: PLC0415 - only on this rare path
+
+    logging.getLogger("wasmcache").warning("%s", message)
+
+
+def _import_dropin() -> Any:
+    """wasmcache._dropin: from this Python's own wasmcache, else from the copy this file belongs to.
+
+    `wasmcache exec` may start a Python (another venv) where wasmcache is not installed: then only
+    the `wasmcache` package beside this file is taken; its dependencies (blake3, platformdirs)
+    must be importable in that Python.
+    """
+    already = "wasmcache" in sys.modules
+    try:
+        import wasmcache._dropin as dropin  # noqa: PLC0415
+    except ImportError:
+        if already:  # the program uses a wasmcache without the drop-in: never mix two copies
+            raise
+        _forget_wasmcache()  # what the failed attempt imported (an older wasmcache, say)
+    else:
+        return dropin
+    here = os.path.dirname(os.path.abspath(__file__))
+    if not os.path.isfile(os.path.join(here, "wasmcache", "_dropin.py")):
+        raise ImportError("wasmcache is not installed in this Python")
+    import importlib.machinery  # noqa: PLC0415
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.machinery.PathFinder.find_spec("wasmcache", [here])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no wasmcache package beside {here}")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["wasmcache"] = package
+    try:
+        spec.loader.exec_module(package)
+        import wasmcache._dropin as dropin  # noqa: PLC0415
+    except BaseException:
+        _forget_wasmcache()
+        raise
+    return dropin
+
+
+def _forget_wasmcache() -> None:
+    for loaded in [m for m in sys.modules if m == "wasmcache" or m.startswith("wasmcache.")]:
+        del sys.modules[loaded]
+
+
+def _activate(_wasmtime: Any) -> None:
+    try:
+        dropin = _import_dropin()
+    except ImportError as exc:
+        _warn(f"wasmcache: drop-in not active in {sys.executable}: {exc}")
+        return
+    dropin.auto_install()
+
+
+_armed = False
+
+
+def arm() -> None:
+    """Activate the drop-in when wasmtime is first imported (at once if it already is)."""
+    global _armed  # noqa: PLW0603 - once per process, whoever calls (the .pth, sitecustomize)
+    with _lock:
+        if _armed or not auto_enabled():
+            return
+        _armed = True
+    when_imported("wasmtime", _activate)

@@ -1,0 +1,406 @@
+"""The drop-in (issue 9): wasmtime's own constructors served by the cache, for programs nobody changed.
+
+While installed, for any engine the program builds:
+
+  Module(engine, wasm), Component(engine, wasm)   cache.load(bytes) for that engine (WAT text is
+                                                  converted first, as wasmtime does)
+  Module.from_file, Component.from_file           cache.load(path): the digest is remembered by
+                                                  file identity, so a hit never re-reads the wasm
+  Module.deserialize_file, Component.…            on a file that is not one of our entries:
+                                                  cache.load_precompiled(path), an immutable,
+                                                  verified snapshot; never a mapping of the file
+                                                  the program may rewrite in place
+
+What the program gets back is a real object of that class and engine: it adopts a clone of the
+cached object's native handle (a reference count in Rust; the same compiled code and mapping).
+Invalid wasm raises wasmtime's own WasmtimeError. wasmcache's own compiles and loads call the
+originals (captured by `_native` before anything is patched), and `uninstall()` puts them back.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import threading
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from . import _native
+from ._cache import CacheStats, ModuleCache
+from ._errors import CacheError, CompileError, ConfigError, SourceError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import ModuleType
+
+log = logging.getLogger("wasmcache")
+
+Kind = Literal["module", "component"]
+Mode = Literal["mmap", "memory"]
+
+# The class attributes the drop-in replaces (each restored by identity on uninstall).
+_PATCHED: Final = ("__init__", "from_file", "deserialize_file")
+_ENGINE_ATTRIBUTE: Final = "_wasmcache_dropin_caches"
+_COUNTERS: Final = 7  # hits, misses, compiles, remote_hits, remote_misses, uploads, rejected
+
+_state_lock = threading.RLock()
+_active: DropIn | None = None
+_patches: dict[str, tuple[type, dict[str, Any], dict[str, Any]]] = {}  # kind -> (class, originals, ours)
+
+
+class _EngineCache(ModuleCache):
+    """The cache of one engine; hands its counters to the drop-in when it goes (with its engine)."""
+
+    _dropin_owner: DropIn | None = None
+    _dropin_retired = False
+
+    def counters(self) -> list[int]:
+        # The counters without stats()'s scan of the root: this also runs from __del__.
+        remote_rejected = self._remote.rejected if self._remote is not None else 0
+        return [self._hits, self._misses, self._compiles, self._remote_hits, self._remote_misses, self._uploads,
+                self._rejected + remote_rejected]
+
+    def __del__(self) -> None:
+        owner = self._dropin_owner
+        if owner is not None:
+            owner._retire(self)  # noqa: SLF001
+
+
+class DropIn:
+    """What `wasmcache.install()` returns: the drop-in's settings, counters and off switch."""
+
+    def __init__(self, root: str | os.PathLike[str] | None, *, mode: Mode, max_size: int | str | None,
+                 strict: bool, automatic: bool = False) -> None:
+        # Opening the root here refuses an unsafe one now (strict), not at the program's first load.
+        self._root_cache = ModuleCache(root, mode=mode, max_size=max_size, strict=strict)
+        self.root = self._root_cache.root
+        self.mode: Mode = mode
+        self.max_size = self._root_cache.max_size
+        self.strict = strict
+        self.automatic = automatic
+        self.active = False
+        self._lock = threading.RLock()
+        self._live: weakref.WeakSet[_EngineCache] = weakref.WeakSet()
+        self._retired = [0] * _COUNTERS
+        self._unattachable: dict[int, _EngineCache] = {}  # engines that take no attribute (never so far)
+        self._warned: set[str] = set()
+        self._root_prefix = os.path.realpath(self.root) + os.sep
+
+    @property
+    def settings(self) -> tuple[str, str, int, bool]:
+        return (str(self.root), self.mode, self.max_size, self.strict)
+
+    def stats(self) -> CacheStats:
+        """Counters summed over every engine the drop-in served, plus what the root holds now."""
+        with self._lock:
+            live = [cache for cache in list(self._live) if not cache._dropin_retired]  # noqa: SLF001
+            totals = list(self._retired)
+        for cache in live:
+            totals = [a + b for a, b in zip(totals, cache.counters(), strict=True)]
+        on_disk = self._root_cache.stats()
+        hits, misses, compiles, remote_hits, remote_misses, uploads, rejected = totals
+        return CacheStats(hits, misses, compiles, on_disk.entries, on_disk.size_bytes, remote_hits, remote_misses,
+                          uploads, rejected)
+
+    def uninstall(self) -> None:
+        """Put wasmtime's original functions back (objects already returned keep working)."""
+        global _active  # noqa: PLW0603 - the one process-wide drop-in
+        with _state_lock:
+            if _active is self:
+                _restore_all()
+                _active = None
+            self.active = False
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "inactive"
+        return f"<wasmcache drop-in {state} root={str(self.root)!r} mode={self.mode!r} max_size={self.max_size}>"
+
+    # --- serving the patched functions --------------------------------------------------------
+
+    def _retire(self, cache: _EngineCache) -> None:
+        with self._lock:
+            if cache._dropin_retired:  # noqa: SLF001
+                return
+            cache._dropin_retired = True  # noqa: SLF001
+            self._retired = [a + b for a, b in zip(self._retired, cache.counters(), strict=True)]
+
+    def _cache_for(self, engine: Any) -> _EngineCache | None:
+        # The cache hangs on the engine (engine -> cache -> engine is a cycle the collector frees),
+        # so it lives exactly as long as the program keeps the engine.
+        attached: dict[DropIn, _EngineCache] | None
+        try:
+            attached = engine.__dict__.setdefault(_ENGINE_ATTRIBUTE, {})
+        except AttributeError:
+            attached = None
+        cache = attached.get(self) if attached is not None else self._unattachable.get(id(engine))
+        if cache is not None:
+            return cache
+        with self._lock:
+            cache = attached.get(self) if attached is not None else self._unattachable.get(id(engine))
+            if cache is not None:
+                return cache
+            try:
+                cache = _EngineCache(self.root, engine=engine, mode=self.mode, max_size=self.max_size,
+                                     strict=self.strict)
+            except CacheError as exc:
+                self._warn_once("root", f"wasmcache: drop-in cannot use {self.root}: {exc}; compiling as usual")
+                return None
+            cache._dropin_owner = self  # noqa: SLF001
+            if attached is not None:
+                attached[self] = cache
+            else:
+                self._unattachable[id(engine)] = cache
+            self._live.add(cache)
+            return cache
+
+    def _warn_once(self, topic: str, message: str) -> None:
+        with self._lock:
+            if topic in self._warned:
+                return
+            self._warned.add(topic)
+        log.warning("%s", message)
+
+    def _load(self, engine: Any, kind: Kind, source: str | bytes | bytearray) -> Any:
+        """The cached object for `source`, None to let wasmtime's original do it (and report)."""
+        cache = self._cache_for(engine)
+        if cache is None:
+            return None
+        try:
+            return cache.load(source) if kind == "module" else cache.load_component(source)
+        except CompileError as exc:
+            _reraise_wasmtime_error(exc)
+            return None  # a core without `wasmtime_error`: the original compiles and raises it
+        except SourceError:
+            return None  # the original reads the file and raises exactly what wasmtime raises
+        except (CacheError, OSError) as exc:
+            self._warn_once(type(exc).__name__, f"wasmcache: drop-in falls back to wasmtime: {exc}")
+            return None
+
+    def _load_precompiled(self, engine: Any, kind: Kind, path: str) -> Any:
+        cache = self._cache_for(engine)
+        load_precompiled = getattr(cache, "load_precompiled", None)
+        if load_precompiled is None:
+            return None  # the caller deserializes a private copy: still never a mapping of `path`
+        try:
+            return load_precompiled(path, kind=kind)
+        except CompileError as exc:
+            _reraise_wasmtime_error(exc)
+            return None
+        except SourceError:
+            return None
+        except (CacheError, OSError) as exc:
+            self._warn_once(type(exc).__name__, f"wasmcache: drop-in copies {path} instead of caching it: {exc}")
+            return None
+
+    def owns(self, path: str) -> bool:
+        """`path` is one of our entries: published once, replaced only by rename, safe to map."""
+        try:
+            real = os.path.realpath(path)
+        except (OSError, ValueError):
+            return False
+        if not real.startswith(self._root_prefix):
+            return False
+        namespace = real[len(self._root_prefix):].split(os.sep, 1)[0]
+        return namespace.startswith("ns-") and real.endswith(".cwasm")
+
+
+def _reraise_wasmtime_error(exc: CompileError) -> None:
+    original = getattr(exc, "wasmtime_error", None)
+    if isinstance(original, BaseException):
+        raise original from None
+
+
+# --- the patches ----------------------------------------------------------------------------------
+
+
+def _serving() -> DropIn | None:
+    dropin = _active
+    return dropin if dropin is not None and dropin.active else None
+
+
+def _deserialize_copy(cls: Any, engine: Any, path: str, deserialize: Callable[..., Any]) -> Any:
+    """What `deserialize_file` does, from a private copy of the bytes (nothing stays mapped)."""
+    import wasmtime  # noqa: PLC0415
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:  # wasmtime's own wording, so `except WasmtimeError` sees what it always saw
+        raise wasmtime.WasmtimeError(f"failed to open file\n\nCaused by:\n    {exc.strerror} (os error {exc.errno})\n"
+                                     ) from None
+    return deserialize(cls, engine, data)
+
+
+def _make_patches(kind: Kind, originals: dict[str, Any]) -> dict[str, Any]:
+    import wasmtime  # noqa: PLC0415
+    from wasmtime import _ffi  # noqa: PLC0415
+    from wasmtime._wat2wasm import _to_wasm  # noqa: PLC0415 - wasmtime's own WAT/bytes check
+
+    engine_type = wasmtime.Engine
+    clone = _ffi.wasmtime_module_clone if kind == "module" else _ffi.wasmtime_component_clone
+    original_init = originals["__init__"]
+    original_from_file = originals["from_file"].__func__
+    original_deserialize_file = originals["deserialize_file"].__func__
+    original_deserialize = originals["deserialize"].__func__
+
+    def __init__(self: Any, engine: Any, wasm: Any) -> None:  # noqa: N807 - it is the constructor
+        dropin = _serving()
+        if dropin is None or not isinstance(engine, engine_type):
+            original_init(self, engine, wasm)
+            return
+        binary = _to_wasm(wasm)  # TypeError / WasmtimeError exactly as wasmtime raises them
+        cached = dropin._load(engine, kind, binary)  # noqa: SLF001
+        if cached is None:
+            original_init(self, engine, binary)
+            return
+        self._set_ptr(clone(cached.ptr()))
+
+    def from_file(cls_: Any, engine: Any, path: Any) -> Any:
+        dropin = _serving()
+        if (dropin is None or not isinstance(engine, engine_type)
+                or cls_.__init__ is not __init__ or not isinstance(path, (str, bytes, os.PathLike))):
+            return original_from_file(cls_, engine, path)
+        name = os.fspath(path)
+        cached = dropin._load(engine, kind, os.fsdecode(name))  # noqa: SLF001
+        if cached is None:
+            return original_from_file(cls_, engine, path)
+        return cls_._from_ptr(clone(cached.ptr()))  # noqa: SLF001
+
+    def deserialize_file(cls_: Any, engine: Any, path: Any) -> Any:
+        dropin = _serving()
+        if (dropin is None or not isinstance(engine, engine_type) or not isinstance(path, str) or "\0" in path
+                or dropin.owns(path)):
+            return original_deserialize_file(cls_, engine, path)
+        cached = dropin._load_precompiled(engine, kind, path)  # noqa: SLF001
+        if cached is None:
+            return _deserialize_copy(cls_, engine, path, original_deserialize)
+        return cls_._from_ptr(clone(cached.ptr()))  # noqa: SLF001
+
+    pairs: list[tuple[Any, Any]] = [(__init__, original_init), (from_file, original_from_file),
+                                    (deserialize_file, original_deserialize_file)]
+    for ours, original in pairs:
+        ours.__doc__ = original.__doc__
+        ours.__qualname__ = original.__qualname__
+        ours.__wrapped__ = original
+    return {"__init__": __init__, "from_file": classmethod(from_file),
+            "deserialize_file": classmethod(deserialize_file)}
+
+
+def _apply(kind: Kind) -> None:
+    """Replace the constructors of `kind`'s class (under _state_lock); again for a kind: nothing."""
+    if kind in _patches:
+        return
+    # The core's own calls go through _native's originals: captured before we patch anything.
+    cls = _native.originals(kind)["class"]
+    # What is in place now (wasmtime's, or another tool's instrumentation of it) is what a call
+    # we do not serve goes to, and what uninstall puts back.
+    current = {name: cls.__dict__.get(name) for name in (*_PATCHED, "deserialize")}
+    if not all(isinstance(current[name], classmethod) for name in ("from_file", "deserialize_file", "deserialize")):
+        log.warning("wasmcache: wasmtime.%s has an unexpected shape; the drop-in leaves it alone", cls.__name__)
+        return
+    originals = {name: current[name] for name in _PATCHED}
+    ours = _make_patches(kind, current)
+    for name, function in ours.items():
+        setattr(cls, name, function)
+    _patches[kind] = (cls, originals, ours)
+
+
+def _restore_all() -> None:
+    for cls, originals, ours in _patches.values():
+        for name, original in originals.items():
+            # Put the original back only where ours is still in place: a patch someone stacked on
+            # top stays (ours, beneath it, passes every call straight through once uninstalled).
+            if cls.__dict__.get(name) is ours[name]:
+                setattr(cls, name, original)
+    _patches.clear()
+
+
+def _patch_components(_component_package: Any) -> None:
+    with _state_lock:
+        if _serving() is not None:
+            _apply("component")
+
+
+def _hook_module() -> ModuleType:
+    """The startup hook module (stdlib only), loaded once under its top-level name."""
+    with _state_lock:
+        module = sys.modules.get("_wasmcache_hook")
+        if module is not None:
+            return module
+        path = Path(__file__).resolve().parent.parent / "_wasmcache_hook.py"  # beside the package
+        spec = importlib.util.spec_from_file_location("_wasmcache_hook", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["_wasmcache_hook"] = module
+        spec.loader.exec_module(module)
+        return module
+
+
+# --- the public switch ----------------------------------------------------------------------------
+
+
+def _disabled() -> bool:
+    from ._root import disabled_by_environment  # noqa: PLC0415
+
+    return disabled_by_environment()
+
+
+def _requested_settings(root: str | os.PathLike[str] | None, mode: str, max_size: int | str | None,
+                        strict: bool) -> tuple[str, str, int, bool]:
+    from ._root import resolve_max_size, resolve_root  # noqa: PLC0415
+
+    return (str(resolve_root(root)), mode, resolve_max_size(max_size), strict)
+
+
+def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", max_size: int | str | None = None,
+            strict: bool = True, _automatic: bool = False) -> DropIn:
+    """Serve wasmtime's Module/Component constructors from the cache (see the module docstring)."""
+    global _active  # noqa: PLW0603 - the one process-wide drop-in
+    if mode not in ("mmap", "memory"):
+        raise ConfigError(f"mode={mode!r}: expected 'mmap' or 'memory'")
+    with _state_lock:
+        if _active is not None:
+            if _active.settings == _requested_settings(root, mode, max_size, strict):
+                return _active
+            if not (_active.automatic and not _automatic):
+                raise ConfigError(f"the wasmcache drop-in is already installed ({_active!r}); "
+                                  "call wasmcache.uninstall() first to install it with other settings")
+            _active.uninstall()  # an explicit install() takes over from $WASMCACHE_AUTO's
+        dropin = DropIn(root, mode=mode, max_size=max_size, strict=strict, automatic=_automatic)
+        _active = dropin
+        if _disabled():
+            log.info("wasmcache: $WASMCACHE_DISABLE is set: the drop-in stays off")
+            return dropin
+        dropin.active = True
+        _apply("module")
+        _hook_module().when_imported("wasmtime.component", _patch_components)
+        log.debug("wasmcache: drop-in installed (%s)", dropin)
+        return dropin
+
+
+def uninstall() -> DropIn | None:
+    """Undo `install()`; returns its handle (whose stats() stay readable), or None if none was."""
+    with _state_lock:
+        dropin = _active
+        if dropin is not None:
+            dropin.uninstall()
+        return dropin
+
+
+def installed() -> DropIn | None:
+    return _active
+
+
+def auto_install() -> DropIn | None:
+    """$WASMCACHE_AUTO's activation (from the startup hook): never raises into the program."""
+    if _disabled():
+        return None
+    try:
+        return install(_automatic=True)
+    except (CacheError, OSError) as exc:
+        log.warning("wasmcache: drop-in not active: %s", exc)
+        return None

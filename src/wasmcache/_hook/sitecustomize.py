@@ -1,0 +1,60 @@
+"""The startup hook `wasmcache exec` puts on PYTHONPATH for every Python process under it.
+
+It arms the drop-in (activated when wasmtime is first imported, see _wasmcache_hook) and then
+runs the `sitecustomize` this one shadows, if the path has another, so a venv's or a
+distribution's own start-up code keeps running exactly as before.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+def _chain(here: str) -> None:
+    import importlib.machinery  # noqa: PLC0415
+    import importlib.util  # noqa: PLC0415
+
+    def other(entry: str) -> bool:
+        try:
+            return os.path.realpath(entry or ".") != here
+        except (OSError, ValueError):
+            return True
+
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", [p for p in sys.path if other(p)])
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sitecustomize"] = module
+    spec.loader.exec_module(module)  # its errors surface as site.py reports any sitecustomize's
+
+
+def _hook(path: str) -> Any:
+    """The hook module beside the wasmcache package this file belongs to (this Python's or not)."""
+    import importlib.util  # noqa: PLC0415
+
+    module = sys.modules.get("_wasmcache_hook")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("_wasmcache_hook", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["_wasmcache_hook"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def _main() -> None:
+    here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    if os.environ.get("WASMCACHE_AUTO", "").strip().lower() not in ("1", "true", "yes", "on"):
+        _chain(here)
+        return
+    try:
+        _hook(os.path.join(os.path.dirname(os.path.dirname(here)), "_wasmcache_hook.py")).arm()
+    except Exception as exc:  # start-up code must never stop the program
+        sys.stderr.write(f"wasmcache: startup hook failed: {type(exc).__name__}: {exc}\n")
+    _chain(here)
+
+
+_main()
