@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from . import _native
 from ._cache import CacheStats, ModuleCache
 from ._errors import CacheError, CompileError, ConfigError, SourceError
+from ._miss import Counters
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -44,7 +45,7 @@ Mode = Literal["mmap", "memory"]
 # The class attributes the drop-in replaces (each restored by identity on uninstall).
 _PATCHED: Final = ("__init__", "from_file", "deserialize_file")
 _ENGINE_ATTRIBUTE: Final = "_wasmcache_dropin_caches"
-_COUNTERS: Final = 7  # hits, misses, compiles, remote_hits, remote_misses, uploads, rejected
+_COUNTERS: Final = len(Counters.NAMES)  # hits, misses, compiles, remote_hits, remote_misses, uploads, rejected
 
 _state_lock = threading.RLock()
 _active: DropIn | None = None
@@ -58,10 +59,10 @@ class _EngineCache(ModuleCache):
     _dropin_retired = False
 
     def counters(self) -> list[int]:
-        # The counters without stats()'s scan of the root: this also runs from __del__.
-        remote_rejected = self._remote.rejected if self._remote is not None else 0
-        return [self._hits, self._misses, self._compiles, self._remote_hits, self._remote_misses, self._uploads,
-                self._rejected + remote_rejected]
+        # The counters alone (no read of the root's usage record): this also runs from __del__.
+        count = self._counters.snapshot()
+        count["rejected"] += self._miss.rejected
+        return [count[name] for name in Counters.NAMES]
 
     def __del__(self) -> None:
         owner = self._dropin_owner
