@@ -7,6 +7,7 @@ the very same program without the drop-in and dies with SIGBUS/SIGSEGV (or compu
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -174,3 +175,38 @@ def test_a_live_process_mapping_its_own_cache_file_is_recognisable(tmp_path: Pat
     finally:
         proc.communicate(timeout=60)
     assert kinds == ({"snapshot"} if mode == "dropin" else {"foreign"})
+
+
+@pytest.mark.parametrize("mode", ["dropin", "bare"])
+def test_doctor_pid_reports_a_program_mapping_its_own_cache_file(tmp_path: Path, mode: str) -> None:
+    # A YoWASP-style program maps its own rewritable cache file (named without .cwasm): doctor --pid
+    # finds it by content and warns; wrapped, the program maps only our snapshot.
+    from conftest import run_cli
+
+    own = tmp_path / "own"
+    naive_load(own, wasmtime.Engine(), answer_module(77, functions=400))  # warm: the program maps it
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", VICTIM, mode, str(own), str(tmp_path / "root")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        listed = run_cli("doctor", "--pid", str(proc.pid), "--json")
+        text = run_cli("doctor", "--pid", str(proc.pid))
+    finally:
+        proc.communicate(timeout=60)
+    mapped = [m for m in json.loads(listed.stdout) if m["path"].startswith(str(tmp_path))]
+    assert [(m["origin"], m["state"]) for m in mapped] == [("snapshot" if mode == "dropin" else "foreign", "intact")]
+    assert text.returncode == 0
+    assert ("a program's own cache" in text.stdout) == (mode == "bare")
+
+
+def test_doctor_says_whether_this_python_would_activate_the_drop_in(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    off = run_cli("doctor", "--cache-dir", str(tmp_path / "none"), env={"WASMCACHE_AUTO": ""})
+    assert "drop-in: $WASMCACHE_AUTO is not set" in off.stdout
+    on = run_cli("doctor", "--json", "--cache-dir", str(tmp_path / "none"), env={"WASMCACHE_AUTO": "1"})
+    status = json.loads(on.stdout)[-1]["dropin"]
+    assert status["auto"] is True
+    assert status["would_activate"] is True  # the package's startup .pth is installed in this venv

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from ._dropin_exec import classify_cwasm
+from ._elf import ENGINE_SECTION, find_section
 from ._layout import (
     ENTRY_SUFFIX,
     RECORD_SUFFIX,
     TEMP_SUFFIX,
-    is_namespace_name,
     key_of,
     lock_path,
     record_path,
@@ -102,6 +103,7 @@ class MappedFile:
     state: str  # intact | replaced-safely | modified-in-place | deleted
     detail: str
     ours: bool
+    origin: str = "foreign"  # entry | snapshot (wasmcache's) | foreign (a program's own file, rewritable)
 
 
 def _boot_time() -> float:
@@ -119,30 +121,58 @@ def _process_start(pid: int) -> float:
 
 
 def diagnose_pid(pid: int) -> list[MappedFile]:
-    """Every `.cwasm` mapped by process `pid`, and whether its file changed under the mapping."""
+    """Every Wasmtime artifact mapped by process `pid`, and whether its file changed under the mapping.
+
+    Judged by content, not by name (YoWASP's cache files have no suffix): each file-backed
+    mapping is opened through /proc/PID/map_files (the mapped inode itself) where we may, and
+    kept if it has a `.wasmtime.engine` section.
+    """
     maps_path = f"/proc/{pid}/maps"
     with open(maps_path, encoding="utf-8", errors="replace") as f:
         lines = f.read().splitlines()
     started = _process_start(pid)
-    seen: dict[tuple[str, int], tuple[str, int]] = {}  # (device, inode) -> (path, highest mapped offset)
+    # (device, inode) -> (path, highest mapped offset, one address range naming it in map_files)
+    seen: dict[tuple[str, int], tuple[str, int, str]] = {}
     for line in lines:
         parts = line.split(None, 5)
-        if len(parts) < 6 or ".cwasm" not in parts[5]:
+        if len(parts) < 6 or not parts[5].startswith("/") or int(parts[4]) == 0:
             continue
         start, end = (int(x, 16) for x in parts[0].split("-"))
         offset, device, inode = int(parts[2], 16), parts[3], int(parts[4])
-        path = parts[5].strip()
         key = (device, inode)
         extent = offset + (end - start)
         previous = seen.get(key)
-        seen[key] = (path, max(extent, previous[1] if previous else 0))
+        seen[key] = (parts[5].strip(), max(extent, previous[1] if previous else 0),
+                     previous[2] if previous else parts[0])
     out = []
-    for (device, inode), (path, extent) in sorted(seen.items(), key=lambda kv: kv[1][0]):
+    for (device, inode), (path, extent, span) in sorted(seen.items(), key=lambda kv: kv[1][0]):
         deleted = path.endswith(" (deleted)")
         clean = path[: -len(" (deleted)")] if deleted else path
-        ours = is_namespace_name(Path(clean).parent.name)
-        out.append(_judge(pid, clean, device, inode, extent, started, deleted=deleted, ours=ours))
+        if not _is_artifact(f"/proc/{pid}/map_files/{span}", clean):
+            continue
+        origin = classify_cwasm(clean) if not deleted else "foreign"
+        if origin == "other":
+            origin = "foreign"  # an artifact by content (checked above) whose path no longer says more
+        mapped = _judge(pid, clean, device, inode, extent, started, deleted=deleted, ours=origin != "foreign")
+        out.append(replace(mapped, origin=origin))
     return out
+
+
+def _is_artifact(mapped: str, path: str) -> bool:
+    """Whether the mapped file (through map_files when readable, else its path) is a Wasmtime artifact."""
+    for candidate in (mapped, path):
+        try:
+            fd = os.open(candidate, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+        try:
+            find_section(fd, ENGINE_SECTION)
+        except (OSError, ValueError):
+            return False
+        finally:
+            os.close(fd)
+        return True
+    return path.endswith(ENTRY_SUFFIX)  # unreadable, named like one: report it
 
 
 def _judge(pid: int, path: str, device: str, inode: int, extent: int, started: float, *, deleted: bool,

@@ -175,23 +175,36 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
         except OSError as exc:
             fail(f"process {pid}: cannot read its memory map: {exc.strerror or exc}")
         danger = any(m.state == "modified-in-place" for m in mapped)
+        own = [m for m in mapped if m.origin == "foreign" and m.state != "modified-in-place"]
         if as_json:
             say(json.dumps([asdict(m) for m in mapped], indent=2))
         else:
             if not mapped:
-                say(f"process {pid} maps no .cwasm file")
+                say(f"process {pid} maps no Wasmtime compiled module")
             for m in mapped:
-                say(f"{m.state:18} {m.path}  ({m.detail})")
+                say(f"{m.state:18} {m.origin:8} {m.path}  ({m.detail})")
             if danger:
                 say("fix: restart the process; make the tool that rewrote the file publish by rename "
                     "(or run it under `wasmcache exec`)")
+            elif own:
+                say(f"warning: process {pid} maps {len(own)} file(s) of a program's own cache; whoever rewrites "
+                    "one in place crashes it. fix: run the tool under `wasmcache exec` (or WASMCACHE_AUTO=1)")
         sys.exit(1 if danger else 0)
+    from .._dropin_exec import dropin_status  # noqa: PLC0415
+
     findings = diagnose_root(root_of(cache_dir))
     danger = any(f.severity == DANGER for f in findings)
+    dropin = dropin_status()
     if as_json:
-        say(json.dumps([asdict(f) for f in findings], indent=2))
+        # The drop-in's state as a last, informational item (what `wasmcache exec` / WASMCACHE_AUTO do here).
+        status = {"severity": "info", "path": dropin["python"], "problem": f"drop-in: {dropin['reason']}",
+                  "fix": "nothing to do" if dropin["would_activate"]
+                  else "`wasmcache exec CMD`, or export WASMCACHE_AUTO=1",
+                  "dropin": dropin}
+        say(json.dumps([*(asdict(f) for f in findings), status], indent=2))
     else:
         for f in findings:
             say(f"{f.severity}: {f.path}: {f.problem}\n  fix: {f.fix}")
         say("no problems found" if not findings else f"{len(findings)} finding(s)")
+        say(f"drop-in: {dropin['reason']}")
     sys.exit(1 if danger else 0)
