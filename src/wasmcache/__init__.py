@@ -4,38 +4,47 @@
     cache = wasmcache.ModuleCache()
     module = cache.load("app.wasm")      # a wasmtime.Module, mapped from a checked, read-only entry
 
-`import wasmcache` imports neither wasmtime (until the first load) nor the CLI's dependencies.
+`import wasmcache` imports only the exceptions: every other name loads on first use (PEP 562),
+so `wasmcache exec` and the startup hook pay nothing for what they do not use, and neither
+wasmtime (until the first load) nor the CLI's dependencies are ever imported by it.
 """
 
 from __future__ import annotations
 
-from ._cache import CacheStats, ModuleCache
-from ._engine import EngineSettings
 from ._errors import CacheError, CompileError, ConfigError, NotACacheError, SourceError, UnsafeCacheError
-from ._fingerprint import engine_fingerprint
-from ._root import parse_size
 from ._version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import os
 
+    from ._cache import CacheStats, ModuleCache
     from ._dropin import DropIn, Mode
+    from ._engine import EngineSettings
+    from ._fingerprint import engine_fingerprint
     from ._maintenance import EntryInfo, GcReport
+    from ._root import parse_size
     from ._verify import Finding, VerifyReport
 
-_LAZY = {"EntryInfo": "_maintenance", "GcReport": "_maintenance", "Finding": "_verify", "VerifyReport": "_verify",
-         "DropIn": "_dropin"}
+# name -> the private module that defines it
+_LAZY = {"CacheStats": "_cache", "ModuleCache": "_cache", "EngineSettings": "_engine",
+         "engine_fingerprint": "_fingerprint", "parse_size": "_root", "EntryInfo": "_maintenance",
+         "GcReport": "_maintenance", "Finding": "_verify", "VerifyReport": "_verify", "DropIn": "_dropin"}
 
 
 def __getattr__(name: str) -> object:
-    # The maintenance types (gc, verify, ls) load on first use: a process that only loads modules
-    # never pays for them.
-    if name in _LAZY:
-        import importlib  # noqa: PLC0415
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wasmcache' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'wasmcache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", max_size: int | str | None = None,

@@ -6,8 +6,9 @@ exceptions (never seen by callers) live here too, under the same root.
 
 from __future__ import annotations
 
-import re
-from typing import Any, Final
+TYPE_CHECKING = False  # no `typing` at run time: `import wasmcache` loads this module and nothing else
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class CacheError(Exception):
@@ -110,8 +111,8 @@ class RemoteCommandError(CacheError):
 
 # --- wasmtime's messages ---------------------------------------------------------------------------
 
-_CAUSE_NUMBER: Final = re.compile(r"^\d+:\s+")
-_FRAME: Final = re.compile(r"^\d+:\s+0x[0-9a-f]+\s+-\s")
+_CAUSE_NUMBER = r"^\d+:\s+"
+_FRAME = r"^\d+:\s+0x[0-9a-f]+\s+-\s"
 
 
 def wasmtime_error_chain(error: BaseException | str) -> list[str]:
@@ -120,6 +121,8 @@ def wasmtime_error_chain(error: BaseException | str) -> list[str]:
     Source excerpts of WAT errors collapse into the location (`expected ( at <anon>:1:1`), wasm
     backtrace frames are dropped: what is left reads on one line, joined with ": ".
     """
+    import re  # noqa: PLC0415 - only when there is an error to describe
+
     text = str(error).strip()
     if not text:
         return [type(error).__name__ if isinstance(error, BaseException) else "unknown error"]
@@ -133,13 +136,13 @@ def wasmtime_error_chain(error: BaseException | str) -> list[str]:
         if line == "Caused by:":
             in_causes = True
         elif in_causes:
-            causes.append(_CAUSE_NUMBER.sub("", line))
+            causes.append(re.sub(_CAUSE_NUMBER, "", line))
         elif line.startswith("--> ") and head:
             head[-1] += f" at {line[4:]}"
         elif not head:
             head.append(line)
         # else: a WAT source excerpt (`|`, `1 | hello`) or a backtrace frame: the first line says it
-    return [part.removesuffix(":") for part in head + causes if not _FRAME.match(part)] or [text]
+    return [part.removesuffix(":") for part in head + causes if not re.match(_FRAME, part)] or [text]
 
 
 def wasmtime_reason(error: BaseException | str) -> str:
