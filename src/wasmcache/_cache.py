@@ -29,6 +29,7 @@ from . import _native
 from ._engine import EngineSettings
 from ._entry import CheckedEntry, check_entry, quarantine_if_unchanged
 from ._errors import (
+    CompileError,
     ConfigError,
     EntryChangedError,
     EntryRefusedError,
@@ -39,7 +40,7 @@ from ._errors import (
 )
 from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_identity
 from ._fs import read_fd
-from ._key import SourceDigests, cache_key, wasm_digest
+from ._key import SourceDigests, artifact_fingerprint, cache_key, wasm_digest
 from ._layout import (
     ENGINES_DIR,
     GC_LOCK_NAME,
@@ -47,7 +48,7 @@ from ._layout import (
     namespace_name,
     record_path,
 )
-from ._miss import Counters, MissPath
+from ._miss import Counters, MissPath, Place
 from ._record import Identity, write_record
 from ._remote._settings import resolve_remote_settings
 from ._root import (
@@ -141,7 +142,9 @@ class ModuleCache:
         self.root: Path = resolve_root(root)
         self.mode: Mode = mode
         self.max_size = resolve_max_size(max_size)
-        self.lock_timeout = lock_timeout
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not lock_timeout >= 0:
+            raise ConfigError(f"lock_timeout={lock_timeout!r}: expected a number of seconds, 0 or more")
+        self.lock_timeout = float(lock_timeout)
         self.strict = strict
         self.disabled = disabled_by_environment()
         self.writable = False
@@ -152,7 +155,7 @@ class ModuleCache:
         self._guard = threading.Lock()
         self._digests = SourceDigests()
         self._counters = Counters()
-        self._namespace_checked = False
+        self._namespaces_checked: set[Path] = set()  # namespaces whose permissions were checked
         self._miss = MissPath(self, self._counters, resolve_remote_settings(remote, signing_key, trusted_keys),
                               self._load_entry)
         if not self.disabled:
@@ -244,6 +247,8 @@ class ModuleCache:
         engine configuration, or a read-only or disabled cache, gets an in-memory copy instead.
         What wasmtime refuses raises `CompileError`, with wasmtime's exception as `wasmtime_error`.
         """
+        if kind not in ("module", "component"):
+            raise ConfigError(f"kind={kind!r}: expected 'module' or 'component'")
         return self._load(source, kind, serialized=True)
 
     def key_for(self, source: Source, kind: Kind = "module") -> str:
@@ -259,21 +264,35 @@ class ModuleCache:
 
     def _load(self, source: Source, kind: Kind, *, serialized: bool = False) -> Any:
         name, path, data = self._source(source)
-        digest, data = self._digest(name, path, data)
-        identity = self.engine_identity
-        key = cache_key(identity.fingerprint, f"{kind}:serialized" if serialized else kind, digest)
+        if serialized:
+            # A snapshot lives in the namespace of the artifact's own engine section, remembered
+            # with its digest: no probe of this engine. wasmtime's own check at the map decides
+            # whether this engine may load it, as it would for the program's own file.
+            digest, fingerprint, data = self._artifact_digest(name, path, data)
+            if fingerprint is None:  # not a Wasmtime artifact: wasmtime's own error, nothing cached
+                return self._miss.refuse(name, path, data, kind)
+            place = Place(self.root / namespace_name(fingerprint), None, serialized=True)
+            key = cache_key(fingerprint, f"{kind}:serialized", digest)
+        else:
+            digest, data = self._digest(name, path, data)
+            identity = self.engine_identity
+            place = Place(self.namespace_dir, identity.section, serialized=False)
+            key = cache_key(identity.fingerprint, kind, digest)
         memo_key = (str(self.root), self.mode, kind, key)
         loaded = self._loaded_modules()
         with _loaded_guard:
             module = loaded.get(memo_key)
-        if module is None and not self.disabled:
-            module = self._load_entry(key, kind)
-        if module is not None:
-            self._counters.add("hits")
-            log.info("wasmcache: hit %s (%s)", name, kind)
-        else:
-            self._counters.add("misses")
-            module = self._miss.load(name, path, data, key, kind, digest, serialized=serialized)
+        try:
+            if module is None and not self.disabled:
+                module = self._load_entry(place, key, kind)
+            if module is not None:
+                self._counters.add("hits")
+                log.info("wasmcache: hit %s (%s)", name, kind)
+            else:
+                self._counters.add("misses")
+                module = self._miss.load(name, path, data, place, key, kind, digest)
+        except EntryRefusedError as refused:  # a snapshot this engine may not load: as wasmtime says
+            raise CompileError(name, str(refused), refused.wasmtime_error) from None
         with _loaded_guard:
             # Threads racing on one key all return the first module stored (one per engine and key).
             return loaded.setdefault(memo_key, module)
@@ -285,25 +304,26 @@ class ModuleCache:
                 loaded = _loaded_by_engine[self.engine] = weakref.WeakValueDictionary()
             return loaded
 
-    def _load_entry(self, key: str, kind: Kind, *, locked: bool = False) -> Any:
-        """The checked entry for `key`, deserialized; None on a miss (bad entries are quarantined).
+    def _load_entry(self, place: Place, key: str, kind: Kind, *, locked: bool = False) -> Any:
+        """The checked entry for `key` in `place`, deserialized; None on a miss (bad entries are quarantined).
 
         `locked`: the caller holds the key's lock (flock is per open file: taking it again here on
-        another fd would wait for ourselves).
+        another fd would wait for ourselves). A snapshot this engine may not load raises
+        EntryRefusedError: the entry is fine, the engine is another one.
         """
-        namespace = self.namespace_dir
-        if not self._namespace_checked:
+        namespace = place.namespace
+        if namespace not in self._namespaces_checked:
             try:
                 namespace_stat = os.stat(namespace)
             except OSError:
                 return None  # no namespace yet: nothing to load
             if not self._safe(namespace, namespace_stat):
                 return None
-            self._namespace_checked = True
+            self._namespaces_checked.add(namespace)
         try:
-            checked = check_entry(namespace, key, kind=kind, section=self.engine_identity.section)
+            checked = check_entry(namespace, key, kind=kind, section=place.section)
         except UntrustedEntryError as bad:
-            self._repair(key, bad.seen, bad.detail, locked=locked)
+            self._repair(namespace, key, bad.seen, bad.detail, locked=locked)
             return None
         if checked is None:
             return None
@@ -311,14 +331,17 @@ class ModuleCache:
             if not self._safe(entry_path(namespace, key), checked.stat):
                 return None
             if checked.content_checked:
-                self._rerecord(key, checked)
+                self._rerecord(namespace, key, checked)
             try:
                 module = self._deserialize(checked, kind)
             except EntryChangedError:
                 log.warning("wasmcache: %s changed while being read; loading it again", entry_path(namespace, key))
                 return None
             except EntryRefusedError as refused:
-                self._repair(key, Identity.of(checked.stat), f"wasmtime refused to load it: {refused}", locked=locked)
+                if place.serialized:
+                    raise
+                self._repair(namespace, key, Identity.of(checked.stat), f"wasmtime refused to load it: {refused}",
+                             locked=locked)
                 return None
         finally:
             checked.close()
@@ -327,13 +350,12 @@ class ModuleCache:
                 os.utime(record_path(namespace, key))  # the LRU clock lives on the record, not the entry
         return module
 
-    def _rerecord(self, key: str, checked: CheckedEntry) -> None:
+    def _rerecord(self, namespace: Path, key: str, checked: CheckedEntry) -> None:
         """Identity changed (copied root, restore) but the content checked out: record the new one."""
         log.info("wasmcache: entry %s moved or copied; content verified, identity re-recorded", key[:16])
         if self.writable:
             with contextlib.suppress(OSError):
-                write_record(record_path(self.namespace_dir, key),
-                             checked.record._replace(identity=Identity.of(checked.stat)))
+                write_record(record_path(namespace, key), checked.record._replace(identity=Identity.of(checked.stat)))
 
     def _deserialize(self, checked: CheckedEntry, kind: Kind) -> Any:
         import wasmtime  # noqa: PLC0415
@@ -351,14 +373,14 @@ class ModuleCache:
                 raise EntryChangedError
             return _native.deserialize(kind, self.engine, data)
         except wasmtime.WasmtimeError as exc:
-            raise EntryRefusedError(wasmtime_reason(exc)) from None
+            raise EntryRefusedError(wasmtime_reason(exc), exc) from None
 
-    def _repair(self, key: str, seen: Identity | None, reason: str, *, locked: bool = False) -> None:
+    def _repair(self, namespace: Path, key: str, seen: Identity | None, reason: str, *, locked: bool = False) -> None:
         """One warning, then quarantine the entry if it is still the file judged bad (see `_entry`)."""
-        entry = self.entry_path(key)
-        log.warning("wasmcache: bad cache entry %s: %s; setting it aside and recompiling", entry, reason)
+        log.warning("wasmcache: bad cache entry %s: %s; setting it aside and recompiling", entry_path(namespace, key),
+                    reason)
         if self.writable:
-            quarantine_if_unchanged(self.root, self.namespace_dir, key, seen, reason, lock_held=locked)
+            quarantine_if_unchanged(self.root, namespace, key, seen, reason, lock_held=locked)
 
     # --- sources and digests ----------------------------------------------------------------------
 
@@ -386,6 +408,18 @@ class ModuleCache:
             return wasm_digest(data), data
         memo_root = self.root if self._initialized and not self.disabled else None
         return self._digests.digest(name, path, memo_root, writable=self.writable and not self.disabled)
+
+    def _artifact_digest(self, name: str, path: str | None, data: bytes | memoryview | None) -> tuple[
+            str, str | None, bytes | memoryview | None]:
+        """A serialized input's digest and its own engine fingerprint (None: not a Wasmtime artifact)."""
+        if path is None:
+            if data is None:
+                raise TypeError("source: expected a path or bytes")
+            return wasm_digest(data), artifact_fingerprint(data), data
+        memo_root = self.root if self._initialized and not self.disabled else None
+        digest, data, fingerprint = self._digests.digest_and_fingerprint(
+            name, path, memo_root, writable=self.writable and not self.disabled)
+        return digest, fingerprint, data
 
     # --- management -------------------------------------------------------------------------------
 

@@ -67,3 +67,19 @@ def find_section(source: bytes | bytearray | memoryview | int, name: str) -> byt
                 raise ValueError(f"ELF section {name} is implausibly large ({size} bytes)")
             return _read_at(source, offset, size)
     raise ValueError(f"no {name} section (not a Wasmtime-compiled file?)")
+
+
+# Wasmtime marks the ELF header's e_flags: 1 = core module, 2 = component.
+ARTIFACT_KINDS: Final = {1: "module", 2: "component"}
+
+
+def artifact_kind(source: bytes | bytearray | memoryview | int) -> str | None:
+    """"module" or "component" for a Wasmtime artifact (by its ELF header's e_flags), else None."""
+    try:
+        header = _read_at(source, 0, _HEADER_SIZE)
+    except (OSError, ValueError):
+        return None
+    if not is_elf(header) or header[4] != _ELFCLASS64 or header[5] not in (1, 2):
+        return None
+    (e_flags,) = struct.unpack_from("<I" if header[5] == 1 else ">I", header, 0x30)
+    return ARTIFACT_KINDS.get(e_flags)

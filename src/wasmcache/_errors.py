@@ -70,6 +70,10 @@ class EntryChangedError(CacheError):
 class EntryRefusedError(CacheError):
     """Internal: wasmtime refused to load a checked entry (the message is its reason)."""
 
+    def __init__(self, reason: str, wasmtime_error: BaseException | None = None) -> None:
+        super().__init__(reason)
+        self.wasmtime_error = wasmtime_error
+
 
 class CliError(CacheError):
     """A command-line error: printed as one line, exit code 2."""

@@ -5,18 +5,14 @@ from __future__ import annotations
 import os
 import re
 import stat
-import struct
 from pathlib import Path
 from typing import Any
 
-from ._elf import ENGINE_SECTION, find_section
+from ._elf import ENGINE_SECTION, artifact_kind, find_section
 from ._errors import CacheError
 from ._fs import READ_FLAGS, digest_fd, read_small_file
 from ._layout import ENTRY_SUFFIX, NAMESPACE_ENGINE_FILE, RECORD_SUFFIX, is_namespace_name
 from ._record import read_record
-
-# Wasmtime marks the ELF header's e_flags: 1 = core module, 2 = component.
-_ELF_KINDS = {1: "module", 2: "component"}
 
 
 def _resolve(target: str, root: Path) -> Path:
@@ -56,8 +52,7 @@ def inspect_target(target: str, root: Path) -> dict[str, Any]:
     finally:
         os.close(fd)
     info: dict[str, Any] = {"path": str(path), "size": size, "content_digest": digest}
-    (e_flags,) = struct.unpack_from("<I" if header[5] == 1 else ">I", header, 0x30)
-    info["kind"] = _ELF_KINDS.get(e_flags, "unknown")
+    info["kind"] = artifact_kind(header) or "unknown"
     try:
         engine = decode_engine_section(section)
     except ValueError as exc:

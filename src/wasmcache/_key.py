@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Final
 
 import blake3
 
+from ._elf import ENGINE_SECTION, artifact_kind, find_section
 from ._errors import SourceError
+from ._fingerprint import fingerprint_of_section
 from ._fs import read_small_file, write_atomically
 from ._layout import DIGESTS_DIR
 from ._record import Identity
@@ -58,6 +60,22 @@ def cache_key(fingerprint: str, kind: str, input_digest: str) -> str:
     return blake3.blake3(f"wasmcache-key-v1\0{fingerprint}\0{kind}\0{input_digest}".encode()).hexdigest()
 
 
+def artifact_section(data: bytes | bytearray | memoryview, kind: str | None = None) -> bytes | None:
+    """The engine section of a Wasmtime artifact (of `kind`, if given), or None for anything else."""
+    if artifact_kind(data) is None or (kind is not None and artifact_kind(data) != kind):
+        return None
+    try:
+        return find_section(data, ENGINE_SECTION)
+    except ValueError:
+        return None
+
+
+def artifact_fingerprint(data: bytes | bytearray | memoryview) -> str | None:
+    """The fingerprint of the engine that wrote artifact `data` (its namespace), or None."""
+    section = artifact_section(data)
+    return None if section is None else fingerprint_of_section(section)
+
+
 def read_input(name: str, path: str) -> tuple[bytes, Identity]:
     """The whole file and the identity it had while read; SourceError (one line) if it cannot be read."""
     try:
@@ -78,18 +96,30 @@ class SourceDigests:
     """Digests of input files by identity: in this process, and under `root`/digests/ when given."""
 
     def __init__(self) -> None:
-        self._known: dict[Identity, str] = {}
+        self._known: dict[tuple[str, Identity], str] = {}
         self._guard = threading.Lock()
 
     @staticmethod
-    def _memo_name(identity: Identity) -> tuple[str, str]:
-        """(memo file name, check token) for a file's identity."""
-        digest = blake3.blake3(f"{identity.dev}:{identity.ino}:{identity.size}:{identity.mtime_ns}:"
+    def _memo_name(identity: Identity, tag: str) -> tuple[str, str]:
+        """(memo file name, check token) for a file's identity and what is remembered of it."""
+        prefix = "" if tag == "wasm" else f"{tag}:"  # "wasm" memos keep the names they always had
+        digest = blake3.blake3(f"{prefix}{identity.dev}:{identity.ino}:{identity.size}:{identity.mtime_ns}:"
                                f"{identity.ctime_ns}".encode()).hexdigest()
         return digest[:32], digest[32:48]
 
     def digest(self, name: str, path: str, root: Path | None, *, writable: bool) -> tuple[str, bytes | None]:
         """The digest of file `path`, and its bytes when they had to be read (a hit never reads them)."""
+        digest, data, _ = self._remembered(name, path, root, writable=writable, artifact=False)
+        return digest, data
+
+    def digest_and_fingerprint(self, name: str, path: str, root: Path | None, *, writable: bool) -> tuple[
+            str, bytes | None, str | None]:
+        """For a serialized file: its digest, its bytes if read, and its own engine's fingerprint (None:
+        not a Wasmtime artifact), remembered together."""
+        return self._remembered(name, path, root, writable=writable, artifact=True)
+
+    def _remembered(self, name: str, path: str, root: Path | None, *, writable: bool, artifact: bool) -> tuple[
+            str, bytes | None, str | None]:
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -98,40 +128,45 @@ class SourceDigests:
             what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
             raise SourceError(f"{name}: {what}, expected a .wasm file")
         identity = Identity.of(st)
+        tag = "artifact" if artifact else "wasm"
         with self._guard:
-            known = self._known.get(identity)
+            known = self._known.get((tag, identity))
         if known is None and root is not None:
-            known = self._read_memo(root, identity)
+            known = self._read_memo(root, identity, tag)
         if known is not None:
             with self._guard:
-                self._known[identity] = known
-            return known, None
+                self._known[(tag, identity)] = known
+            digest, _, remembered = known.partition(" ")
+            return digest, None, (remembered if remembered != "-" else None) if artifact else None
         data, after = read_input(name, path)
         digest = wasm_digest(data)
-        if after == identity:  # remember only a digest of a file that did not change under us
+        fingerprint = artifact_fingerprint(data) if artifact else None
+        value = f"{digest} {fingerprint or '-'}" if artifact else digest
+        if after == identity:  # remember only what was read from a file that did not change under us
             with self._guard:
-                self._known[identity] = digest
+                self._known[(tag, identity)] = value
             if root is not None and writable:
-                self._write_memo(root, identity, digest)
-        return digest, data
+                self._write_memo(root, identity, tag, value)
+        return digest, data, fingerprint
 
-    def _read_memo(self, root: Path, identity: Identity) -> str | None:
-        name, token = self._memo_name(identity)
-        raw = read_small_file(f"{root}/{DIGESTS_DIR}/{name}", 128)
+    def _read_memo(self, root: Path, identity: Identity, tag: str) -> str | None:
+        name, token = self._memo_name(identity, tag)
+        raw = read_small_file(f"{root}/{DIGESTS_DIR}/{name}", 256)
         if raw is None:
             return None
-        found, _, digest = raw.decode("ascii", "replace").partition(" ")
+        found, _, value = raw.decode("ascii", "replace").partition(" ")
+        digest = value.partition(" ")[0]
         if found != token or len(digest) != 64:
             return None
-        return digest
+        return value
 
-    def _write_memo(self, root: Path, identity: Identity, digest: str) -> None:
+    def _write_memo(self, root: Path, identity: Identity, tag: str, value: str) -> None:
         import logging  # noqa: PLC0415
 
-        name, token = self._memo_name(identity)
+        name, token = self._memo_name(identity, tag)
         path = root / DIGESTS_DIR / name
         try:
             path.parent.mkdir(mode=0o700, exist_ok=True)
-            write_atomically(path, f"{token} {digest}".encode())
+            write_atomically(path, f"{token} {value}".encode())
         except OSError as exc:
             logging.getLogger("wasmcache").debug("wasmcache: cannot remember a digest in %s: %s", path, exc)

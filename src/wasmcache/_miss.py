@@ -14,21 +14,22 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _native
 from ._elf import ENGINE_SECTION, find_section
 from ._entry import quarantine
-from ._errors import CompileError, SourceError, wasmtime_reason
-from ._fingerprint import wasmtime_version
+from ._errors import CompileError, EntryRefusedError, SourceError, wasmtime_reason
+from ._fingerprint import fingerprint_of_section, wasmtime_version
 from ._fs import write_atomically
-from ._key import read_input, wasm_digest
-from ._layout import NAMESPACE_ENGINE_FILE, entry_path, lock_path, record_path
+from ._key import artifact_section, read_input, wasm_digest
+from ._layout import NAMESPACE_ENGINE_FILE, entry_path, lock_path, namespace_name, record_path
 from ._lock import KeyLock
 from ._record import Identity, Record, write_record
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from ._cache import Kind, ModuleCache
     from ._remote import RemoteTier
@@ -57,6 +58,18 @@ class Counters:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._values)
+
+
+class Place(NamedTuple):
+    """Where a key's entry lives: its namespace and the engine section every entry there carries.
+
+    `section` None: not known yet (a snapshot found by its memo; the miss reads it from the artifact).
+    `serialized`: the entry is a snapshot of a serialized input (its namespace is the artifact's own engine).
+    """
+
+    namespace: Path
+    section: bytes | None
+    serialized: bool
 
 
 class MissPath:
@@ -96,13 +109,13 @@ class MissPath:
 
     # --- the miss path ----------------------------------------------------------------------------
 
-    def load(self, name: str, path: str | None, data: bytes | memoryview | None, key: str, kind: Kind,
-              digest: str, *, serialized: bool) -> Any:
+    def load(self, name: str, path: str | None, data: bytes | memoryview | None, place: Place, key: str, kind: Kind,
+             digest: str) -> Any:
         lock: KeyLock | None = None
         if self._cache.writable and not self._cache.disabled:
-            key_lock = KeyLock(lock_path(self._cache.namespace_dir, key))
+            key_lock = KeyLock(lock_path(place.namespace, key))
             try:
-                self.ensure_namespace()
+                self.ensure_namespace(place)
                 if key_lock.acquire(timeout=self._cache.lock_timeout):
                     lock = key_lock
                 else:
@@ -113,8 +126,7 @@ class MissPath:
                             exc.strerror or exc)
         upload: bytes | bytearray | None = None
         try:
-            module, published, upload = self._produce(name, path, data, key, kind, digest, lock is not None,
-                                                      serialized=serialized)
+            module, published, upload = self._produce(name, path, data, place, key, kind, digest, lock is not None)
         finally:
             if lock is not None:
                 lock.release()
@@ -123,28 +135,30 @@ class MissPath:
             self._after_publish(key, published, upload)
         return module
 
-    def _produce(self, name: str, path: str | None, data: bytes | memoryview | None, key: str, kind: Kind,
-                 digest: str, locked: bool, *, serialized: bool) -> tuple[Any, int, bytes | bytearray | None]:
+    def refuse(self, name: str, path: str | None, data: bytes | memoryview | None, kind: Kind) -> Any:
+        """What wasmtime makes of a serialized input that is not a Wasmtime artifact (its error, as a CompileError)."""
+        own = bytes(data) if data is not None else read_input(name, path or name)[0]
+        return self._deserialize_copy(name, own, kind)
+
+    def _produce(self, name: str, path: str | None, data: bytes | memoryview | None, place: Place, key: str,
+                 kind: Kind, digest: str, locked: bool) -> tuple[Any, int, bytes | bytearray | None]:
         """(module, bytes published or 0, what to upload) for a miss; the caller holds the key lock if `locked`."""
         if locked:
             # Another process may have published while we waited for the lock.
-            module = self._load_entry(key, kind, locked=True)
+            module = self._load_entry(place, key, kind, locked=True)
             if module is not None:
                 return module, 0, None
-            if not serialized:
-                module, size = self._load_remote(key, kind, digest, name)
+            if not place.serialized:
+                module, size = self._load_remote(place, key, kind, digest, name)
                 if module is not None:
                     return module, size, None
         own = self._own_copy(name, path, data, digest)
-        if serialized:
-            try:
-                section: bytes | None = find_section(own, ENGINE_SECTION)
-            except ValueError:
-                section = None
-            if not locked or section != self._cache.engine_identity.section:
-                # Not ours to publish (another engine's artifact that wasmtime may still accept, or
-                # not an artifact at all), or nowhere to publish: do what wasmtime does, in memory.
+        if place.serialized:
+            section = artifact_section(own, kind)
+            if not locked or section is None or namespace_name(fingerprint_of_section(section)) != place.namespace.name:
+                # Nowhere to publish, or not an artifact of this kind: do what wasmtime does, in memory.
                 return self._deserialize_copy(name, own, kind), 0, None
+            place = place._replace(section=section)
             blob: bytes | bytearray = own
             compiled = None
         else:
@@ -152,10 +166,10 @@ class MissPath:
             if not locked:
                 return compiled, 0, None
             blob = compiled.serialize()
-        module = self._publish(blob, key, kind, digest, name, "snapshot" if serialized else "compiled")
+        module = self._publish(blob, place, key, kind, digest, name, "snapshot" if place.serialized else "compiled")
         if module is None:  # not stored (disk full ...) or not loadable: what we have, in memory
             return (compiled if compiled is not None else self._deserialize_copy(name, own, kind)), 0, None
-        return module, len(blob), None if serialized else blob
+        return module, len(blob), None if place.serialized else blob
 
     def _compile(self, name: str, data: bytes, kind: Kind) -> Any:
         import wasmtime  # noqa: PLC0415
@@ -178,18 +192,20 @@ class MissPath:
         except wasmtime.WasmtimeError as exc:
             raise CompileError(name, wasmtime_reason(exc), exc) from None
 
-    def ensure_namespace(self) -> None:
-        namespace = self._cache.namespace_dir
-        namespace.mkdir(mode=0o700, exist_ok=True)
-        engine_file = namespace / NAMESPACE_ENGINE_FILE
-        if not engine_file.exists():
-            write_atomically(engine_file, self._cache.engine_identity.section, mode=0o444, durable=True)
+    @staticmethod
+    def ensure_namespace(place: Place) -> None:
+        """The namespace directory, and its engine file once the section is known."""
+        place.namespace.mkdir(mode=0o700, exist_ok=True)
+        engine_file = place.namespace / NAMESPACE_ENGINE_FILE
+        if place.section is not None and not engine_file.exists():
+            write_atomically(engine_file, place.section, mode=0o444, durable=True)
 
-    def _publish(self, blob: bytes | bytearray, key: str, kind: Kind, digest: str, name: str, origin: str) -> Any:
-        """Publish `blob` under `key` (we hold its lock); return the loaded entry, or None."""
+    def _publish(self, blob: bytes | bytearray, place: Place, key: str, kind: Kind, digest: str, name: str,
+                 origin: str) -> Any:
+        """Publish `blob` under `key` in `place` (we hold its lock); return the loaded entry, or None."""
         import blake3  # noqa: PLC0415
 
-        namespace = self._cache.namespace_dir
+        namespace = place.namespace
         entry = entry_path(namespace, key)
         try:
             record = Record(
@@ -198,7 +214,7 @@ class MissPath:
                 size=len(blob), identity=None, source=os.path.basename(name)[:200],
                 wasmtime_version=wasmtime_version(), created=time.time(), origin=origin,
             )
-            self.ensure_namespace()
+            self.ensure_namespace(place)
             # Any leftover at the key (an orphan, or a bad file a reader could not repair) goes first.
             if os.path.lexists(entry):
                 quarantine(self._cache.root, entry, "replaced by a fresh compile")
@@ -207,14 +223,22 @@ class MissPath:
             write_record(record_path(namespace, key), record)
             published = write_atomically(entry, blob, durable=True, read_only=True)
             write_record(record_path(namespace, key), record._replace(identity=Identity.of(published)))
-            self.ensure_namespace()  # a concurrent gc may have collected the empty namespace
+            self.ensure_namespace(place)  # a concurrent gc may have collected the empty namespace
         except Exception as exc:
             log.warning("wasmcache: could not store %s in the cache (%s); using it uncached",
                         name, getattr(exc, "strerror", None) or exc)
             with contextlib.suppress(OSError):
                 os.unlink(record_path(namespace, key))
             return None
-        return self._load_entry(key, kind, locked=True)
+        try:
+            return self._load_entry(place, key, kind, locked=True)
+        except EntryRefusedError:
+            # This engine may not load the artifact it handed us (another engine's): nothing of it
+            # stays, and wasmtime's own error goes up, as `deserialize_file` would have raised it.
+            for path in (entry, record_path(namespace, key)):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
 
     def _after_publish(self, key: str, size: int, upload: bytes | bytearray | None) -> None:
         """Upload what this host compiled, then count it towards the size bound (collecting if over)."""
@@ -238,7 +262,7 @@ class MissPath:
                     self._remote = RemoteTier.from_settings(self._remote_settings)
         return self._remote
 
-    def _load_remote(self, key: str, kind: Kind, digest: str, name: str) -> tuple[Any, int]:
+    def _load_remote(self, place: Place, key: str, kind: Kind, digest: str, name: str) -> tuple[Any, int]:
         remote = self.remote_tier()
         if remote is None:
             return None, 0
@@ -254,7 +278,7 @@ class MissPath:
             log.warning("wasmcache: remote artifact for %s was compiled by another engine; compiling locally", name)
             self._counters.add("rejected")
             return None, 0
-        module = self._publish(data, key, kind, digest, name, "remote")
+        module = self._publish(data, place, key, kind, digest, name, "remote")
         size = len(data) if module is not None else 0
         if module is None:  # could not store it locally (disk full ...): load the verified bytes
             try:
