@@ -57,6 +57,32 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
+def _locked_temp(final: Path, mode: int) -> tuple[Path, int]:
+    """A new temp file next to `final`, created exclusively and flocked by us: (its path, its fd).
+
+    Between the create and the flock a collector could find the file unlocked and reap it; so
+    after locking, the path must still name our inode, or we start again with another name.
+    """
+    while True:
+        temp = temp_path_for(final)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = os.fstat(fd)
+            current = os.stat(temp, follow_symlinks=False)
+        except FileNotFoundError:
+            os.close(fd)
+            continue  # reaped in that instant
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        if (held.st_dev, held.st_ino) == (current.st_dev, current.st_ino):
+            return temp, fd
+        os.close(fd)
+
+
 def write_atomically(
     final: Path, data: bytes | bytearray | memoryview, *, mode: int = 0o600, durable: bool = False,
     read_only: bool = False,
@@ -69,10 +95,8 @@ def write_atomically(
     returned, so the identity recorded for an entry is the one a later reader sees. (Small files
     may be replaced by a concurrent writer of the same content: that is fine for them.)
     """
-    temp = temp_path_for(final)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+    temp, fd = _locked_temp(final, mode)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         write_all(fd, data)
         if durable:
             os.fsync(fd)

@@ -46,6 +46,10 @@ MEMO_SUFFIX: Final = ".engine"
 WHY_SUFFIX: Final = ".why"
 KINDS: Final = ("module", "component")
 KEY_RE: Final = re.compile(r"^[0-9a-f]{64}$")
+# What wasmcache itself writes, exactly: nothing else in a root is ever collected, cleared or reaped.
+_NAMESPACE_RE: Final = re.compile(r"^ns-[0-9a-f]{32}$")
+_TEMP_RE: Final = re.compile(r"^[^.]+\.[0-9a-f]{12}\.tmp$")  # <stem>.<12 hex>.tmp (`_fs.temp_path_for`)
+_KEYED_RE: Final = re.compile(r"^[0-9a-f]{64}(\.cwasm|\.rec|\.lock|\.[0-9a-f]{12}\.tmp)$")
 
 
 def namespace_name(fingerprint: str) -> str:
@@ -53,7 +57,21 @@ def namespace_name(fingerprint: str) -> str:
 
 
 def is_namespace_name(name: str) -> bool:
-    return name.startswith(NAMESPACE_PREFIX)
+    return _NAMESPACE_RE.match(name) is not None
+
+
+def is_temp_name(name: str) -> bool:
+    """A writer's temp file: `<stem>.<12 hex>.tmp`, as `_fs.temp_path_for` names them."""
+    return _TEMP_RE.match(name) is not None
+
+
+def is_entry_name(name: str) -> bool:
+    return len(name) == 64 + len(ENTRY_SUFFIX) and name.endswith(ENTRY_SUFFIX) and KEY_RE.match(name[:64]) is not None
+
+
+def is_keyed_name(name: str) -> bool:
+    """A file of one key in a namespace: its entry, record, lock or a writer's temp file."""
+    return _KEYED_RE.match(name) is not None
 
 
 def key_of(name: str) -> str:

@@ -26,9 +26,11 @@ from ._layout import (
     NAMESPACE_ENGINE_FILE,
     QUARANTINE_DIR,
     RECORD_SUFFIX,
-    TEMP_SUFFIX,
     entry_path,
+    is_entry_name,
+    is_keyed_name,
     is_namespace_name,
+    is_temp_name,
     key_of,
     lock_path,
     record_path,
@@ -64,7 +66,7 @@ def scan_usage(root: Path) -> tuple[int, int]:
                 for e in it:
                     with contextlib.suppress(OSError):
                         total += e.stat(follow_symlinks=False).st_size
-                    if e.name.endswith(ENTRY_SUFFIX) and is_namespace_name(directory.name):
+                    if is_entry_name(e.name) and is_namespace_name(directory.name):
                         entries += 1
         except (FileNotFoundError, NotADirectoryError):
             continue
@@ -145,12 +147,12 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
         for key, group in files.items():
             if not KEY_RE.match(key):
                 # e.g. the namespace's own `engine.<random>.tmp`: its writer holds an flock on it.
-                report.reaped_temp_files += sum(reap_if_dead(e.path) for e in group if e.name.endswith(TEMP_SUFFIX))
+                report.reaped_temp_files += sum(reap_if_dead(e.path) for e in group if is_temp_name(e.name))
                 continue
             names = {e.name: e for e in group}
             entry = names.get(key + ENTRY_SUFFIX)
             record = names.get(key + RECORD_SUFFIX)
-            temps = [e for e in group if e.name.endswith(TEMP_SUFFIX)]
+            temps = [e for e in group if is_temp_name(e.name)]
             if temps or entry is None or record is None:
                 # A temp file, a record without an entry (a writer killed before its rename) or an
                 # entry without a record (nothing vouches for it): leftovers if nobody holds the key.
@@ -207,7 +209,7 @@ def _reap_dead_temp_files(directory: Path) -> int:
     """Temp files of dead writers of the small files (usage, markers, memos) in `directory`."""
     try:
         with os.scandir(directory) as it:
-            temps = [e.path for e in it if e.name.endswith(TEMP_SUFFIX) and e.is_file(follow_symlinks=False)]
+            temps = [e.path for e in it if is_temp_name(e.name) and e.is_file(follow_symlinks=False)]
     except OSError:
         return 0
     return sum(reap_if_dead(path) for path in temps)
@@ -285,7 +287,7 @@ def clear_root(root: Path) -> int:
     try:
         for namespace in namespaces(root):
             with os.scandir(namespace) as it:
-                keys = sorted({key_of(e.name) for e in it if e.name != NAMESPACE_ENGINE_FILE})
+                keys = sorted({key_of(e.name) for e in it if is_keyed_name(e.name)})
             for key in keys:
                 # Under the key's lock: a writer between its record and its rename keeps its key
                 # (its entry is whole when it lands), instead of being left with half a pair.
@@ -294,7 +296,8 @@ def clear_root(root: Path) -> int:
                     continue
                 removed += entry_path(namespace, key).exists()
                 with os.scandir(namespace) as it:
-                    mine = [e.path for e in it if key_of(e.name) == key and not e.name.endswith(LOCK_SUFFIX)]
+                    mine = [e.path for e in it if key_of(e.name) == key and is_keyed_name(e.name)
+                            and not e.name.endswith(LOCK_SUFFIX)]
                 for path in mine:
                     with contextlib.suppress(OSError):
                         os.unlink(path)  # mapped entries live on in the processes using them
@@ -331,7 +334,7 @@ def list_entries(root: Path) -> list[EntryInfo]:
     out: list[EntryInfo] = []
     for namespace in namespaces(root):
         with os.scandir(namespace) as it:
-            names = [e.name for e in it if e.name.endswith(ENTRY_SUFFIX)]
+            names = [e.name for e in it if is_entry_name(e.name)]
         for name in names:
             key = key_of(name)
             entry = namespace / name

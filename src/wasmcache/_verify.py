@@ -19,22 +19,24 @@ from ._fingerprint import fingerprint_of_section
 from ._fs import READ_FLAGS, read_small_file
 from ._layout import (
     ENTRY_SUFFIX,
-    KEY_RE,
     LOCK_SUFFIX,
     NAMESPACE_ENGINE_FILE,
     RECORD_SUFFIX,
     ROOT_DIRS,
     ROOT_FILES,
-    TEMP_SUFFIX,
     entry_path,
+    is_keyed_name,
     is_namespace_name,
+    is_temp_name,
     key_of,
+    lock_path,
     namespace_name,
     record_path,
 )
+from ._lock import try_lock
 from ._maintenance import namespaces, scan_usage
-from ._record import Identity, write_record
-from ._root import require_root, write_usage
+from ._record import Identity, read_record, write_record
+from ._root import disabled_by_environment, require_root, write_usage
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,11 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
 
     with os.scandir(root) as it:
         for e in it:
-            if e.name in ROOT_FILES or e.name in ROOT_DIRS or e.name.endswith(TEMP_SUFFIX):
+            if e.name in ROOT_FILES or e.name in ROOT_DIRS or is_temp_name(e.name):
                 continue
             if is_namespace_name(e.name) and e.is_dir(follow_symlinks=False):
                 continue
-            detail = "namespace is not a directory" if is_namespace_name(e.name) else "file wasmcache did not write"
+            detail = "namespace is not a directory" if is_namespace_name(e.name) else "not written by wasmcache"
             finding(Path(e.path), "foreign", detail, "`wasmcache verify --fix` moves it into quarantine/")
             foreign.append(Path(e.path))
     for namespace in namespaces(root):
@@ -95,16 +97,17 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
             section = _section_from_entries(namespace)
         if section is None or namespace_name(fingerprint_of_section(section)) != namespace.name:
             detail = "namespace has no engine record" if section is None else "engine record does not match its name"
-            finding(namespace, "mismatched", detail, "`wasmcache clear` (or remove this directory)")
+            finding(namespace, "mismatched", detail, "`wasmcache clear` removes its entries")
             section = None
         with os.scandir(namespace) as it:
             names = sorted(e.name for e in it)
         for name in names:
             path = namespace / name
-            if name == NAMESPACE_ENGINE_FILE or name.endswith((TEMP_SUFFIX, LOCK_SUFFIX)):
+            ours_to_skip = is_temp_name(name) or (is_keyed_name(name) and name.endswith(LOCK_SUFFIX))
+            if name == NAMESPACE_ENGINE_FILE or ours_to_skip:
                 continue
             key = key_of(name)
-            if not KEY_RE.match(key) or not name.endswith((ENTRY_SUFFIX, RECORD_SUFFIX)):
+            if not is_keyed_name(name):
                 finding(path, "foreign", "file wasmcache did not write", "`wasmcache verify --fix` moves it into "
                         "quarantine/")
                 foreign.append(path)
@@ -120,19 +123,27 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
         for path in foreign:
             quarantine(root, path, "wasmcache verify --fix: not written by wasmcache")
             report.fixed += not os.path.lexists(path)
-    if os.access(root, os.W_OK):
+    if os.access(root, os.W_OK) and not disabled_by_environment():  # disabled: touch nothing, even here
         with contextlib.suppress(OSError):
             write_usage(root, *scan_usage(root))  # the usage record is exact after a verify
     return report
 
 
 def _verify_entry(root: Path, namespace: Path, key: str, section: bytes | None, report: VerifyReport, *,
-                  fix: bool) -> bool:
+                  fix: bool) -> bool | None:
+    """True: intact; False: a finding (set aside with `fix`); None: not there any more (uncounted)."""
     path = entry_path(namespace, key)
     seen: Identity | None = None
     try:
         checked = check_entry(namespace, key, kind=None, section=section, full=True)
         if checked is None:
+            # No record: gc or clear may be removing this very entry right now (they hold its
+            # lock, and unlink the entry before the record), or it is gone already. Only an entry
+            # still there, with no record, under a free lock is an orphan.
+            with try_lock(lock_path(namespace, key)) as free:
+                if not free or not os.path.lexists(path) or read_record(record_path(namespace, key)) is not None:
+                    report.checked -= 1
+                    return None
             raise UntrustedEntryError("orphan", "entry without a valid record")
     except UntrustedEntryError as bad:
         report.findings.append(Finding(str(path), bad.problem, bad.detail, _FIX))
