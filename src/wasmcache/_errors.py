@@ -97,6 +97,24 @@ class UndecidableLayoutError(CacheError):
     """
 
 
+class RunError(CacheError):
+    """`wasmcache run` failed: print `message` (one line) and exit with `code`; `detail` is for --debug."""
+
+    def __init__(self, message: str, code: int = 1, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.detail = detail
+
+
+class RunUsageError(CacheError):
+    """A `wasmcache run` command line wasmtime would refuse too (exit 2); the message names the option."""
+
+
+class BadValueError(CacheError):
+    """An `--invoke` argument wasmtime would refuse; the message is Rust's ("invalid digit found in string")."""
+
+
 class RejectedArtifactError(CacheError):
     """Internal: a remote object that must not be loaded (turned into `rejected` + one warning)."""
 

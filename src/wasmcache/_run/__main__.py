@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
-from . import main
+from . import run_and_exit
 
 
-def _entry(argv: list[str]) -> int:
+def entry(argv: list[str]) -> NoReturn:
     debug = verbose = False
     while argv and argv[0] in ("--debug", "--verbose"):
         debug = debug or argv[0] == "--debug"
         verbose = verbose or argv[0] == "--verbose"
         argv = argv[1:]
-    return main(argv, debug=debug, verbose=verbose)
+    run_and_exit(argv, debug=debug, verbose=verbose)
 
 
 if __name__ == "__main__":
-    sys.exit(_entry(sys.argv[1:]))
+    entry(sys.argv[1:])

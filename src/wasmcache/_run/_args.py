@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-
-class UsageError(Exception):
-    """A command line wasmtime would refuse too (exit 2); the message names the option."""
+from .._errors import RunUsageError
 
 
 class Options:
@@ -103,7 +101,7 @@ def parse(argv: list[str]) -> Options:
         if word == "--":
             file = next(words, None)
             if file is None:
-                raise UsageError("run: missing the WASM file after `--`")
+                raise RunUsageError("run: missing the WASM file after `--`")
             options.file = file
             break
         if not word.startswith("-") or word == "-":
@@ -112,23 +110,23 @@ def parse(argv: list[str]) -> Options:
         name, value = _split_option(word)
         if name in _FLAGS:
             if value is not None:
-                raise UsageError(f"run: {name} takes no value")
+                raise RunUsageError(f"run: {name} takes no value")
             setattr(options, name[2:], True)
             continue
         if name in _UNSUPPORTED_FLAGS or name in _UNSUPPORTED_VALUED.values():
             reason = _UNSUPPORTED_REASON.get(name, "not supported by wasmcache run (use wasmtime run)")
-            raise UsageError(f"run: {name}: {reason}")
+            raise RunUsageError(f"run: {name}: {reason}")
         if name not in _VALUED:
-            raise UsageError(f"run: unknown option {word.split('=', 1)[0]!r} (see wasmcache run --help)")
+            raise RunUsageError(f"run: unknown option {word.split('=', 1)[0]!r} (see wasmcache run --help)")
         if value is None:
             value = next(words, None)
             if value is None:
-                raise UsageError(f"run: {name} needs a value")
+                raise RunUsageError(f"run: {name} needs a value")
         raw.setdefault(_VALUED[name], []).append(value)
     options.guest_args = list(words)
     _apply(options, raw)
     if options.file is None and not options.help:
-        raise UsageError("run: missing the WASM file to run (wasmcache run [OPTIONS] FILE [ARGS...])")
+        raise RunUsageError("run: missing the WASM file to run (wasmcache run [OPTIONS] FILE [ARGS...])")
     return options
 
 
@@ -158,7 +156,7 @@ def _apply(options: Options, raw: dict[str, list[str]]) -> None:
     for value in raw.get("preloads", []):
         name, sep, path = value.partition("=")
         if not sep:
-            raise UsageError(f"run: --preload {value}: must contain exactly one equals character ('=')")
+            raise RunUsageError(f"run: --preload {value}: must contain exactly one equals character ('=')")
         options.preloads.append((name, path))
     for key, item_value in _items("-W", raw.get("wasm", [])):
         _wasm_option(options, key, item_value)
@@ -166,7 +164,7 @@ def _apply(options: Options, raw: dict[str, list[str]]) -> None:
         if key == "cache":
             options.cache = _bool("-C", key, item_value)
         elif key == "cache-config":
-            raise UsageError("run: -C cache-config: not supported (wasmcache is the cache; see --cache-dir)")
+            raise RunUsageError("run: -C cache-config: not supported (wasmcache is the cache; see --cache-dir)")
         else:
             options.codegen.append(_item(key, item_value))
     options.optimize = [_item(key, item_value) for key, item_value in _items("-O", raw.get("optimize", []))]
@@ -178,7 +176,7 @@ def _items(option: str, values: list[str]) -> list[tuple[str, str | None]]:
     items = []
     for raw in values:
         if raw == "help":
-            raise UsageError(f"run: {option} help: see `wasmtime run {option} help`; wasmcache run --help lists "
+            raise RunUsageError(f"run: {option} help: see `wasmtime run {option} help`; wasmcache run --help lists "
                              "what it supports")
         for item in raw.split(","):
             key, sep, value = item.partition("=")
@@ -206,7 +204,7 @@ def _wasm_option(options: Options, key: str, value: str | None) -> None:
     elif key == "unknown-imports-default":
         options.unknown_imports_default = _bool("-W", key, value)
     elif key in _W_UNSUPPORTED:
-        raise UsageError(f"run: -W {key}: a wasmtime option wasmcache run does not support")
+        raise RunUsageError(f"run: -W {key}: a wasmtime option wasmcache run does not support")
     else:
         if key == "epoch-interruption":
             options.epoch_interruption = _bool("-W", key, value)
@@ -220,13 +218,13 @@ def _wasi_option(options: Options, key: str, value: str | None) -> None:
         options.wasi = _bool("-S", key, value)
     elif key == "preview2":
         if not _bool("-S", key, value):
-            raise UsageError("run: -S preview2=n: the `-Spreview2=n` flag is no longer supported (nor by wasmtime)")
+            raise RunUsageError("run: -S preview2=n: the `-Spreview2=n` flag is no longer supported (nor by wasmtime)")
     elif key == "preview0":
         _bool("-S", key, value)  # accepted; wasmtime-py links WASI preview 1 only (no `wasi_unstable`)
     elif key in _S_UNSUPPORTED:
-        raise UsageError(f"run: -S {key}: a wasmtime option wasmcache run does not support")
+        raise RunUsageError(f"run: -S {key}: a wasmtime option wasmcache run does not support")
     else:
-        raise UsageError(f"run: -S {key}: unknown option; known: cli, inherit-env, inherit-stdin, inherit-stdout, "
+        raise RunUsageError(f"run: -S {key}: unknown option; known: cli, inherit-env, inherit-stdin, inherit-stdout, "
                          "inherit-stderr, http, preview2")
 
 
@@ -236,14 +234,14 @@ def _bool(option: str, key: str, value: str | None) -> bool:
     try:
         return _BOOLS[value]
     except KeyError:
-        raise UsageError(f"run: {option} {key}={value}: unknown boolean flag `{value}`, "
+        raise RunUsageError(f"run: {option} {key}={value}: unknown boolean flag `{value}`, "
                          "only yes,no,<nothing> accepted") from None
 
 
 def _number(option: str, key: str, value: str | None) -> int:
     """wasmtime's N: decimal or 0x hex, `_` ignored, 0 <= N < 2**64."""
     if value is None:
-        raise UsageError(f"run: {option} {key}: value must be specified with `key=val` syntax")
+        raise RunUsageError(f"run: {option} {key}: value must be specified with `key=val` syntax")
     text = value.replace("_", "")
     digits, base = (text[2:], 16) if text.startswith("0x") else (text.removeprefix("+"), 10)
     try:
@@ -251,7 +249,7 @@ def _number(option: str, key: str, value: str | None) -> int:
     except ValueError:
         number = -1
     if not 0 <= number < 1 << 64:
-        raise UsageError(f"run: {option} {key}={value}: expected a whole number")
+        raise RunUsageError(f"run: {option} {key}={value}: expected a whole number")
     return number
 
 
@@ -264,7 +262,7 @@ def parse_duration(value: str | None) -> float:
         number = text[: len(text) - len(suffix)]
         if number.removeprefix("+").isdigit() and number.removeprefix("+").isascii():
             return int(number) * scale
-    raise UsageError(f"run: -W timeout={text}: failed to parse duration: {text} (examples: 1, 2s, 500ms)")
+    raise RunUsageError(f"run: -W timeout={text}: failed to parse duration: {text} (examples: 1, 2s, 500ms)")
 
 
 USAGE: Final = """\

@@ -13,8 +13,7 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING, Any, Final
 
-from ._outcome import RunError
-from ._values import BadValue, format_float, format_v128, parse_float, parse_int
+from .._errors import RunError
 
 if TYPE_CHECKING:
     import wasmtime
@@ -75,6 +74,9 @@ def prepare(module: wasmtime.Module, name: str, words: list[str], file: str) -> 
 
 
 def prepare_type(functype: wasmtime.FuncType, name: str, words: list[str], file: str) -> Call:
+    from .._errors import BadValueError  # noqa: PLC0415
+    from ._values import parse_float, parse_int  # noqa: PLC0415 - only for functions with parameters
+
     params = [classify(t) for t in functype.params]
     args: list[Any] = []
     for i, kind in enumerate(params):
@@ -89,7 +91,7 @@ def prepare_type(functype: wasmtime.FuncType, name: str, words: list[str], file:
             raise RunError(f"{file}: --invoke {name}: argument is not valid utf-8: {word!r}") from None
         try:
             args.append(parse_int(word, kind) if kind in ("i32", "i64") else parse_float(word, kind))
-        except BadValue as exc:
+        except BadValueError as exc:
             raise RunError(f"{file}: --invoke {name}: argument {word!r} for an {kind} parameter: {exc}") from None
     # Like wasmtime, words beyond the function's parameters are ignored (they still are the guest's argv).
     return Call(name, params, len(functype.results), args)
@@ -120,6 +122,8 @@ def call(store: wasmtime.Store, func: wasmtime.Func, params: list[str], args: li
 
 
 def _format(raw: Any) -> str:
+    from ._values import format_float, format_v128  # noqa: PLC0415 - only for functions with results
+
     kind = int(raw.kind)
     if kind == _KIND_NUMBERS["i32"]:
         return str(raw.of.i32)

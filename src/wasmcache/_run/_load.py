@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from typing import TYPE_CHECKING, Any, Final
 
-from ._outcome import USAGE_EXIT, RunError
+from .._errors import RunError
+from ._outcome import USAGE_EXIT
 
 if TYPE_CHECKING:
     from wasmcache import ModuleCache
@@ -26,7 +26,7 @@ _COMPONENT_VERSION: Final = b"\x0d\0\x01\0"  # version 0xd, layer 1
 def read_input(file: str) -> tuple[str, str | bytes]:
     """("module" | "component", the path or the wasm bytes) for FILE, or a RunError naming it."""
     if file == "-":
-        return _classify(_read_all(sys.stdin.fileno(), "-"), file)
+        return _classify(_read_all(0, "-"), file)  # fd 0 itself: sys.stdin is None when it was closed
     if "\0" in file:
         raise RunError(f"{file!r}: a path cannot contain a NUL byte", USAGE_EXIT)
     try:

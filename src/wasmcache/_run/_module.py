@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from .._errors import RunError
 from . import _wasi
-from ._outcome import ERROR_EXIT, RunError
+from ._outcome import ERROR_EXIT
 
 if TYPE_CHECKING:
     import wasmtime
@@ -37,11 +38,12 @@ def run_module(cache: ModuleCache, module: wasmtime.Module, options: Options, fi
     if options.wasi:
         store.set_wasi(_wasi.wasi_config(options, file))
         linker.define_wasi()
-    for name, path in options.preloads:
-        linker.define_module(store, name, _preload(cache, name, path))
+    preloads = [(name, _preload(cache, name, path)) for name, path in options.preloads]
     deadline = _wasi.Deadline(engine, options, file)
     with deadline:
         try:
+            for name, preloaded in preloads:  # instantiated here: their start functions run now
+                linker.define_module(store, name, preloaded)
             if options.unknown_imports_trap:
                 linker.define_unknown_imports_as_traps(module)
             if options.unknown_imports_default:
@@ -58,27 +60,33 @@ def _run_instance(store: wasmtime.Store, instance: wasmtime.Instance, invoke: Ca
                   file: str) -> list[str]:
     import wasmtime  # noqa: PLC0415
 
-    from ._invoke import call, prepare_type  # noqa: PLC0415 - raw calls: no type is ever asked for its kind
-
     exports = instance.exports(store)
     initialize = exports.get("_initialize")
     if isinstance(initialize, wasmtime.Func):
         functype = initialize.type(store)
         if functype.params or functype.results:
             raise RunError(f"{file}: `_initialize` must take no parameters and return nothing")
-        call(store, initialize, [], [], 0)
+        initialize(store)
     if invoke is None:
         default = exports.get("")
         default = default if isinstance(default, wasmtime.Func) else exports.get("_start")
         if not isinstance(default, wasmtime.Func):
             return []
-        invoke = prepare_type(default.type(store), "command default", options.guest_args, file)
+        functype = default.type(store)
+        if not functype.params and not functype.results:
+            default(store)  # the usual `_start`: nothing to parse or print
+            return []
+        from ._invoke import prepare_type  # noqa: PLC0415
+
+        invoke = prepare_type(functype, "command default", options.guest_args, file)
         func = default
     else:
         found = exports.get(invoke.name)
         if not isinstance(found, wasmtime.Func):  # checked on the module's types; an instance agrees
             raise RunError(f"{file}: no func export named `{invoke.name}` found")
         func = found
+    from ._invoke import call  # noqa: PLC0415 - a raw call: no value type is ever asked for its kind
+
     return call(store, func, invoke.params, invoke.args, invoke.results)
 
 

@@ -12,19 +12,11 @@ from __future__ import annotations
 import os
 from typing import Final
 
+from .._errors import RunError
+
 TRAP_EXIT: Final = 134  # 128 + SIGABRT, what `wasmtime run` exits with after a trap (Unix)
 ERROR_EXIT: Final = 1
 USAGE_EXIT: Final = 2
-
-
-class RunError(Exception):
-    """The run failed: print `message` (one line) and exit with `code`; `detail` is for --debug."""
-
-    def __init__(self, message: str, code: int = ERROR_EXIT, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.detail = detail
 
 
 def innermost_cause(text: str) -> str:

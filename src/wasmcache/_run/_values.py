@@ -18,6 +18,8 @@ import re
 import struct
 from typing import Final
 
+from .._errors import BadValueError
+
 _I32: Final = (-(1 << 31), (1 << 31) - 1)
 _I64: Final = (-(1 << 63), (1 << 63) - 1)
 _RANGES: Final = {"i32": _I32, "i64": _I64}
@@ -25,10 +27,6 @@ _RANGES: Final = {"i32": _I32, "i64": _I64}
 # Rust's `dec2flt` grammar; the words are case-insensitive, the digits ASCII only.
 _FLOAT: Final = re.compile(r"[+-]?(?:(?i:inf|infinity|nan)|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)")
 _F32_MAX_BITS: Final = 0x7F7FFFFF
-
-
-class BadValue(Exception):  # noqa: N818 - not an *Error: the caller turns it into its own one-line error
-    """An argument wasmtime would refuse; the message is Rust's (e.g. "invalid digit found in string")."""
 
 
 def parse_int(text: str, kind: str) -> int:
@@ -42,20 +40,20 @@ def _rust_int(text: str, radix: int, kind: str) -> int:
     # core::num's from_str_radix, step by step: its errors depend on where the first problem is
     # ("99999999999x" is too large, not an invalid digit).
     if not text:
-        raise BadValue("cannot parse integer from empty string")
+        raise BadValueError("cannot parse integer from empty string")
     low, high = _RANGES[kind]
     negative = text[0] == "-"
     digits = text[1:] if text[0] in "+-" else text
     if not digits:
-        raise BadValue("invalid digit found in string")
+        raise BadValueError("invalid digit found in string")
     value = 0
     for char in digits:
         digit = _digit(char, radix)
         value = value * radix + digit
         if not negative and value > high:
-            raise BadValue("number too large to fit in target type")
+            raise BadValueError("number too large to fit in target type")
         if negative and -value < low:
-            raise BadValue("number too small to fit in target type")
+            raise BadValueError("number too small to fit in target type")
     return -value if negative else value
 
 
@@ -65,18 +63,18 @@ def _digit(char: str, radix: int) -> int:
     elif "a" <= char.lower() <= "z" and char.isascii():
         digit = ord(char.lower()) - ord("a") + 10
     else:
-        raise BadValue("invalid digit found in string")
+        raise BadValueError("invalid digit found in string")
     if digit >= radix:
-        raise BadValue("invalid digit found in string")
+        raise BadValueError("invalid digit found in string")
     return digit
 
 
 def parse_float(text: str, kind: str) -> float:
     """`text` as Rust's `str::parse::<f32|f64>`; an f32 is returned as the float it rounds to."""
     if not text:
-        raise BadValue("cannot parse float from empty string")
+        raise BadValueError("cannot parse float from empty string")
     if _FLOAT.fullmatch(text) is None:
-        raise BadValue("invalid float literal")
+        raise BadValueError("invalid float literal")
     value = float(text)  # correctly rounded to f64 (Python accepts a superset of the grammar above)
     return value if kind == "f64" else _round_to_f32(value, text)
 

@@ -6,7 +6,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
-from ._outcome import TRAP_EXIT, RunError, say
+from .._errors import RunError
+from ._outcome import TRAP_EXIT, from_wasmtime, say
 
 if TYPE_CHECKING:
     import wasmtime
@@ -147,6 +148,5 @@ class Deadline:
 
 
 def guest_error(exc: Any, file: str, deadline: Deadline) -> int:
-    from ._outcome import from_wasmtime  # noqa: PLC0415
-
+    """The exit code for what the guest's run raised (an exit), or the RunError wasmtime would print."""
     return from_wasmtime(exc, file, deadline_passed=deadline.passed_text())

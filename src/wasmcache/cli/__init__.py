@@ -19,7 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     run = _run_arguments(args)
     if run is not None:  # the start-up of a hit is what `run` is measured by: no click for it
         from .._run import main as run_main  # noqa: PLC0415
+        from .._run import run_and_exit  # noqa: PLC0415
 
+        if argv is None:  # the process's entry point: end it at once, as `wasmtime run` does
+            run_and_exit(run[0], cache_dir=run[1], debug=debug, verbose=run[2])
         sys.exit(run_main(run[0], cache_dir=run[1], debug=debug, verbose=run[2]))
     try:
         _dispatch(args)
