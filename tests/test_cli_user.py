@@ -172,3 +172,132 @@ def test_a_missing_trusted_key_is_refused_before_any_work(root: Path, tmp_path: 
                                   str(tmp_path / "nope.pub"), str(tmp_path / "a.wasm")))
     assert "nope.pub: no such file" in line
     assert not list(root.rglob("*.cwasm"))
+
+
+# --- found by an outside reader who knew only the README and --help ---------------------------------
+
+
+def test_a_fifo_as_input_is_refused_not_waited_on(root: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "ff"
+    os.mkfifo(fifo)
+    for command in (("compile",), ("inspect",)):
+        line = one_line_error(run_cli(*command, "--cache-dir", str(root), str(fifo), timeout=30),
+                              code=1 if command == ("compile",) else 2)
+        assert "not a regular file" in line
+
+
+def test_inspect_follows_a_users_symlink_and_says_what_a_small_file_is(root: Path, tmp_path: Path) -> None:
+    import wasmtime
+
+    own = tmp_path / "own.cwasm"
+    own.write_bytes(wasmtime.Module(wasmtime.Engine(), answer_module(51)).serialize())
+    (tmp_path / "link.cwasm").symlink_to(own)
+    linked = run_cli("inspect", "--cache-dir", str(root), str(tmp_path / "link.cwasm"))
+    assert linked.returncode == 0, linked.stderr
+    small = tmp_path / "small.wasm"
+    small.write_bytes(answer_module(52, functions=1, body=0)[:40])
+    assert "not an ELF file" in one_line_error(run_cli("inspect", "--cache-dir", str(root), str(small)))
+
+
+def test_inspect_takes_upper_case_keys_and_says_what_a_key_is(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.wasm").write_bytes(answer_module(53))
+    key = json.loads(run_cli("compile", "--json", "--cache-dir", str(root), str(tmp_path / "a.wasm")).stdout)["key"]
+    assert run_cli("inspect", "--cache-dir", str(root), key[:8].upper()).returncode == 0
+    assert "4 to 64 hex digits" in one_line_error(run_cli("inspect", "--cache-dir", str(root), "xyz"))
+
+
+def test_a_marker_that_is_not_ours_is_refused_and_kept(tmp_path: Path) -> None:
+    for i, content in enumerate(("garbage\n", "", None)):
+        mine = tmp_path / f"m{i}"
+        mine.mkdir()
+        marker = mine / "wasmcache-layout"
+        if content is None:
+            marker.mkdir()
+        else:
+            marker.write_text(content)
+        (tmp_path / "a.wasm").write_bytes(answer_module(54))
+        line = one_line_error(run_cli("compile", "--cache-dir", str(mine), str(tmp_path / "a.wasm")))
+        assert "was not written by wasmcache" in line
+        assert marker.is_dir() if content is None else marker.read_text() == content
+
+
+def test_gc_lock_in_the_way_is_not_called_read_only(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.wasm").write_bytes(answer_module(55))
+    run_cli("compile", "--cache-dir", str(root), str(tmp_path / "a.wasm"))
+    (root / "gc.lock").unlink()
+    (root / "gc.lock").mkdir()
+    line = one_line_error(run_cli("gc", "--cache-dir", str(root)))
+    assert "read-only" not in line
+    assert "gc.lock" in line
+
+
+def test_a_size_limit_below_the_entry_is_named_as_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "a.wasm").write_bytes(answer_module(56))
+    result = run_cli("compile", "--cache-dir", str(tmp_path / "c"), str(tmp_path / "a.wasm"),
+                     env={"WASMCACHE_MAX_SIZE": "1K"})
+    assert result.returncode == 0
+    assert "evicted at once: the size limit is" in result.stderr
+    assert "not writable" not in result.stderr
+
+
+def test_stdout_closed_is_one_line_not_silence(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.wasm").write_bytes(answer_module(57))
+    run_cli("compile", "--cache-dir", str(root), str(tmp_path / "a.wasm"))
+    result = subprocess.run(f"'{sys.executable}' -m wasmcache.cli ls --cache-dir '{root}' >&-", shell=True,
+                            capture_output=True, text=True, timeout=60, check=False)
+    expected = "wasmcache: error: standard output is closed: nothing can be printed (run without >&-)"
+    assert one_line_error(result) == expected
+
+
+def test_non_utf8_paths_are_printed_as_their_bytes(tmp_path: Path) -> None:
+    root = os.fsencode(str(tmp_path)) + b"/bad\xff\xfename"
+    result = subprocess.run([sys.executable, "-m", "wasmcache.cli", "stats", "--cache-dir", os.fsdecode(root)],
+                            capture_output=True, check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert root in result.stdout
+
+
+def test_the_library_speaks_of_the_root_not_of_cli_options(tmp_path: Path) -> None:
+    import wasmcache
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(wasmcache.NotACacheError, match=r"root=, --cache-dir or \$WASMCACHE_DIR"):
+        wasmcache.ModuleCache(mine)
+
+
+def test_load_of_a_cwasm_points_at_load_precompiled(tmp_path: Path) -> None:
+    import wasmtime
+
+    import wasmcache
+
+    own = tmp_path / "own.cwasm"
+    own.write_bytes(wasmtime.Module(wasmtime.Engine(), answer_module(58)).serialize())
+    with pytest.raises(wasmcache.CompileError, match="load_precompiled"):
+        wasmcache.ModuleCache(tmp_path / "c").load(own)
+
+
+def test_opt_level_as_a_number(tmp_path: Path) -> None:
+    import wasmcache
+
+    assert wasmcache.EngineSettings(opt_level=2) == wasmcache.EngineSettings(opt_level="2")  # type: ignore[arg-type]
+
+
+def test_keygen_out_that_is_not_a_directory_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    for out in (str(tmp_path / "afile"), "/dev/null", ""):
+        line = one_line_error(run_cli("keygen", "--out", out))
+        assert "--out" in line
+    assert not list(tmp_path.glob("*.pem"))
+
+
+def test_doctor_pid_of_a_missing_process(tmp_path: Path) -> None:
+    assert "no such process" in one_line_error(run_cli("doctor", "--pid", "999999999"))
+
+
+def test_settings_wasmtime_rejects_are_a_usage_error_before_any_file(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.wasm").write_bytes(answer_module(59))
+    line = one_line_error(run_cli("compile", "--cache-dir", str(root), "-W", "gc=y", "-C", "compiler=winch",
+                                  str(tmp_path / "a.wasm")))
+    assert "wasmtime rejects these engine settings" in line

@@ -359,3 +359,16 @@ def test_the_upload_runs_after_the_key_lock_is_released(s3_bucket: tuple[object,
                           env={**fresh_env(tmp_path / "home"), **env}, timeout=120, check=False)
     # Waiters for this key (a fleet's cold start) map the entry while this process compresses and uploads.
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"seen": [True], "uploads": 1}, proc.stderr
+
+
+@pytest.mark.parametrize("xdg", [None, "", "  ", "/tmp/xdg-cache", "relative/dir", " /tmp/x"])
+def test_the_default_root_is_platformdirs_user_cache_dir(home: Path, xdg: str | None) -> None:
+    # wasmcache computes it itself on Linux (importing platformdirs costs ~8 ms of every run): same answer.
+    extra = {} if xdg is None else {"XDG_CACHE_HOME": xdg}
+    code = """
+        import json, platformdirs
+        from wasmcache._root import user_cache_dir
+        print(json.dumps([user_cache_dir(), platformdirs.user_cache_dir("wasmcache", appauthor=False)]))
+    """
+    ours, theirs = json.loads(run_fresh(code, home, **extra).stdout)
+    assert ours == theirs

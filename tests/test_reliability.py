@@ -362,3 +362,17 @@ def wasmtime_major() -> str:
     from importlib.metadata import version
 
     return version("wasmtime").split(".")[0]
+
+
+def test_doctor_reports_a_corrupt_entry_once(root: Path) -> None:
+    # An entry rewritten in place: verify's "corrupt" says it all; no second, softer warning about it.
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(13))
+    entry = cache.entry_path(cache.key_for(answer_module(13)))
+    entry.chmod(0o644)
+    with entry.open("r+b") as f:
+        f.seek(200)
+        f.write(b"\xff")
+    findings = [f for f in json.loads(run_cli("doctor", "--json", "--cache-dir", str(root)).stdout)
+                if f["path"] == str(entry)]
+    assert [f["severity"] for f in findings] == ["danger"]

@@ -18,7 +18,6 @@ others clear, collect, quarantine or republish the key.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -48,6 +47,7 @@ from ._layout import (
     namespace_name,
     record_path,
 )
+from ._log import log
 from ._miss import Counters, MissPath, Place
 from ._record import Identity, write_record
 from ._remote._settings import resolve_remote_settings
@@ -72,7 +72,6 @@ if TYPE_CHECKING:
     from ._maintenance import EntryInfo, GcReport
     from ._verify import VerifyReport
 
-log = logging.getLogger("wasmcache")
 
 Mode = Literal["mmap", "memory"]
 Kind = Literal["module", "component"]

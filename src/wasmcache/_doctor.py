@@ -86,6 +86,8 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
                                          "(copied, restored or modified since)",
                                          "the next load checks its content; `wasmcache verify --fix` settles it now"))
     report = verify_root(root)
+    judged = {f.path for f in report.findings}  # verify's verdict on a file replaces the identity warning
+    out = [d for d in out if not (d.severity == WARNING and d.path in judged)]
     for f in report.findings:
         severity = WARNING if f.problem in ("orphan", "foreign") else DANGER
         out.append(Diagnosis(severity, f.path, f"{f.problem}: {f.detail}", f.fix))
@@ -142,7 +144,8 @@ def diagnose_pid(pid: int) -> list[MappedFile]:
         key = (device, inode)
         extent = offset + (end - start)
         previous = seen.get(key)
-        seen[key] = (parts[5].strip(), max(extent, previous[1] if previous else 0),
+        path = parts[5].strip().replace("\\012", "\n")  # the kernel escapes a newline in a path as \012
+        seen[key] = (path, max(extent, previous[1] if previous else 0),
                      previous[2] if previous else parts[0])
     out = []
     for (device, inode), (path, extent, span) in sorted(seen.items(), key=lambda kv: kv[1][0]):

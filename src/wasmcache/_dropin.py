@@ -20,7 +20,6 @@ originals (captured by `_native` before anything is patched), and `uninstall()` 
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import sys
 import threading
@@ -31,13 +30,13 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from . import _native
 from ._cache import CacheStats, ModuleCache
 from ._errors import CacheError, CompileError, ConfigError, SourceError
+from ._log import log
 from ._miss import Counters
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import ModuleType
 
-log = logging.getLogger("wasmcache")
 
 Kind = Literal["module", "component"]
 Mode = Literal["mmap", "memory"]

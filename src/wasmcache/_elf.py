@@ -36,9 +36,10 @@ def is_elf(head: bytes) -> bool:
 
 def find_section(source: bytes | bytearray | memoryview | int, name: str) -> bytes:
     """Return the contents of section `name` of the ELF64 file in `source` (bytes or an fd)."""
-    header = _read_at(source, 0, _HEADER_SIZE)
-    if not is_elf(header):
+    head = os.pread(source, _HEADER_SIZE, 0) if isinstance(source, int) else bytes(source[:_HEADER_SIZE])
+    if not is_elf(head):
         raise ValueError("not an ELF file (a Wasmtime .cwasm starts with \\x7fELF)")
+    header = _read_at(source, 0, _HEADER_SIZE)
     if header[4] != _ELFCLASS64:
         raise ValueError("not a 64-bit ELF file")
     endian = {1: "<", 2: ">"}.get(header[5])

@@ -11,7 +11,6 @@ neither fork nor probe.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 
     import wasmtime
 
-log = logging.getLogger("wasmcache")
 
 Compiler = Literal["auto", "cranelift", "winch"]
 OptLevel = Literal["0", "1", "2", "s"]
@@ -107,6 +105,8 @@ class EngineSettings:
     ) -> None:
         if compiler not in _STRATEGIES:
             raise ConfigError(f"compiler={compiler!r}: expected one of cranelift, winch, auto")
+        if isinstance(opt_level, int) and not isinstance(opt_level, bool):
+            opt_level = str(opt_level)  # 2 means "2", as -O opt-level=2 does
         if opt_level is not None and opt_level not in _OPT_LEVELS:
             raise ConfigError(f"opt-level={opt_level!r}: expected one of 0, 1, 2, s")
         features = {} if features is None else features

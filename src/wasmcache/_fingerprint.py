@@ -12,7 +12,6 @@ changes the engine). Nothing is remembered anywhere else.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import threading
@@ -23,6 +22,7 @@ import blake3
 
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import ConfigError
+from ._log import log
 from ._native import compile_wasm
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
     import wasmtime
 
-log = logging.getLogger("wasmcache")
 
 # (module (func (result i32) i32.const 0)): the smallest module with code. Its engine section is
 # the same as the empty module's; compiling a body is what fails for Winch + exceptions & co.

@@ -15,27 +15,31 @@ from ._layout import ENTRY_SUFFIX, NAMESPACE_ENGINE_FILE, RECORD_SUFFIX, is_name
 from ._record import read_record
 
 
-def _resolve(target: str, root: Path) -> Path:
+def _resolve(target: str, root: Path) -> tuple[Path, bool]:
+    """(the file to describe, whether it is a cache entry found by its key)."""
     path = Path(target)
-    if path.exists() or os.sep in target or target.endswith(ENTRY_SUFFIX):
-        return path
-    if not re.fullmatch(r"[0-9a-f]{4,64}", target):
-        raise CacheError(f"{target}: neither a file nor an entry key (hex)")
-    matches = sorted(root.glob(f"ns-*/{target}*{ENTRY_SUFFIX}"))
+    if not target or os.path.lexists(path) or os.sep in target or target.endswith(ENTRY_SUFFIX):
+        return path, False
+    if not re.fullmatch(r"[0-9a-fA-F]{4,64}", target):
+        raise CacheError(f"{target}: neither a file nor an entry key (4 to 64 hex digits)")
+    matches = sorted(root.glob(f"ns-*/{target.lower()}*{ENTRY_SUFFIX}"))
     if not matches:
         raise CacheError(f"{target}: no entry with this key under {root}")
     if len(matches) > 1:
         raise CacheError(f"{target}: ambiguous key prefix ({len(matches)} entries); give more digits")
-    return matches[0]
+    return matches[0], True
 
 
 def inspect_target(target: str, root: Path) -> dict[str, Any]:
     """Describe a `.cwasm` file or an entry key: engine section decoded, kind, size, digest, record."""
     from ._engine_section import decode_engine_section  # noqa: PLC0415
 
-    path = _resolve(target, root)
+    path, is_entry = _resolve(target, root)
+    # An entry is never followed through a symlink; a file the user names is theirs to link. Never
+    # blocks on a FIFO (O_NONBLOCK; it is then refused as not a regular file).
+    flags = (READ_FLAGS if is_entry else os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)) | getattr(os, "O_NONBLOCK", 0)
     try:
-        fd = os.open(path, READ_FLAGS)
+        fd = os.open(path, flags)
     except OSError as exc:
         raise CacheError(f"{path}: cannot open: {exc.strerror}") from None
     try:

@@ -19,6 +19,7 @@ from ._errors import SourceError
 from ._fingerprint import fingerprint_of_section
 from ._fs import read_small_file, write_atomically
 from ._layout import DIGESTS_DIR
+from ._log import log
 from ._record import Identity
 
 if TYPE_CHECKING:
@@ -161,12 +162,10 @@ class SourceDigests:
         return value
 
     def _write_memo(self, root: Path, identity: Identity, tag: str, value: str) -> None:
-        import logging  # noqa: PLC0415
-
         name, token = self._memo_name(identity, tag)
         path = root / DIGESTS_DIR / name
         try:
             path.parent.mkdir(mode=0o700, exist_ok=True)
             write_atomically(path, f"{token} {value}".encode())
         except OSError as exc:
-            logging.getLogger("wasmcache").debug("wasmcache: cannot remember a digest in %s: %s", path, exc)
+            log.debug("wasmcache: cannot remember a digest in %s: %s", path, exc)

@@ -7,7 +7,7 @@ in the root, so a mistaken `--cache-dir ~/.cache` is refused, not wiped. (verify
 from __future__ import annotations
 
 import contextlib
-import logging
+import errno
 import os
 import time
 from dataclasses import dataclass
@@ -36,10 +36,9 @@ from ._layout import (
     record_path,
 )
 from ._lock import KeyLock, try_lock
+from ._log import log
 from ._record import read_record
 from ._root import read_usage, require_root, write_usage
-
-log = logging.getLogger("wasmcache")
 
 MAX_AGE: Final = 30 * 24 * 3600.0  # entries (and so namespaces of an old wasmtime) unused this long go
 _QUARANTINE_AGE: Final = 24 * 3600.0
@@ -95,6 +94,13 @@ def account_publication(root: Path, added_bytes: int, max_size: int) -> None:
         gc_lock.release()
 
 
+def _cannot(root: Path, action: str, exc: OSError) -> CacheError:
+    """One line for a root we may not change: read-only, or something in the way (`gc.lock` a directory ...)."""
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root) else ""
+    hint = " (a read-only cache can only be read)" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else ""
+    return CacheError(f"{root}: cannot {action}: {exc.strerror or exc}{where}{hint}")
+
+
 def collect_garbage_locked(root: Path, max_size: int) -> GcReport:
     """`collect_garbage` under the collector's lock, for `gc`: one-line errors for a root that is not ours
     or cannot be written; a root that does not exist has nothing to collect."""
@@ -106,8 +112,7 @@ def collect_garbage_locked(root: Path, max_size: int) -> GcReport:
         lock.acquire()
         return collect_garbage(root, max_size)
     except OSError as exc:
-        raise CacheError(f"{root}: cannot collect: {exc.strerror or exc} (a read-only cache can only be read)") \
-            from None
+        raise _cannot(root, "collect", exc) from None
     finally:
         lock.release()
 
@@ -282,7 +287,7 @@ def clear_root(root: Path) -> int:
     try:
         gc_lock.acquire()
     except OSError as exc:
-        raise CacheError(f"{root}: cannot clear: {exc.strerror or exc} (a read-only cache can only be read)") from None
+        raise _cannot(root, "clear", exc) from None
     removed = 0
     try:
         for namespace in namespaces(root):

@@ -10,7 +10,6 @@ after the rename. A leftover at the key is set aside first; nothing is ever writ
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -25,6 +24,7 @@ from ._fs import write_atomically
 from ._key import artifact_section, read_input, wasm_digest
 from ._layout import NAMESPACE_ENGINE_FILE, entry_path, lock_path, namespace_name, record_path
 from ._lock import KeyLock
+from ._log import log
 from ._record import Identity, Record, write_record
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from ._remote import RemoteTier
     from ._remote._settings import RemoteSettings
 
-log = logging.getLogger("wasmcache")
 
 
 class Counters:
@@ -178,6 +177,9 @@ class MissPath:
         try:
             compiled = _native.compile_wasm(kind, self._cache.engine, data)
         except wasmtime.WasmtimeError as exc:
+            if data[:4] == b"\x7fELF":  # wasmtime would say "input was not valid utf-8" (it tried WAT)
+                raise CompileError(name, "a precompiled Wasmtime file (.cwasm), not wasm: load it with "
+                                   "load_precompiled()", exc) from None
             raise CompileError(name, wasmtime_reason(exc), exc) from None
         self._counters.add("compiles")
         log.info("wasmcache: compiled %s (%s) in %.2f s", name, kind, time.perf_counter() - started)

@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 import blake3
 
 from .._errors import ConfigError
+from .._log import log
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-import logging
 
-log = logging.getLogger("wasmcache")
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """A short, stable name of a public key (blake3 of its raw 32 bytes), stored in each artifact."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import logging
 import os
 import re
 import threading
@@ -16,6 +15,7 @@ import blake3
 
 from .._errors import ConfigError, LeanFallbackError, RejectedArtifactError, RemoteDownError
 from .._layout import KEY_RE
+from .._log import log
 from ._artifact import (
     FORMAT_VERSION,
     MAGIC,
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-log = logging.getLogger("wasmcache")
 
 CONNECT_TIMEOUT: Final = 2.0
 READ_TIMEOUT: Final = 15.0  # per socket read: a stalled server costs at most this (times two attempts)

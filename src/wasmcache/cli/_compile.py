@@ -9,7 +9,18 @@ from pathlib import Path
 import click
 
 from .._errors import CacheError
-from ._group import cache_dir_option, cli, engine_options, input_kind, open_cache, remote_kwargs, remote_options, say
+from .._root import has_marker
+from ._group import (
+    cache_dir_option,
+    cli,
+    engine_options,
+    human,
+    input_kind,
+    open_cache,
+    remote_kwargs,
+    remote_options,
+    say,
+)
 from ._group import settings_of as _settings_of
 
 
@@ -30,6 +41,7 @@ def compile_(
     """
     cache = open_cache(cache_dir, _settings_of(wasm, codegen, optimize),
                        remote=remote_kwargs(remote, signing_key, trusted_keys))
+    cache.engine  # noqa: B018 - settings wasmtime rejects: one line, exit 2, before any file
     failed = 0
     for file in files:
         try:
@@ -59,8 +71,14 @@ def compile_(
         else:
             state = "already cached"
         if not cached:
-            state = f"{'compiled' if after.compiles > before.compiles else 'loaded'}, not cached (" + (
-                "WASMCACHE_DISABLE is set" if cache.disabled else f"{cache.root} is not writable") + ")"
+            if cache.disabled:
+                why = "WASMCACHE_DISABLE is set"
+            elif not cache.writable:
+                why = f"{cache.root} is not writable" if has_marker(cache.root) else \
+                    f"{cache.root} could not be set up (see the warning above)"
+            else:
+                why = f"evicted at once: the size limit is {human(cache.max_size)} ($WASMCACHE_MAX_SIZE, gc --max-size)"
+            state = f"{'compiled' if after.compiles > before.compiles else 'loaded'}, not cached ({why})"
         if as_json:
             say(json.dumps({"file": str(file), "kind": kind, "key": key, "entry": str(entry) if cached else None,
                             "compiled": after.compiles > before.compiles, "seconds": round(elapsed, 3),

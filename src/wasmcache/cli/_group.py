@@ -28,12 +28,15 @@ def fail(message: str) -> NoReturn:
 
 
 def shown(text: object) -> str:
-    """`text` as it can be printed whatever the terminal's encoding (non-UTF-8 file names included)."""
+    """`text` for a one-line error message (stderr): a non-UTF-8 byte shows as an escape, never crashes."""
     return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def say(text: object = "", *, err: bool = False) -> None:
-    click.echo(shown(text), err=err)
+    """Print one line: the real bytes of non-UTF-8 file names on stdout (Python holds them as surrogates)."""
+    if not err and sys.stdout is None:
+        raise CliError("standard output is closed: nothing can be printed (run without >&-)")
+    click.echo(str(text).encode("utf-8", "surrogateescape"), err=err)
 
 
 def human(n: float) -> str:
@@ -124,7 +127,8 @@ def input_kind(path: Path) -> str:
 
     name = shown(path)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO given as input is refused below, not waited on forever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         fail(f"{name}: cannot read: {exc.strerror or exc}")
     try:

@@ -172,6 +172,8 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
     if pid is not None:
         try:
             mapped = diagnose_pid(pid)
+        except FileNotFoundError:
+            fail(f"process {pid}: no such process")
         except OSError as exc:
             fail(f"process {pid}: cannot read its memory map: {exc.strerror or exc}")
         danger = any(m.state == "modified-in-place" for m in mapped)

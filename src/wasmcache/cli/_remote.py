@@ -31,6 +31,8 @@ def write_keypair(out: Path) -> tuple[Path, Path, str]:
 
     from .._remote._keys import key_id  # noqa: PLC0415
 
+    if os.path.lexists(out) and not out.is_dir():
+        raise RemoteCommandError(f"--out {out}: exists and is not a directory")
     private_path, public_path = out / PRIVATE_NAME, out / PUBLIC_NAME
     for path in (private_path, public_path):
         if os.path.lexists(path):
@@ -116,11 +118,13 @@ def _remote_tier(settings: RemoteSettings | None) -> RemoteTier:
 
 
 @cli.command()
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out", required=True, type=str,
               help="Directory for wasmcache-signing.pem (private, 0600) and wasmcache-signing.pub.")
-def keygen(out: Path) -> None:
+def keygen(out: str) -> None:
     """Create an Ed25519 signing key pair for the remote tier."""
-    private_path, public_path, kid = write_keypair(out)
+    if not out.strip():
+        raise RemoteCommandError("--out: empty; name the directory for the key pair")
+    private_path, public_path, kid = write_keypair(Path(out))
     say(f"private key  {private_path}  (keep it secret: CI/publishers only)")
     say(f"public key   {public_path}  (give it to every host: --trusted-key / $WASMCACHE_TRUSTED_KEYS)")
     say(f"key id       {kid}")
