@@ -102,10 +102,11 @@ class CacheStats(NamedTuple):
 # Modules already loaded in this process, per engine object, then (root, mode, kind, key): the
 # same key loaded twice through the same root and mode with the same Engine returns the same
 # module (a Module only works with its own Engine). Another root still gets its entry; "memory"
-# never returns a mapped module. Weak on both sides: this never keeps an engine or a module alive.
-_loaded_by_engine: weakref.WeakKeyDictionary[Any, weakref.WeakValueDictionary[tuple[str, str, str, str], Any]] = (
-    weakref.WeakKeyDictionary()
-)
+# never returns a mapped module. Weak on the engine (never keeps one alive), strong on the modules:
+# they live as long as their engine. A weak module here was handed out while wasmtime's __del__
+# was freeing its native handle in another thread (the GIL is released in that C call, and the
+# weak reference is cleared only after __del__): a use-after-free that the drop-in's threads hit.
+_loaded_by_engine: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str, str], Any]] = weakref.WeakKeyDictionary()
 _loaded_guard = threading.Lock()
 
 # Linux's /proc, else macOS and the BSDs' /dev/fd: a path that opens the very file behind an fd.
@@ -296,11 +297,11 @@ class ModuleCache:
             # Threads racing on one key all return the first module stored (one per engine and key).
             return loaded.setdefault(memo_key, module)
 
-    def _loaded_modules(self) -> weakref.WeakValueDictionary[tuple[str, str, str, str], Any]:
+    def _loaded_modules(self) -> dict[tuple[str, str, str, str], Any]:
         with _loaded_guard:
             loaded = _loaded_by_engine.get(self.engine)
             if loaded is None:
-                loaded = _loaded_by_engine[self.engine] = weakref.WeakValueDictionary()
+                loaded = _loaded_by_engine[self.engine] = {}
             return loaded
 
     def _load_entry(self, place: Place, key: str, kind: Kind, *, locked: bool = False) -> Any:
