@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -365,3 +367,42 @@ def test_another_tools_patch_is_kept_and_restored(root: Path) -> None:
     finally:
         wasmcache.uninstall()
         wasmtime.Module.__init__ = real  # type: ignore[method-assign]
+
+
+THREADS_SHARING_AN_ENGINE = """
+import sys, threading, wasmtime
+use_dropin = sys.argv[1] == "dropin"
+if use_dropin:
+    import wasmcache
+    wasmcache.install(sys.argv[2])
+else:
+    import wasmcache
+    cache = wasmcache.ModuleCache(sys.argv[2])
+W = '(module (func (export "f") (result i32) i32.const 7))'
+engine = wasmtime.Engine() if use_dropin else cache.engine
+errors = []
+def work():
+    try:
+        for _ in range(300):
+            module = wasmtime.Module(engine, W) if use_dropin else cache.load(wasmtime.wat2wasm(W))
+            store = wasmtime.Store(engine)
+            assert wasmtime.Instance(store, module, []).exports(store)["f"](store) == 7
+            del module  # its last reference goes here, while other threads look the same key up
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("errors:", errors[:1])
+"""
+
+
+@pytest.mark.parametrize("how", ["dropin", "library"])
+def test_threads_sharing_one_engine_never_get_a_module_being_freed(tmp_path: Path, how: str) -> None:
+    # A per-process memo that held modules weakly handed one out while wasmtime's __del__ was freeing
+    # its native handle in another thread: SIGSEGV in wasmtime_module_clone, or "already closed".
+    for attempt in range(3):
+        proc = subprocess.run([sys.executable, "-c", THREADS_SHARING_AN_ENGINE, how, str(tmp_path / "root")],
+                              capture_output=True, text=True, timeout=120, check=False)
+        outcome = (proc.returncode, proc.stdout.strip())
+        assert outcome == (0, "errors: []"), (attempt, proc.returncode, proc.stderr[-2000:])

@@ -372,3 +372,21 @@ def test_the_default_root_is_platformdirs_user_cache_dir(home: Path, xdg: str | 
     """
     ours, theirs = json.loads(run_fresh(code, home, **extra).stdout)
     assert ours == theirs
+
+
+def test_a_default_root_left_with_only_engine_memos_by_wasmcache_0_1_is_adopted(home: Path, tmp_path: Path) -> None:
+    # wasmcache 0.1 wrote engine memos into ~/.cache/wasmcache/engines/ before creating the root
+    # (item 1): every later ModuleCache() refused that directory as foreign. It is ours: complete it.
+    engines = home / ".cache" / "wasmcache" / "engines"
+    engines.mkdir(parents=True)
+    (engines / "d727fd253c6219658ddb170fac65f6bc.engine").write_bytes(b"stale memo\n")
+    (tmp_path / "f.wasm").write_bytes(answer_module(19))
+    proc = run_fresh("import wasmcache; wasmcache.ModuleCache().load('f.wasm'); print('ok')", home, cwd=tmp_path)
+    assert proc.stdout.strip() == "ok", proc.stderr
+    assert (home / ".cache" / "wasmcache" / "wasmcache-layout").exists()
+    # ... but a directory with anything else in engines/ is still not adopted.
+    other = tmp_path / "other"
+    (other / "engines").mkdir(parents=True)
+    (other / "engines" / "notes.txt").write_text("mine")
+    refused = run_fresh(f"import wasmcache; wasmcache.ModuleCache({str(other)!r})", home)
+    assert "NotACacheError" in refused.stderr

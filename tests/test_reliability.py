@@ -16,7 +16,7 @@ import pytest
 import wasmtime
 
 import wasmcache
-from conftest import run_cli, run_json
+from conftest import run_cli, run_json, run_python
 from naive import winch_engine
 from wasmgen import answer_module, call_answer
 
@@ -93,9 +93,17 @@ CORRUPTIONS = {
 
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 def test_corruption_matrix_a_fresh_process_gets_a_correct_module(root: Path, corruption: str) -> None:
+    # Published by another process: this one maps nothing that the corruption below could pull
+    # from under it (modules live as long as their engine here, and wasmtime touches a mapping
+    # when it frees it).
+    run_python("""
+        import sys, wasmcache
+        from wasmgen import answer_module
+        cache = wasmcache.ModuleCache(sys.argv[1])
+        cache.load(answer_module(50))
+        cache.load(answer_module(60))
+    """, str(root))
     cache = wasmcache.ModuleCache(root)
-    cache.load(answer_module(50))
-    cache.load(answer_module(60))
     entry = cache.entry_path(cache.key_for(answer_module(50)))
     other = cache.entry_path(cache.key_for(answer_module(60)))
     CORRUPTIONS[corruption](entry, other)

@@ -102,8 +102,38 @@ class CacheStats(NamedTuple):
 # Modules already loaded in this process, per engine object, then (root, mode, kind, key): the
 # same key loaded twice through the same root and mode with the same Engine returns the same
 # module (a Module only works with its own Engine). Another root still gets its entry; "memory"
-# never returns a mapped module. Weak on both sides: this never keeps an engine or a module alive.
-_loaded_by_engine: weakref.WeakKeyDictionary[Any, weakref.WeakValueDictionary[tuple[str, str, str, str], Any]] = (
+# never returns a mapped module. Weak on the engine (never keeps one alive), strong on the
+# modules: they live as long as their engine, and are served again only while their entry is the
+# file they map (an in-place rewrite, which no writer of ours does, is loaded afresh). A weak
+# module here was handed out while wasmtime's __del__ was freeing its native handle in another
+# thread (the GIL is released in that C call, and the weak reference is cleared only after
+# __del__): a use-after-free that the drop-in's threads hit.
+class _Loaded(NamedTuple):
+    """A module of the per-process memo, and the identity of the entry it maps (None: a copy)."""
+
+    module: Any
+    entry: str
+    identity: Identity | None
+
+    @classmethod
+    def of(cls, module: Any, entry: Path, mode: str) -> _Loaded:
+        identity = None
+        if mode == "mmap":
+            with contextlib.suppress(OSError):
+                identity = Identity.of(os.stat(entry, follow_symlinks=False))
+        return cls(module, str(entry), identity)
+
+    def still_valid(self) -> bool:
+        """The entry it maps is still the file it was (one stat): a rewrite in place is not served again."""
+        if self.identity is None:
+            return True
+        try:
+            return Identity.of(os.stat(self.entry, follow_symlinks=False)) == self.identity
+        except OSError:
+            return True  # collected or cleared: the mapping holds its inode, intact
+
+
+_loaded_by_engine: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str, str], _Loaded]] = (
     weakref.WeakKeyDictionary()
 )
 _loaded_guard = threading.Lock()
@@ -162,6 +192,12 @@ class ModuleCache:
 
     def _open_root(self) -> None:
         """Create or adopt the root; a root we cannot write still serves hits (read-only mode)."""
+        try:
+            existing: os.stat_result | None = os.stat(self.root)
+        except OSError:
+            existing = None
+        if existing is not None and not self._safe(self.root, existing):
+            return  # refused before anything is written into it
         try:
             initialize_root(self.root)
         except OSError as exc:
@@ -277,12 +313,16 @@ class ModuleCache:
             identity = self.engine_identity
             place = Place(self.namespace_dir, identity.section, serialized=False)
             key = cache_key(identity.fingerprint, kind, digest)
+        if self.disabled:  # $WASMCACHE_DISABLE: compile every time, remember nothing, not even here
+            self._counters.add("misses")
+            return self._miss.load(name, path, data, place, key, kind, digest)
         memo_key = (str(self.root), self.mode, kind, key)
         loaded = self._loaded_modules()
         with _loaded_guard:
-            module = loaded.get(memo_key)
+            remembered = loaded.get(memo_key)
+        module = remembered.module if remembered is not None and remembered.still_valid() else None
         try:
-            if module is None and not self.disabled:
+            if module is None:
                 module = self._load_entry(place, key, kind)
             if module is not None:
                 self._counters.add("hits")
@@ -294,13 +334,17 @@ class ModuleCache:
             raise CompileError(name, str(refused), refused.wasmtime_error) from None
         with _loaded_guard:
             # Threads racing on one key all return the first module stored (one per engine and key).
-            return loaded.setdefault(memo_key, module)
+            current = loaded.get(memo_key)
+            if current is not None and current.module is not module and current.still_valid():
+                return current.module
+            loaded[memo_key] = _Loaded.of(module, entry_path(place.namespace, key), self.mode)
+            return module
 
-    def _loaded_modules(self) -> weakref.WeakValueDictionary[tuple[str, str, str, str], Any]:
+    def _loaded_modules(self) -> dict[tuple[str, str, str, str], _Loaded]:
         with _loaded_guard:
             loaded = _loaded_by_engine.get(self.engine)
             if loaded is None:
-                loaded = _loaded_by_engine[self.engine] = weakref.WeakValueDictionary()
+                loaded = _loaded_by_engine[self.engine] = {}
             return loaded
 
     def _load_entry(self, place: Place, key: str, kind: Kind, *, locked: bool = False) -> Any:

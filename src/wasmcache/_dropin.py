@@ -48,6 +48,7 @@ _COUNTERS: Final = len(Counters.NAMES)  # hits, misses, compiles, remote_hits, r
 
 _state_lock = threading.RLock()
 _active: DropIn | None = None
+_installing = False
 _patches: dict[str, tuple[type, dict[str, Any], dict[str, Any]]] = {}  # kind -> (class, originals, ours)
 
 
@@ -73,12 +74,17 @@ class DropIn:
     """What `wasmcache.install()` returns: the drop-in's settings, counters and off switch."""
 
     def __init__(self, root: str | os.PathLike[str] | None, *, mode: Mode, max_size: int | str | None,
-                 strict: bool, automatic: bool = False) -> None:
+                 strict: bool, automatic: bool = False, unusable: CacheError | None = None) -> None:
         # Opening the root here refuses an unsafe one now (strict), not at the program's first load.
-        self._root_cache = ModuleCache(root, mode=mode, max_size=max_size, strict=strict)
-        self.root = self._root_cache.root
+        # `unusable`: the root was refused ($WASMCACHE_AUTO's drop-in then still keeps its promise
+        # that a program's own cache file is never mapped: deserialize_file copies, nothing is cached).
+        self.unusable = unusable
+        self._root_cache = None if unusable is not None else ModuleCache(root, mode=mode, max_size=max_size,
+                                                                          strict=strict)
+        self.root = self._root_cache.root if self._root_cache is not None else Path(os.path.abspath(os.fspath(
+            root if root is not None else os.environ.get("WASMCACHE_DIR") or ".")))
         self.mode: Mode = mode
-        self.max_size = self._root_cache.max_size
+        self.max_size = self._root_cache.max_size if self._root_cache is not None else 0
         self.strict = strict
         self.automatic = automatic
         self.active = False
@@ -100,10 +106,10 @@ class DropIn:
             totals = list(self._retired)
         for cache in live:
             totals = [a + b for a, b in zip(totals, cache.counters(), strict=True)]
-        on_disk = self._root_cache.stats()
+        on_disk = self._root_cache.stats() if self._root_cache is not None else None
         hits, misses, compiles, remote_hits, remote_misses, uploads, rejected = totals
-        return CacheStats(hits, misses, compiles, on_disk.entries, on_disk.size_bytes, remote_hits, remote_misses,
-                          uploads, rejected)
+        return CacheStats(hits, misses, compiles, on_disk.entries if on_disk else 0,
+                          on_disk.size_bytes if on_disk else 0, remote_hits, remote_misses, uploads, rejected)
 
     def uninstall(self) -> None:
         """Put wasmtime's original functions back (objects already returned keep working)."""
@@ -135,6 +141,8 @@ class DropIn:
             attached = engine.__dict__.setdefault(_ENGINE_ATTRIBUTE, {})
         except AttributeError:
             attached = None
+        if self.unusable is not None:
+            return None
         cache = attached.get(self) if attached is not None else self._unattachable.get(id(engine))
         if cache is not None:
             return cache
@@ -359,9 +367,13 @@ def _requested_settings(root: str | os.PathLike[str] | None, mode: str, max_size
 def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", max_size: int | str | None = None,
             strict: bool = True, _automatic: bool = False) -> DropIn:
     """Serve wasmtime's Module/Component constructors from the cache (see the module docstring)."""
-    global _active  # noqa: PLW0603 - the one process-wide drop-in
+    global _active, _installing  # noqa: PLW0603 - the one process-wide drop-in
     if mode not in ("mmap", "memory"):
         raise ConfigError(f"mode={mode!r}: expected 'mmap' or 'memory'")
+    if not isinstance(strict, bool):
+        raise ConfigError(f"strict={strict!r}: expected True or False")
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise ConfigError(f"root={root!r}: expected a path (str or os.PathLike) or None")
     with _state_lock:
         if _active is not None:
             if _active.settings == _requested_settings(root, mode, max_size, strict):
@@ -370,7 +382,18 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
                 raise ConfigError(f"the wasmcache drop-in is already installed ({_active!r}); "
                                   "call wasmcache.uninstall() first to install it with other settings")
             _active.uninstall()  # an explicit install() takes over from $WASMCACHE_AUTO's
-        dropin = DropIn(root, mode=mode, max_size=max_size, strict=strict, automatic=_automatic)
+        _installing = True  # opening the root imports wasmtime: the startup hook must not install too
+        try:
+            try:
+                dropin = DropIn(root, mode=mode, max_size=max_size, strict=strict, automatic=_automatic)
+            except CacheError as exc:
+                if not _automatic:
+                    raise
+                log.warning("wasmcache: drop-in cannot use its cache (%s): programs' own .cwasm files are "
+                            "still never mapped (loaded as copies), nothing is cached", exc)
+                dropin = DropIn(root, mode=mode, max_size=max_size, strict=strict, automatic=True, unusable=exc)
+        finally:
+            _installing = False
         _active = dropin
         if _disabled():
             log.info("wasmcache: $WASMCACHE_DISABLE is set: the drop-in stays off")
@@ -397,8 +420,8 @@ def installed() -> DropIn | None:
 
 def auto_install() -> DropIn | None:
     """$WASMCACHE_AUTO's activation (from the startup hook): never raises into the program."""
-    if _disabled():
-        return None
+    if _disabled() or _installing or _active is not None:
+        return None  # an explicit install() is under way (it imported wasmtime) or done: it wins
     try:
         return install(_automatic=True)
     except (CacheError, OSError) as exc:

@@ -11,8 +11,11 @@ launcher can load it by path and exec without importing the package.
 
 from __future__ import annotations
 
+# The C module behind `signal`: `signal` itself builds enums (~4 ms of `import enum`) that `exec`,
+# which only resets two handlers before it becomes CMD, has no use for (measured on the drop-in's
+# start-up figure). The same functions, the same numbers.
+import _signal as signal  # type: ignore[import-not-found]
 import os
-import signal
 import site
 import sys
 
@@ -77,26 +80,34 @@ def _die(code: int, message: str) -> NoReturn:
     os._exit(code)  # nothing to clean up, and stderr may be closed
 
 
-def exec_main(args: list[str]) -> NoReturn:
-    """`wasmcache exec`'s arguments without click: `[--cache-dir DIR | --cache-dir=DIR] [--] CMD ...`."""
+def parse_exec_args(args: list[str]) -> tuple[str | None, list[str]] | None:
+    """`[--cache-dir DIR | --cache-dir=DIR] [--] CMD ...` as (cache_dir, CMD); None for anything
+    else (help, an unknown option, no CMD): the caller reports it."""
     cache_dir = None
     while args and args[0].startswith("-"):
         head = args[0]
         if head == "--":
             args = args[1:]
             break
-        if head in ("-h", "--help"):
-            sys.stdout.write(f"{_USAGE}\n\nRun CMD with the drop-in active in every Python process under it\n")
-            sys.exit(0)
-        if head == "--cache-dir":
-            if len(args) < 2:
-                _die(2, f"wasmcache: exec: --cache-dir needs a directory\n{_USAGE}")
+        if head == "--cache-dir" and len(args) >= 2 and args[1]:
             cache_dir, args = args[1], args[2:]
-        elif head.startswith("--cache-dir="):
+        elif head.startswith("--cache-dir=") and head.partition("=")[2]:
             cache_dir, args = head.partition("=")[2], args[1:]
         else:
-            _die(2, f"wasmcache: exec: unknown option {head}\n{_USAGE}")
-    exec_command(args, cache_dir=cache_dir)
+            return None
+    return (cache_dir, args) if args else None
+
+
+def exec_main(args: list[str]) -> NoReturn:
+    """`python -m wasmcache._dropin_exec [--cache-dir DIR] [--] CMD ...`: exec without the CLI's imports."""
+    parsed = parse_exec_args(args)
+    if parsed is None:
+        if args[:1] in (["-h"], ["--help"]):
+            sys.stdout.write(f"{_USAGE}\n\nRun CMD with the drop-in active in every Python process under it\n")
+            sys.exit(0)
+        _die(2, f"wasmcache: exec: expected [--cache-dir DIR] CMD [ARGS]...\n{_USAGE}")
+    cache_dir, command = parsed
+    exec_command(command, cache_dir=cache_dir)
 
 
 # --- diagnostics ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _native
@@ -76,12 +77,21 @@ class MissPath:
 
     def __init__(self, cache: ModuleCache, counters: Counters, remote: RemoteSettings | None,
                  load_entry: Callable[..., Any]) -> None:
-        self._cache = cache
+        # Weak: the cache owns this object; a cycle would keep every ModuleCache (and its engine, and
+        # the modules loaded with it) alive until the cyclic collector runs.
+        self._cache = weakref.proxy(cache)
         self._counters = counters
         self._remote_settings = remote
         self._remote: RemoteTier | None = None
         self._remote_guard = threading.Lock()
-        self._load_entry = load_entry  # the cache's checked load; called with locked=True under the key lock
+        self._load_entry_method = weakref.WeakMethod(load_entry)  # the cache's checked load (locked=True)
+
+    def _load_entry(self, place: Place, key: str, kind: Kind) -> Any:
+        """The cache's checked load of `key`, as the holder of its lock."""
+        load_entry = self._load_entry_method()
+        if load_entry is None:
+            raise ReferenceError("the ModuleCache of this miss is gone")
+        return load_entry(place, key, kind, locked=True)
 
     @property
     def remote(self) -> RemoteTier | None:
@@ -144,7 +154,7 @@ class MissPath:
         """(module, bytes published or 0, what to upload) for a miss; the caller holds the key lock if `locked`."""
         if locked:
             # Another process may have published while we waited for the lock.
-            module = self._load_entry(place, key, kind, locked=True)
+            module = self._load_entry(place, key, kind)
             if module is not None:
                 return module, 0, None
             if not place.serialized:
@@ -233,7 +243,7 @@ class MissPath:
                 os.unlink(record_path(namespace, key))
             return None
         try:
-            return self._load_entry(place, key, kind, locked=True)
+            return self._load_entry(place, key, kind)
         except EntryRefusedError:
             # This engine may not load the artifact it handed us (another engine's): nothing of it
             # stays, and wasmtime's own error goes up, as `deserialize_file` would have raised it.

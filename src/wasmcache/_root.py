@@ -18,10 +18,12 @@ from ._errors import ConfigError, NotACacheError
 from ._fs import read_small_file, write_atomically
 from ._layout import (
     CACHEDIR_TAG_NAME,
+    ENGINES_DIR,
     LAYOUT_VERSION,
     MARKER_NAME,
     TEMP_SUFFIX,
     USAGE_NAME,
+    is_temp_name,
     key_of,
 )
 
@@ -184,6 +186,22 @@ def _ours_while_initializing(name: str) -> bool:
     return name.endswith(TEMP_SUFFIX) and key_of(name) in (MARKER_NAME, key_of(CACHEDIR_TAG_NAME))
 
 
+_MEMO_RE: Final = re.compile(r"^[0-9a-f]{32}\.engine$")
+
+
+def _memos_of_old_versions(entry: os.DirEntry[str]) -> bool:
+    """`engines/` holding only engine memos: what wasmcache 0.1 wrote into the default root before
+    creating it (issue 8, item 1); it is ours, so such a root is completed, not refused."""
+    if entry.name != ENGINES_DIR or not entry.is_dir(follow_symlinks=False):
+        return False
+    try:
+        with os.scandir(entry.path) as it:
+            return all(e.is_file(follow_symlinks=False) and (_MEMO_RE.match(e.name) or is_temp_name(e.name))
+                       for e in it)
+    except OSError:
+        return False
+
+
 def initialize_root(root: Path) -> None:
     """Create `root` (private) with its markers; an existing non-empty foreign directory is refused."""
     marker = _read_marker(root)
@@ -200,7 +218,7 @@ def initialize_root(root: Path) -> None:
         raise NotACacheError(f"{not_a_root_message(root)}; refusing to use it")  # garbage, empty, a directory ...
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     with os.scandir(root) as it:
-        foreign = [e.name for e in it if not _ours_while_initializing(e.name)]
+        foreign = [e.name for e in it if not _ours_while_initializing(e.name) and not _memos_of_old_versions(e)]
     # Another process may be initializing the same new root right now: once its marker exists,
     # whatever else it has written is ours too (8 processes starting on a new root raced here).
     if foreign and not _read_marker(root).startswith("wasmcache"):

@@ -33,10 +33,19 @@ def shown(text: object) -> str:
 
 
 def say(text: object = "", *, err: bool = False) -> None:
-    """Print one line: the real bytes of non-UTF-8 file names on stdout (Python holds them as surrogates)."""
-    if not err and sys.stdout is None:
+    """Print one line: the real bytes of non-UTF-8 file names (Python holds them as surrogates)."""
+    stream = sys.stderr if err else sys.stdout
+    if stream is None:
+        if err:
+            return
         raise CliError("standard output is closed: nothing can be printed (run without >&-)")
-    click.echo(str(text).encode("utf-8", "surrogateescape"), err=err)
+    line = f"{text}\n".encode("utf-8", "surrogateescape")
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:  # a text-only stream (an embedding caller's): escapes instead of bytes
+        stream.write(line.decode("utf-8", "backslashreplace"))
+        return
+    stream.flush()  # whatever went through the text layer first stays first
+    buffer.write(line)
 
 
 def human(n: float) -> str:
