@@ -406,3 +406,23 @@ def test_threads_sharing_one_engine_never_get_a_module_being_freed(tmp_path: Pat
                               capture_output=True, text=True, timeout=120, check=False)
         outcome = (proc.returncode, proc.stdout.strip())
         assert outcome == (0, "errors: []"), (attempt, proc.returncode, proc.stderr[-2000:])
+
+
+def test_invalid_wasm_raises_as_plain_wasmtime_would_and_leaves_no_file(dropin: Any) -> None:
+    # No wasmcache exception as its context, no wasmcache frames first in its traceback, no lock file.
+    with pytest.raises(wasmtime.WasmtimeError) as raised:
+        wasmtime.Module(wasmtime.Engine(), "(module (func i32.add))")
+    assert raised.value.__context__ is None
+    assert raised.value.__cause__ is None
+    assert not [p for p in dropin.root.rglob("*") if p.is_file() and p.suffix in (".lock", ".cwasm", ".rec")]
+
+
+def test_a_refused_artifact_names_the_programs_file_not_an_fd(dropin: Any, tmp_path: Path) -> None:
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    own = tmp_path / "fuel.cwasm"
+    own.write_bytes(wasmtime.Module(wasmtime.Engine(config), answer_module(3)).serialize())
+    with pytest.raises(wasmtime.WasmtimeError) as raised:
+        wasmtime.Module.deserialize_file(wasmtime.Engine(), str(own))
+    assert "/proc/self/fd" not in str(raised.value)
+    assert "fuel" in str(raised.value)

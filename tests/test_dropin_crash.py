@@ -31,6 +31,7 @@ from pathlib import Path
 if sys.argv[1] == "dropin":
     import wasmcache
     wasmcache.install(sys.argv[3])
+# "auto": $WASMCACHE_AUTO in the environment activates it at `import wasmtime` (the startup .pth)
 from naive import naive_load
 from wasmgen import answer_module, call_answer
 engine = wasmtime.Engine()
@@ -210,3 +211,55 @@ def test_doctor_says_whether_this_python_would_activate_the_drop_in(tmp_path: Pa
     status = json.loads(on.stdout)[-1]["dropin"]
     assert status["auto"] is True
     assert status["would_activate"] is True  # the package's startup .pth is installed in this venv
+
+
+def test_with_an_unusable_root_the_drop_in_still_never_maps_the_programs_file(tmp_path: Path) -> None:
+    # $WASMCACHE_DIR names a file: nothing can be cached, but WASMCACHE_AUTO's promise holds:
+    # deserialize_file loads a copy, so the program survives its cache file being rewritten.
+    own = tmp_path / "own"
+    wasm = answer_module(77, functions=400)
+    naive_load(own, wasmtime.Engine(), wasm)
+    a_file = tmp_path / "not-a-root"
+    a_file.write_text("mine")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
+           "WASMCACHE_AUTO": "1", "WASMCACHE_DIR": str(a_file)}
+    proc = subprocess.Popen([sys.executable, "-c", VICTIM, "auto", str(own), str(tmp_path / "unused")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    engines = [winch_engine(), wasmtime.Engine()]
+    for i in range(6):
+        naive_load(own, engines[i % 2], wasm)
+    out, err = proc.communicate("x", timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert "calls" in out
+    assert "never mapped" in err  # one warning says what the drop-in still does
+    assert a_file.read_text() == "mine"
+
+
+def test_doctor_pid_sees_a_truncated_mapping_whatever_its_content(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    own = tmp_path / "own"
+    naive_load(own, wasmtime.Engine(), answer_module(77, functions=400))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_ONLY, str(next(own.iterdir()))], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        os.truncate(next(own.iterdir()), 0)  # its ELF header is gone too: found by the mapping, not the content
+        report = run_cli("doctor", "--pid", str(proc.pid))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert report.returncode == 1, report.stdout
+    assert "modified-in-place" in report.stdout
+
+
+HOLD_ONLY = """
+import sys, wasmtime
+module = wasmtime.Module.deserialize_file(wasmtime.Engine(), sys.argv[1])
+print("ready", flush=True)
+sys.stdin.read()
+"""

@@ -218,3 +218,21 @@ def test_exec_becomes_the_command_without_importing_the_cli(tmp_path: Path, spel
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "click" not in imported
     assert not any(name.startswith("wasmcache._cache") for name in imported)
+
+
+def test_install_under_exec_takes_over_without_a_false_warning(tmp_path: Path) -> None:
+    code = f"import wasmcache; print(wasmcache.install(root={str(tmp_path / 'mine')!r}).active)"
+    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "exec", "--cache-dir", str(tmp_path / "auto"),
+                           sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "True"), proc.stderr
+    assert "not active" not in proc.stderr
+
+
+def test_doctor_says_when_the_drop_in_cannot_use_its_root(tmp_path: Path) -> None:
+    (tmp_path / "ww").mkdir()
+    (tmp_path / "ww").chmod(0o777)
+    for extra in ({"WASMCACHE_DIR": str(tmp_path / "ww")}, {"WASMCACHE_MAX_SIZE": "garbage"}):
+        status = json.loads(run_cli("doctor", "--json", "--cache-dir", str(tmp_path / "none"),
+                                    env={"WASMCACHE_AUTO": "1", **extra}).stdout)[-1]
+        assert "cannot use its cache" in status["problem"], status
+    assert not (tmp_path / "ww" / "wasmcache-layout").exists()  # a refused root is never written

@@ -20,7 +20,9 @@ from ._elf import ENGINE_SECTION, find_section
 from ._layout import (
     ENTRY_SUFFIX,
     RECORD_SUFFIX,
-    TEMP_SUFFIX,
+    is_entry_name,
+    is_namespace_name,
+    is_temp_name,
     key_of,
     lock_path,
     record_path,
@@ -62,7 +64,7 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
         with os.scandir(namespace) as it:
             names = [(e.name, e.path) for e in it]
         for name, path in names:
-            if name.endswith(TEMP_SUFFIX):
+            if is_temp_name(name):
                 with try_lock(lock_path(namespace, key_of(name))) as free:
                     if free:
                         out.append(Diagnosis(WARNING, str(path), "temp file of a writer that died",
@@ -151,14 +153,30 @@ def diagnose_pid(pid: int) -> list[MappedFile]:
     for (device, inode), (path, extent, span) in sorted(seen.items(), key=lambda kv: kv[1][0]):
         deleted = path.endswith(" (deleted)")
         clean = path[: -len(" (deleted)")] if deleted else path
-        if not _is_artifact(f"/proc/{pid}/map_files/{span}", clean):
+        mapped_file = f"/proc/{pid}/map_files/{span}"
+        if not _is_artifact(mapped_file, clean) and not _changed_under(mapped_file, extent, started):
             continue
-        origin = classify_cwasm(clean) if not deleted else "foreign"
+        if deleted:  # gone from its directory: a namespace says it was ours
+            ours = is_namespace_name(Path(clean).parent.name) and is_entry_name(Path(clean).name)
+            origin = "entry" if ours else "foreign"
+        else:
+            origin = classify_cwasm(clean)
         if origin == "other":
-            origin = "foreign"  # an artifact by content (checked above) whose path no longer says more
+            origin = "foreign"  # an artifact by content, or a file rewritten under its mapping
         mapped = _judge(pid, clean, device, inode, extent, started, deleted=deleted, ours=origin != "foreign")
         out.append(replace(mapped, origin=origin))
     return out
+
+
+def _changed_under(mapped: str, extent: int, started: float) -> bool:
+    """A mapped file truncated below what is mapped, or written since the process started: whatever
+    it was (its header may be gone), the process is about to run garbage or die with SIGBUS."""
+    try:
+        st = os.stat(mapped)
+    except OSError:
+        return False
+    truncated = st.st_size + os.sysconf("SC_PAGE_SIZE") <= extent
+    return truncated or max(st.st_mtime, st.st_ctime) > started + _START_SLACK
 
 
 def _is_artifact(mapped: str, path: str) -> bool:

@@ -176,32 +176,38 @@ class DropIn:
         cache = self._cache_for(engine)
         if cache is None:
             return None
+        refused: BaseException | None = None
         try:
             return cache.load(source) if kind == "module" else cache.load_component(source)
         except CompileError as exc:
-            _reraise_wasmtime_error(exc)
-            return None  # a core without `wasmtime_error`: the original compiles and raises it
+            refused = _wasmtime_error(exc, None)
+            if refused is None:
+                return None  # a core without `wasmtime_error`: the original compiles and raises it
         except SourceError:
             return None  # the original reads the file and raises exactly what wasmtime raises
         except (CacheError, OSError) as exc:
             self._warn_once(type(exc).__name__, f"wasmcache: drop-in falls back to wasmtime: {exc}")
             return None
+        raise refused  # outside the handler: no wasmcache exception as its __context__
 
     def _load_precompiled(self, engine: Any, kind: Kind, path: str) -> Any:
         cache = self._cache_for(engine)
         load_precompiled = getattr(cache, "load_precompiled", None)
         if load_precompiled is None:
             return None  # the caller deserializes a private copy: still never a mapping of `path`
+        refused: BaseException | None = None
         try:
             return load_precompiled(path, kind=kind)
         except CompileError as exc:
-            _reraise_wasmtime_error(exc)
-            return None
+            refused = _wasmtime_error(exc, path)
+            if refused is None:
+                return None
         except SourceError:
             return None
         except (CacheError, OSError) as exc:
             self._warn_once(type(exc).__name__, f"wasmcache: drop-in copies {path} instead of caching it: {exc}")
             return None
+        raise refused
 
     def owns(self, path: str) -> bool:
         """`path` is one of our entries: published once, replaced only by rename, safe to map."""
@@ -215,10 +221,19 @@ class DropIn:
         return namespace.startswith("ns-") and real.endswith(".cwasm")
 
 
-def _reraise_wasmtime_error(exc: CompileError) -> None:
+def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None:
+    """The error wasmtime raised, as the program would have seen it: no wasmcache frames in its
+    traceback, and the program's path where wasmtime named the fd of our checked entry."""
     original = getattr(exc, "wasmtime_error", None)
-    if isinstance(original, BaseException):
-        raise original from None
+    if not isinstance(original, BaseException):
+        return None
+    if path is not None and "/proc/self/fd/" in str(original):
+        import re  # noqa: PLC0415
+
+        import wasmtime  # noqa: PLC0415
+
+        original = wasmtime.WasmtimeError(re.sub(r"/proc/self/fd/\d+", lambda _m: path, str(original)))
+    return original.with_traceback(None)
 
 
 # --- the patches ----------------------------------------------------------------------------------

@@ -141,10 +141,13 @@ def dropin_status(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if disabled:
         reason = "$WASMCACHE_DISABLE is set: the drop-in stays off"
     elif not auto:
-        reason = ("$WASMCACHE_AUTO is not set: programs run as they are (use `wasmcache exec CMD`, "
+        reason = ("$WASMCACHE_AUTO is not on: programs run as they are (use `wasmcache exec CMD`, "
                   "or export WASMCACHE_AUTO=1)")
     elif not would:
         reason = f"$WASMCACHE_AUTO is set but no startup hook is installed for {sys.executable} ({PTH_NAME} missing)"
+    elif (problem := _root_problem()) is not None:
+        reason = (f"the drop-in activates but cannot use its cache ({problem}): programs' own .cwasm files are "
+                  "still never mapped (loaded as copies); nothing is cached")
     else:
         reason = "the drop-in activates when a Python process of this environment imports wasmtime"
     return {
@@ -159,6 +162,29 @@ def dropin_status(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         "python": sys.executable,
         "reason": reason,
     }
+
+
+def _root_problem() -> str | None:
+    """Why the drop-in's cache root (from the environment) would be refused, without creating it."""
+    from ._errors import CacheError  # noqa: PLC0415
+    from ._root import has_marker, not_a_root_message, resolve_max_size, resolve_root, unsafe_reason  # noqa: PLC0415
+
+    try:
+        resolve_max_size(None)
+        root = resolve_root(None)
+    except CacheError as exc:
+        return str(exc)
+    if not os.path.lexists(root) or has_marker(root):
+        found = root if os.path.lexists(root) else None
+    elif not os.path.isdir(root) or os.listdir(root):
+        return not_a_root_message(root)
+    else:
+        found = root
+    if found is not None:
+        reason = unsafe_reason(os.stat(found))
+        if reason is not None:
+            return f"{found} {reason}"
+    return None
 
 
 def classify_cwasm(path: str) -> str:

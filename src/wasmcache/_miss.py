@@ -138,7 +138,9 @@ class MissPath:
             module, published, upload = self._produce(name, path, data, place, key, kind, digest, lock is not None)
         finally:
             if lock is not None:
-                lock.release()
+                # Nothing published (invalid wasm ...): the lock file goes too, so nothing stays
+                # behind. A waiter on it re-checks the inode after locking and starts again.
+                lock.release(unlink=not os.path.lexists(entry_path(place.namespace, key)))
         # Outside the key lock: every process waiting for this key maps the entry meanwhile.
         if published:
             self._after_publish(key, published, upload)
