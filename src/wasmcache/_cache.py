@@ -181,6 +181,7 @@ class ModuleCache:
         self._engine_arg = engine
         self._engine: wasmtime.Engine | None = None
         self._identity: EngineIdentity | None = None
+        self._namespace_dir: Path | None = None
         self._guard = threading.Lock()
         self._digests = SourceDigests()
         self._counters = Counters()
@@ -205,8 +206,8 @@ class ModuleCache:
                 log.warning("wasmcache: cannot create cache root %s (%s); compiling without a cache",
                             self.root, exc.strerror or exc)
                 return
-        if not self._safe(self.root, os.stat(self.root)):
-            return
+        if existing is None and not self._safe(self.root, os.stat(self.root)):
+            return  # created just now (by us, or a racing process): check what is there
         self._initialized = True
         self.writable = os.access(self.root, os.W_OK)
         if not self.writable:
@@ -259,7 +260,9 @@ class ModuleCache:
 
     @property
     def namespace_dir(self) -> Path:
-        return self.root / namespace_name(self.engine_identity.fingerprint)
+        if self._namespace_dir is None:
+            self._namespace_dir = self.root / namespace_name(self.engine_identity.fingerprint)
+        return self._namespace_dir
 
     # --- public loading API ------------------------------------------------------------------------
 

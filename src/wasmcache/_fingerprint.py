@@ -22,6 +22,7 @@ import blake3
 
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import ConfigError
+from ._fs import read_small_file, write_atomically
 from ._log import log
 from ._native import compile_wasm
 
@@ -102,8 +103,6 @@ class EngineMemo:
         return self.directory / f"{memo_key}.engine"
 
     def read(self, memo_key: str) -> bytes | None:
-        from ._fs import read_small_file  # noqa: PLC0415
-
         # Binary, read in one syscall: this runs in every fresh process (the JSON version cost 0.15 ms;
         # sections are ~1 KiB, and a 1 MiB read costs an mmap per process).
         raw = read_small_file(self.path(memo_key), 1 << 16)
@@ -118,8 +117,6 @@ class EngineMemo:
     def write(self, memo_key: str, described: object, section: bytes) -> None:
         if not self.writable:
             return
-        from ._fs import write_atomically  # noqa: PLC0415
-
         # key, section length, section; then the settings as JSON for people reading the file.
         text = json.dumps(described).encode()
         record = f"{memo_key} {len(section)}\n".encode() + section + b"\n" + text + b"\n"
@@ -139,8 +136,10 @@ def memo_key_for(settings: str) -> str:
 
 def _wasmtime_environment() -> str:
     """The WASMTIME_* variables: wasmtime's default Config reads some (WASMTIME_BACKTRACE_DETAILS
-    changes the engine section), so a fingerprint remembered without them could be another engine's."""
-    return "\0".join(sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("WASMTIME_")))
+    changes the engine section), so a fingerprint remembered without them could be another engine's.
+    (Through os.environb: no decoding of the whole environment, every fresh process does this.)"""
+    found = sorted(k for k in os.environb if k.startswith(b"WASMTIME_"))
+    return "\0".join(f"{os.fsdecode(k)}={os.fsdecode(os.environb[k])}" for k in found)
 
 
 FIRST_WINCH_RELEASE: Final = 45

@@ -63,7 +63,11 @@ def resolve_root(root: str | os.PathLike[str] | None) -> Path:
         raise ConfigError(f"{source} {text!r}: a path cannot contain a NUL byte")
     if not text.strip():
         raise ConfigError(f"{source} is empty")
-    return Path(os.path.abspath(os.path.expanduser(text)))
+    if text.startswith("~"):
+        text = os.path.expanduser(text)
+    # normpath for an absolute path: abspath would also ask for the working directory (this runs in
+    # every ModuleCache() of every process).
+    return Path(os.path.normpath(text) if os.path.isabs(text) else os.path.abspath(text))
 
 
 def user_cache_dir() -> str:
