@@ -206,7 +206,7 @@ def test_doctor_says_whether_this_python_would_activate_the_drop_in(tmp_path: Pa
     from conftest import run_cli
 
     off = run_cli("doctor", "--cache-dir", str(tmp_path / "none"), env={"WASMCACHE_AUTO": ""})
-    assert "drop-in: $WASMCACHE_AUTO is not set" in off.stdout
+    assert "drop-in: $WASMCACHE_AUTO is not on" in off.stdout
     on = run_cli("doctor", "--json", "--cache-dir", str(tmp_path / "none"), env={"WASMCACHE_AUTO": "1"})
     status = json.loads(on.stdout)[-1]["dropin"]
     assert status["auto"] is True

@@ -178,7 +178,7 @@ def test_status_says_whether_this_python_would_activate() -> None:
     assert status["exec_hook"] is True
     off = dropin_status({})
     assert off["would_activate"] is False
-    assert "WASMCACHE_AUTO is not set" in off["reason"]
+    assert "WASMCACHE_AUTO is not on" in off["reason"]
     disabled = dropin_status({"WASMCACHE_AUTO": "1", "WASMCACHE_DISABLE": "1", "PYTHONPATH": HOOK_DIR})
     assert disabled["would_activate"] is False
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import click
@@ -15,7 +14,7 @@ from ._group import (
     cli,
     engine_options,
     human,
-    input_kind,
+    load_counted,
     open_cache,
     remote_kwargs,
     remote_options,
@@ -45,15 +44,7 @@ def compile_(
     failed = 0
     for file in files:
         try:
-            kind = input_kind(file)
-            before = cache.stats()
-            started = time.perf_counter()
-            if kind == "component":
-                cache.load_component(file)
-            else:
-                cache.load(file)
-            elapsed = time.perf_counter() - started
-            after = cache.stats()
+            kind, before, after, elapsed = load_counted(cache, file)
             key = cache.key_for(file, "component" if kind == "component" else "module")
         except CacheError as exc:
             failed += 1

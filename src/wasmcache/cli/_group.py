@@ -19,7 +19,7 @@ from .._version import __version__
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._cache import ModuleCache
+    from .._cache import CacheStats, ModuleCache
     from .._engine import EngineSettings
 
 
@@ -158,6 +158,20 @@ def input_kind(path: Path) -> str:
     if head[:4] == b"\x7fELF":
         fail(f"{name}: a precompiled .cwasm, not wasm; `wasmcache inspect` describes it")
     return "module"  # WAT text, as wasmtime accepts it
+
+
+def load_counted(cache: ModuleCache, file: Path) -> tuple[str, CacheStats, CacheStats, float]:
+    """Load `file` as what its header says it is: (kind, stats before, stats after, seconds)."""
+    import time  # noqa: PLC0415
+
+    kind = input_kind(file)
+    before = cache.stats()
+    started = time.perf_counter()
+    if kind == "component":
+        cache.load_component(file)
+    else:
+        cache.load(file)
+    return kind, before, cache.stats(), time.perf_counter() - started
 
 
 # --- the group ----------------------------------------------------------------------------------

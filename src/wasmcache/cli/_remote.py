@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +11,17 @@ import click
 
 from .._errors import RemoteCommandError
 from .._remote._settings import RemoteSettings, resolve_remote_settings
-from ._group import cache_dir_option, cli, engine_options, input_kind, remote_options, root_of, say, settings_of
+from ._group import (
+    cache_dir_option,
+    cli,
+    engine_options,
+    input_kind,
+    load_counted,
+    remote_options,
+    root_of,
+    say,
+    settings_of,
+)
 
 if TYPE_CHECKING:
     from .._remote import PutResult, RemoteTier
@@ -205,15 +214,7 @@ def pull(wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, .
         raise RemoteCommandError(f"{cache.root}: not a writable cache root; nothing to warm")
     rejected = 0
     for file in files:
-        kind = input_kind(file)
-        before = cache.stats()
-        started = time.perf_counter()
-        if kind == "component":
-            cache.load_component(file)
-        else:
-            cache.load(file)
-        elapsed = time.perf_counter() - started
-        after = cache.stats()
+        kind, before, after, elapsed = load_counted(cache, file)
         if after.remote_hits > before.remote_hits:
             outcome = "remote hit"
         elif after.compiles > before.compiles:
