@@ -116,9 +116,10 @@ class _Loaded(NamedTuple):
     identity: Identity | None
 
     @classmethod
-    def of(cls, module: Any, entry: Path, mode: str) -> _Loaded:
-        identity = None
-        if mode == "mmap":
+    def of(cls, module: Any, entry: Path, mode: str, mapped: Identity | None) -> _Loaded:
+        """`mapped`: the identity of the entry the hit mapped; None after a miss (one stat here)."""
+        identity = mapped if mode == "mmap" else None
+        if mode == "mmap" and identity is None:
             with contextlib.suppress(OSError):
                 identity = Identity.of(os.stat(entry, follow_symlinks=False))
         return cls(module, str(entry), identity)
@@ -185,7 +186,7 @@ class ModuleCache:
         self._guard = threading.Lock()
         self._digests = SourceDigests()
         self._counters = Counters()
-        self._namespaces_checked: set[Path] = set()  # namespaces whose permissions were checked
+        self._namespaces_checked: set[str] = set()  # names of the namespaces whose permissions were checked
         self._miss = MissPath(self, self._counters, resolve_remote_settings(remote, signing_key, trusted_keys),
                               self._load_entry)
         if not self.disabled:
@@ -218,6 +219,9 @@ class ModuleCache:
         reason = unsafe_reason(st)
         if reason is None:
             return True
+        return self._unsafe(path, reason)
+
+    def _unsafe(self, path: Path, reason: str) -> bool:
         message = (f"{path} {reason}: another user could plant native code that this process would run; "
                    f"fix: {unsafe_fix(path, reason)}")
         if self.strict:
@@ -324,9 +328,10 @@ class ModuleCache:
         with _loaded_guard:
             remembered = loaded.get(memo_key)
         module = remembered.module if remembered is not None and remembered.still_valid() else None
+        mapped: Identity | None = None
         try:
             if module is None:
-                module = self._load_entry(place, key, kind)
+                module, mapped = self._load_checked(place, key, kind)
             if module is not None:
                 self._counters.add("hits")
                 log.info("wasmcache: hit %s (%s)", name, kind)
@@ -340,7 +345,7 @@ class ModuleCache:
             current = loaded.get(memo_key)
             if current is not None and current.module is not module and current.still_valid():
                 return current.module
-            loaded[memo_key] = _Loaded.of(module, entry_path(place.namespace, key), self.mode)
+            loaded[memo_key] = _Loaded.of(module, entry_path(place.namespace, key), self.mode, mapped)
             return module
 
     def _loaded_modules(self) -> dict[tuple[str, str, str, str], _Loaded]:
@@ -357,44 +362,50 @@ class ModuleCache:
         another fd would wait for ourselves). A snapshot this engine may not load raises
         EntryRefusedError: the entry is fine, the engine is another one.
         """
+        return self._load_checked(place, key, kind, locked=locked)[0]
+
+    def _load_checked(self, place: Place, key: str, kind: Kind, *, locked: bool = False) -> tuple[
+            Any, Identity | None]:
+        """`_load_entry`, and the identity of the entry it mapped (the per-process memo keeps it)."""
         namespace = place.namespace
-        if namespace not in self._namespaces_checked:
+        if place.namespace_name not in self._namespaces_checked:
             try:
                 namespace_stat = os.stat(namespace)
             except OSError:
-                return None  # no namespace yet: nothing to load
+                return None, None  # no namespace yet: nothing to load
             if not self._safe(namespace, namespace_stat):
-                return None
-            self._namespaces_checked.add(namespace)
+                return None, None
+            self._namespaces_checked.add(place.namespace_name)
         try:
             checked = check_entry(namespace, key, kind=kind, section=place.section)
         except UntrustedEntryError as bad:
             self._repair(namespace, key, bad.seen, bad.detail, locked=locked)
-            return None
+            return None, None
         if checked is None:
-            return None
+            return None, None
         try:
-            if not self._safe(entry_path(namespace, key), checked.stat):
-                return None
+            reason = unsafe_reason(checked.stat)  # the path is formatted only for the message
+            if reason is not None and not self._unsafe(entry_path(namespace, key), reason):
+                return None, None
             if checked.content_checked:
                 self._rerecord(namespace, key, checked)
             try:
                 module = self._deserialize(checked, kind)
             except EntryChangedError:
                 log.warning("wasmcache: %s changed while being read; loading it again", entry_path(namespace, key))
-                return None
+                return None, None
             except EntryRefusedError as refused:
                 if place.serialized:
                     raise
                 self._repair(namespace, key, Identity.of(checked.stat), f"wasmtime refused to load it: {refused}",
                              locked=locked)
-                return None
+                return None, None
         finally:
             checked.close()
         if time.time() - checked.record_stat.st_mtime > _TOUCH_INTERVAL:
             with contextlib.suppress(OSError):
                 os.utime(record_path(namespace, key))  # the LRU clock lives on the record, not the entry
-        return module
+        return module, Identity.of(checked.stat)
 
     def _rerecord(self, namespace: Path, key: str, checked: CheckedEntry) -> None:
         """Identity changed (copied root, restore) but the content checked out: record the new one."""

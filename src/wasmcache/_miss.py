@@ -71,6 +71,10 @@ class Place(NamedTuple):
     section: bytes | None
     serialized: bool
 
+    @property
+    def namespace_name(self) -> str:
+        return self.namespace.name
+
 
 class MissPath:
     """What a ModuleCache does when the entry for a key is not there (or not usable)."""
