@@ -25,11 +25,14 @@ _callbacks: dict[str, list[Any]] = {}
 _lock = _thread.RLock()  # threading costs ~3 ms to import; its RLock is this one
 
 
+def env_flag(environ: Any, name: str) -> bool:
+    """Whether $`name` is on (1, true, yes, on): the drop-in's one reading of its switches."""
+    return bool(environ.get(name, "").strip().lower() in _TRUE)
+
+
 def auto_enabled(environ: Any = os.environ) -> bool:
     """$WASMCACHE_AUTO asks for the drop-in (and $WASMCACHE_DISABLE does not forbid it)."""
-    if environ.get("WASMCACHE_DISABLE", "").strip().lower() in _TRUE:
-        return False
-    return bool(environ.get("WASMCACHE_AUTO", "").strip().lower() in _TRUE)
+    return env_flag(environ, "WASMCACHE_AUTO") and not env_flag(environ, "WASMCACHE_DISABLE")
 
 
 class _PostImportFinder:

@@ -347,7 +347,7 @@ def _patch_components(_component_package: Any) -> None:
             _apply("component")
 
 
-def _hook_module() -> ModuleType:
+def hook_module() -> ModuleType:
     """The startup hook module (stdlib only), loaded once under its top-level name."""
     with _state_lock:
         module = sys.modules.get("_wasmcache_hook")
@@ -415,7 +415,7 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
             return dropin
         dropin.active = True
         _apply("module")
-        _hook_module().when_imported("wasmtime.component", _patch_components)
+        hook_module().when_imported("wasmtime.component", _patch_components)
         log.debug("wasmcache: drop-in installed (%s)", dropin)
         return dropin
 

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 HOOK_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "_hook")
 PTH_NAME = "wasmcache-auto.pth"
-_TRUE = ("1", "true", "yes", "on")
 _USAGE = "usage: wasmcache exec [--cache-dir DIR] CMD [ARGS]..."
 
 
@@ -133,8 +132,9 @@ def dropin_status(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     from . import _dropin  # noqa: PLC0415 - light: the core is imported already
 
     active = _dropin.installed()
-    disabled = env.get("WASMCACHE_DISABLE", "").strip().lower() in _TRUE
-    auto = env.get("WASMCACHE_AUTO", "").strip().lower() in _TRUE
+    hook = _dropin.hook_module()  # its switches' one reading, shared with the startup hook
+    disabled = hook.env_flag(env, "WASMCACHE_DISABLE")
+    auto = hook.env_flag(env, "WASMCACHE_AUTO")
     pth = next((os.path.join(d, PTH_NAME) for d in _site_dirs() if os.path.isfile(os.path.join(d, PTH_NAME))), None)
     exec_hook = HOOK_DIR in env.get("PYTHONPATH", "").split(os.pathsep)
     would = auto and not disabled and (pth is not None or exec_hook)
