@@ -7,8 +7,6 @@ exceptions (never seen by callers) live here too, under the same root.
 from __future__ import annotations
 
 TYPE_CHECKING = False  # no `typing` at run time: `import wasmcache` loads this module and nothing else
-if TYPE_CHECKING:
-    from typing import Any
 
 
 class CacheError(Exception):
@@ -47,32 +45,6 @@ class UnsafeCacheError(CacheError, PermissionError):
 
 class SourceError(CacheError, OSError):
     """The wasm input could not be read (missing, not a regular file, changed while read)."""
-
-
-class UntrustedEntryError(CacheError):
-    """Internal: why an entry cannot be trusted; `problem` is corrupt | mismatched | orphan.
-
-    `seen` is the identity of the file judged (None if it could not be opened): only that very
-    file may be quarantined for it.
-    """
-
-    def __init__(self, problem: str, detail: str, seen: Any = None) -> None:
-        super().__init__(f"{problem}: {detail}")
-        self.problem = problem
-        self.detail = detail
-        self.seen = seen
-
-
-class EntryChangedError(CacheError):
-    """Internal: an entry changed while it was read into memory (mode="memory"): a race, not a bad entry."""
-
-
-class EntryRefusedError(CacheError):
-    """Internal: wasmtime refused to load a checked entry (the message is its reason)."""
-
-    def __init__(self, reason: str, wasmtime_error: BaseException | None = None) -> None:
-        super().__init__(reason)
-        self.wasmtime_error = wasmtime_error
 
 
 class CliError(CacheError):

@@ -25,6 +25,8 @@ from ._record import Identity
 if TYPE_CHECKING:
     from pathlib import Path
 
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview
+
 _DIGEST_CHUNK: Final = 8 << 20
 _DIGEST_THREADS: Final = 4
 
@@ -91,6 +93,22 @@ def read_input(name: str, path: str) -> tuple[bytes, Identity]:
             raise
         raise SourceError(f"{name}: cannot read: {exc.strerror or exc}") from None
     return data, after
+
+
+def source_of(source: Source) -> tuple[str, str | None, bytes | memoryview | None]:
+    """(the name messages use, the path or None, the bytes or None) of a load's input."""
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>", None, source
+    if isinstance(source, (bytearray, memoryview)):
+        # No copy on the hit path (5 ms for 49 MB): hash the caller's buffer; a miss copies it.
+        view = memoryview(source).cast("B")
+        return f"<{view.nbytes} bytes>", None, view
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fsdecode(os.fspath(source))
+        if "\0" in path:
+            raise SourceError(f"{path!r}: a path cannot contain a NUL byte")
+        return path, path, None
+    raise TypeError(f"source: expected a path or bytes, got {type(source).__name__}")
 
 
 class SourceDigests:

@@ -2,7 +2,7 @@
 
 A record holds the entry's identity as stat'ed after the final rename and the blake3 of its
 content. An entry whose open fd has that identity is the very file that was published; any other
-entry must prove itself by content (see `_entry.check_entry`).
+entry must prove itself by content (see `_storage.Namespace.check`).
 """
 
 from __future__ import annotations

@@ -116,11 +116,9 @@ def open_cache(options: Options, cache_dir: str | None) -> ModuleCache:
     engine = None if settings == EngineSettings() else settings
     kwargs: dict[str, Any] = {"remote": options.remote, "signing_key": options.signing_key,
                               "trusted_keys": options.trusted_keys or None}
-    cache = ModuleCache(options.cache_dir or cache_dir, engine=engine,
-                        mode="memory" if options.memory else "mmap", **kwargs)
-    if not options.cache:
-        cache.disabled = True  # -C cache=n: compile in memory, store nothing
-    return cache
+    # -C cache=n: compile in memory, store nothing.
+    return ModuleCache(options.cache_dir or cache_dir, engine=engine, mode="memory" if options.memory else "mmap",
+                       enabled=options.cache, **kwargs)
 
 
 def load(cache: ModuleCache, kind: str, source: str | bytes, file: str) -> Any:

@@ -19,8 +19,9 @@ from .._version import __version__
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._cache import CacheStats, ModuleCache
+    from .._cache import ModuleCache
     from .._engine import EngineSettings
+    from .._stats import CacheStats
 
 
 def fail(message: str) -> NoReturn:
