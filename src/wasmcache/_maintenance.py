@@ -41,16 +41,24 @@ _ACCOUNT_WAIT: Final = 2.0
 
 
 def scan_usage(root: Path) -> tuple[int, int]:
-    """(entries, bytes) under the whole root, counted: entries, records, quarantine and memo files."""
+    """(entries, bytes) under the whole root, counted: entries, records, quarantine and memo files.
+
+    An inode with several names (entries that share identical content) is counted once.
+    """
     entries = 0
     total = 0
+    inodes: set[tuple[int, int]] = set()
     for directory in [*(ns.path for ns in namespaces(root)), root / QUARANTINE_DIR, root / DIGESTS_DIR,
                       root / ENGINES_DIR]:
         try:
             with os.scandir(directory) as it:
                 for e in it:
                     with contextlib.suppress(OSError):
-                        total += e.stat(follow_symlinks=False).st_size
+                        st = e.stat(follow_symlinks=False)
+                        inode = (st.st_dev, st.st_ino)
+                        if st.st_nlink == 1 or inode not in inodes:
+                            total += st.st_size
+                            inodes.add(inode)
                     if is_entry_name(e.name) and is_namespace_name(directory.name):
                         entries += 1
         except (FileNotFoundError, NotADirectoryError):
@@ -118,7 +126,9 @@ class _Candidate:
     namespace: Namespace
     key: str
     last_used: float
-    size: int
+    record_size: int
+    entry_size: int
+    inode: tuple[int, int]  # identical entries may share one (see `Namespace.publish`)
 
 
 def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> GcReport:
@@ -145,25 +155,32 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
             if entry is None:
                 continue
             try:
-                size = entry.stat(follow_symlinks=False).st_size
-                size += record.stat(follow_symlinks=False).st_size if record is not None else 0
+                entry_stat = entry.stat(follow_symlinks=False)
+                record_size = record.stat(follow_symlinks=False).st_size if record is not None else 0
                 used = (record or entry).stat(follow_symlinks=False).st_mtime
             except OSError:
                 continue
-            candidates.append(_Candidate(namespace, files.key, used, size))
+            candidates.append(_Candidate(namespace, files.key, used, record_size, entry_stat.st_size,
+                                         (entry_stat.st_dev, entry_stat.st_ino)))
     for directory in (root, root / DIGESTS_DIR, root / ENGINES_DIR):
         report.reaped_temp_files += _reap_dead_temp_files(directory)
     for directory, age in ((root / QUARANTINE_DIR, _QUARANTINE_AGE), (root / DIGESTS_DIR, max_age),
                            (root / ENGINES_DIR, max_age)):
         other_bytes += _expire_files(directory, now - age)
     candidates.sort(key=lambda c: c.last_used)
-    total = other_bytes + sum(c.size for c in candidates)
+    names: dict[tuple[int, int], int] = {}  # names per inode: its bytes count once, and go with its last name
+    for c in candidates:
+        names[c.inode] = names.get(c.inode, 0) + 1
+    total = other_bytes + sum(c.record_size for c in candidates) + sum(
+        {c.inode: c.entry_size for c in candidates}.values())
     kept: list[_Candidate] = []
     for c in candidates:
         if (total > max_size or now - c.last_used > max_age) and c.namespace.evict(c.key):
-            total -= c.size
+            names[c.inode] -= 1
+            freed = c.record_size + (c.entry_size if names[c.inode] == 0 else 0)
+            total -= freed
             report.evicted_entries += 1
-            report.freed_bytes += c.size
+            report.freed_bytes += freed
         else:
             kept.append(c)
     report.removed_namespaces = sum(ns.remove_if_empty() for ns in namespaces(root))

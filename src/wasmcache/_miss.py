@@ -101,15 +101,15 @@ class MissPath:
                             exc.strerror or exc)
         upload: bytes | bytearray | None = None
         try:
-            module, published, upload = self._produce(name, path, data, place, key, kind, digest, lock is not None)
+            module, added, upload = self._produce(name, path, data, place, key, kind, digest, lock is not None)
         finally:
             if lock is not None:
                 # Nothing published (invalid wasm ...): the lock file goes too, so nothing stays
                 # behind. A waiter on it re-checks the inode after locking and starts again.
                 lock.release(unlink=not os.path.lexists(place.namespace.entry_path(key)))
         # Outside the key lock: every process waiting for this key maps the entry meanwhile.
-        if published:
-            self._after_publish(place, key, published, upload)
+        if added is not None:
+            self._after_publish(place, key, added, upload)
         return module
 
     def refuse(self, name: str, path: str | None, data: bytes | memoryview | None, kind: Kind) -> Any:
@@ -118,35 +118,37 @@ class MissPath:
         return self._deserialize_copy(name, own, kind)
 
     def _produce(self, name: str, path: str | None, data: bytes | memoryview | None, place: Place, key: str,
-                 kind: Kind, digest: str, locked: bool) -> tuple[Any, int, bytes | bytearray | None]:
-        """(module, bytes published or 0, what to upload) for a miss; the caller holds the key lock if `locked`."""
+                 kind: Kind, digest: str, locked: bool) -> tuple[Any, int | None, bytes | bytearray | None]:
+        """(module, bytes added to the root by a publication or None, what to upload) for a miss; the caller
+        holds the key lock if `locked`."""
         if locked:
             # Another process may have published while we waited for the lock.
             module, _ = self._load_entry(self._ctx, place, key, kind, locked=True)
             if module is not None:
-                return module, 0, None
+                return module, None, None
             if not place.serialized:
-                module, size = self._load_remote(place, key, kind, digest, name)
+                module, added = self._load_remote(place, key, kind, digest, name)
                 if module is not None:
-                    return module, size, None
+                    return module, added, None
         own = self._own_copy(name, path, data, digest)
         if place.serialized:
             section = artifact_section(own, kind)
             if not locked or section is None or fingerprint_of_section(section) != place.fingerprint:
                 # Nowhere to publish, or not an artifact of this kind: do what wasmtime does, in memory.
-                return self._deserialize_copy(name, own, kind), 0, None
+                return self._deserialize_copy(name, own, kind), None, None
             place = place._replace(section=section)
             blob: bytes | bytearray = own
             compiled = None
         else:
             compiled = self._compile(name, own, kind)
             if not locked:
-                return compiled, 0, None
+                return compiled, None, None
             blob = compiled.serialize()
-        module = self._publish(blob, place, key, kind, digest, name, "snapshot" if place.serialized else "compiled")
+        module, added = self._publish(blob, place, key, kind, digest, name,
+                                      "snapshot" if place.serialized else "compiled")
         if module is None:  # not stored (disk full ...) or not loadable: what we have, in memory
-            return (compiled if compiled is not None else self._deserialize_copy(name, own, kind)), 0, None
-        return module, len(blob), None if place.serialized else blob
+            return (compiled if compiled is not None else self._deserialize_copy(name, own, kind)), None, None
+        return module, added, None if place.serialized else blob
 
     def _compile(self, name: str, data: bytes, kind: Kind) -> Any:
         import wasmtime  # noqa: PLC0415
@@ -173,8 +175,8 @@ class MissPath:
             raise CompileError(name, wasmtime_reason(exc), exc) from None
 
     def _publish(self, blob: bytes | bytearray, place: Place, key: str, kind: Kind, digest: str, name: str,
-                 origin: str) -> Any:
-        """Publish `blob` under `key` in `place` (we hold its lock); return the loaded entry, or None."""
+                 origin: str) -> tuple[Any, int]:
+        """Publish `blob` under `key` in `place` (we hold its lock): (the loaded entry or None, bytes added)."""
         import blake3  # noqa: PLC0415
 
         record = Record(
@@ -184,13 +186,18 @@ class MissPath:
             wasmtime_version=wasmtime_version(), created=time.time(), origin=origin,
         )
         try:
-            place.namespace.publish(key, blob, record, place.section)
+            # A program's own artifact is often byte-identical to the entry it was serialized from
+            # (YoWASP compiles through us, then writes `serialize()` to its own cache file and maps
+            # that): such a snapshot becomes a second name of the entry's inode, not a second copy.
+            _, shared = place.namespace.publish(key, blob, record, place.section, share=origin == "snapshot")
         except Exception as exc:
             log.warning("wasmcache: could not store %s in the cache (%s); using it uncached",
                         name, getattr(exc, "strerror", None) or exc)
-            return None
+            return None, 0
+        if shared:
+            log.debug("wasmcache: %s is identical to an entry already stored: sharing it", name)
         try:
-            return self._load_entry(self._ctx, place, key, kind, locked=True)[0]
+            return self._load_entry(self._ctx, place, key, kind, locked=True)[0], 0 if shared else len(blob)
         except EntryRefusedError:
             # This engine may not load the artifact it handed us (another engine's): nothing of it
             # stays, and wasmtime's own error goes up, as `deserialize_file` would have raised it.
@@ -218,15 +225,15 @@ class MissPath:
                     self._remote = RemoteTier.from_settings(self._remote_settings)
         return self._remote
 
-    def _load_remote(self, place: Place, key: str, kind: Kind, digest: str, name: str) -> tuple[Any, int]:
+    def _load_remote(self, place: Place, key: str, kind: Kind, digest: str, name: str) -> tuple[Any, int | None]:
         remote = self.remote_tier()
         if remote is None:
-            return None, 0
+            return None, None
         counters = self._ctx.counters
         data = remote.fetch(key, place.fingerprint)
         if data is None:
             counters.add("remote_misses")
-            return None, 0
+            return None, None
         try:
             section = find_section(data, ENGINE_SECTION)
         except ValueError:
@@ -234,14 +241,15 @@ class MissPath:
         if section != place.section:  # signed, but for another engine: never load it
             log.warning("wasmcache: remote artifact for %s was compiled by another engine; compiling locally", name)
             counters.add("rejected")
-            return None, 0
-        module = self._publish(data, place, key, kind, digest, name, "remote")
-        size = len(data) if module is not None else 0
+            return None, None
+        module, added = self._publish(data, place, key, kind, digest, name, "remote")
         if module is None:  # could not store it locally (disk full ...): load the verified bytes
             try:
                 module = self._deserialize_copy(name, data, kind)
             except CompileError as exc:
                 log.warning("wasmcache: cannot load the remote artifact for %s: %s", name, exc.reason)
-                return None, 0
+                return None, None
+            counters.add("remote_hits")
+            return module, None
         counters.add("remote_hits")
-        return module, size
+        return module, added

@@ -19,6 +19,7 @@ evict or clear; this module alone knows *which files* a key has and *how* each o
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import time
@@ -29,7 +30,7 @@ import blake3
 
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import CacheError
-from ._fs import READ_FLAGS, digest_fd, read_fd, read_small_file, write_atomically
+from ._fs import READ_FLAGS, digest_fd, fsync_directory, read_fd, read_small_file, write_atomically
 from ._layout import (
     ENTRY_SUFFIX,
     LOCK_SUFFIX,
@@ -204,12 +205,17 @@ class Namespace:
         with contextlib.suppress(OSError):
             os.utime(self.record_path(key))
 
-    def publish(self, key: str, blob: bytes | bytearray, record: Record, section: bytes | None) -> Identity:
-        """Publish `blob` as the entry of `key` (the caller holds the key's lock); the identity recorded.
+    def publish(self, key: str, blob: bytes | bytearray, record: Record, section: bytes | None, *,
+                share: bool = False) -> tuple[Identity, bool]:
+        """Publish `blob` as the entry of `key` (the caller holds the key's lock): (identity recorded,
+        whether it shares the inode of an identical entry).
 
         Any leftover at the key (an orphan, or a bad file a reader could not repair) is set aside
-        first. The record goes first, without identity: a crash after the rename leaves an entry the
-        next loader verifies by content instead of recompiling. Raises OSError (nothing published).
+        first. The record goes first, without identity: a crash after the rename (or link) leaves an
+        entry the next loader verifies by content instead of recompiling. `share`: when an entry
+        with exactly this content is published here already, the new key becomes a second name of
+        its inode (entries are immutable, so sharing one is safe) instead of a second copy.
+        Raises OSError (nothing published).
         """
         entry = self.entry_path(key)
         try:
@@ -217,14 +223,71 @@ class Namespace:
             if os.path.lexists(entry):
                 quarantine(self.root, entry, "replaced by a fresh compile")
             write_record(self.record_path(key), record)
-            published = Identity.of(write_atomically(entry, blob, durable=True, read_only=True))
+            twin = self._identical_entry(record) if share else None
+            published = self._link(twin, key, record) if twin is not None else None
+            shared = published is not None
+            if published is None:
+                published = Identity.of(write_atomically(entry, blob, durable=True, read_only=True))
             write_record(self.record_path(key), record._replace(identity=published))
             self.ensure(section)  # a concurrent gc may have collected the empty namespace
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(self.record_path(key))
             raise
-        return published
+        return published, shared
+
+    def _identical_entry(self, record: Record) -> str | None:
+        """A published entry here whose content is `record`'s (same size, same recorded digest).
+
+        One scandir and a stat per entry: only for snapshot publications, never on a hit.
+        """
+        with os.scandir(self.path) as it:
+            for e in it:
+                if not (e.name.endswith(ENTRY_SUFFIX) and is_keyed_name(e.name)) or key_of(e.name) == record.key:
+                    continue
+                try:
+                    if e.stat(follow_symlinks=False).st_size != record.size:
+                        continue
+                except OSError:
+                    continue
+                found = read_record(self.record_path(key_of(e.name)))
+                if found is not None and found[0].content_digest == record.content_digest:
+                    return key_of(e.name)
+        return None
+
+    def _link(self, twin: str, key: str, record: Record) -> Identity | None:
+        """Make `key`'s entry a second name of `twin`'s inode, under `twin`'s lock; None if it cannot be.
+
+        A link changes the inode's ctime, so both records get the identity stat'ed after it.
+        """
+        lock = self.lock(twin)
+        if not lock.try_acquire():
+            return None  # being published, evicted or repaired right now: write our own copy
+        try:
+            try:
+                checked = self.check(twin, kind=None, section=None)
+            except UntrustedEntryError:
+                return None
+            if checked is None:
+                return None
+            checked.close()
+            if checked.content_checked or checked.record.content_digest != record.content_digest:
+                return None  # not the very file that was published: never share what was not checked
+            try:
+                os.link(self.entry_path(twin), self.entry_path(key), follow_symlinks=False)
+            except OSError:
+                return None
+            fsync_directory(self.path)
+            st = os.stat(self.entry_path(key), follow_symlinks=False)
+            if (st.st_dev, st.st_ino) != (checked.stat.st_dev, checked.stat.st_ino):
+                raise FileExistsError(errno.EEXIST, "replaced by another writer while publishing",
+                                      str(self.entry_path(key)))
+            identity = Identity.of(st)
+            with contextlib.suppress(OSError):
+                write_record(self.record_path(twin), checked.record._replace(identity=identity))
+            return identity
+        finally:
+            lock.release()
 
     def unpublish(self, key: str) -> None:
         """Remove what this process just published under `key` (it holds the lock): entry, then record."""
