@@ -25,9 +25,14 @@ import wasmcache
 from conftest import run_json
 from s3server import S3Server
 from wasmcache import ConfigError
-from wasmcache._errors import RejectedArtifactError
 from wasmcache._remote import RemoteTier
-from wasmcache._remote._artifact import MAGIC, canonical_metadata, encode_artifact, parse_metadata
+from wasmcache._remote._artifact import (
+    MAGIC,
+    RejectedArtifactError,
+    canonical_metadata,
+    encode_artifact,
+    parse_metadata,
+)
 from wasmcache._remote._keys import load_signing_key
 from wasmcache.cli._remote import write_keypair
 from wasmgen import answer_module

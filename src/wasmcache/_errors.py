@@ -47,62 +47,6 @@ class SourceError(CacheError, OSError):
     """The wasm input could not be read (missing, not a regular file, changed while read)."""
 
 
-class CliError(CacheError):
-    """A command-line error: printed as one line, exit code 2."""
-
-
-class EngineSectionError(CacheError, ValueError):
-    """Raised for any engine section that is malformed or unsupported.
-
-    A subclass of ``ValueError`` so callers can treat it as plain bad input,
-    while still being able to tell it apart from unrelated ``ValueError``s.
-    """
-
-
-class UndecidableLayoutError(CacheError):
-    """Internal: the bytes are well formed but cannot be named with certainty.
-
-    Raised while decoding ``Tunables`` when a value is legal for Wasmtime but
-    outside what this decoder can interpret (for example an operator-cost
-    table, whose size depends on the wasmparser operator set).  The caller
-    turns it into ``tunables=None`` rather than guessing.
-    """
-
-
-class RunError(CacheError):
-    """`wasmcache run` failed: print `message` (one line) and exit with `code`; `detail` is for --debug."""
-
-    def __init__(self, message: str, code: int = 1, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.detail = detail
-
-
-class RunUsageError(CacheError):
-    """A `wasmcache run` command line wasmtime would refuse too (exit 2); the message names the option."""
-
-
-class BadValueError(CacheError):
-    """An `--invoke` argument wasmtime would refuse; the message is Rust's ("invalid digit found in string")."""
-
-
-class RejectedArtifactError(CacheError):
-    """Internal: a remote object that must not be loaded (turned into `rejected` + one warning)."""
-
-
-class RemoteDownError(CacheError):
-    """Internal: the remote did not answer in time or answered 5xx (turned into a back-off)."""
-
-
-class LeanFallbackError(CacheError):
-    """Internal: the direct GET met something only botocore handles."""
-
-
-class RemoteCommandError(CacheError):
-    """A remote-tier command cannot do what was asked (printed as one line, exit 2)."""
-
-
 # --- wasmtime's messages ---------------------------------------------------------------------------
 
 _CAUSE_NUMBER = r"^\d+:\s+"

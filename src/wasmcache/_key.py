@@ -25,6 +25,8 @@ from ._record import Identity
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from ._layout import Kind
+
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 
 _DIGEST_CHUNK: Final = 8 << 20
@@ -93,6 +95,15 @@ def read_input(name: str, path: str) -> tuple[bytes, Identity]:
             raise
         raise SourceError(f"{name}: cannot read: {exc.strerror or exc}") from None
     return data, after
+
+
+def wasm_kind(head: bytes) -> Kind:
+    """"module" or "component" from a wasm binary's first 8 bytes (`\\0asm` + version + layer).
+
+    Layer 1 is a component whatever its version; anything else (a truncated header, an unknown
+    version) is left for wasmtime's compiler to describe, as a module.
+    """
+    return "component" if head[6:8] == b"\x01\0" else "module"
 
 
 def source_of(source: Source) -> tuple[str, str | None, bytes | memoryview | None]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .._errors import RemoteCommandError
+from .._errors import CacheError
 from .._remote._settings import RemoteSettings, resolve_remote_settings
 from ._group import (
     cache_dir_option,
@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 
 PRIVATE_NAME = "wasmcache-signing.pem"
 PUBLIC_NAME = "wasmcache-signing.pub"
+
+
+
+class RemoteCommandError(CacheError):
+    """A remote-tier command cannot do what was asked (printed as one line, exit 2)."""
 
 
 # --- keygen ---------------------------------------------------------------------------------------------
