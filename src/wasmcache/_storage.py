@@ -30,7 +30,17 @@ import blake3
 
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import CacheError
-from ._fs import READ_FLAGS, digest_fd, fsync_directory, read_fd, read_small_file, write_atomically
+from ._fs import (
+    READ_FLAGS,
+    commit_temp,
+    digest_fd,
+    discard_temp,
+    fsync_directory,
+    locked_temp,
+    read_fd,
+    read_small_file,
+    write_atomically,
+)
 from ._layout import (
     ENTRY_SUFFIX,
     LOCK_SUFFIX,
@@ -73,6 +83,16 @@ class CheckedEntry(NamedTuple):
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class TempFile(NamedTuple):
+    """A writer's temp file in a namespace: its path and the open fd that holds its flock."""
+
+    path: Path
+    fd: int
+
+    def discard(self) -> None:
+        discard_temp(self.path, self.fd)
 
 
 class KeyFiles(NamedTuple):
@@ -205,7 +225,7 @@ class Namespace:
         with contextlib.suppress(OSError):
             os.utime(self.record_path(key))
 
-    def publish(self, key: str, blob: bytes | bytearray, record: Record, section: bytes | None, *,
+    def publish(self, key: str, content: bytes | bytearray | TempFile, record: Record, section: bytes | None, *,
                 share: bool = False) -> tuple[Identity, bool]:
         """Publish `blob` as the entry of `key` (the caller holds the key's lock): (identity recorded,
         whether it shares the inode of an identical entry).
@@ -215,7 +235,8 @@ class Namespace:
         entry the next loader verifies by content instead of recompiling. `share`: when an entry
         with exactly this content is published here already, the new key becomes a second name of
         its inode (entries are immutable, so sharing one is safe) instead of a second copy.
-        Raises OSError (nothing published).
+        `content`: the bytes, or a `TempFile` of this namespace already written (see `new_temp`;
+        consumed here, published or discarded). Raises OSError (nothing published).
         """
         entry = self.entry_path(key)
         try:
@@ -226,15 +247,29 @@ class Namespace:
             twin = self._identical_entry(record) if share else None
             published = self._link(twin, key, record) if twin is not None else None
             shared = published is not None
+            if isinstance(content, TempFile):
+                temp, content = content, b""  # consumed here, whatever happens next
+                if shared:
+                    temp.discard()
+                else:
+                    published = Identity.of(commit_temp(temp.path, temp.fd, entry, durable=True, read_only=True))
             if published is None:
-                published = Identity.of(write_atomically(entry, blob, durable=True, read_only=True))
+                published = Identity.of(write_atomically(entry, content, durable=True, read_only=True))
             write_record(self.record_path(key), record._replace(identity=published))
             self.ensure(section)  # a concurrent gc may have collected the empty namespace
         except BaseException:
+            if isinstance(content, TempFile):
+                discard_temp(content.path, content.fd)
             with contextlib.suppress(OSError):
                 os.unlink(self.record_path(key))
             raise
         return published, shared
+
+    def new_temp(self, key: str) -> TempFile:
+        """An exclusive, flocked temp file for `key`'s entry (a collector leaves it alone while we
+        hold it), to be filled and handed to `publish`, or given up with `TempFile.discard`."""
+        self.path.mkdir(mode=0o700, exist_ok=True)
+        return TempFile(*locked_temp(self.entry_path(key)))
 
     def _identical_entry(self, record: Record) -> str | None:
         """A published entry here whose content is `record`'s (same size, same recorded digest).
