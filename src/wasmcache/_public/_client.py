@@ -141,6 +141,8 @@ def open_stream(url: str, ca_file: str | None, read_timeout: float) -> Iterator[
         reason = getattr(exc, "reason", None) or exc
         raise MissReason(f"unreachable: {_short(reason)}", warn=True, host_down=host) from None
     if response.status >= 400:
+        with contextlib.suppress(Exception):
+            response.drain_conn()  # an error page is small; the connection stays usable
         response.release_conn()
         raise _http_error(url, response.status)
     return _response_chunks(response, host)
@@ -149,12 +151,16 @@ def open_stream(url: str, ca_file: str | None, read_timeout: float) -> Iterator[
 def _response_chunks(response: Any, host: str) -> Iterator[bytes]:
     import urllib3  # noqa: PLC0415
 
+    complete = False
     try:
         yield from response.stream(_CHUNK)
+        complete = True
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         _down_hosts.add(host)
         raise MissReason(f"unreachable: {_short(exc)}", warn=True, host_down=host) from None
     finally:
+        if not complete:
+            response.close()  # unread bytes must not go back to the pool with the connection
         response.release_conn()
 
 
@@ -367,6 +373,7 @@ class PublicTier:
             self.last_reason = None
             return fetched
         self.last_reason = "; ".join(reasons) if reasons else "no substituter configured"
+        _empty(dest)
         return None
 
     def _note(self, sub: Substituter, miss: MissReason) -> None:
@@ -417,7 +424,6 @@ class PublicTier:
 
     def _download(self, sub: Substituter, repo: _Repo, info: Any, custom: dict[str, Any], host_section: bytes,
                   dest: int | str | os.PathLike[str], name: str) -> Fetched:
-        import zstandard  # noqa: PLC0415
         from tuf.api import exceptions  # noqa: PLC0415
 
         started = time.monotonic()
@@ -435,6 +441,21 @@ class PublicTier:
         except exceptions.DownloadHTTPError as exc:
             raise MissReason(f"artifact missing on the host (HTTP {exc.status_code})", warn=True) from None
         reader = _CheckedReader(chunks, info.length, deadline)
+        try:
+            return self._write_checked(sub, reader, info, custom, host_section, dest, name, started)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def _write_checked(self, sub: Substituter, reader: _CheckedReader, info: Any, custom: dict[str, Any],
+                       host_section: bytes, dest: int | str | os.PathLike[str], name: str,
+                       started: float) -> Fetched:
+        import zstandard  # noqa: PLC0415
+
+        size = int(custom["size"])
+        sha256 = info.hashes["sha256"]
+        level = str(custom.get("level"))
         fd, created = _open_dest(dest)
         try:
             content = blake3.blake3()
@@ -603,3 +624,11 @@ def check_substituters(settings: SubstituterSettings, *,
                                    f"{len(repo.targets)} artifact(s)", expires=repo.expires))
     del state_dir  # doctor never writes: it refreshes into a temporary directory
     return checks
+
+
+def forget() -> None:
+    """Forget what this process learnt about substituters (refreshed metadata, hosts down, warnings)."""
+    with _lock:
+        _repos.clear()
+        _down_hosts.clear()
+        _warned.clear()
