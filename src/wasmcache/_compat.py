@@ -10,7 +10,8 @@ than wasmtime (features: subset; some shared flags ignored) on purpose: the cach
 engine's own section, and a substitute must be what that engine would have compiled, apart from the
 CPU level. wasmtime stays the final judge; this decides *before* downloading.
 
-Pure Python over the section bytes, no wasmtime import: used on the miss path of substituted entries.
+Pure Python over the section bytes, no wasmtime import, and its own few lines of postcard reading
+(`_postcard` imports dataclasses, ~8 ms a process): cheap enough for the check of a substituted entry.
 """
 
 from __future__ import annotations
@@ -20,9 +21,50 @@ from typing import Final, NamedTuple
 import blake3
 
 from ._errors import EngineSectionError
-from ._postcard import U32_BITS, U64_BITS, Reader
 
 _BOOL_TAG: Final = 2
+_U32_BYTES: Final = 5
+_U64_BYTES: Final = 10
+
+
+class _Reader:
+    """A bounds-checked cursor: every malformed read raises EngineSectionError."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def u8(self) -> int:
+        if self.pos >= len(self.data):
+            raise EngineSectionError("engine section truncated")
+        self.pos += 1
+        return self.data[self.pos - 1]
+
+    def take(self, n: int) -> bytes:
+        if n > len(self.data) - self.pos:
+            raise EngineSectionError("engine section truncated")
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
+
+    def varint(self, max_bytes: int) -> int:
+        result = 0
+        for i in range(max_bytes):
+            byte = self.u8()
+            result |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                return result
+        raise EngineSectionError("engine section has an overlong varint")
+
+    def string(self) -> str:
+        try:
+            return self.take(self.varint(_U64_BYTES)).decode("utf-8")
+        except UnicodeDecodeError:
+            raise EngineSectionError("engine section has a string that is not UTF-8") from None
+
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
 
 
 class _IsaFlag(NamedTuple):
@@ -40,27 +82,30 @@ class _Parsed(NamedTuple):
 
 def _parse(section: bytes) -> _Parsed:
     """The version, target and ISA flags of `section` (with where each bool sits); EngineSectionError if malformed."""
-    r = Reader(bytes(section))
-    if r.u8("format version") != 0:
+    r = _Reader(bytes(section))
+    if r.u8() != 0:
         raise EngineSectionError("unsupported engine section format version")
-    version = r.take(r.u8("version string length"), "version string").decode("utf-8", "replace")
-    target = r.string("target triple")
+    version = r.take(r.u8()).decode("utf-8", "replace")
+    target = r.string()
     for which in ("shared flag", "ISA flag"):
-        count = r.varint(U64_BITS, f"{which} count")
+        count = r.varint(_U64_BYTES)
         if count > r.remaining() // 3:
             raise EngineSectionError(f"engine section truncated: {which} count {count}")
         flags: list[_IsaFlag] = []
         for _ in range(count):
-            name = r.string(f"{which} name")
-            tag = r.varint(U32_BITS, f"{which} tag")
+            name = r.string()
+            tag = r.varint(_U32_BYTES)
             offset = r.pos
             value: object
             if tag == 0:
-                value = r.string(f"{which} enum value")
+                value = r.string()
             elif tag == 1:
-                value = r.u8(f"{which} numeric value")
+                value = r.u8()
             elif tag == _BOOL_TAG:
-                value = r.boolean(f"{which} bool value")
+                byte = r.u8()
+                if byte > 1:
+                    raise EngineSectionError(f"invalid bool {byte} for {which} {name!r}")
+                value = byte == 1
             else:
                 raise EngineSectionError(f"unknown flag value tag {tag} for {which} {name!r}")
             flags.append(_IsaFlag(name, tag, value, offset))

@@ -25,8 +25,7 @@ import blake3
 from .._compat import abi_hash, isa_flags, loadable
 from .._elf import ENGINE_SECTION, artifact_kind, find_section
 from .._log import log
-from ._levels import level_rank
-from ._publish import METADATA_DIR, TARGETS_DIR, target_path
+from ._levels import METADATA_DIR, TARGETS_DIR, level_rank, target_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -92,6 +91,29 @@ _temp_dirs: list[Any] = []
 def _host_of(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}"
+
+
+def import_tuf() -> None:
+    """Import python-tuf, without securesystemslib's optional AWS signer pulling in boto3.
+
+    securesystemslib.signer imports boto3 when it is installed (for a KMS signer we never use):
+    137 ms of a 175 ms import, measured with the test extras. boto3/botocore are hidden while tuf
+    loads unless the program already imported them (then they cost nothing more).
+    """
+    import sys  # noqa: PLC0415
+
+    if "tuf.ngclient" in sys.modules:
+        return
+    hidden = [name for name in ("boto3", "botocore") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import boto3` raise ImportError
+    try:
+        import tuf.api.metadata  # noqa: PLC0415
+        import tuf.ngclient  # noqa: F401, PLC0415
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 # --- the fetcher -------------------------------------------------------------------------------------
@@ -226,6 +248,7 @@ def _refresh(sub: Substituter, ca_file: str | None, state_dir: str | None) -> _R
     """Verified metadata of `sub` under the first of its roots that verifies it; MissReason if none."""
     from tuf.api import exceptions  # noqa: PLC0415
 
+    import_tuf()
     reasons: list[MissReason] = []
     for root in sub.roots:
         try:

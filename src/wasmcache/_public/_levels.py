@@ -1,4 +1,4 @@
-"""CPU levels a publisher compiles for, as explicit Cranelift ISA flags, highest first.
+"""The tree's names (publisher and client) and the CPU levels a publisher compiles for, highest first.
 
 Explicit flags rather than wasmtime's presets: preset names changed across majors (<= 41 `x84_64_v3`,
 42 underscores, >= 43 dashes) and the `x86-64-v3` preset lacks `has_avx` up to 50 (no AVX code). The
@@ -32,3 +32,13 @@ def level_rank(triple: str, level: str) -> int:
     """0 for the highest level of `triple`'s architecture, larger for lower ones; unknown names last."""
     names = [name for name, _ in levels_for(triple)]
     return names.index(level) if level in names else len(names)
+
+
+# The tree's layout (see `_publish`): metadata and artifacts under these directories of a substituter's URL.
+METADATA_DIR: Final = "metadata"
+TARGETS_DIR: Final = "targets"
+
+
+def target_path(kind: str, digest: str, abi: str, level: str) -> str:
+    """The TUF target path of an artifact: the consumer computes it from what it loads and its engine."""
+    return f"{kind}-{digest[:32]}-{abi[:32]}-{level}.cwasm.zst"

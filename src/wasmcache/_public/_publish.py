@@ -38,7 +38,7 @@ from .._elf import ENGINE_SECTION, find_section
 from .._errors import ConfigError, RemoteCommandError
 from .._key import wasm_digest
 from .._log import log
-from ._levels import levels_for
+from ._levels import METADATA_DIR, TARGETS_DIR, levels_for, target_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 
     from .._engine import EngineSettings
 
-METADATA_DIR: Final = "metadata"
-TARGETS_DIR: Final = "targets"
 UNSIGNED_FILE: Final = "wasmcache-unsigned.json"
 ROLES: Final = ("root", "targets", "snapshot", "timestamp")
 REVOKED_FIELD: Final = "x-wasmcache-revoked"
@@ -61,10 +59,6 @@ class Built(NamedTuple):
     path: str  # the TUF target path
     data: bytes  # the zstd-compressed artifact
     custom: dict[str, Any]
-
-
-def target_path(kind: str, digest: str, abi: str, level: str) -> str:
-    return f"{kind}-{digest[:32]}-{abi[:32]}-{level}.cwasm.zst"
 
 
 def target_custom(*, kind: str, digest: str, section: bytes, level: str, wasmtime_version: str, artifact: bytes,
