@@ -502,3 +502,96 @@ def test_tree_loads_and_verifies(published):
     tree = Tree(published["work"] / "tree")
     assert tree.root is not None
     assert tree.root.signed.consistent_snapshot
+
+
+def test_a_state_directory_remembers_a_dead_host_and_a_missing_module_briefly(published, tmp_path):
+    from caddy_server import free_port
+
+    state = tmp_path / "state"
+    dest = tmp_path / "entry.cwasm"
+    root = published["work"] / "tree" / "root.json"
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert_miss(fetch(dead, root, dest, state=state, digest=published["digest"]), dest, "connection refused")
+    _client.forget()  # the next process, same cache root: no connection attempt at all
+    assert_miss(fetch(dead, root, dest, state=state, digest=published["digest"]), dest, "remembered for 60 s")
+    tree = published["work"] / "tree"
+    assert_miss(fetch(f"file://{tree}", root, dest, state=state, digest="1" * 64), dest, "none published")
+    (tree / "metadata" / "timestamp.json").rename(tree / "metadata" / "timestamp.json.away")
+    try:
+        _client.forget()  # the metadata is not even read again for that module
+        assert_miss(fetch(f"file://{tree}", root, dest, state=state, digest="1" * 64), dest, "none published")
+        # ... while a module that was never looked up does read it (and finds no metadata)
+        _client.forget()
+        assert_miss(fetch(f"file://{tree}", root, dest, state=state, digest=published["digest"]), dest, "HTTP 404")
+    finally:
+        (tree / "metadata" / "timestamp.json.away").rename(tree / "metadata" / "timestamp.json")
+
+
+def test_progress_is_reported_through_a_callback(published, tmp_path):
+    tree = published["work"] / "tree"
+    seen: list[tuple[Any, ...]] = []
+    settings = resolve_substituter_settings([f"file://{tree}"], [str(tree / "root.json")], declared=False)
+    tier = _client.PublicTier(settings, progress=lambda *event: seen.append(event))
+    fetched = tier.fetch(kind="module", wasm_digest=published["digest"], host_section=host_section(),
+                         dest=str(tmp_path / "entry.cwasm"), name="answer.wasm")
+    assert fetched is not None
+    name, level, url, done, total = seen[0]
+    assert (name, level, url, done) == ("answer.wasm", fetched.level, f"file://{tree}", 0)
+    assert seen[-1][3] == seen[-1][4] == total == fetched.compressed_size
+
+
+def test_a_download_slower_than_a_compile_is_abandoned(published, tmp_path):
+    """A host that never stalls long enough for a timeout but dribbles: the deadline ends it."""
+    import http.server
+
+    tree = published["work"] / "tree"
+
+    class Dribbling(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tree), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if "/targets/" not in self.path:
+                super().do_GET()
+                return
+            data = (tree / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dribbling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dest = tmp_path / "entry.cwasm"
+        assert_miss(fetch(f"http://127.0.0.1:{server.server_address[1]}", tree / "root.json", dest,
+                          digest=published["digest"]), dest, "slower than compiling locally")
+    finally:
+        server.shutdown()
+
+
+def test_ssl_cert_file_makes_the_test_ca_trusted_in_a_fresh_process(published, caddy, tmp_path):
+    tree, url = serve(published, caddy, "sslcertfile")
+    dest = tmp_path / "entry.cwasm"
+    code = f"""
+        import json, wasmtime
+        from wasmcache._fingerprint import engine_identity
+        from wasmcache._public import PublicTier, resolve_substituter_settings
+        tier = PublicTier(resolve_substituter_settings())
+        fetched = tier.fetch(kind="module", wasm_digest="{published['digest']}",
+                             host_section=engine_identity(wasmtime.Engine()).section, dest="{dest}", name="a")
+        print(json.dumps([fetched is not None and fetched.level, tier.last_reason]))
+    """
+    env = {"SSL_CERT_FILE": str(caddy.ca_file), "WASMCACHE_SUBSTITUTERS": url,
+           "WASMCACHE_SUBSTITUTER_ROOTS": str(tree / "root.json")}
+    level, reason = json.loads(run_python(code, env=env).stdout.strip().splitlines()[-1])
+    assert level == published["levels"][0], reason

@@ -82,7 +82,7 @@ class MissReason(Exception):  # noqa: N818 - a reason, raised to leave the fetch
 # --- process-wide state: one refresh per substituter, one timeout per host ---------------------------
 
 _lock = threading.Lock()
-_repos: dict[str, _Repo | MissReason] = {}
+_repos: dict[tuple[str, tuple[bytes, ...]], _Repo | MissReason] = {}  # by (url, trusted roots)
 _down_hosts: set[str] = set()
 _warned: set[tuple[str, str]] = set()
 _temp_dirs: list[Any] = []
@@ -175,7 +175,10 @@ def _response_chunks(response: Any, host: str) -> Iterator[bytes]:
 
     complete = False
     try:
-        yield from response.stream(_CHUNK)
+        # read1: whatever has arrived (up to _CHUNK), so a dribbling host meets the deadline check
+        # between reads; stream(n) would block until n bytes came.
+        while chunk := response.read1(_CHUNK, decode_content=False):  # the signed bytes, never decoded
+            yield chunk
         complete = True
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         _down_hosts.add(host)
@@ -415,7 +418,7 @@ class PublicTier:
     def repo(self, sub: Substituter) -> _Repo:
         """`sub`'s verified metadata, refreshed at most once per process (a failure is remembered too)."""
         with _lock:
-            known = _repos.get(sub.url)
+            known = _repos.get((sub.url, sub.roots))
         if known is None:
             down = _remembered(_memo_path(self.state_dir, "down", _host_of(sub.url)), DOWN_SECONDS)
             if down is not None and not sub.url.startswith("file://"):
@@ -426,7 +429,7 @@ class PublicTier:
                 except MissReason as miss:
                     known = miss
             with _lock:
-                known = _repos.setdefault(sub.url, known)
+                known = _repos.setdefault((sub.url, sub.roots), known)
         if isinstance(known, MissReason):
             raise known
         return known
@@ -636,7 +639,7 @@ def check_substituters(settings: SubstituterSettings, *,
     checks: list[Check] = []
     for sub in tier.substituters():
         with _lock:
-            _repos.pop(sub.url, None)
+            _repos.pop((sub.url, sub.roots), None)
         try:
             repo = tier.repo(sub)
         except MissReason as miss:
