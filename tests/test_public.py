@@ -595,3 +595,44 @@ def test_ssl_cert_file_makes_the_test_ca_trusted_in_a_fresh_process(published, c
            "WASMCACHE_SUBSTITUTER_ROOTS": str(tree / "root.json")}
     level, reason = json.loads(run_python(code, env=env).stdout.strip().splitlines()[-1])
     assert level == published["levels"][0], reason
+
+
+def test_other_engine_settings_and_other_majors_are_misses_that_say_so(published, tmp_path):
+    from wasmcache._engine import EngineSettings
+
+    tree = tmp_path / "fuel-tree"
+    built = compile_at_levels(str(published["wasm"]), EngineSettings(consume_fuel=True), ["x86-64-v2"])
+    publish(tree, built, signing_key=published["key"])
+    dest = tmp_path / "entry.cwasm"
+    # A consumer whose engine has no fuel: the fuel build is not its ABI.
+    assert_miss(fetch(f"file://{tree}", tree / "root.json", dest, digest=published["digest"]), dest,
+                "other engine settings")
+    # A consumer on another wasmtime major (its section's version string says so).
+    section = bytearray(host_section())
+    section[2:2 + section[1]] = b"9" * section[1]
+    _client.forget()
+    assert_miss(fetch(f"file://{tree}", tree / "root.json", dest, section=bytes(section),
+                      digest=published["digest"]), dest, "other wasmtime major")
+
+
+def test_publish_without_inputs_re_signs_with_a_later_expiry(published, tmp_path):
+    from tuf.api.metadata import Metadata
+
+    tree = tmp_path / "tree"
+    shutil.copytree(published["work"] / "tree", tree)
+    before = Metadata.from_bytes((tree / "metadata" / "timestamp.json").read_bytes()).signed
+    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], "--expires-days", "90")
+    assert proc.returncode == 0, proc.stderr
+    assert "0 artifact(s) added" in proc.stderr
+    after = Metadata.from_bytes((tree / "metadata" / "timestamp.json").read_bytes()).signed
+    assert after.version == before.version + 1
+    assert (after.expires - before.expires).days >= 59
+    settings = resolve_substituter_settings([f"file://{tree}"], [str(tree / "root.json")], declared=False)
+    (check,) = _client.check_substituters(settings)
+    assert check.ok, check.detail
+    assert check.expires == after.expires.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def test_none_turns_off_every_substituter(monkeypatch):
+    monkeypatch.setenv("WASMCACHE_SUBSTITUTERS", "none")
+    assert resolve_substituter_settings() is None

@@ -81,7 +81,8 @@ def resolve_substituter_settings(
 
     Every configured URL is trusted under every configured root (a tree's own keys decide which one
     verifies it). ``substituters=[]`` means none, whatever the environment says (entry points still
-    count unless ``declared=False``). Bad values raise a one-line `ConfigError`.
+    count unless ``declared=False``); the single word ``none`` turns off the declared ones too.
+    Bad values raise a one-line `ConfigError`.
     """
     where = "argument"
     if substituters is None:
@@ -93,6 +94,8 @@ def resolve_substituter_settings(
     if roots is None:
         root_where = "$WASMCACHE_SUBSTITUTER_ROOTS"
         roots = [p for p in os.environ.get("WASMCACHE_SUBSTITUTER_ROOTS", "").split(os.pathsep) if p]
+    if urls == ["none"]:  # substituters=["none"] or WASMCACHE_SUBSTITUTERS=none: not even the declared ones
+        return None
     checked = [_check_url(url, where) for url in urls]
     if checked and not roots:
         raise ConfigError(f"{where}: substituters configured but no trusted root: a precompiled module is "
