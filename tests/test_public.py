@@ -636,3 +636,31 @@ def test_publish_without_inputs_re_signs_with_a_later_expiry(published, tmp_path
 def test_none_turns_off_every_substituter(monkeypatch):
     monkeypatch.setenv("WASMCACHE_SUBSTITUTERS", "none")
     assert resolve_substituter_settings() is None
+
+
+@pytest.mark.s3
+def test_a_tree_uploaded_create_only_to_s3_is_read_anonymously(published, s3_bucket, tmp_path, monkeypatch):
+    import boto3
+
+    server, bucket = s3_bucket
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3")
+    tree = published["work"] / "tree"
+    prefix = "mytool"
+    # Immutable files first and create-only (never overwritten), then the one replaced file, then root.json.
+    mutable = (tree / "metadata" / "timestamp.json", tree / "root.json")
+    immutable = sorted(p for p in tree.rglob("*") if p.is_file() and p not in mutable)
+    for path in [*immutable, *mutable]:
+        key = f"{prefix}/{path.relative_to(tree)}"
+        extra = {"IfNoneMatch": "*"} if path in immutable else {}
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(), **extra)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject"],
+                                                      "Resource": [f"arn:aws:s3:::{bucket}/*"]}]}
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)  # the consumer holds no credentials at all
+    dest = tmp_path / "entry.cwasm"
+    fetched, why = fetch(f"{server.endpoint}/{bucket}/{prefix}", tree / "root.json", dest, digest=published["digest"])
+    assert fetched is not None, why
+    assert runs(dest) == 42
