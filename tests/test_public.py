@@ -664,3 +664,20 @@ def test_a_tree_uploaded_create_only_to_s3_is_read_anonymously(published, s3_buc
     fetched, why = fetch(f"{server.endpoint}/{bucket}/{prefix}", tree / "root.json", dest, digest=published["digest"])
     assert fetched is not None, why
     assert runs(dest) == 42
+
+
+def test_fetch_into_a_callers_write_only_temp_file_descriptor(published, tmp_path):
+    """The cache's miss path hands its own locked, O_WRONLY temp file: the check must still read it back."""
+    tree = published["work"] / "tree"
+    temp = tmp_path / "entry.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        settings = resolve_substituter_settings([f"file://{tree}"], [str(tree / "root.json")], declared=False)
+        tier = _client.PublicTier(settings)
+        fetched = tier.fetch(kind="module", wasm_digest=published["digest"], host_section=host_section(), dest=fd,
+                             name="answer.wasm")
+        assert fetched is not None, tier.last_reason
+        assert os.fstat(fd).st_size == fetched.size
+    finally:
+        os.close(fd)
+    assert runs(temp) == 42

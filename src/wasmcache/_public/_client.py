@@ -249,9 +249,9 @@ def _state_name(sub: Substituter, root: bytes) -> str:
 
 def _refresh(sub: Substituter, ca_file: str | None, state_dir: str | None) -> _Repo:
     """Verified metadata of `sub` under the first of its roots that verifies it; MissReason if none."""
+    import_tuf()
     from tuf.api import exceptions  # noqa: PLC0415
 
-    import_tuf()
     reasons: list[MissReason] = []
     for root in sub.roots:
         try:
@@ -379,7 +379,8 @@ class PublicTier:
         """Write the best artifact for (kind, wasm_digest) this host's engine loads into `dest`, or None.
 
         `host_section`: the loading engine's own section on this host. `dest`: an open, writable file
-        descriptor (truncated first) or a path (created or truncated). On None the file is empty (a path
+        descriptor (truncated first; read back to check the artifact: O_RDWR, or O_WRONLY where
+        /proc/self/fd can reopen it) or a path (created or truncated). On None the file is empty (a path
         this call created is removed) and `last_reason` says why; nothing ever raises for the network.
         """
         reasons: list[str] = []
@@ -507,9 +508,14 @@ class PublicTier:
                                  "or truncated)", warn=True)
             if written != size or content.hexdigest() != custom["blake3"]:
                 raise MissReason("untrusted: decompressed artifact does not match its signed digest", warn=True)
-            if artifact_kind(fd) != custom["kind"]:
-                raise MissReason("untrusted: artifact is not a wasmtime " + str(custom["kind"]), warn=True)
-            section = find_section(fd, ENGINE_SECTION)
+            reading = _readable(fd)
+            try:
+                if artifact_kind(reading) != custom["kind"]:
+                    raise MissReason("untrusted: artifact is not a wasmtime " + str(custom["kind"]), warn=True)
+                section = find_section(reading, ENGINE_SECTION)
+            finally:
+                if reading != fd:
+                    os.close(reading)
             why = loadable(section, host_section)
             if why is not None:
                 raise MissReason(f"artifact refused: {why}", warn=True)
@@ -602,6 +608,20 @@ def _sha() -> Any:
     import hashlib  # noqa: PLC0415
 
     return hashlib.sha256()
+
+
+def _readable(fd: int) -> int:
+    """`fd` if it can be read; else a read-only descriptor of the same file (a caller's O_WRONLY temp file)."""
+    import fcntl  # noqa: PLC0415
+
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
+        return fd
+    for name in (f"/proc/self/fd/{fd}", f"/dev/fd/{fd}"):
+        try:
+            return os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+    raise MissReason("cannot read back the written artifact (pass an O_RDWR file descriptor)", warn=True)
 
 
 def _open_dest(dest: int | str | os.PathLike[str]) -> tuple[int, str | None]:
