@@ -20,7 +20,16 @@ from typing import Final, NamedTuple
 
 import blake3
 
-from ._errors import EngineSectionError
+from ._errors import CacheError
+
+
+class EngineSectionError(CacheError, ValueError):
+    """Raised for any engine section that is malformed or unsupported.
+
+    A subclass of ``ValueError`` so callers can treat it as plain bad input,
+    while still being able to tell it apart from unrelated ``ValueError``s.
+    """
+
 
 _BOOL_TAG: Final = 2
 _U32_BYTES: Final = 5

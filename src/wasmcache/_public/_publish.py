@@ -22,6 +22,7 @@ under a separate key (offline), so that a stolen CI key can be rotated away.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -35,7 +36,7 @@ import blake3
 
 from .._compat import abi_hash, isa_flags
 from .._elf import ENGINE_SECTION, find_section
-from .._errors import ConfigError, RemoteCommandError
+from .._errors import CacheError, ConfigError
 from .._key import wasm_digest
 from .._log import log
 from ._levels import METADATA_DIR, TARGETS_DIR, levels_for, target_path
@@ -51,6 +52,10 @@ UNSIGNED_FILE: Final = "wasmcache-unsigned.json"
 ROLES: Final = ("root", "targets", "snapshot", "timestamp")
 REVOKED_FIELD: Final = "x-wasmcache-revoked"
 _ZSTD_LEVEL: Final = 9
+
+
+class PublishError(CacheError):
+    """`wasmcache publish` cannot do what was asked (printed as one line, exit 2)."""
 
 
 class Built(NamedTuple):
@@ -247,7 +252,7 @@ def _create_only(final: Path, data: bytes) -> bool:
     if os.path.lexists(final):
         with open(final, "rb") as f:
             if f.read(len(data) + 1) != data:
-                raise RemoteCommandError(f"{final}: exists with other content; published files are never "
+                raise PublishError(f"{final}: exists with other content; published files are never "
                                          "rewritten (is another publisher writing this tree?)")
         return False
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -261,10 +266,8 @@ def _create_only(final: Path, data: bytes) -> bool:
     except FileExistsError:
         return _create_only(final, data)
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(temp)
-        except OSError:
-            pass
     return True
 
 
@@ -305,7 +308,7 @@ def read_unsigned(part: Path) -> list[dict[str, Any]]:
         if raw.get("wasmcache_unsigned") != 1 or not isinstance(entries, list):
             raise ValueError("not a wasmcache unsigned part")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RemoteCommandError(f"{part / UNSIGNED_FILE}: cannot read an unsigned part: {exc}") from None
+        raise PublishError(f"{part / UNSIGNED_FILE}: cannot read an unsigned part: {exc}") from None
     return entries
 
 
@@ -317,9 +320,9 @@ def _merge_part(out: Path, part: Path) -> list[dict[str, Any]]:
         try:
             data = source.read_bytes()
         except OSError as exc:
-            raise RemoteCommandError(f"{source}: cannot read: {exc.strerror or exc}") from None
+            raise PublishError(f"{source}: cannot read: {exc.strerror or exc}") from None
         if len(data) != entry["length"] or _sha256(data) != sha:
-            raise RemoteCommandError(f"{source}: does not match its entry in {part / UNSIGNED_FILE}")
+            raise PublishError(f"{source}: does not match its entry in {part / UNSIGNED_FILE}")
         if part.resolve() != out.resolve():
             _create_only(out / TARGETS_DIR / f"{sha}.{entry['path']}", data)
     return entries
@@ -378,7 +381,7 @@ class Tree:
             root.verify_delegate("snapshot", self.snapshot.signed_bytes, self.snapshot.signatures)
             root.verify_delegate("timestamp", self.timestamp.signed_bytes, self.timestamp.signatures)
         except Exception as exc:  # OSError, DeserializationError, UnsignedMetadataError, KeyError
-            raise RemoteCommandError(f"{out}: not a valid wasmcache publish tree ({type(exc).__name__}: "
+            raise PublishError(f"{out}: not a valid wasmcache publish tree ({type(exc).__name__}: "
                                      f"{exc}); publish into an empty directory or repair it") from None
 
     def create(self, keys: Keys, root_days: int) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from .._errors import RemoteCommandError
 from ._group import cli, engine_options, say, settings_of
 
 
@@ -37,11 +36,11 @@ def publish(out: Path, signing_key: str | None, unsigned: bool, merge: tuple[Pat
             wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, ...], as_json: bool,
             files: tuple[Path, ...]) -> None:
     """Compile FILES for every CPU level and publish them, signed, into the static tree --out."""
-    from .._public._publish import compile_at_levels  # noqa: PLC0415
+    from .._public._publish import PublishError, compile_at_levels  # noqa: PLC0415
     from .._public._publish import publish as publish_tree  # noqa: PLC0415
 
     if unsigned == (signing_key is not None):
-        raise RemoteCommandError("pass --signing-key KEY.pem (sign now) or --unsigned (a part to --merge later)")
+        raise PublishError("pass --signing-key KEY.pem (sign now) or --unsigned (a part to --merge later)")
     settings = settings_of(wasm, codegen, optimize)
     levels = [name.strip() for name in level.split(",") if name.strip()] if level else None
     built = []
