@@ -12,8 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import wasmtime
@@ -23,6 +22,9 @@ from conftest import run_json
 from wasmcache._public import _client
 from wasmcache._public._publish import compile_at_levels, publish
 from wasmcache.cli._remote import write_keypair
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 WAT = '(module (func (export "answer") (result i32) i32.const 73))'
 
