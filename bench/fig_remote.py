@@ -54,4 +54,5 @@ def measure(ctx: h.Context, miss: dict | None = None) -> dict:
     return {"load_s": load, "server_start_s": time.perf_counter() - started, "compile_s": compile_s,
             "compile_from": "miss figure (median)" if miss else "preparation (1 compile)",
             "goals": [h.goal("remote hit (empty root, fresh process) <= 1/8 of a compile (49 MB Yosys)",
-                             hit / compile_s, GOAL, f"{h.ms(hit)} vs {h.ms(compile_s)} = {h.ratio_text(hit / compile_s)}")]}
+                             hit / compile_s, GOAL,
+                             f"{h.ms(hit)} vs {h.ms(compile_s)} = {h.ratio_text(hit / compile_s)}")]}

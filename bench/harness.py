@@ -54,7 +54,12 @@ def extract_tree(rev: str, into: Path) -> Tree:
     into.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return Tree(sha.stdout.strip(), into / "src")
+    tree = Tree(sha.stdout.strip(), into / "src")
+    found = sample(([sys.executable, "-c", "import json, wasmcache; print(json.dumps({'f': wasmcache.__file__}))"],
+                    env_for(tree)))["f"]
+    if not found.startswith(str(tree.src)):
+        raise BenchError(f"--against {rev}: its children import wasmcache from {found}, not from {tree.src}")
+    return tree
 
 
 def env_for(tree: Tree, **extra: str) -> dict[str, str]:
