@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import shutil
 import signal
 import sys
 import time
 from typing import TYPE_CHECKING
 
-from bench.harness import REPO, RESULTS, BenchError, Context, current_tree, extract_tree, machine
+from bench.harness import REPO, RESULTS, Context, current_tree, extract_tree, machine
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 extra = {"miss": results["figures"].get("miss")} if name == "remote" else {}
                 results["figures"][name] = module.measure(ctx, **extra)
-            except (BenchError, OSError) as exc:
-                results["notes"].append(f"{name} failed: {str(exc)[-600:]}")
+            except Exception as exc:  # one failed figure is reported; the others still count
+                results["notes"].append(f"{name} failed: {type(exc).__name__}: {str(exc)[-600:]}")
                 say(f"{name} FAILED: {exc}")
                 continue
             if note := results["figures"][name].get("note"):
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.close()
     results["goals"] = [g for f in results["figures"].values() for g in f.get("goals", [])]
     results["total_s"] = time.perf_counter() - started
+    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]  # the machine is shared: how busy it was
     stem = "results" + ("-quick" if args.quick else "") + ("-partial" if args.only else "") + \
         (f"-against-{args.against}" if args.against else "")
     out = RESULTS / f"{stem}.json"

@@ -170,7 +170,8 @@ def do_maintain(action, root, *args):
         stats = cache.stats()
         _emit({"t": time.perf_counter() - t, "entries": stats.entries, "size_bytes": stats.size_bytes})
     else:
-        _emit({"t": time.perf_counter() - t, "rows": len(cache.entries())})
+        rows = len(cache.entries())
+        _emit({"t": time.perf_counter() - t, "rows": rows})
 
 
 def do_own_cwasm(mode, path, root):
