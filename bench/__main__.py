@@ -59,7 +59,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set(title="whole processes, spawn to exit (median)", xlabel="ms")
     ax = axes[1][1]
     judged = [g for g in results["goals"] if g["value"] is not None and g["limit"]]
-    ax.barh([g["goal"][:70] for g in judged], [g["value"] / g["limit"] for g in judged],
+    ax.barh([g["goal"][:58] for g in judged], [g["value"] / g["limit"] for g in judged],
             color=["tab:green" if g["status"] == "PASS" else "tab:red" for g in judged])
     ax.axvline(1.0, color="black")
     ax.set(title="every goal: measured / limit (<= 1 passes)", xscale="log")
