@@ -31,9 +31,11 @@ lint: venv
 demo: venv
 	$(BIN)/python scripts/demo.py
 
-## make bench: the benchmark suite (figures in bench/results.json and docs/bench.png)
+## make bench: every benchmark figure, into docs/bench-results.json and docs/bench.png (bench/README.md);
+## BENCH_ARGS="--quick", "--only hit,guest", "--against REV" pass through
+BENCH_ARGS ?=
 bench: venv
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo-cache .pytest_cache .mypy_cache .ruff_cache
