@@ -31,10 +31,10 @@ EXPECTED = (
     "wasmcache._cache:ModuleCache._load",
     "wasmcache._cache:ModuleCache._digest",
     "wasmcache._key:SourceDigests.digest",
-    "wasmcache._cache:ModuleCache.engine_identity",
-    "wasmcache._cache:ModuleCache._load_checked",
-    "wasmcache._entry:check_entry",
-    "wasmcache._cache:ModuleCache._deserialize",
+    "wasmcache._context:CacheContext.engine_identity",
+    "wasmcache._cache:load_entry",
+    "wasmcache._storage:Namespace.check",
+    "wasmcache._cache:_deserialize",
     "wasmcache._native:deserialize_file",
 )
 MODES = ("cprofile", "importtime", "strace")
