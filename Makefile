@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint demo bench clean
+.PHONY: venv test test-fast lint demo bench mutants clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: venv
 ## make bench: the benchmark suite (figures in bench/results.json and docs/bench.png)
 bench: venv
 	$(BIN)/python -m bench
+
+## make mutants: break each safety property on purpose (tests/mutants.py); every mutation must be killed
+mutants: venv
+	$(BIN)/python scripts/mutants.py $(MUTANTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo-cache .pytest_cache .mypy_cache .ruff_cache

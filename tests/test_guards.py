@@ -589,3 +589,35 @@ def test_under_the_drop_in_each_engine_gets_modules_compiled_for_it(root: Path) 
         assert result["fuel_used"] > 0, "the metered engine's module meters fuel"
         assert result["entries"] == sorted(result["namespaces"])
         assert len(set(result["namespaces"])) == 2
+
+
+# --- 10. gc and clear leave a key that someone holds -------------------------------------------------------
+
+
+def test_gc_and_clear_leave_a_key_whose_lock_is_held(root: Path) -> None:
+    # Its holder is compiling, publishing or repairing it: between its record and its rename, a
+    # removal would leave half a pair (or take the entry it is about to map). The key nobody holds
+    # is removed by the same calls (the control). Breakages: evict or clear without the key's lock
+    # (mutants `gc-evict-under-key-lock`, `clear-under-key-lock`).
+    from wasmcache._layout import lock_path
+    from wasmcache._lock import KeyLock
+
+    cache = wasmcache.ModuleCache(root)
+    held, free = answer_module(201), answer_module(202)
+    cache.load(held)
+    cache.load(free)
+    held_entry, free_entry = cache.entry_path(cache.key_for(held)), cache.entry_path(cache.key_for(free))
+    holder = KeyLock(lock_path(cache.namespace_dir, cache.key_for(held)))
+    assert holder.acquire(blocking=False)
+    try:
+        for action in ("gc", "clear"):
+            if action == "gc":
+                cache.gc(max_size=0)
+            else:
+                wasmcache.ModuleCache(root, engine=wasmtime.Engine()).load(free)  # republished
+                assert free_entry.exists()
+                cache.clear()
+            assert (action, free_entry.exists(), free_entry.with_suffix(".rec").exists()) == (action, False, False)
+            assert (action, held_entry.exists(), held_entry.with_suffix(".rec").exists()) == (action, True, True)
+    finally:
+        holder.release()
