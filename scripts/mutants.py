@@ -11,7 +11,10 @@ survivor whose mutation was never even imported is told apart.
     python scripts/mutants.py --list     # ids and properties
     python scripts/mutants.py --only ID [--only ID ...]
 
-Exit status: 0 if every mutation run was killed; 1 if any survived, is stale or could not run.
+A mutation is "killed" when every test named for it fails; "weak" when some named test passes
+(that test does not protect the property: drop it from the list or fix it).
+
+Exit status: 0 if every mutation run was killed; 1 if any survived, is weak, stale or could not run.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def run_tests(src: Path, tests: list[str], timeout: float) -> tuple[int, str, fl
     env.pop("PYTHONSAFEPATH", None)
     started = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-rf", *tests],
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", *tests],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         code, output = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as exc:
@@ -75,12 +78,9 @@ def run_tests(src: Path, tests: list[str], timeout: float) -> tuple[int, str, fl
     return code, output, time.monotonic() - started
 
 
-def first_failure(output: str) -> str:
-    for line in output.splitlines():
-        match = re.match(r"(FAILED|ERROR) (\S+)", line)
-        if match:
-            return match.group(2).split("::", 1)[-1][:70]
-    return ""
+def failed(output: str) -> list[str]:
+    """The node ids pytest's summary lists as failed."""
+    return [m.group(1) for m in re.finditer(r"^FAILED (.+?)(?: - .*)?$", output, re.MULTILINE)]
 
 
 def copy_src(work: Path) -> Path:
@@ -89,7 +89,12 @@ def copy_src(work: Path) -> Path:
     return src
 
 
-def run_one(mutant: Mutant, timeout: float) -> tuple[str, float, str]:
+def assertion_lines(output: str, limit: int = 3) -> list[str]:
+    """The first lines pytest marks with `E` (what each failing test saw), to check a kill is the property's."""
+    return [line[1:].strip() for line in output.splitlines() if line.startswith("E ")][:limit]
+
+
+def run_one(mutant: Mutant, timeout: float, *, show: bool = False) -> tuple[str, float, str]:
     """(result, seconds, detail) for one mutation."""
     with tempfile.TemporaryDirectory(prefix=f"wasmcache-mutant-{mutant.id}-") as tmp:
         work = Path(tmp)
@@ -100,8 +105,15 @@ def run_one(mutant: Mutant, timeout: float) -> tuple[str, float, str]:
             return "stale", 0.0, stale
         code, output, seconds = run_tests(src, list(mutant.tests), timeout)
         importers = len(marker.read_text().split()) if marker.exists() else 0
+        if show:
+            for line in assertion_lines(output):
+                print(f"    {line[:150]}")
         if code == 1:
-            return "killed", seconds, f"{first_failure(output)} ({importers} processes ran it)"
+            failures = failed(output)
+            missed = [t for t in mutant.tests if not any(f == t or f.startswith(t + "[") for f in failures)]
+            if missed:  # a named test that passes under the mutation does not protect the property
+                return "weak", seconds, f"{len(missed)} of {len(mutant.tests)} named tests passed: {missed[0]}"
+            return "killed", seconds, f"by all {len(mutant.tests)} named tests ({importers} processes ran the mutant)"
         if code == 0:
             why = "the mutated code was never imported" if importers == 0 else f"{importers} processes ran it"
             return "SURVIVED", seconds, why
@@ -126,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="ID", help="run only this mutation (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run of the tests on unmutated src")
+    parser.add_argument("--show", action="store_true", help="print what the failing tests asserted")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per mutation (default 600)")
     args = parser.parse_args(argv)
 
@@ -145,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     started = time.monotonic()
     for m in selected:
-        result, seconds, detail = run_one(m, args.timeout)
+        result, seconds, detail = run_one(m, args.timeout, show=args.show)
         results.append(result)
         print(f"{m.id:<{width}}  {result:<8}  {seconds:6.1f} s  {detail}", flush=True)
     counts = {r: results.count(r) for r in dict.fromkeys(results)}
