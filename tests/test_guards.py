@@ -421,8 +421,8 @@ def test_a_source_replaced_before_the_miss_reads_it_never_puts_its_code_under_th
     incoming.write_bytes(answer_module(172))
     result = run_json(SWAP_SOURCE, str(root), str(path), str(incoming))
     assert result["swapped"] == 1, "the harness must have replaced the file"
-    assert result["compiles"] == 0
     assert result["outcome"] == f"{path}: changed while being loaded; try again"
+    assert result["compiles"] == 0
     # Whoever loads module 171 afterwards (by bytes: no memo involved) gets module 171.
     assert run_json(LOAD, str(root), "default", "171")["answer"] == 171
     assert wasmcache.ModuleCache(root).verify().ok
@@ -501,9 +501,9 @@ def test_a_process_mapping_an_entry_keeps_its_inode_unchanged_while_the_key_is_r
             if damage is not None:
                 damage()
             result = run_json(WRITE_TRACE, str(root), what)
+            assert mapped_inode(holder.pid, inode) == original, f"{what}: the mapped inode changed"
             assert result["opened_for_writing"] == [], f"{what}: an existing entry was opened for writing"
             assert result["compiles"] == (1 if what == "load" else 0)
-            assert mapped_inode(holder.pid, inode) == original, f"{what}: the mapped inode changed"
             assert ask(holder) == 181
             if what == "load":
                 assert entry.stat().st_ino != published, "a republication is a new inode"
