@@ -512,6 +512,38 @@ def test_a_process_mapping_an_entry_keeps_its_inode_unchanged_while_the_key_is_r
         assert stop(holder) == 0
 
 
+NAIVE_HOLD = """
+import sys, wasmtime
+from pathlib import Path
+from naive import naive_load
+from wasmgen import answer_module, call_answer
+engine = wasmtime.Engine()
+naive_load(Path(sys.argv[1]), engine, answer_module(182, functions=400))  # compiles, writes its file
+module = naive_load(Path(sys.argv[1]), engine, answer_module(182, functions=400))  # maps it
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_control_the_naive_cache_changes_the_inode_a_process_maps(tmp_path: Path) -> None:
+    # The same measure on the naive cache: another engine (another wasmtime, Winch) finds the entry
+    # unusable and rewrites it in place, under the mapping of the process above.
+    from naive import naive_load, winch_engine
+
+    holder = subprocess.Popen([sys.executable, "-c", NAIVE_HOLD, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+        (entry,) = tmp_path.glob("*.cwasm")
+        original = mapped_inode(holder.pid, entry.stat().st_ino)
+        naive_load(tmp_path, winch_engine(), answer_module(182, functions=400))
+        assert mapped_inode(holder.pid, entry.stat().st_ino) != original
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 # --- 8b/c. a trap exits 134 exactly, and -W fuel bounds the work, as `wasmtime run` ----------------------------
 
 # Bounded work: 200,000 iterations (about a million units of fuel), then a normal exit.
