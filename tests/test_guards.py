@@ -253,7 +253,7 @@ def test_a_signed_artifact_that_inflates_to_a_gigabyte_is_rejected_within_tens_o
     payload.write_bytes(bomb)
     control = run_json(NAIVE_INFLATE, str(payload))
     assert control["size"] == GIB
-    assert control["grown_kib"] > 900 * 1024, "control: the same measure sees an unbounded decompression"
+    assert control["grown_kib"] > 512 * 1024, "control: the same measure sees an unbounded decompression"
 
 
 # --- 4. the per-process memo serves a module only while its entry is the file it maps ------------------------
