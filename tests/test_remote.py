@@ -25,9 +25,14 @@ import wasmcache
 from conftest import run_json
 from s3server import S3Server
 from wasmcache import ConfigError
-from wasmcache._errors import RejectedArtifactError
 from wasmcache._remote import RemoteTier
-from wasmcache._remote._artifact import MAGIC, canonical_metadata, encode_artifact, parse_metadata
+from wasmcache._remote._artifact import (
+    MAGIC,
+    RejectedArtifactError,
+    canonical_metadata,
+    encode_artifact,
+    parse_metadata,
+)
 from wasmcache._remote._keys import load_signing_key
 from wasmcache.cli._remote import write_keypair
 from wasmgen import answer_module
@@ -106,7 +111,7 @@ for batch in spec["batches"]:  # one ModuleCache object per batch, all in this p
         started = time.perf_counter()
         module = cache.load(path)
         loads.append({"seconds": time.perf_counter() - started, "answer": call_answer(cache.engine, module)})
-    remote = cache._miss.remote
+    remote = cache._miss._remote  # the tier, only if a local miss created it
     results.append({"loads": loads, "stats": cache.stats()._asdict(),
                     "errors": remote.errors if remote else None, "skipped": remote.skipped if remote else None})
 print(json.dumps({"results": results, "warnings": warnings,

@@ -153,7 +153,7 @@ def values_wasm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _our_value(kind: str, text: str) -> tuple[bool, str]:
     """What `wasmcache run --invoke KIND values.wasm TEXT` prints (the identity function), in-process."""
-    from wasmcache._errors import BadValueError
+    from wasmcache._run._outcome import BadValueError
     from wasmcache._run._values import format_float, parse_float, parse_int
 
     try:

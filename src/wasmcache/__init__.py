@@ -18,16 +18,17 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import os
 
-    from ._cache import CacheStats, ModuleCache
+    from ._cache import ModuleCache
     from ._dropin import DropIn, Mode
     from ._engine import EngineSettings
     from ._fingerprint import engine_fingerprint
     from ._maintenance import EntryInfo, GcReport
     from ._root import parse_size
+    from ._stats import CacheStats
     from ._verify import Finding, VerifyReport
 
 # name -> the private module that defines it
-_LAZY = {"CacheStats": "_cache", "ModuleCache": "_cache", "EngineSettings": "_engine",
+_LAZY = {"CacheStats": "_stats", "ModuleCache": "_cache", "EngineSettings": "_engine",
          "engine_fingerprint": "_fingerprint", "parse_size": "_root", "EntryInfo": "_maintenance",
          "GcReport": "_maintenance", "Finding": "_verify", "VerifyReport": "_verify", "DropIn": "_dropin"}
 

@@ -1,18 +1,18 @@
-"""`ModuleCache`: the public API, the hit path and the miss path.
+"""`ModuleCache`: the public API and the hit path.
 
-The whole safety argument of a hit, top-down in `_load` and `_load_entry`:
+The whole safety argument of a hit, top-down in `_load` and `load_entry`:
 
   source -> digest     path inputs: digest remembered by file identity (dev, ino, size, mtime, ctime)
          -> key        blake3(engine fingerprint, module|component, input digest)
          -> entry      ROOT/ns-<fingerprint>/<key>.cwasm, opened O_NOFOLLOW, never for writing
          -> check      fstat of *that open fd* == the identity recorded after publication;
                        else full content digest + engine section, then re-record or quarantine
-                       (`_entry.check_entry`, the same check `verify` and `push` make)
+                       (`Namespace.check`, the same check `verify` and `push` make)
          -> map        wasmtime maps /proc/self/fd/N: the inode we checked, not whatever the path
                        names a microsecond later
 
 Entries are only ever replaced by rename, so a process keeps the inode it mapped even while
-others clear, collect, quarantine or republish the key.
+others clear, collect, quarantine or republish the key. A miss goes to `_miss.MissPath`.
 """
 
 from __future__ import annotations
@@ -25,42 +25,19 @@ import weakref
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from . import _native
-from ._engine import EngineSettings
-from ._entry import CheckedEntry, check_entry, quarantine_if_unchanged
-from ._errors import (
-    CompileError,
-    ConfigError,
-    EntryChangedError,
-    EntryRefusedError,
-    SourceError,
-    UnsafeCacheError,
-    UntrustedEntryError,
-    wasmtime_reason,
-)
-from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_identity
+from ._context import DEFAULT_LOCK_TIMEOUT, CacheContext, Mode
+from ._errors import CompileError, ConfigError, wasmtime_reason
 from ._fs import read_fd
-from ._key import SourceDigests, artifact_fingerprint, cache_key, wasm_digest
-from ._layout import (
-    ENGINES_DIR,
-    GC_LOCK_NAME,
-    entry_path,
-    namespace_name,
-    record_path,
-)
+from ._key import Source, SourceDigests, artifact_fingerprint, cache_key, source_of, wasm_digest
+from ._layout import Kind
 from ._log import log
-from ._miss import Counters, MissPath, Place
-from ._record import Identity, write_record
+from ._miss import MissPath, Place
+from ._native import EntryRefusedError
+from ._record import Identity
 from ._remote._settings import resolve_remote_settings
-from ._root import (
-    disabled_by_environment,
-    has_marker,
-    initialize_root,
-    read_usage,
-    resolve_max_size,
-    resolve_root,
-    unsafe_fix,
-    unsafe_reason,
-)
+from ._root import read_usage, resolve_max_size, unsafe_reason
+from ._stats import CacheStats
+from ._storage import CheckedEntry, Namespace, UntrustedEntryError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -69,34 +46,16 @@ if TYPE_CHECKING:
     import wasmtime
     from wasmtime.component import Component
 
+    from ._engine import EngineSettings
+    from ._fingerprint import EngineIdentity
     from ._maintenance import EntryInfo, GcReport
     from ._verify import VerifyReport
 
-
-Mode = Literal["mmap", "memory"]
-Kind = Literal["module", "component"]
-Source = str | os.PathLike[str] | bytes | bytearray | memoryview
+__all__ = ["CacheStats", "Kind", "Mode", "ModuleCache", "Source"]
 
 # A hit refreshes its record's mtime (the LRU clock) at most this often: one utime per minute
 # per entry, not one metadata write per load.
 _TOUCH_INTERVAL: Final = 60.0
-# How long a loader waits for another process compiling the same key before compiling itself.
-_DEFAULT_LOCK_TIMEOUT: Final = 900.0
-
-
-class CacheStats(NamedTuple):
-    """Counters of this `ModuleCache` object, plus what the whole root holds on disk (from its usage
-    record: exact after a gc or verify, approximate between)."""
-
-    hits: int
-    misses: int
-    compiles: int
-    entries: int
-    size_bytes: int
-    remote_hits: int = 0
-    remote_misses: int = 0
-    uploads: int = 0
-    rejected: int = 0  # remote artifacts refused (bad or untrusted signature, wrong digest or engine)
 
 
 # Modules already loaded in this process, per engine object, then (root, mode, kind, key): the
@@ -143,6 +102,10 @@ _loaded_guard = threading.Lock()
 _FD_DIR: Final = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
 
 
+class _EntryChangedError(Exception):
+    """An entry changed while it was read into memory (mode="memory"): a race, not a bad entry."""
+
+
 class ModuleCache:
     """A crash-safe, content-addressed cache of compiled Wasmtime modules and components.
 
@@ -151,7 +114,8 @@ class ModuleCache:
     ``wasmtime.Engine()``. ``mode="mmap"`` maps entries (fast, pages shared between processes);
     ``"memory"`` reads, checks and deserializes a copy, holding no mapping. ``max_size`` bounds the
     whole root (bytes or ``"2G"``; ``None`` = ``$WASMCACHE_MAX_SIZE`` or 4 GiB); the bound is
-    enforced after publications, never by a scan on the hit path.
+    enforced after publications, never by a scan on the hit path. ``enabled=False`` compiles every
+    time and touches nothing, as ``$WASMCACHE_DISABLE=1`` does.
     """
 
     def __init__(
@@ -161,112 +125,63 @@ class ModuleCache:
         engine: wasmtime.Engine | EngineSettings | None = None,
         mode: Mode = "mmap",
         max_size: int | str | None = None,
-        lock_timeout: float = _DEFAULT_LOCK_TIMEOUT,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
         strict: bool = True,
+        enabled: bool = True,
         remote: str | Literal[False] | None = None,
         signing_key: str | os.PathLike[str] | None = None,
         trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:
-        if mode not in ("mmap", "memory"):
-            raise ConfigError(f"mode={mode!r}: expected 'mmap' or 'memory'")
-        self.root: Path = resolve_root(root)
-        self.mode: Mode = mode
-        self.max_size = resolve_max_size(max_size)
-        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not lock_timeout >= 0:
-            raise ConfigError(f"lock_timeout={lock_timeout!r}: expected a number of seconds, 0 or more")
-        self.lock_timeout = float(lock_timeout)
-        self.strict = strict
-        self.disabled = disabled_by_environment()
-        self.writable = False
-        self._initialized = False  # the root carries our marker (memos may be read from it)
-        self._engine_arg = engine
-        self._engine: wasmtime.Engine | None = None
-        self._identity: EngineIdentity | None = None
-        self._namespace_dir: Path | None = None
-        self._guard = threading.Lock()
+        self._ctx = ctx = CacheContext(root, engine=engine, mode=mode, max_size=max_size, lock_timeout=lock_timeout,
+                                       strict=strict, enabled=enabled)
+        self._counters = ctx.counters
         self._digests = SourceDigests()
-        self._counters = Counters()
-        self._namespaces_checked: set[str] = set()  # names of the namespaces whose permissions were checked
-        self._miss = MissPath(self, self._counters, resolve_remote_settings(remote, signing_key, trusted_keys),
-                              self._load_entry)
-        if not self.disabled:
-            self._open_root()
+        self._miss = MissPath(ctx, resolve_remote_settings(remote, signing_key, trusted_keys), load_entry)
 
-    def _open_root(self) -> None:
-        """Create or adopt the root; a root we cannot write still serves hits (read-only mode)."""
-        try:
-            existing: os.stat_result | None = os.stat(self.root)
-        except OSError:
-            existing = None
-        if existing is not None and not self._safe(self.root, existing):
-            return  # refused before anything is written into it
-        try:
-            initialize_root(self.root)
-        except OSError as exc:
-            if not has_marker(self.root):
-                log.warning("wasmcache: cannot create cache root %s (%s); compiling without a cache",
-                            self.root, exc.strerror or exc)
-                return
-        if existing is None and not self._safe(self.root, os.stat(self.root)):
-            return  # created just now (by us, or a racing process): check what is there
-        self._initialized = True
-        self.writable = os.access(self.root, os.W_OK)
-        if not self.writable:
-            log.info("wasmcache: %s is read-only: serving hits, compiling misses in memory", self.root)
+    # --- what the cache is ------------------------------------------------------------------------
 
-    def _safe(self, path: Path, st: os.stat_result) -> bool:
-        """Refuse (strict) or stop using (strict=False) a cache path that others could rewrite."""
-        reason = unsafe_reason(st)
-        if reason is None:
-            return True
-        return self._unsafe(path, reason)
+    @property
+    def root(self) -> Path:
+        return self._ctx.root
 
-    def _unsafe(self, path: Path, reason: str) -> bool:
-        message = (f"{path} {reason}: another user could plant native code that this process would run; "
-                   f"fix: {unsafe_fix(path, reason)}")
-        if self.strict:
-            raise UnsafeCacheError(message)
-        log.warning("wasmcache: %s (strict=False: compiling without the cache)", message)
-        self.disabled = True
-        self.writable = False
-        return False
+    @property
+    def mode(self) -> Mode:
+        return self._ctx.mode
 
-    # --- engine ----------------------------------------------------------------------------------
+    @property
+    def max_size(self) -> int:
+        return self._ctx.max_size
+
+    @property
+    def lock_timeout(self) -> float:
+        return self._ctx.lock_timeout
+
+    @property
+    def strict(self) -> bool:
+        return self._ctx.strict
+
+    @property
+    def disabled(self) -> bool:
+        """Compiling every time, remembering nothing ($WASMCACHE_DISABLE, enabled=False, an unsafe root)."""
+        return self._ctx.disabled
+
+    @property
+    def writable(self) -> bool:
+        """Whether misses are stored (a writable root); a read-only root still serves hits."""
+        return self._ctx.writable
 
     @property
     def engine(self) -> wasmtime.Engine:
         """The `wasmtime.Engine` every module of this cache is compiled for."""
-        if self._engine is None:
-            with self._guard:
-                if self._engine is None:
-                    self._engine = self._make_engine()
-        return self._engine
-
-    def _make_engine(self) -> wasmtime.Engine:
-        import wasmtime  # noqa: PLC0415 - `import wasmcache` stays light
-
-        arg = self._engine_arg
-        # Memos live only inside an initialized root (written only where it is writable).
-        memo = EngineMemo(self.root / ENGINES_DIR, writable=self.writable) if self._initialized else None
-        if arg is None:
-            return default_engine(memo)
-        if isinstance(arg, EngineSettings):
-            return arg.build_with_memo(memo)
-        if not isinstance(arg, wasmtime.Engine):
-            raise ConfigError(f"engine: expected a wasmtime.Engine or EngineSettings, got {type(arg).__name__}")
-        return arg
+        return self._ctx.engine
 
     @property
     def engine_identity(self) -> EngineIdentity:
-        if self._identity is None:
-            self._identity = engine_identity(self.engine)
-        return self._identity
+        return self._ctx.engine_identity
 
     @property
     def namespace_dir(self) -> Path:
-        if self._namespace_dir is None:
-            self._namespace_dir = self.root / namespace_name(self.engine_identity.fingerprint)
-        return self._namespace_dir
+        return self._ctx.namespace.path
 
     # --- public loading API ------------------------------------------------------------------------
 
@@ -295,17 +210,18 @@ class ModuleCache:
 
     def key_for(self, source: Source, kind: Kind = "module") -> str:
         """The cache key `source` has under this cache's engine (for `inspect` and tooling)."""
-        name, path, data = self._source(source)
+        name, path, data = source_of(source)
         digest, _ = self._digest(name, path, data)
         return cache_key(self.engine_identity.fingerprint, kind, digest)
 
     def entry_path(self, key: str) -> Path:
-        return entry_path(self.namespace_dir, key)
+        return self._ctx.namespace.entry_path(key)
 
     # --- the hit path --------------------------------------------------------------------------
 
     def _load(self, source: Source, kind: Kind, *, serialized: bool = False) -> Any:
-        name, path, data = self._source(source)
+        ctx = self._ctx
+        name, path, data = source_of(source)
         if serialized:
             # A snapshot lives in the namespace of the artifact's own engine section, remembered
             # with its digest: no probe of this engine. wasmtime's own check at the map decides
@@ -313,17 +229,17 @@ class ModuleCache:
             digest, fingerprint, data = self._artifact_digest(name, path, data)
             if fingerprint is None:  # not a Wasmtime artifact: wasmtime's own error, nothing cached
                 return self._miss.refuse(name, path, data, kind)
-            place = Place(self.root / namespace_name(fingerprint), None, serialized=True)
+            place = Place(Namespace.of(ctx.root, fingerprint), None, fingerprint, serialized=True)
             key = cache_key(fingerprint, f"{kind}:serialized", digest)
         else:
             digest, data = self._digest(name, path, data)
-            identity = self.engine_identity
-            place = Place(self.namespace_dir, identity.section, serialized=False)
+            identity = ctx.engine_identity
+            place = Place(ctx.namespace, identity.section, identity.fingerprint, serialized=False)
             key = cache_key(identity.fingerprint, kind, digest)
-        if self.disabled:  # $WASMCACHE_DISABLE: compile every time, remember nothing, not even here
-            self._counters.add("misses")
+        if ctx.disabled:  # $WASMCACHE_DISABLE: compile every time, remember nothing, not even here
+            ctx.counters.add("misses")
             return self._miss.load(name, path, data, place, key, kind, digest)
-        memo_key = (str(self.root), self.mode, kind, key)
+        memo_key = (str(ctx.root), ctx.mode, kind, key)
         loaded = self._loaded_modules()
         with _loaded_guard:
             remembered = loaded.get(memo_key)
@@ -331,12 +247,12 @@ class ModuleCache:
         mapped: Identity | None = None
         try:
             if module is None:
-                module, mapped = self._load_checked(place, key, kind)
+                module, mapped = load_entry(ctx, place, key, kind)
             if module is not None:
-                self._counters.add("hits")
+                ctx.counters.add("hits")
                 log.info("wasmcache: hit %s (%s)", name, kind)
             else:
-                self._counters.add("misses")
+                ctx.counters.add("misses")
                 module = self._miss.load(name, path, data, place, key, kind, digest)
         except EntryRefusedError as refused:  # a snapshot this engine may not load: as wasmtime says
             raise CompileError(name, str(refused), refused.wasmtime_error) from None
@@ -345,7 +261,7 @@ class ModuleCache:
             current = loaded.get(memo_key)
             if current is not None and current.module is not module and current.still_valid():
                 return current.module
-            loaded[memo_key] = _Loaded.of(module, entry_path(place.namespace, key), self.mode, mapped)
+            loaded[memo_key] = _Loaded.of(module, place.namespace.entry_path(key), ctx.mode, mapped)
             return module
 
     def _loaded_modules(self) -> dict[tuple[str, str, str, str], _Loaded]:
@@ -355,116 +271,18 @@ class ModuleCache:
                 loaded = _loaded_by_engine[self.engine] = {}
             return loaded
 
-    def _load_entry(self, place: Place, key: str, kind: Kind, *, locked: bool = False) -> Any:
-        """The checked entry for `key` in `place`, deserialized; None on a miss (bad entries are quarantined).
-
-        `locked`: the caller holds the key's lock (flock is per open file: taking it again here on
-        another fd would wait for ourselves). A snapshot this engine may not load raises
-        EntryRefusedError: the entry is fine, the engine is another one.
-        """
-        return self._load_checked(place, key, kind, locked=locked)[0]
-
-    def _load_checked(self, place: Place, key: str, kind: Kind, *, locked: bool = False) -> tuple[
-            Any, Identity | None]:
-        """`_load_entry`, and the identity of the entry it mapped (the per-process memo keeps it)."""
-        namespace = place.namespace
-        if place.namespace_name not in self._namespaces_checked:
-            try:
-                namespace_stat = os.stat(namespace)
-            except OSError:
-                return None, None  # no namespace yet: nothing to load
-            if not self._safe(namespace, namespace_stat):
-                return None, None
-            self._namespaces_checked.add(place.namespace_name)
-        try:
-            checked = check_entry(namespace, key, kind=kind, section=place.section)
-        except UntrustedEntryError as bad:
-            self._repair(namespace, key, bad.seen, bad.detail, locked=locked)
-            return None, None
-        if checked is None:
-            return None, None
-        try:
-            reason = unsafe_reason(checked.stat)  # the path is formatted only for the message
-            if reason is not None and not self._unsafe(entry_path(namespace, key), reason):
-                return None, None
-            if checked.content_checked:
-                self._rerecord(namespace, key, checked)
-            try:
-                module = self._deserialize(checked, kind)
-            except EntryChangedError:
-                log.warning("wasmcache: %s changed while being read; loading it again", entry_path(namespace, key))
-                return None, None
-            except EntryRefusedError as refused:
-                if place.serialized:
-                    raise
-                self._repair(namespace, key, Identity.of(checked.stat), f"wasmtime refused to load it: {refused}",
-                             locked=locked)
-                return None, None
-        finally:
-            checked.close()
-        if time.time() - checked.record_stat.st_mtime > _TOUCH_INTERVAL:
-            with contextlib.suppress(OSError):
-                os.utime(record_path(namespace, key))  # the LRU clock lives on the record, not the entry
-        return module, Identity.of(checked.stat)
-
-    def _rerecord(self, namespace: Path, key: str, checked: CheckedEntry) -> None:
-        """Identity changed (copied root, restore) but the content checked out: record the new one."""
-        log.info("wasmcache: entry %s moved or copied; content verified, identity re-recorded", key[:16])
-        if self.writable:
-            with contextlib.suppress(OSError):
-                write_record(record_path(namespace, key), checked.record._replace(identity=Identity.of(checked.stat)))
-
-    def _deserialize(self, checked: CheckedEntry, kind: Kind) -> Any:
-        import wasmtime  # noqa: PLC0415
-
-        try:
-            if self.mode == "mmap":
-                # Map the inode behind our checked fd, not whatever the entry's path names by now.
-                return _native.deserialize_file(kind, self.engine, f"{_FD_DIR}/{checked.fd}")
-            try:
-                data = read_fd(checked.fd, checked.stat.st_size)
-                changed = Identity.of(os.fstat(checked.fd)) != Identity.of(checked.stat)
-            except OSError as exc:
-                raise EntryChangedError from exc
-            if changed:
-                raise EntryChangedError
-            return _native.deserialize(kind, self.engine, data)
-        except wasmtime.WasmtimeError as exc:
-            raise EntryRefusedError(wasmtime_reason(exc), exc) from None
-
-    def _repair(self, namespace: Path, key: str, seen: Identity | None, reason: str, *, locked: bool = False) -> None:
-        """One warning, then quarantine the entry if it is still the file judged bad (see `_entry`)."""
-        log.warning("wasmcache: bad cache entry %s: %s; setting it aside and recompiling", entry_path(namespace, key),
-                    reason)
-        if self.writable:
-            quarantine_if_unchanged(self.root, namespace, key, seen, reason, lock_held=locked)
-
     # --- sources and digests ----------------------------------------------------------------------
-
-    @staticmethod
-    def _source(source: Source) -> tuple[str, str | None, bytes | memoryview | None]:
-        if isinstance(source, bytes):
-            return f"<{len(source)} bytes>", None, source
-        if isinstance(source, (bytearray, memoryview)):
-            # No copy on the hit path (5 ms for 49 MB): hash the caller's buffer; a miss copies it.
-            view = memoryview(source).cast("B")
-            return f"<{view.nbytes} bytes>", None, view
-        if isinstance(source, (str, os.PathLike)):
-            path = os.fsdecode(os.fspath(source))
-            if "\0" in path:
-                raise SourceError(f"{path!r}: a path cannot contain a NUL byte")
-            return path, path, None
-        raise TypeError(f"source: expected a path or bytes, got {type(source).__name__}")
 
     def _digest(self, name: str, path: str | None, data: bytes | memoryview | None) -> tuple[
             str, bytes | memoryview | None]:
         """The input's digest (for a path, remembered by file identity: a hit never re-reads it)."""
         if path is None:
-            if data is None:  # _source returns a path or the bytes, never neither
+            if data is None:  # source_of returns a path or the bytes, never neither
                 raise TypeError("source: expected a path or bytes")
             return wasm_digest(data), data
-        memo_root = self.root if self._initialized and not self.disabled else None
-        return self._digests.digest(name, path, memo_root, writable=self.writable and not self.disabled)
+        ctx = self._ctx
+        memo_root = ctx.root if ctx.initialized and not ctx.disabled else None
+        return self._digests.digest(name, path, memo_root, writable=ctx.stores)
 
     def _artifact_digest(self, name: str, path: str | None, data: bytes | memoryview | None) -> tuple[
             str, str | None, bytes | memoryview | None]:
@@ -473,9 +291,9 @@ class ModuleCache:
             if data is None:
                 raise TypeError("source: expected a path or bytes")
             return wasm_digest(data), artifact_fingerprint(data), data
-        memo_root = self.root if self._initialized and not self.disabled else None
-        digest, data, fingerprint = self._digests.digest_and_fingerprint(
-            name, path, memo_root, writable=self.writable and not self.disabled)
+        ctx = self._ctx
+        memo_root = ctx.root if ctx.initialized and not ctx.disabled else None
+        digest, data, fingerprint = self._digests.digest_and_fingerprint(name, path, memo_root, writable=ctx.stores)
         return digest, fingerprint, data
 
     # --- management -------------------------------------------------------------------------------
@@ -518,4 +336,78 @@ class ModuleCache:
     def __repr__(self) -> str:
         return f"ModuleCache(root={str(self.root)!r}, mode={self.mode!r}, max_size={self.max_size})"
 
-_GC_LOCK: Final = GC_LOCK_NAME  # for tools that want the collector's lock file name
+
+# --- check -> map: the one way an entry becomes a module (hits, and the miss path's publications) ---
+
+
+def load_entry(ctx: CacheContext, place: Place, key: str, kind: Kind, *, locked: bool = False) -> tuple[
+        Any, Identity | None]:
+    """The checked entry for `key` in `place`, deserialized, and the identity of the entry it mapped;
+    (None, None) on a miss (bad entries are quarantined).
+
+    `locked`: the caller holds the key's lock (flock is per open file: taking it again here on
+    another fd would wait for ourselves). A snapshot this engine may not load raises
+    EntryRefusedError: the entry is fine, the engine is another one.
+    """
+    namespace = place.namespace
+    if not ctx.namespace_usable(namespace):
+        return None, None
+    try:
+        checked = namespace.check(key, kind=kind, section=place.section)
+    except UntrustedEntryError as bad:
+        _repair(ctx, namespace, key, bad.seen, bad.detail, locked=locked)
+        return None, None
+    if checked is None:
+        return None, None
+    try:
+        reason = unsafe_reason(checked.stat)  # the path is formatted only for the message
+        if reason is not None and not ctx.unsafe(namespace.entry_path(key), reason):
+            return None, None
+        if checked.content_checked:
+            log.info("wasmcache: entry %s moved or copied; content verified, identity re-recorded", key[:16])
+            if ctx.writable:
+                namespace.rerecord(key, checked)
+        try:
+            module = _deserialize(ctx, checked, kind)
+        except _EntryChangedError:
+            log.warning("wasmcache: %s changed while being read; loading it again", namespace.entry_path(key))
+            return None, None
+        except EntryRefusedError as refused:
+            if place.serialized:
+                raise
+            _repair(ctx, namespace, key, Identity.of(checked.stat), f"wasmtime refused to load it: {refused}",
+                    locked=locked)
+            return None, None
+    finally:
+        checked.close()
+    if time.time() - checked.record_stat.st_mtime > _TOUCH_INTERVAL:
+        namespace.touch(key)
+    return module, Identity.of(checked.stat)
+
+
+def _deserialize(ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any:
+    import wasmtime  # noqa: PLC0415
+
+    try:
+        if ctx.mode == "mmap":
+            # Map the inode behind our checked fd, not whatever the entry's path names by now.
+            return _native.deserialize_file(kind, ctx.engine, f"{_FD_DIR}/{checked.fd}")
+        try:
+            data = read_fd(checked.fd, checked.stat.st_size)
+            changed = Identity.of(os.fstat(checked.fd)) != Identity.of(checked.stat)
+        except OSError as exc:
+            raise _EntryChangedError from exc
+        if changed:
+            raise _EntryChangedError
+        return _native.deserialize(kind, ctx.engine, data)
+    except wasmtime.WasmtimeError as exc:
+        raise EntryRefusedError(wasmtime_reason(exc), exc) from None
+
+
+def _repair(ctx: CacheContext, namespace: Namespace, key: str, seen: Identity | None, reason: str, *,
+            locked: bool = False) -> None:
+    """One warning, then quarantine the entry if it is still the file judged bad (see `_storage`)."""
+    log.warning("wasmcache: bad cache entry %s: %s; setting it aside and recompiling", namespace.entry_path(key),
+                reason)
+    if ctx.writable:
+        namespace.quarantine_if_unchanged(key, seen, reason, lock_held=locked)

@@ -19,18 +19,14 @@ from ._dropin_exec import classify_cwasm
 from ._elf import ENGINE_SECTION, find_section
 from ._layout import (
     ENTRY_SUFFIX,
-    RECORD_SUFFIX,
     is_entry_name,
     is_namespace_name,
-    is_temp_name,
     key_of,
-    lock_path,
     record_path,
 )
-from ._lock import try_lock
-from ._maintenance import namespaces
 from ._record import Identity, read_record
 from ._root import require_root, unsafe_fix, unsafe_reason
+from ._storage import namespaces
 from ._verify import verify_root
 
 DANGER: Final = "danger"
@@ -53,7 +49,7 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
     if not os.path.lexists(root):
         return [Diagnosis(INFO, str(root), "cache root does not exist yet", "nothing to do")]
     require_root(root, "diagnose")  # a directory that is not ours: one line, not advice about its files
-    for directory in [root, *namespaces(root)]:
+    for directory in [root, *(ns.path for ns in namespaces(root))]:
         try:
             reason = unsafe_reason(os.stat(directory))
         except OSError:
@@ -61,30 +57,29 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
         if reason is not None:
             out.append(Diagnosis(DANGER, str(directory), f"{directory.name} {reason}", unsafe_fix(directory, reason)))
     for namespace in namespaces(root):
-        with os.scandir(namespace) as it:
-            names = [(e.name, e.path) for e in it]
-        for name, path in names:
-            if is_temp_name(name):
-                with try_lock(lock_path(namespace, key_of(name))) as free:
+        for files in namespace.scan().keys:
+            if files.temps:
+                with namespace.key_free(files.key) as free:
                     if free:
-                        out.append(Diagnosis(WARNING, str(path), "temp file of a writer that died",
-                                             "`wasmcache gc` reaps it"))
-            elif name.endswith(RECORD_SUFFIX) and name[: -len(RECORD_SUFFIX)] + ENTRY_SUFFIX not in dict(names):
-                with try_lock(lock_path(namespace, key_of(name))) as free:
+                        out.extend(Diagnosis(WARNING, e.path, "temp file of a writer that died",
+                                             "`wasmcache gc` reaps it") for e in files.temps)
+            if files.interrupted and files.record is not None:
+                with namespace.key_free(files.key) as free:
                     if free:
-                        out.append(Diagnosis(INFO, str(path), "record of an interrupted publication",
+                        out.append(Diagnosis(INFO, files.record.path, "record of an interrupted publication",
                                              "`wasmcache gc` removes it"))
-            elif name.endswith(ENTRY_SUFFIX):
+            if files.entry is not None:
+                path = files.entry.path
                 try:
                     st = os.lstat(path)
                 except OSError:
                     continue
                 reason = unsafe_reason(st)
                 if reason is not None:
-                    out.append(Diagnosis(DANGER, str(path), f"entry {reason}", unsafe_fix(Path(path), reason)))
-                found = read_record(record_path(namespace, key_of(name)))
+                    out.append(Diagnosis(DANGER, path, f"entry {reason}", unsafe_fix(Path(path), reason)))
+                found = read_record(namespace.record_path(files.key))
                 if found is not None and found[0].identity not in (None, Identity.of(st)):
-                    out.append(Diagnosis(WARNING, str(path), "entry is not the file that was published "
+                    out.append(Diagnosis(WARNING, path, "entry is not the file that was published "
                                          "(copied, restored or modified since)",
                                          "the next load checks its content; `wasmcache verify --fix` settles it now"))
     report = verify_root(root)

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from . import _native
-from ._cache import CacheStats, ModuleCache
+from ._cache import ModuleCache
 from ._errors import CacheError, CompileError, ConfigError, SourceError
 from ._log import log
-from ._miss import Counters
+from ._stats import CacheStats, Counters
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -160,6 +160,14 @@ class EngineSettings:
                     cls._apply_option(option, name, value, kwargs, features)
         return cls(features=features, **kwargs)
 
+    @classmethod
+    def from_command_line(cls, wasm: Iterable[str] = (), codegen: Iterable[str] = (),
+                          optimize: Iterable[str] = ()) -> EngineSettings | None:
+        """`from_options` for a command (`run`, `compile`, `push` ...): None when the options ask for
+        nothing but wasmtime's default engine (whose fingerprint is remembered per root)."""
+        settings = cls.from_options(wasm, codegen, optimize)
+        return None if settings == cls() else settings
+
     @staticmethod
     def _apply_option(
         option: str, name: str, value: str, kwargs: dict[str, Any], features: dict[str, bool]

@@ -7,8 +7,6 @@ exceptions (never seen by callers) live here too, under the same root.
 from __future__ import annotations
 
 TYPE_CHECKING = False  # no `typing` at run time: `import wasmcache` loads this module and nothing else
-if TYPE_CHECKING:
-    from typing import Any
 
 
 class CacheError(Exception):
@@ -47,88 +45,6 @@ class UnsafeCacheError(CacheError, PermissionError):
 
 class SourceError(CacheError, OSError):
     """The wasm input could not be read (missing, not a regular file, changed while read)."""
-
-
-class UntrustedEntryError(CacheError):
-    """Internal: why an entry cannot be trusted; `problem` is corrupt | mismatched | orphan.
-
-    `seen` is the identity of the file judged (None if it could not be opened): only that very
-    file may be quarantined for it.
-    """
-
-    def __init__(self, problem: str, detail: str, seen: Any = None) -> None:
-        super().__init__(f"{problem}: {detail}")
-        self.problem = problem
-        self.detail = detail
-        self.seen = seen
-
-
-class EntryChangedError(CacheError):
-    """Internal: an entry changed while it was read into memory (mode="memory"): a race, not a bad entry."""
-
-
-class EntryRefusedError(CacheError):
-    """Internal: wasmtime refused to load a checked entry (the message is its reason)."""
-
-    def __init__(self, reason: str, wasmtime_error: BaseException | None = None) -> None:
-        super().__init__(reason)
-        self.wasmtime_error = wasmtime_error
-
-
-class CliError(CacheError):
-    """A command-line error: printed as one line, exit code 2."""
-
-
-class EngineSectionError(CacheError, ValueError):
-    """Raised for any engine section that is malformed or unsupported.
-
-    A subclass of ``ValueError`` so callers can treat it as plain bad input,
-    while still being able to tell it apart from unrelated ``ValueError``s.
-    """
-
-
-class UndecidableLayoutError(CacheError):
-    """Internal: the bytes are well formed but cannot be named with certainty.
-
-    Raised while decoding ``Tunables`` when a value is legal for Wasmtime but
-    outside what this decoder can interpret (for example an operator-cost
-    table, whose size depends on the wasmparser operator set).  The caller
-    turns it into ``tunables=None`` rather than guessing.
-    """
-
-
-class RunError(CacheError):
-    """`wasmcache run` failed: print `message` (one line) and exit with `code`; `detail` is for --debug."""
-
-    def __init__(self, message: str, code: int = 1, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.detail = detail
-
-
-class RunUsageError(CacheError):
-    """A `wasmcache run` command line wasmtime would refuse too (exit 2); the message names the option."""
-
-
-class BadValueError(CacheError):
-    """An `--invoke` argument wasmtime would refuse; the message is Rust's ("invalid digit found in string")."""
-
-
-class RejectedArtifactError(CacheError):
-    """Internal: a remote object that must not be loaded (turned into `rejected` + one warning)."""
-
-
-class RemoteDownError(CacheError):
-    """Internal: the remote did not answer in time or answered 5xx (turned into a back-off)."""
-
-
-class LeanFallbackError(CacheError):
-    """Internal: the direct GET met something only botocore handles."""
-
-
-class RemoteCommandError(CacheError):
-    """A remote-tier command cannot do what was asked (printed as one line, exit 2)."""
 
 
 # --- wasmtime's messages ---------------------------------------------------------------------------

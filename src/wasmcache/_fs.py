@@ -57,7 +57,7 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
-def _locked_temp(final: Path, mode: int) -> tuple[Path, int]:
+def locked_temp(final: Path, mode: int = 0o600) -> tuple[Path, int]:
     """A new temp file next to `final`, created exclusively and flocked by us: (its path, its fd).
 
     Between the create and the flock a collector could find the file unlocked and reap it; so
@@ -83,11 +83,15 @@ def _locked_temp(final: Path, mode: int) -> tuple[Path, int]:
         os.close(fd)
 
 
-def write_atomically(
-    final: Path, data: bytes | bytearray | memoryview, *, mode: int = 0o600, durable: bool = False,
-    read_only: bool = False,
-) -> os.stat_result:
-    """Replace `final` with `data` by exclusive temp file + rename; readers see the old or the new file.
+def discard_temp(temp: Path, fd: int) -> None:
+    """Give up a `locked_temp`: unlink it, then close it (dropping its flock)."""
+    with contextlib.suppress(OSError):
+        os.unlink(temp)
+    os.close(fd)
+
+
+def commit_temp(temp: Path, fd: int, final: Path, *, durable: bool = False, read_only: bool = False) -> os.stat_result:
+    """Rename a written `locked_temp` over `final` (closing `fd`); readers see the old or the new file.
 
     `durable`: fsync the file before the rename and the directory after it. `read_only`: the file
     is made 0444 before it becomes visible (entries are never written again), and the stat of
@@ -95,9 +99,7 @@ def write_atomically(
     returned, so the identity recorded for an entry is the one a later reader sees. (Small files
     may be replaced by a concurrent writer of the same content: that is fine for them.)
     """
-    temp, fd = _locked_temp(final, mode)
     try:
-        write_all(fd, data)
         if durable:
             os.fsync(fd)
         if read_only:
@@ -117,6 +119,20 @@ def write_atomically(
         # Someone replaced it between our rename and this stat; record nothing of theirs.
         raise FileExistsError(errno.EEXIST, "replaced by another writer while publishing", str(final))
     return published
+
+
+def write_atomically(
+    final: Path, data: bytes | bytearray | memoryview, *, mode: int = 0o600, durable: bool = False,
+    read_only: bool = False,
+) -> os.stat_result:
+    """Replace `final` with `data` by exclusive temp file + rename (see `commit_temp`)."""
+    temp, fd = locked_temp(final, mode)
+    try:
+        write_all(fd, data)
+    except BaseException:
+        discard_temp(temp, fd)
+        raise
+    return commit_temp(temp, fd, final, durable=durable, read_only=read_only)
 
 
 def read_small_file(path: Path | str, limit: int = 1 << 16) -> bytes | None:

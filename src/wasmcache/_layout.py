@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,6 +44,7 @@ LOCK_SUFFIX: Final = ".lock"
 TEMP_SUFFIX: Final = ".tmp"
 MEMO_SUFFIX: Final = ".engine"
 WHY_SUFFIX: Final = ".why"
+Kind = Literal["module", "component"]
 KINDS: Final = ("module", "component")
 KEY_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 # What wasmcache itself writes, exactly: nothing else in a root is ever collected, cleared or reaped.

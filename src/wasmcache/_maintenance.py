@@ -11,34 +11,27 @@ import errno
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._errors import CacheError
 from ._fs import reap_if_dead
 from ._layout import (
     DIGESTS_DIR,
     ENGINES_DIR,
-    ENTRY_SUFFIX,
     GC_LOCK_NAME,
-    KEY_RE,
-    LOCK_SUFFIX,
-    NAMESPACE_ENGINE_FILE,
     QUARANTINE_DIR,
-    RECORD_SUFFIX,
-    entry_path,
     is_entry_name,
-    is_keyed_name,
     is_namespace_name,
     is_temp_name,
-    key_of,
-    lock_path,
-    record_path,
 )
-from ._lock import KeyLock, try_lock
+from ._lock import KeyLock
 from ._log import log
 from ._record import read_record
 from ._root import read_usage, require_root, write_usage
+from ._storage import Namespace, iter_entries, namespaces
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 MAX_AGE: Final = 30 * 24 * 3600.0  # entries (and so namespaces of an old wasmtime) unused this long go
 _QUARANTINE_AGE: Final = 24 * 3600.0
@@ -47,24 +40,25 @@ _USAGE_RECOUNT_INTERVAL: Final = 24 * 3600.0
 _ACCOUNT_WAIT: Final = 2.0
 
 
-def namespaces(root: Path) -> list[Path]:
-    try:
-        with os.scandir(root) as it:
-            return sorted(Path(e.path) for e in it if is_namespace_name(e.name) and e.is_dir(follow_symlinks=False))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
 def scan_usage(root: Path) -> tuple[int, int]:
-    """(entries, bytes) under the whole root, counted: entries, records, quarantine and memo files."""
+    """(entries, bytes) under the whole root, counted: entries, records, quarantine and memo files.
+
+    An inode with several names (entries that share identical content) is counted once.
+    """
     entries = 0
     total = 0
-    for directory in [*namespaces(root), root / QUARANTINE_DIR, root / DIGESTS_DIR, root / ENGINES_DIR]:
+    inodes: set[tuple[int, int]] = set()
+    for directory in [*(ns.path for ns in namespaces(root)), root / QUARANTINE_DIR, root / DIGESTS_DIR,
+                      root / ENGINES_DIR]:
         try:
             with os.scandir(directory) as it:
                 for e in it:
                     with contextlib.suppress(OSError):
-                        total += e.stat(follow_symlinks=False).st_size
+                        st = e.stat(follow_symlinks=False)
+                        inode = (st.st_dev, st.st_ino)
+                        if st.st_nlink == 1 or inode not in inodes:
+                            total += st.st_size
+                            inodes.add(inode)
                     if is_entry_name(e.name) and is_namespace_name(directory.name):
                         entries += 1
         except (FileNotFoundError, NotADirectoryError):
@@ -129,10 +123,12 @@ class GcReport:
 
 @dataclass
 class _Candidate:
-    namespace: Path
+    namespace: Namespace
     key: str
     last_used: float
-    size: int
+    record_size: int
+    entry_size: int
+    inode: tuple[int, int]  # identical entries may share one (see `Namespace.publish`)
 
 
 def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> GcReport:
@@ -145,61 +141,49 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
     candidates: list[_Candidate] = []
     other_bytes = 0
     for namespace in namespaces(root):
-        files: dict[str, list[os.DirEntry[str]]] = {}
-        with os.scandir(namespace) as it:
-            for e in it:
-                files.setdefault(key_of(e.name), []).append(e)
-        for key, group in files.items():
-            if not KEY_RE.match(key):
-                # e.g. the namespace's own `engine.<random>.tmp`: its writer holds an flock on it.
-                report.reaped_temp_files += sum(reap_if_dead(e.path) for e in group if is_temp_name(e.name))
-                continue
-            names = {e.name: e for e in group}
-            entry = names.get(key + ENTRY_SUFFIX)
-            record = names.get(key + RECORD_SUFFIX)
-            temps = [e for e in group if is_temp_name(e.name)]
-            if temps or entry is None or record is None:
+        scan = namespace.scan()
+        report.reaped_temp_files += sum(reap_if_dead(e.path) for e in scan.other_temps)
+        for files in scan.keys:
+            entry, record = files.entry, files.record
+            if not files.published:
                 # A temp file, a record without an entry (a writer killed before its rename) or an
                 # entry without a record (nothing vouches for it): leftovers if nobody holds the key.
-                with try_lock(lock_path(namespace, key)) as free:
-                    if free:
-                        for e in temps:
-                            with contextlib.suppress(OSError):
-                                os.unlink(e.path)
-                                report.reaped_temp_files += 1
-                        if entry is None and record is not None:
-                            with contextlib.suppress(OSError):
-                                os.unlink(record.path)
-                        if record is None and entry is not None:
-                            with contextlib.suppress(OSError):
-                                os.unlink(entry.path)
-                            entry = None
-                if entry is None:
-                    _remove_free_lock(namespace, key)
+                reaped, entry_left = namespace.remove_leftovers(files)
+                report.reaped_temp_files += reaped
+                if not entry_left:
                     continue
+            if entry is None:
+                continue
             try:
-                size = entry.stat(follow_symlinks=False).st_size
-                size += record.stat(follow_symlinks=False).st_size if record is not None else 0
+                entry_stat = entry.stat(follow_symlinks=False)
+                record_size = record.stat(follow_symlinks=False).st_size if record is not None else 0
                 used = (record or entry).stat(follow_symlinks=False).st_mtime
             except OSError:
                 continue
-            candidates.append(_Candidate(namespace, key, used, size))
+            candidates.append(_Candidate(namespace, files.key, used, record_size, entry_stat.st_size,
+                                         (entry_stat.st_dev, entry_stat.st_ino)))
     for directory in (root, root / DIGESTS_DIR, root / ENGINES_DIR):
         report.reaped_temp_files += _reap_dead_temp_files(directory)
     for directory, age in ((root / QUARANTINE_DIR, _QUARANTINE_AGE), (root / DIGESTS_DIR, max_age),
                            (root / ENGINES_DIR, max_age)):
         other_bytes += _expire_files(directory, now - age)
     candidates.sort(key=lambda c: c.last_used)
-    total = other_bytes + sum(c.size for c in candidates)
+    names: dict[tuple[int, int], int] = {}  # names per inode: its bytes count once, and go with its last name
+    for c in candidates:
+        names[c.inode] = names.get(c.inode, 0) + 1
+    total = other_bytes + sum(c.record_size for c in candidates) + sum(
+        {c.inode: c.entry_size for c in candidates}.values())
     kept: list[_Candidate] = []
     for c in candidates:
-        if (total > max_size or now - c.last_used > max_age) and _evict(c):
-            total -= c.size
+        if (total > max_size or now - c.last_used > max_age) and c.namespace.evict(c.key):
+            names[c.inode] -= 1
+            freed = c.record_size + (c.entry_size if names[c.inode] == 0 else 0)
+            total -= freed
             report.evicted_entries += 1
-            report.freed_bytes += c.size
+            report.freed_bytes += freed
         else:
             kept.append(c)
-    report.removed_namespaces = _remove_empty_namespaces(root)
+    report.removed_namespaces = sum(ns.remove_if_empty() for ns in namespaces(root))
     report.entries = len(kept)
     report.size_bytes = total
     with contextlib.suppress(OSError):
@@ -220,28 +204,6 @@ def _reap_dead_temp_files(directory: Path) -> int:
     return sum(reap_if_dead(path) for path in temps)
 
 
-def _evict(c: _Candidate) -> bool:
-    """Unlink an entry and its record under the key lock (a mapped entry lives on in its users)."""
-    lock = KeyLock(lock_path(c.namespace, c.key))
-    if not lock.try_acquire():
-        return False  # being compiled, published or repaired right now
-    try:
-        for path in (entry_path(c.namespace, c.key), record_path(c.namespace, c.key)):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    except OSError:
-        lock.release()
-        return False
-    lock.release(unlink=True)
-    return True
-
-
-def _remove_free_lock(namespace: Path, key: str) -> None:
-    lock = KeyLock(lock_path(namespace, key))
-    if lock.try_acquire():
-        lock.release(unlink=not entry_path(namespace, key).exists())
-
-
 def _expire_files(directory: Path, cutoff: float) -> int:
     remaining = 0
     try:
@@ -260,24 +222,6 @@ def _expire_files(directory: Path, cutoff: float) -> int:
     return remaining
 
 
-def _remove_empty_namespaces(root: Path) -> int:
-    removed = 0
-    for namespace in namespaces(root):
-        try:
-            with os.scandir(namespace) as it:
-                names = [e.name for e in it]
-        except OSError:
-            continue
-        if any(name != NAMESPACE_ENGINE_FILE for name in names):
-            continue
-        with contextlib.suppress(OSError):
-            if names:
-                os.unlink(namespace / NAMESPACE_ENGINE_FILE)
-            os.rmdir(namespace)
-            removed += 1
-    return removed
-
-
 def clear_root(root: Path) -> int:
     """Remove every entry of every namespace (and memos, quarantine); keep the root and its markers."""
     if not os.path.lexists(root):
@@ -291,23 +235,9 @@ def clear_root(root: Path) -> int:
     removed = 0
     try:
         for namespace in namespaces(root):
-            with os.scandir(namespace) as it:
-                keys = sorted({key_of(e.name) for e in it if is_keyed_name(e.name)})
-            for key in keys:
-                # Under the key's lock: a writer between its record and its rename keeps its key
-                # (its entry is whole when it lands), instead of being left with half a pair.
-                lock = KeyLock(lock_path(namespace, key))
-                if not lock.try_acquire():
-                    continue
-                removed += entry_path(namespace, key).exists()
-                with os.scandir(namespace) as it:
-                    mine = [e.path for e in it if key_of(e.name) == key and is_keyed_name(e.name)
-                            and not e.name.endswith(LOCK_SUFFIX)]
-                for path in mine:
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)  # mapped entries live on in the processes using them
-                lock.release(unlink=True)
-        _remove_empty_namespaces(root)
+            for files in namespace.scan().keys:
+                removed += bool(namespace.clear_key(files.key))
+            namespace.remove_if_empty()
         import shutil  # noqa: PLC0415
 
         for name in (DIGESTS_DIR, QUARANTINE_DIR):
@@ -337,23 +267,19 @@ class EntryInfo:
 
 def list_entries(root: Path) -> list[EntryInfo]:
     out: list[EntryInfo] = []
-    for namespace in namespaces(root):
-        with os.scandir(namespace) as it:
-            names = [e.name for e in it if is_entry_name(e.name)]
-        for name in names:
-            key = key_of(name)
-            entry = namespace / name
-            found = read_record(record_path(namespace, key))
-            try:
-                st = os.stat(entry, follow_symlinks=False)
-            except OSError:
-                continue
-            if found is None:
-                out.append(EntryInfo(namespace.name, key, "?", st.st_size, st.st_mtime, st.st_mtime, "?", "?",
-                                     str(entry)))
-                continue
-            record, record_stat = found
-            out.append(EntryInfo(namespace.name, key, record.kind, st.st_size, record_stat.st_mtime,
-                                 record.created, record.source, record.wasmtime_version, str(entry)))
+    for namespace, files in iter_entries(root):
+        entry = namespace.entry_path(files.key)
+        found = read_record(namespace.record_path(files.key))
+        try:
+            st = os.stat(entry, follow_symlinks=False)
+        except OSError:
+            continue
+        if found is None:
+            out.append(EntryInfo(namespace.name, files.key, "?", st.st_size, st.st_mtime, st.st_mtime, "?", "?",
+                                 str(entry)))
+            continue
+        record, record_stat = found
+        out.append(EntryInfo(namespace.name, files.key, record.kind, st.st_size, record_stat.st_mtime,
+                             record.created, record.source, record.wasmtime_version, str(entry)))
     out.sort(key=lambda info: info.last_used)
     return out

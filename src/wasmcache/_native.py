@@ -9,9 +9,22 @@ every call the core makes goes through this module.
 from __future__ import annotations
 
 import threading
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-Kind = Literal["module", "component"]
+from ._errors import CacheError
+
+if TYPE_CHECKING:
+    from ._layout import Kind
+
+
+
+class EntryRefusedError(CacheError):
+    """wasmtime refused to deserialize a checked artifact (the message is its reason)."""
+
+    def __init__(self, reason: str, wasmtime_error: BaseException | None = None) -> None:
+        super().__init__(reason)
+        self.wasmtime_error = wasmtime_error
+
 
 _originals: dict[str, dict[str, Any]] = {}
 _guard = threading.Lock()

@@ -2,7 +2,7 @@
 
 A record holds the entry's identity as stat'ed after the final rename and the blake3 of its
 content. An entry whose open fd has that identity is the very file that was published; any other
-entry must prove itself by content (see `_entry.check_entry`).
+entry must prove itself by content (see `_storage.Namespace.check`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 RECORD_VERSION: Final = 1
 _MAX_RECORD: Final = 64 << 10
-ORIGINS: Final = ("compiled", "snapshot", "remote")
+ORIGINS: Final = ("compiled", "snapshot", "remote", "substituted")
 
 
 class Identity(NamedTuple):
@@ -50,7 +50,9 @@ class Record(NamedTuple):
     source: str
     wasmtime_version: str
     created: float
-    origin: str = "compiled"  # compiled here | snapshot of a program's own .cwasm | remote tier
+    origin: str = "compiled"  # compiled here | snapshot of a program's own .cwasm | remote tier | substituter
+    substituter: str | None = None  # origin "substituted": the URL it came from
+    level: str | None = None  # origin "substituted": the CPU level it was compiled for ("x86-64-v3" ...)
 
     def to_json(self) -> bytes:
         fields: dict[str, Any] = self._asdict()
@@ -94,6 +96,9 @@ class Record(NamedTuple):
         created = fields.get("created")
         if not isinstance(created, (int, float)) or isinstance(created, bool):
             raise ValueError("record field created is malformed")  # noqa: TRY004 - bad data, not a caller's type
+        extras = {name: fields.get(name) for name in ("substituter", "level")}
+        if any(value is not None and (not isinstance(value, str) or len(value) > 2048) for value in extras.values()):
+            raise ValueError("record field substituter or level is malformed")
         return cls(
             key=text("key", KEY_RE),
             kind=kind,
@@ -105,6 +110,7 @@ class Record(NamedTuple):
             wasmtime_version=text("wasmtime_version"),
             created=float(created),
             origin=origin,
+            **extras,
         )
 
 

@@ -1,7 +1,7 @@
 """`verify`: every entry checked in full against its record and its namespace's engine; `fix` heals.
 
-The check is `_entry.check_entry`, the one the hit path and `push` use; `fix` sets bad entries
-aside with `_entry.quarantine_if_unchanged` (under the key lock, only if still the file judged).
+The check is `Namespace.check`, the one the hit path and `push` use; `fix` sets bad entries
+aside with `Namespace.quarantine_if_unchanged` (under the key lock, only if still the file judged).
 """
 
 from __future__ import annotations
@@ -13,30 +13,20 @@ from pathlib import Path
 from typing import Final
 
 from ._elf import ENGINE_SECTION, find_section
-from ._entry import check_entry, quarantine, quarantine_if_unchanged
-from ._errors import UntrustedEntryError
 from ._fingerprint import fingerprint_of_section
-from ._fs import READ_FLAGS, read_small_file
+from ._fs import READ_FLAGS
 from ._layout import (
     ENTRY_SUFFIX,
-    LOCK_SUFFIX,
-    NAMESPACE_ENGINE_FILE,
-    RECORD_SUFFIX,
     ROOT_DIRS,
     ROOT_FILES,
-    entry_path,
-    is_keyed_name,
     is_namespace_name,
     is_temp_name,
-    key_of,
-    lock_path,
     namespace_name,
-    record_path,
 )
-from ._lock import try_lock
-from ._maintenance import namespaces, scan_usage
-from ._record import Identity, read_record, write_record
+from ._maintenance import scan_usage
+from ._record import Identity, read_record
 from ._root import disabled_by_environment, require_root, write_usage
+from ._storage import Namespace, UntrustedEntryError, namespaces, quarantine
 
 
 @dataclass(frozen=True)
@@ -89,7 +79,7 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
             finding(Path(e.path), "foreign", detail, "`wasmcache verify --fix` moves it into quarantine/")
             foreign.append(Path(e.path))
     for namespace in namespaces(root):
-        section = _namespace_section(namespace)
+        section = namespace.read_section()
         if section is None:
             # A writer killed between a concurrent gc's removal of the engine file and its own
             # re-creation of it leaves entries without it: their engine sections still name the
@@ -97,27 +87,20 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
             section = _section_from_entries(namespace)
         if section is None or namespace_name(fingerprint_of_section(section)) != namespace.name:
             detail = "namespace has no engine record" if section is None else "engine record does not match its name"
-            finding(namespace, "mismatched", detail, "`wasmcache clear` removes its entries")
+            finding(namespace.path, "mismatched", detail, "`wasmcache clear` removes its entries")
             section = None
-        with os.scandir(namespace) as it:
-            names = sorted(e.name for e in it)
-        for name in names:
-            path = namespace / name
-            ours_to_skip = is_temp_name(name) or (is_keyed_name(name) and name.endswith(LOCK_SUFFIX))
-            if name == NAMESPACE_ENGINE_FILE or ours_to_skip:
-                continue
-            key = key_of(name)
-            if not is_keyed_name(name):
-                finding(path, "foreign", "file wasmcache did not write", "`wasmcache verify --fix` moves it into "
-                        "quarantine/")
-                foreign.append(path)
-                continue
-            if name.endswith(RECORD_SUFFIX):
-                # A record without an entry is what a writer killed between writing its record and
-                # renaming its entry leaves, like a temp file: harmless, reaped by gc, not a finding.
+        scan = namespace.scan()
+        for e in scan.foreign:
+            finding(Path(e.path), "foreign", "file wasmcache did not write", "`wasmcache verify --fix` moves it into "
+                    "quarantine/")
+            foreign.append(Path(e.path))
+        for files in scan.keys:
+            # A record without an entry is what a writer killed between writing its record and
+            # renaming its entry leaves, like a temp file: harmless, reaped by gc, not a finding.
+            if files.entry is None:
                 continue
             report.checked += 1
-            if _verify_entry(root, namespace, key, section, report, fix=fix):
+            if _verify_entry(namespace, files.key, section, report, fix=fix):
                 report.intact += 1
     if fix:
         for path in foreign:
@@ -129,40 +112,39 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
     return report
 
 
-def _verify_entry(root: Path, namespace: Path, key: str, section: bytes | None, report: VerifyReport, *,
+def _verify_entry(namespace: Namespace, key: str, section: bytes | None, report: VerifyReport, *,
                   fix: bool) -> bool | None:
     """True: intact; False: a finding (set aside with `fix`); None: not there any more (uncounted)."""
-    path = entry_path(namespace, key)
+    path = namespace.entry_path(key)
     seen: Identity | None = None
     try:
-        checked = check_entry(namespace, key, kind=None, section=section, full=True)
+        checked = namespace.check(key, kind=None, section=section, full=True)
         if checked is None:
             # No record: gc or clear may be removing this very entry right now (they hold its
             # lock, and unlink the entry before the record), or it is gone already. Only an entry
             # still there, with no record, under a free lock is an orphan.
-            with try_lock(lock_path(namespace, key)) as free:
-                if not free or not os.path.lexists(path) or read_record(record_path(namespace, key)) is not None:
+            with namespace.key_free(key) as free:
+                if not free or not os.path.lexists(path) or read_record(namespace.record_path(key)) is not None:
                     report.checked -= 1
                     return None
             raise UntrustedEntryError("orphan", "entry without a valid record")
     except UntrustedEntryError as bad:
         report.findings.append(Finding(str(path), bad.problem, bad.detail, _FIX))
         seen = bad.seen
-        if fix and quarantine_if_unchanged(root, namespace, key, seen, f"wasmcache verify --fix: {bad.detail}"):
+        if fix and namespace.quarantine_if_unchanged(key, seen, f"wasmcache verify --fix: {bad.detail}"):
             report.fixed += 1
         return False
     checked.close()
     if checked.record.identity != Identity.of(checked.stat):
         report.rerecorded += fix
         if fix:
-            with contextlib.suppress(OSError):
-                write_record(record_path(namespace, key), checked.record._replace(identity=Identity.of(checked.stat)))
+            namespace.rerecord(key, checked)
     return True
 
 
-def _section_from_entries(namespace: Path) -> bytes | None:
+def _section_from_entries(namespace: Namespace) -> bytes | None:
     """The engine section of an entry of `namespace` whose fingerprint names it, if any."""
-    for entry in sorted(namespace.glob(f"*{ENTRY_SUFFIX}")):
+    for entry in sorted(namespace.path.glob(f"*{ENTRY_SUFFIX}")):
         try:
             fd = os.open(entry, READ_FLAGS)
         except OSError:
@@ -176,7 +158,3 @@ def _section_from_entries(namespace: Path) -> bytes | None:
         if namespace_name(fingerprint_of_section(section)) == namespace.name:
             return section
     return None
-
-
-def _namespace_section(namespace: Path) -> bytes | None:
-    return read_small_file(namespace / NAMESPACE_ENGINE_FILE, 1 << 20)

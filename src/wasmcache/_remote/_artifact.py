@@ -8,11 +8,19 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from .._errors import RejectedArtifactError, RemoteDownError
+from .._errors import CacheError
 from .._layout import KEY_RE
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+
+class RejectedArtifactError(CacheError):
+    """A remote object that must not be loaded (turned into `rejected` + one warning)."""
+
+
+class RemoteDownError(CacheError):
+    """The remote did not answer in time or answered 5xx (turned into a back-off)."""
 
 FORMAT_VERSION: Final = 1
 MAGIC: Final = b"\x89WCACHE\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from .._errors import ConfigError
 
@@ -24,6 +24,11 @@ class RemoteSettings(NamedTuple):
     url: str
     signing_key: str | None
     trusted_keys: tuple[str, ...]
+
+
+def remote_arguments(remote: str | None, signing_key: str | None, trusted_keys: Sequence[str]) -> dict[str, Any]:
+    """`ModuleCache` keyword arguments for a command's remote options (None/empty: the environment's)."""
+    return {"remote": remote, "signing_key": signing_key, "trusted_keys": list(trusted_keys) or None}
 
 
 def parse_url(url: str) -> tuple[str, str]:

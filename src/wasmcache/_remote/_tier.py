@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import blake3
 
-from .._errors import ConfigError, LeanFallbackError, RejectedArtifactError, RemoteDownError
+from .._errors import CacheError, ConfigError
 from .._layout import KEY_RE
 from .._log import log
 from ._artifact import (
@@ -25,6 +25,8 @@ from ._artifact import (
     SIGNATURE_SIZE,
     SIGNING_CONTEXT,
     ZSTD_LEVEL,
+    RejectedArtifactError,
+    RemoteDownError,
     decompress,
     encode_artifact,
     parse_metadata,
@@ -54,6 +56,10 @@ _down_until: dict[str, float] = {}
 _down_lock = threading.Lock()
 
 PutResult = Literal["uploaded", "exists", "failed"]
+
+
+class LeanFallbackError(CacheError):
+    """The direct GET met something only botocore handles (botocore then makes the request)."""
 
 
 class RemoteTier:

@@ -13,8 +13,7 @@ import os
 import sys
 from typing import Final, NoReturn
 
-from .._errors import RunError
-from ._outcome import USAGE_EXIT, say
+from ._outcome import USAGE_EXIT, RunError, say
 
 _INTERNAL_EXIT: Final = 3
 _INTERRUPTED_EXIT: Final = 130
@@ -75,8 +74,8 @@ def run_and_exit(argv: list[str], *, cache_dir: str | None = None, debug: bool =
 
 
 def _main(argv: list[str], cache_dir: str | None) -> int:
-    from .._errors import RunUsageError  # noqa: PLC0415
     from ._args import USAGE, parse  # noqa: PLC0415
+    from ._outcome import RunUsageError  # noqa: PLC0415
 
     try:
         options = parse(argv)

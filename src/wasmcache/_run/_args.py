@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .._errors import RunUsageError
+from ._outcome import RunUsageError
 
 
 class Options:

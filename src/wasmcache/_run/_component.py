@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from .._errors import RunError
 from . import _wasi
-from ._outcome import ERROR_EXIT, USAGE_EXIT
+from ._outcome import ERROR_EXIT, USAGE_EXIT, RunError
 
 if TYPE_CHECKING:
     from ._args import Options

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING, Any, Final
 
-from .._errors import RunError
+from ._outcome import RunError
 
 if TYPE_CHECKING:
     import wasmtime
@@ -74,7 +74,7 @@ def prepare(module: wasmtime.Module, name: str, words: list[str], file: str) -> 
 
 
 def prepare_type(functype: wasmtime.FuncType, name: str, words: list[str], file: str) -> Call:
-    from .._errors import BadValueError  # noqa: PLC0415
+    from ._outcome import BadValueError  # noqa: PLC0415
     from ._values import parse_float, parse_int  # noqa: PLC0415 - only for functions with parameters
 
     params = [classify(t) for t in functype.params]

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
-from .._errors import RunError
-from ._outcome import USAGE_EXIT
+from .._key import wasm_kind
+from ._outcome import USAGE_EXIT, RunError
 
 if TYPE_CHECKING:
     from wasmcache import ModuleCache
 
     from ._args import Options
-
-_COMPONENT_VERSION: Final = b"\x0d\0\x01\0"  # version 0xd, layer 1
 
 
 def read_input(file: str) -> tuple[str, str | bytes]:
@@ -46,7 +44,7 @@ def read_input(file: str) -> tuple[str, str | bytes]:
             return _classify(_read_all(fd, file), file)
         head = os.read(fd, 8)
         if head[:4] == b"\0asm":
-            return _kind(head), file
+            return wasm_kind(head), file
         return _classify(head + _read_all(fd, file), file)
     except OSError as exc:
         raise RunError(f"{file}: cannot read: {exc.strerror or exc}", USAGE_EXIT) from None
@@ -64,20 +62,12 @@ def _read_all(fd: int, file: str) -> bytes:
     return b"".join(chunks)
 
 
-def _kind(head: bytes) -> str:
-    version = head[4:8]
-    if version == _COMPONENT_VERSION:
-        return "component"
-    # Other versions and truncated headers are the compiler's to describe; layer 1 is a component.
-    return "component" if version[2:] == b"\x01\0" else "module"
-
-
 def _classify(data: bytes, file: str) -> tuple[str, bytes]:
     if not data:
         raise RunError(f"{file}: is empty; expected a WebAssembly module or component (binary or WAT text)",
                        USAGE_EXIT)
     if data[:4] == b"\0asm":
-        return _kind(data[:8]), data
+        return wasm_kind(data[:8]), data
     if data[:4] == b"\x7fELF":
         raise RunError(f"{file}: is a precompiled (.cwasm) file; wasmcache run takes .wasm files or WAT text "
                        "and keeps the compiled code itself", USAGE_EXIT)
@@ -94,7 +84,7 @@ def _classify(data: bytes, file: str) -> tuple[str, bytes]:
     except wasmtime.WasmtimeError as exc:
         raise RunError(f"{file}: not a WebAssembly binary, and not valid WAT text: {_wat_reason(str(exc))}",
                        USAGE_EXIT, str(exc)) from None
-    return _kind(wasm[:8]), wasm
+    return wasm_kind(wasm[:8]), wasm
 
 
 def _wat_reason(message: str) -> str:
@@ -112,15 +102,13 @@ def open_cache(options: Options, cache_dir: str | None) -> ModuleCache:
     """The cache for these engine options; the remote tier (and its imports) only if configured."""
     from wasmcache import EngineSettings, ModuleCache  # noqa: PLC0415 - already imported with the package
 
-    settings = EngineSettings.from_options(options.wasm, options.codegen, options.optimize)
-    engine = None if settings == EngineSettings() else settings
-    kwargs: dict[str, Any] = {"remote": options.remote, "signing_key": options.signing_key,
-                              "trusted_keys": options.trusted_keys or None}
-    cache = ModuleCache(options.cache_dir or cache_dir, engine=engine,
-                        mode="memory" if options.memory else "mmap", **kwargs)
-    if not options.cache:
-        cache.disabled = True  # -C cache=n: compile in memory, store nothing
-    return cache
+    from .._remote._settings import remote_arguments  # noqa: PLC0415
+
+    engine = EngineSettings.from_command_line(options.wasm, options.codegen, options.optimize)
+    kwargs = remote_arguments(options.remote, options.signing_key, options.trusted_keys)
+    # -C cache=n: compile in memory, store nothing.
+    return ModuleCache(options.cache_dir or cache_dir, engine=engine, mode="memory" if options.memory else "mmap",
+                       enabled=options.cache, **kwargs)
 
 
 def load(cache: ModuleCache, kind: str, source: str | bytes, file: str) -> Any:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .._errors import RunError
 from . import _wasi
-from ._outcome import ERROR_EXIT
+from ._outcome import ERROR_EXIT, RunError
 
 if TYPE_CHECKING:
     import wasmtime

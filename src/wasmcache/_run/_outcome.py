@@ -12,7 +12,26 @@ from __future__ import annotations
 import os
 from typing import Final
 
-from .._errors import RunError
+from .._errors import CacheError
+
+
+class RunError(CacheError):
+    """`wasmcache run` failed: print `message` (one line) and exit with `code`; `detail` is for --debug."""
+
+    def __init__(self, message: str, code: int = 1, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.detail = detail
+
+
+class RunUsageError(CacheError):
+    """A `wasmcache run` command line wasmtime would refuse too (exit 2); the message names the option."""
+
+
+class BadValueError(CacheError):
+    """An `--invoke` argument wasmtime would refuse; the message is Rust's ("invalid digit found in string")."""
+
 
 TRAP_EXIT: Final = 134  # 128 + SIGABRT, what `wasmtime run` exits with after a trap (Unix)
 ERROR_EXIT: Final = 1

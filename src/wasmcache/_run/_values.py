@@ -18,7 +18,7 @@ import re
 import struct
 from typing import Final
 
-from .._errors import BadValueError
+from ._outcome import BadValueError
 
 _I32: Final = (-(1 << 31), (1 << 31) - 1)
 _I64: Final = (-(1 << 63), (1 << 63) - 1)

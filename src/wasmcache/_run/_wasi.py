@@ -6,8 +6,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
-from .._errors import RunError
-from ._outcome import TRAP_EXIT, from_wasmtime, say
+from ._outcome import TRAP_EXIT, RunError, from_wasmtime, say
 
 if TYPE_CHECKING:
     import wasmtime

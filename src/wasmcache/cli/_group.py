@@ -13,14 +13,19 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from .._errors import CliError
+from .._errors import CacheError
 from .._version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._cache import CacheStats, ModuleCache
+    from .._cache import ModuleCache
     from .._engine import EngineSettings
+    from .._stats import CacheStats
+
+
+class CliError(CacheError):
+    """A command-line error: printed as one line, exit code 2."""
 
 
 def fail(message: str) -> NoReturn:
@@ -105,14 +110,15 @@ def remote_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def remote_kwargs(remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...]) -> dict[str, Any]:
     """ModuleCache keyword arguments for the options of `remote_options` (None = the environment's)."""
-    return {"remote": remote, "signing_key": signing_key, "trusted_keys": list(trusted_keys) or None}
+    from .._remote._settings import remote_arguments  # noqa: PLC0415
+
+    return remote_arguments(remote, signing_key, trusted_keys)
 
 
 def settings_of(wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, ...]) -> EngineSettings | None:
     from .._engine import EngineSettings  # noqa: PLC0415
 
-    settings = EngineSettings.from_options(wasm, codegen, optimize)
-    return None if settings == EngineSettings() else settings
+    return EngineSettings.from_command_line(wasm, codegen, optimize)
 
 
 def open_cache(cache_dir: Path | None, settings: EngineSettings | None = None, *, memory: bool = False,
@@ -154,7 +160,9 @@ def input_kind(path: Path) -> str:
     if not head:
         fail(f"{name}: empty file, expected a .wasm module or component")
     if head[:4] == b"\0asm":
-        return "component" if head[4:8] != b"\x01\0\0\0" else "module"
+        from .._key import wasm_kind  # noqa: PLC0415
+
+        return wasm_kind(head)
     if head[:4] == b"\x7fELF":
         fail(f"{name}: a precompiled .cwasm, not wasm; `wasmcache inspect` describes it")
     return "module"  # WAT text, as wasmtime accepts it

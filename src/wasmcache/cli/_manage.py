@@ -23,10 +23,9 @@ if TYPE_CHECKING:
 def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...],
           as_json: bool) -> None:
     """Entries, size and namespaces of the cache root (and the remote tier configured, if any)."""
-    from .._layout import is_entry_name  # noqa: PLC0415
-    from .._maintenance import namespaces as namespaces_of  # noqa: PLC0415
     from .._remote._settings import resolve_remote_settings  # noqa: PLC0415
     from .._root import read_usage, require_root, resolve_max_size  # noqa: PLC0415
+    from .._storage import namespaces as namespaces_of  # noqa: PLC0415
 
     root = root_of(cache_dir)
     if os.path.lexists(root):
@@ -34,8 +33,7 @@ def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, t
     usage = read_usage(root)
     namespaces: dict[str, dict[str, int]] = {}
     for namespace in namespaces_of(root):  # one scandir per namespace: names only, no stat, no record
-        with os.scandir(namespace) as it:
-            namespaces[namespace.name] = {"entries": sum(is_entry_name(e.name) for e in it)}
+        namespaces[namespace.name] = {"entries": sum(files.entry is not None for files in namespace.scan().keys)}
     entries = usage.entries if usage else sum(ns["entries"] for ns in namespaces.values())
     size = usage.size_bytes if usage else 0
     max_size = resolve_max_size(None)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .._errors import RemoteCommandError
+from .._errors import CacheError
 from .._remote._settings import RemoteSettings, resolve_remote_settings
 from ._group import (
     cache_dir_option,
@@ -25,9 +25,15 @@ from ._group import (
 
 if TYPE_CHECKING:
     from .._remote import PutResult, RemoteTier
+    from .._storage import Namespace
 
 PRIVATE_NAME = "wasmcache-signing.pem"
 PUBLIC_NAME = "wasmcache-signing.pub"
+
+
+
+class RemoteCommandError(CacheError):
+    """A remote-tier command cannot do what was asked (printed as one line, exit 2)."""
 
 
 # --- keygen ---------------------------------------------------------------------------------------------
@@ -80,26 +86,24 @@ def write_keypair(out: Path) -> tuple[Path, Path, str]:
 # --- push -----------------------------------------------------------------------------------------------
 
 
-def push_entry(remote: RemoteTier, namespace: Path, key: str) -> tuple[PutResult | str, str]:
+def push_entry(remote: RemoteTier, namespace: Namespace, key: str) -> tuple[PutResult | str, str]:
     """Upload one local entry after checking it in full against its record and namespace: (outcome, detail).
 
     Signing is an attestation, so nothing is signed that the local cache would not load itself:
-    the same check as `verify` (`_entry.check_entry`), on the very bytes that are uploaded.
+    the same check as `verify` (`Namespace.check`), on the very bytes that are uploaded.
     """
-    from .._entry import check_entry  # noqa: PLC0415
-    from .._errors import UntrustedEntryError  # noqa: PLC0415
     from .._fingerprint import fingerprint_of_section  # noqa: PLC0415
-    from .._fs import read_small_file  # noqa: PLC0415
-    from .._layout import NAMESPACE_ENGINE_FILE, namespace_name  # noqa: PLC0415
+    from .._layout import namespace_name  # noqa: PLC0415
+    from .._storage import UntrustedEntryError  # noqa: PLC0415
 
-    section = read_small_file(namespace / NAMESPACE_ENGINE_FILE, 1 << 20)
+    section = namespace.read_section()
     if section is None:
         return "skipped", "namespace has no engine file"
     fingerprint = fingerprint_of_section(section)
     if namespace_name(fingerprint) != namespace.name:
         return "skipped", "namespace engine file does not match the namespace name"
     try:
-        checked = check_entry(namespace, key, kind=None, section=section, full=True, keep_data=True)
+        checked = namespace.check(key, kind=None, section=section, full=True, keep_data=True)
     except UntrustedEntryError as problem:
         return "skipped", f"{problem} (run `wasmcache verify --fix`)"
     if checked is None or checked.data is None:
@@ -151,6 +155,8 @@ def push(push_all: bool, wasm: tuple[str, ...], codegen: tuple[str, ...], optimi
     """Sign and upload local entries: every one (--all) or those of FILES (compiled first if needed)."""
     if push_all == bool(files):
         raise RemoteCommandError("name the FILES to push, or pass --all (not both)")
+    from .._storage import Namespace  # noqa: PLC0415
+
     tier = _remote_tier(resolve_remote_settings(remote, signing_key, trusted_keys, require_trusted=False))
     results: list[tuple[str, str, str, str]] = []  # (what, key, outcome, detail)
     if push_all:
@@ -158,7 +164,7 @@ def push(push_all: bool, wasm: tuple[str, ...], codegen: tuple[str, ...], optimi
 
         root = root_of(cache_dir)
         for info in list_entries(root):
-            outcome, detail = push_entry(tier, root / info.namespace, info.key)
+            outcome, detail = push_entry(tier, Namespace(root, root / info.namespace), info.key)
             results.append((info.source, info.key, outcome, detail))
             _report(results[-1], as_json=as_json)
     else:
@@ -175,7 +181,7 @@ def push(push_all: bool, wasm: tuple[str, ...], codegen: tuple[str, ...], optimi
             else:
                 cache.load(file)
             key = cache.key_for(file, kind)  # type: ignore[arg-type]
-            outcome, detail = push_entry(tier, cache.namespace_dir, key)
+            outcome, detail = push_entry(tier, Namespace(cache.root, cache.namespace_dir), key)
             results.append((str(file), key, outcome, detail))
             _report(results[-1], as_json=as_json)
     counts = {o: sum(1 for r in results if r[2] == o) for o in ("uploaded", "exists", "failed", "skipped")}

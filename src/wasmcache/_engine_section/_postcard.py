@@ -10,7 +10,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
-from ._errors import EngineSectionError, UndecidableLayoutError
+from .._errors import CacheError
+
+
+class EngineSectionError(CacheError, ValueError):
+    """Raised for any engine section that is malformed or unsupported.
+
+    A subclass of ``ValueError`` so callers can treat it as plain bad input,
+    while still being able to tell it apart from unrelated ``ValueError``s.
+    """
+
+
+class UndecidableLayoutError(CacheError):
+    """Internal: the bytes are well formed but cannot be named with certainty.
+
+    Raised while decoding ``Tunables`` when a value is legal for Wasmtime but
+    outside what this decoder can interpret (for example an operator-cost
+    table, whose size depends on the wasmparser operator set).  The caller
+    turns it into ``tunables=None`` rather than guessing.
+    """
+
 
 # postcard encodes `usize` lengths as 64-bit varints; u32/u64 as their width.
 U32_BITS: Final = 32

@@ -1,0 +1,161 @@
+"""What a `ModuleCache` and its miss path share, handed to both explicitly: the root and what may be
+done with it, the engine (built on first use), the settings that bound waiting and size, the counters.
+
+Nothing here loads or publishes: the hit path (`_cache`), the miss path (`_miss`) and storage
+(`_storage`) do that, each reading this one object rather than reaching into one another.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Final, Literal
+
+from ._engine import EngineSettings
+from ._errors import ConfigError, UnsafeCacheError
+from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_identity
+from ._layout import ENGINES_DIR
+from ._log import log
+from ._root import (
+    disabled_by_environment,
+    has_marker,
+    initialize_root,
+    resolve_max_size,
+    resolve_root,
+    unsafe_fix,
+    unsafe_reason,
+)
+from ._stats import Counters
+from ._storage import Namespace
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import wasmtime
+
+Mode = Literal["mmap", "memory"]
+
+# How long a loader waits for another process compiling the same key before compiling itself.
+DEFAULT_LOCK_TIMEOUT: Final = 900.0
+
+
+class CacheContext:
+    """A cache's root, engine, settings and counters. `disabled`: compile every time, remember nothing."""
+
+    def __init__(self, root: str | os.PathLike[str] | None, *, engine: wasmtime.Engine | EngineSettings | None,
+                 mode: Mode, max_size: int | str | None, lock_timeout: float, strict: bool, enabled: bool) -> None:
+        if mode not in ("mmap", "memory"):
+            raise ConfigError(f"mode={mode!r}: expected 'mmap' or 'memory'")
+        self.root: Path = resolve_root(root)
+        self.mode: Mode = mode
+        self.max_size = resolve_max_size(max_size)
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not lock_timeout >= 0:
+            raise ConfigError(f"lock_timeout={lock_timeout!r}: expected a number of seconds, 0 or more")
+        self.lock_timeout = float(lock_timeout)
+        self.strict = strict
+        self.disabled = not enabled or disabled_by_environment()
+        self.writable = False
+        self.initialized = False  # the root carries our marker (memos may be read from it)
+        self.counters = Counters()
+        self._engine_arg = engine
+        self._engine: wasmtime.Engine | None = None
+        self._identity: EngineIdentity | None = None
+        self._namespace: Namespace | None = None
+        self._namespaces_checked: set[str] = set()  # names of the namespaces whose permissions were checked
+        self._guard = threading.Lock()
+        if not self.disabled:
+            self._open_root()
+
+    @property
+    def stores(self) -> bool:
+        """Whether a miss may publish (lock, write): a writable root, not disabled."""
+        return self.writable and not self.disabled
+
+    def _open_root(self) -> None:
+        """Create or adopt the root; a root we cannot write still serves hits (read-only mode)."""
+        try:
+            existing: os.stat_result | None = os.stat(self.root)
+        except OSError:
+            existing = None
+        if existing is not None and not self.safe(self.root, existing):
+            return  # refused before anything is written into it
+        try:
+            initialize_root(self.root)
+        except OSError as exc:
+            if not has_marker(self.root):
+                log.warning("wasmcache: cannot create cache root %s (%s); compiling without a cache",
+                            self.root, exc.strerror or exc)
+                return
+        if existing is None and not self.safe(self.root, os.stat(self.root)):
+            return  # created just now (by us, or a racing process): check what is there
+        self.initialized = True
+        self.writable = os.access(self.root, os.W_OK)
+        if not self.writable:
+            log.info("wasmcache: %s is read-only: serving hits, compiling misses in memory", self.root)
+
+    def safe(self, path: Path, st: os.stat_result) -> bool:
+        """Refuse (strict) or stop using (strict=False) a cache path that others could rewrite."""
+        reason = unsafe_reason(st)
+        if reason is None:
+            return True
+        return self.unsafe(path, reason)
+
+    def unsafe(self, path: Path, reason: str) -> bool:
+        message = (f"{path} {reason}: another user could plant native code that this process would run; "
+                   f"fix: {unsafe_fix(path, reason)}")
+        if self.strict:
+            raise UnsafeCacheError(message)
+        log.warning("wasmcache: %s (strict=False: compiling without the cache)", message)
+        self.disabled = True
+        self.writable = False
+        return False
+
+    def namespace_usable(self, namespace: Namespace) -> bool:
+        """The namespace exists and nobody else could write it (checked once per cache)."""
+        if namespace.name in self._namespaces_checked:
+            return True
+        try:
+            namespace_stat = os.stat(namespace.path)
+        except OSError:
+            return False  # no namespace yet: nothing to load
+        if not self.safe(namespace.path, namespace_stat):
+            return False
+        self._namespaces_checked.add(namespace.name)
+        return True
+
+    # --- the engine ---------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> wasmtime.Engine:
+        if self._engine is None:
+            with self._guard:
+                if self._engine is None:
+                    self._engine = self._make_engine()
+        return self._engine
+
+    def _make_engine(self) -> wasmtime.Engine:
+        import wasmtime  # noqa: PLC0415 - `import wasmcache` stays light
+
+        arg = self._engine_arg
+        # Memos live only inside an initialized root (written only where it is writable).
+        memo = EngineMemo(self.root / ENGINES_DIR, writable=self.writable) if self.initialized else None
+        if arg is None:
+            return default_engine(memo)
+        if isinstance(arg, EngineSettings):
+            return arg.build_with_memo(memo)
+        if not isinstance(arg, wasmtime.Engine):
+            raise ConfigError(f"engine: expected a wasmtime.Engine or EngineSettings, got {type(arg).__name__}")
+        return arg
+
+    @property
+    def engine_identity(self) -> EngineIdentity:
+        if self._identity is None:
+            self._identity = engine_identity(self.engine)
+        return self._identity
+
+    @property
+    def namespace(self) -> Namespace:
+        """The namespace of this engine's entries."""
+        if self._namespace is None:
+            self._namespace = Namespace.of(self.root, self.engine_identity.fingerprint)
+        return self._namespace
