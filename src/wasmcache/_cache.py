@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from ._engine import EngineSettings
     from ._fingerprint import EngineIdentity
     from ._maintenance import EntryInfo, GcReport
+    from ._public import SubstituterSettings
     from ._verify import VerifyReport
 
 __all__ = ["CacheStats", "Kind", "Mode", "ModuleCache", "Source"]
@@ -115,7 +116,10 @@ class ModuleCache:
     ``"memory"`` reads, checks and deserializes a copy, holding no mapping. ``max_size`` bounds the
     whole root (bytes or ``"2G"``; ``None`` = ``$WASMCACHE_MAX_SIZE`` or 4 GiB); the bound is
     enforced after publications, never by a scan on the hit path. ``enabled=False`` compiles every
-    time and touches nothing, as ``$WASMCACHE_DISABLE=1`` does.
+    time and touches nothing, as ``$WASMCACHE_DISABLE=1`` does. ``substituters`` (URLs, in priority
+    order) and ``substituter_roots`` (the publishers' root.json files) fill a local miss with a
+    publisher's signed, precompiled artifact (default: ``$WASMCACHE_SUBSTITUTERS`` and
+    ``$WASMCACHE_SUBSTITUTER_ROOTS``, plus what installed tools declare).
     """
 
     def __init__(
@@ -131,12 +135,15 @@ class ModuleCache:
         remote: str | Literal[False] | None = None,
         signing_key: str | os.PathLike[str] | None = None,
         trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
+        substituters: Sequence[str] | str | None = None,
+        substituter_roots: Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:
         self._ctx = ctx = CacheContext(root, engine=engine, mode=mode, max_size=max_size, lock_timeout=lock_timeout,
                                        strict=strict, enabled=enabled)
         self._counters = ctx.counters
         self._digests = SourceDigests()
-        self._miss = MissPath(ctx, resolve_remote_settings(remote, signing_key, trusted_keys), load_entry)
+        self._miss = MissPath(ctx, resolve_remote_settings(remote, signing_key, trusted_keys), load_entry,
+                              _substituter_settings(substituters, substituter_roots))
 
     # --- what the cache is ------------------------------------------------------------------------
 
@@ -302,9 +309,8 @@ class ModuleCache:
         """This object's counters and the root's usage record (one small read: no scan)."""
         usage = None if self.disabled else read_usage(self.root)
         count = self._counters.snapshot()
-        return CacheStats(count["hits"], count["misses"], count["compiles"], usage.entries if usage else 0,
-                          usage.size_bytes if usage else 0, count["remote_hits"], count["remote_misses"],
-                          count["uploads"], count["rejected"] + self._miss.rejected)
+        count["rejected"] += self._miss.rejected
+        return CacheStats.of(count, usage.entries if usage else 0, usage.size_bytes if usage else 0)
 
     def gc(self, max_size: int | str | None = None) -> GcReport:
         """Evict least recently used entries (whole root) down to `max_size`; reap dead writers' temp files."""
@@ -335,6 +341,21 @@ class ModuleCache:
 
     def __repr__(self) -> str:
         return f"ModuleCache(root={str(self.root)!r}, mode={self.mode!r}, max_size={self.max_size})"
+
+
+def _substituter_settings(substituters: Sequence[str] | str | None,
+                          roots: Sequence[str | os.PathLike[str]] | None) -> SubstituterSettings | None:
+    """The substituters to ask on a local miss. Bad arguments raise ConfigError; a bad environment
+    ($WASMCACHE_SUBSTITUTERS & co., not this program's code) turns them off with one warning."""
+    from ._public import resolve_substituter_settings  # noqa: PLC0415 - stdlib only
+
+    if substituters is not None or roots is not None:
+        return resolve_substituter_settings(substituters, roots)
+    try:
+        return resolve_substituter_settings()
+    except ConfigError as exc:
+        log.warning("wasmcache: %s; no substituter is asked", exc)
+        return None
 
 
 # --- check -> map: the one way an entry becomes a module (hits, and the miss path's publications) ---

@@ -107,9 +107,8 @@ class DropIn:
         for cache in live:
             totals = [a + b for a, b in zip(totals, cache.counters(), strict=True)]
         on_disk = self._root_cache.stats() if self._root_cache is not None else None
-        hits, misses, compiles, remote_hits, remote_misses, uploads, rejected = totals
-        return CacheStats(hits, misses, compiles, on_disk.entries if on_disk else 0,
-                          on_disk.size_bytes if on_disk else 0, remote_hits, remote_misses, uploads, rejected)
+        return CacheStats.of(dict(zip(Counters.NAMES, totals, strict=True)), on_disk.entries if on_disk else 0,
+                             on_disk.size_bytes if on_disk else 0)
 
     def uninstall(self) -> None:
         """Put wasmtime's original functions back (objects already returned keep working)."""

@@ -9,6 +9,8 @@
       engines/<memo>.engine        validated engine settings and their engine sections
       digests/<id>                 a file's digest by its identity (device, inode, size, mtime, ctime)
       quarantine/<key>.<ns>.<t>    bad entries moved aside (neither .cwasm nor .tmp)
+      substituters/                each substituter's trusted TUF metadata (rollback protection; kept by
+                                   clear) and brief memories of a host that is down or has no artifact
       ns-<fingerprint[:32]>/       one namespace per engine configuration
         engine                     that engine's .wasmtime.engine section (what verify checks against)
         <key>.cwasm                an entry: read-only, published by rename, never written again
@@ -33,8 +35,9 @@ GC_LOCK_NAME: Final = "gc.lock"
 ENGINES_DIR: Final = "engines"
 DIGESTS_DIR: Final = "digests"
 QUARANTINE_DIR: Final = "quarantine"
+SUBSTITUTERS_DIR: Final = "substituters"
 ROOT_FILES: Final = frozenset({MARKER_NAME, CACHEDIR_TAG_NAME, USAGE_NAME, GC_LOCK_NAME})
-ROOT_DIRS: Final = frozenset({ENGINES_DIR, DIGESTS_DIR, QUARANTINE_DIR})
+ROOT_DIRS: Final = frozenset({ENGINES_DIR, DIGESTS_DIR, QUARANTINE_DIR, SUBSTITUTERS_DIR})
 
 NAMESPACE_PREFIX: Final = "ns-"
 NAMESPACE_ENGINE_FILE: Final = "engine"

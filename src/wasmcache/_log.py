@@ -14,6 +14,7 @@ from typing import Final
 
 _WARNING: Final = 30
 _NAME: Final = "wasmcache"
+PROGRESS: Final = "wasmcache_progress"  # the attribute that marks a progress record
 
 
 class _Log:
@@ -27,6 +28,11 @@ class _Log:
     def info(self, msg: str, *args: object) -> None:
         self._log(20, msg, args)
 
+    def progress(self, msg: str, *args: object) -> None:
+        """An INFO record a person waiting at a terminal should see (a download, a long compile): marked
+        `wasmcache_progress`, so the CLI and the drop-in show it on a terminal even without -v."""
+        self._log(20, msg, args, progress=True)
+
     def warning(self, msg: str, *args: object) -> None:
         self._log(_WARNING, msg, args)
 
@@ -34,14 +40,16 @@ class _Log:
         self._log(40, msg, args)
 
     @staticmethod
-    def _log(level: int, msg: str, args: tuple[object, ...]) -> None:
+    def _log(level: int, msg: str, args: tuple[object, ...], *, progress: bool = False) -> None:
         if "logging" not in sys.modules and level < _WARNING:
             return  # logging was never imported, so never configured: this record goes nowhere
         import logging  # noqa: PLC0415 - imported already, or a warning worth its import
 
         logger = logging.getLogger(_NAME)
         if logger.isEnabledFor(level):
-            logger.log(level, msg, *args, stacklevel=3)  # the record names wasmcache's caller, not this file
+            # The record names wasmcache's caller, not this file.
+            logger.log(level, msg, *args, stacklevel=4 if progress else 3,
+                       extra={PROGRESS: True} if progress else None)
 
 
 log: Final = _Log()

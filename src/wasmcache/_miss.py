@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from . import _native
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import CompileError, SourceError, wasmtime_reason
 from ._fingerprint import fingerprint_of_section, wasmtime_version
 from ._key import artifact_section, read_input, wasm_digest
+from ._layout import SUBSTITUTERS_DIR
 from ._log import log
 from ._native import EntryRefusedError
 from ._record import Record
@@ -27,10 +28,15 @@ if TYPE_CHECKING:
     from ._context import CacheContext
     from ._layout import Kind
     from ._lock import KeyLock
+    from ._public import PublicTier, SubstituterSettings
     from ._record import Identity
     from ._remote import RemoteTier
     from ._remote._settings import RemoteSettings
     from ._storage import Namespace
+
+
+# A compile of this much wasm takes a second or more: a terminal is told it started, and why.
+_LONG_COMPILE_BYTES: Final = 4 << 20
 
 
 class Place(NamedTuple):
@@ -56,12 +62,15 @@ class LoadEntry(Protocol):
 class MissPath:
     """What a ModuleCache does when the entry for a key is not there (or not usable)."""
 
-    def __init__(self, ctx: CacheContext, remote: RemoteSettings | None, load_entry: LoadEntry) -> None:
+    def __init__(self, ctx: CacheContext, remote: RemoteSettings | None, load_entry: LoadEntry,
+                 substituters: SubstituterSettings | None = None) -> None:
         self._ctx = ctx
         self._load_entry = load_entry
         self._remote_settings = remote
         self._remote: RemoteTier | None = None
         self._remote_guard = threading.Lock()
+        self._substituter_settings = substituters
+        self._public: PublicTier | None = None
 
     @property
     def rejected(self) -> int:
@@ -121,6 +130,7 @@ class MissPath:
                  kind: Kind, digest: str, locked: bool) -> tuple[Any, int | None, bytes | bytearray | None]:
         """(module, bytes added to the root by a publication or None, what to upload) for a miss; the caller
         holds the key lock if `locked`."""
+        why: str | None = None  # why no substituter served it, for a long compile's line
         if locked:
             # Another process may have published while we waited for the lock.
             module, _ = self._load_entry(self._ctx, place, key, kind, locked=True)
@@ -128,8 +138,11 @@ class MissPath:
                 return module, None, None
             if not place.serialized:
                 module, added = self._load_remote(place, key, kind, digest, name)
+                if module is None:
+                    module, added = self._load_substitute(place, key, kind, digest, name)
                 if module is not None:
                     return module, added, None
+                why = self._public.last_reason if self._public is not None else None
         own = self._own_copy(name, path, data, digest)
         if place.serialized:
             section = artifact_section(own, kind)
@@ -140,7 +153,7 @@ class MissPath:
             blob: bytes | bytearray = own
             compiled = None
         else:
-            compiled = self._compile(name, own, kind)
+            compiled = self._compile(name, own, kind, why)
             if not locked:
                 return compiled, None, None
             blob = compiled.serialize()
@@ -150,9 +163,15 @@ class MissPath:
             return (compiled if compiled is not None else self._deserialize_copy(name, own, kind)), None, None
         return module, added, None if place.serialized else blob
 
-    def _compile(self, name: str, data: bytes, kind: Kind) -> Any:
+    def _compile(self, name: str, data: bytes, kind: Kind, no_substitute: str | None = None) -> Any:
+        """Compile `data` here; a long compile (a large input) says so on a terminal, and why no substituter
+        served it (`no_substitute`)."""
         import wasmtime  # noqa: PLC0415
 
+        long = len(data) >= _LONG_COMPILE_BYTES
+        if long:
+            log.progress("wasmcache: compiling %s (%.0f MB)%s", os.path.basename(name), len(data) / 1e6,
+                         f"; no precompiled substitute: {no_substitute}" if no_substitute else "")
         started = time.perf_counter()
         try:
             compiled = _native.compile_wasm(kind, self._ctx.engine, data)
@@ -162,7 +181,8 @@ class MissPath:
                                    "load_precompiled()", exc) from None
             raise CompileError(name, wasmtime_reason(exc), exc) from None
         self._ctx.counters.add("compiles")
-        log.info("wasmcache: compiled %s (%s) in %.2f s", name, kind, time.perf_counter() - started)
+        (log.progress if long else log.info)("wasmcache: compiled %s (%s) in %.2f s", name, kind,
+                                             time.perf_counter() - started)
         return compiled
 
     def _deserialize_copy(self, name: str, data: bytes | bytearray, kind: Kind) -> Any:
@@ -253,3 +273,62 @@ class MissPath:
             return module, None
         counters.add("remote_hits")
         return module, added
+
+    # --- substituters: a publisher's signed, precompiled artifacts, only on a local miss --------------
+
+    def public_tier(self) -> PublicTier | None:
+        settings = self._substituter_settings
+        if self._public is None and settings is not None and (settings.substituters or settings.declared):
+            from ._public import PublicTier  # noqa: PLC0415 - the client (and tuf) only when a miss asks
+
+            with self._remote_guard:
+                if self._public is None:
+                    ctx = self._ctx
+                    state = ctx.root / SUBSTITUTERS_DIR if ctx.stores else None
+                    self._public = PublicTier(settings, state_dir=state, progress=_announce_download)
+        return self._public
+
+    def _load_substitute(self, place: Place, key: str, kind: Kind, digest: str, name: str) -> tuple[Any, int | None]:
+        """Fill `key` from the first substituter that has an artifact this host's engine loads (we hold its
+        lock); (None, None) on any failure: the caller compiles."""
+        tier = self.public_tier()
+        if tier is None or place.section is None or not tier.substituters():
+            return None, None
+        try:
+            temp = place.namespace.new_temp(key)
+        except OSError:
+            return None, None
+        try:
+            fetched = tier.fetch(kind=kind, wasm_digest=digest, host_section=place.section, dest=temp.fd, name=name)
+        except BaseException:
+            temp.discard()
+            raise
+        if fetched is None:
+            temp.discard()
+            return None, None
+        record = Record(
+            key=key, kind=kind, wasm_digest=digest, content_digest=fetched.blake3, size=fetched.size, identity=None,
+            source=os.path.basename(name)[:200], wasmtime_version=fetched.wasmtime, created=time.time(),
+            origin="substituted", substituter=fetched.url, level=fetched.level,
+        )
+        try:
+            place.namespace.publish(key, temp, record, place.section)
+        except Exception as exc:
+            log.warning("wasmcache: could not store the substitute for %s (%s); compiling it",
+                        name, getattr(exc, "strerror", None) or exc)
+            return None, None
+        # wasmtime is the final judge: an artifact it refuses is set aside by the checked load, and compiled.
+        module, _ = self._load_entry(self._ctx, place, key, kind, locked=True)
+        if module is None:
+            return None, None
+        self._ctx.counters.add("substituted")
+        log.info("wasmcache: substituted %s from %s (%s, %d bytes) in %.2f s", name, fetched.url, fetched.level,
+                 fetched.size, fetched.seconds)
+        return module, fetched.size
+
+
+def _announce_download(name: str, level: str, url: str, done: int, total: int) -> None:
+    """The one line a terminal shows when a download starts (the client calls this as it goes)."""
+    if done == 0:
+        log.progress("wasmcache: fetching precompiled %s, %s, %.0f MB from %s", os.path.basename(name), level,
+                     total / 1e6, url)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import threading
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 class CacheStats(NamedTuple):
@@ -19,12 +22,19 @@ class CacheStats(NamedTuple):
     remote_misses: int = 0
     uploads: int = 0
     rejected: int = 0  # remote artifacts refused (bad or untrusted signature, wrong digest or engine)
+    substituted: int = 0  # entries a substituter's signed, precompiled artifact filled (no compile here)
+
+    @classmethod
+    def of(cls, counts: Mapping[str, int], entries: int, size_bytes: int) -> CacheStats:
+        """From `Counters` values (by name) and the root's usage."""
+        return cls(counts["hits"], counts["misses"], counts["compiles"], entries, size_bytes, counts["remote_hits"],
+                   counts["remote_misses"], counts["uploads"], counts["rejected"], counts["substituted"])
 
 
 class Counters:
     """The counters of one ModuleCache, safe to bump from any thread."""
 
-    NAMES: Final = ("hits", "misses", "compiles", "remote_hits", "remote_misses", "uploads", "rejected")
+    NAMES: Final = ("hits", "misses", "compiles", "remote_hits", "remote_misses", "uploads", "rejected", "substituted")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -7,7 +7,7 @@ evict or clear; this module alone knows *which files* a key has and *how* each o
   trusted when the fd we opened (never through a symlink) is a regular file whose identity equals
   the one recorded after its publication; otherwise (a copied or restored root, tampering) only a
   full check will do: its content's blake3 must equal the record's and its `.wasmtime.engine`
-  section the namespace's.
+  section the namespace's (a substituted entry's: the namespace's but for ISA flags the host has).
 - `Namespace.publish`: record (without identity), entry by exclusive temp file + fsync + rename +
   directory fsync, record with the identity stat'ed after the rename. Nothing is written in place.
 - `Namespace.quarantine_if_unchanged` / `evict` / `clear_key`: under the key's lock, and a bad
@@ -207,7 +207,8 @@ class Namespace:
                 if size != record.size or digest != record.content_digest:
                     raise UntrustedEntryError("corrupt", f"entry content does not match its record ({size} bytes, "
                                               f"recorded {record.size}): rewritten or swapped", seen)
-                if section is not None and entry_section != section:
+                if section is not None and entry_section != section and not _substitutes_for(record, entry_section,
+                                                                                              section):
                     raise UntrustedEntryError("mismatched", "entry was compiled by another engine configuration",
                                               seen)
         except BaseException:
@@ -453,6 +454,16 @@ class Namespace:
         except OSError:
             return False
         return True
+
+
+def _substitutes_for(record: Record, entry_section: bytes, section: bytes) -> bool:
+    """A substituted entry was compiled for a CPU level, not for this host's every feature: its section
+    may differ from the namespace's in ISA flags this host has (and nothing else)."""
+    if record.origin != "substituted":
+        return False
+    from ._compat import loadable  # noqa: PLC0415 - only for a substituted entry checked in full
+
+    return loadable(entry_section, section) is None
 
 
 def namespaces(root: Path) -> list[Namespace]:

@@ -43,11 +43,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, TypeAlias
 
+from .._compat import EngineSectionError
 from ._layouts import LAYOUTS
 from ._postcard import (
     U32_BITS,
     U64_BITS,
-    EngineSectionError,
     Reader,
     Step,
     UndecidableLayoutError,

@@ -10,15 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
+from .._compat import EngineSectionError
 from .._errors import CacheError
-
-
-class EngineSectionError(CacheError, ValueError):
-    """Raised for any engine section that is malformed or unsupported.
-
-    A subclass of ``ValueError`` so callers can treat it as plain bad input,
-    while still being able to tell it apart from unrelated ``ValueError``s.
-    """
 
 
 class UndecidableLayoutError(CacheError):

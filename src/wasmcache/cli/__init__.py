@@ -73,7 +73,7 @@ def _run_arguments(args: list[str]) -> tuple[list[str], str | None, bool] | None
 def _dispatch(args: list[str]) -> None:
     import click  # noqa: PLC0415
 
-    from . import _compile, _exec, _manage, _remote, _run  # noqa: F401, PLC0415 - they register their commands
+    from . import _compile, _exec, _manage, _publish, _remote, _run  # noqa: F401, PLC0415 - they register their commands
     from ._group import cli  # noqa: PLC0415
 
     try:

@@ -1,0 +1,150 @@
+"""Substituters: publisher-signed precompiled modules from static hosts (a TUF tree; see `_publish`).
+
+The consumer side in one object: `PublicTier(settings, state_dir=...)`, and one call on a local miss,
+`tier.fetch(kind=, wasm_digest=, host_section=, dest=, name=) -> Fetched | None`. It refreshes each
+substituter's signed metadata at most once per process, selects the artifact this host's engine
+loads (same ABI, ISA flags a subset of the host's, the highest level; revoked ones are gone from the
+metadata), downloads it streamed and capped by its signed sizes, checks it, and writes it into the
+caller's file. Any failure is a miss (None, `last_reason`), never an error: the caller compiles.
+
+This module is light (stdlib only): python-tuf, urllib3 and zstandard load only when a fetch happens
+(`_client`). Settings come from arguments, else `$WASMCACHE_SUBSTITUTERS` (URLs, whitespace-separated,
+priority order) and `$WASMCACHE_SUBSTITUTER_ROOTS` (`os.pathsep`-separated trusted root.json files);
+a tool's package may declare its own substituter and root in the ``wasmcache.substituters`` entry
+point group (read only on a miss, see `declared_substituters`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from .._errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from ._client import Check, Fetched, PublicTier
+
+__all__ = ["Check", "Fetched", "PublicTier", "Substituter", "SubstituterSettings", "check_substituters",
+           "declared_substituters", "resolve_substituter_settings"]
+
+ENTRY_POINT_GROUP: Final = "wasmcache.substituters"
+_SCHEMES: Final = ("https://", "http://", "file://")
+_MAX_ROOT: Final = 512 << 10
+
+
+class Substituter(NamedTuple):
+    """One static host and the root.json contents it is trusted under (tried in order)."""
+
+    url: str
+    roots: tuple[bytes, ...]
+    origin: str  # "argument", "environment" or "entry point <name>": for messages and doctor
+
+
+class SubstituterSettings(NamedTuple):
+    """What the user configured. `declared`: also ask the tools' entry points (on a miss)."""
+
+    substituters: tuple[Substituter, ...]
+    ca_file: str | None = None
+    declared: bool = True
+
+
+def _check_url(url: str, where: str) -> str:
+    if not url.startswith(_SCHEMES) or any(c in url for c in "\0\r\n\t ") or len(url) <= len("file://"):
+        raise ConfigError(f"{where}: substituter {url!r}: expected an https://, http:// or file:// URL")
+    return url.rstrip("/")
+
+
+def read_root(path: str | os.PathLike[str], where: str) -> bytes:
+    """A trusted root.json's bytes (checked to be TUF root metadata only when used)."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            data = f.read(_MAX_ROOT + 1)
+    except OSError as exc:
+        raise ConfigError(f"{where}: trusted root {name}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > _MAX_ROOT or b'"_type"' not in data or b'"root"' not in data:
+        raise ConfigError(f"{where}: trusted root {name}: not a TUF root.json (the root.json at the top of a "
+                          "`wasmcache publish` tree)")
+    return data
+
+
+def resolve_substituter_settings(
+    substituters: Sequence[str] | str | None = None,
+    roots: Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    ca_file: str | os.PathLike[str] | None = None,
+    declared: bool = True,
+) -> SubstituterSettings | None:
+    """Settings from arguments, else the environment; None when no substituter is configured at all.
+
+    Every configured URL is trusted under every configured root (a tree's own keys decide which one
+    verifies it). ``substituters=[]`` means none, whatever the environment says (entry points still
+    count unless ``declared=False``); the single word ``none`` turns off the declared ones too.
+    Bad values raise a one-line `ConfigError`.
+    """
+    where = "argument"
+    if substituters is None:
+        where = "$WASMCACHE_SUBSTITUTERS"
+        urls = os.environ.get("WASMCACHE_SUBSTITUTERS", "").split()
+    else:
+        urls = substituters.split() if isinstance(substituters, str) else list(substituters)
+    root_where = "argument"
+    if roots is None:
+        root_where = "$WASMCACHE_SUBSTITUTER_ROOTS"
+        roots = [p for p in os.environ.get("WASMCACHE_SUBSTITUTER_ROOTS", "").split(os.pathsep) if p]
+    if urls == ["none"]:  # substituters=["none"] or WASMCACHE_SUBSTITUTERS=none: not even the declared ones
+        return None
+    checked = [_check_url(url, where) for url in urls]
+    if checked and not roots:
+        raise ConfigError(f"{where}: substituters configured but no trusted root: a precompiled module is "
+                          "native code, loaded only when signed under a root you trust. Set "
+                          "$WASMCACHE_SUBSTITUTER_ROOTS to the publisher's root.json (or pass substituter_roots=)")
+    trusted = tuple(read_root(p, root_where) for p in roots)
+    if ca_file is None:
+        ca_file = os.environ.get("WASMCACHE_SUBSTITUTER_CA") or None
+    if ca_file is not None and not os.path.isfile(ca_file):
+        raise ConfigError(f"substituter CA file {os.fspath(ca_file)}: no such file")
+    if not checked and not declared:
+        return None
+    origin = "environment" if where != "argument" else "argument"
+    return SubstituterSettings(tuple(Substituter(url, trusted, origin) for url in checked),
+                               os.fspath(ca_file) if ca_file is not None else None, declared)
+
+
+def declared_substituters(log_problem: Callable[[str], None] | None = None) -> tuple[Substituter, ...]:
+    """Substituters that installed tool packages declare in the ``wasmcache.substituters`` entry point group.
+
+    An entry point names an object (or a callable returning one) that is a mapping with ``url`` (a URL
+    or a list of them) and ``root`` (a path to the publisher's root.json, or its bytes). A declared
+    root vouches only for its own URLs. A broken declaration is skipped with one line (never an
+    error: it is someone else's package).
+    """
+    from importlib.metadata import entry_points  # noqa: PLC0415 - only on a miss
+
+    found: list[Substituter] = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        where = f"entry point {point.name} ({point.value})"
+        try:
+            value = point.load()
+            if callable(value):
+                value = value()
+            urls = value["url"]
+            urls = [urls] if isinstance(urls, str) else list(urls)
+            root = value["root"]
+            root_bytes = bytes(root) if isinstance(root, (bytes, bytearray)) else read_root(root, where)
+            found += [Substituter(_check_url(url, where), (root_bytes,), f"entry point {point.name}")
+                      for url in urls]
+        except Exception as exc:  # another package's code: whatever it raises is its problem
+            if log_problem is not None:
+                log_problem(f"{where}: ignored: {exc}")
+    return tuple(found)
+
+
+def __getattr__(name: str) -> object:
+    if name in ("PublicTier", "Fetched", "Check", "check_substituters"):
+        from . import _client  # noqa: PLC0415
+
+        return getattr(_client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

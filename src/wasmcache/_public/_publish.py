@@ -1,0 +1,577 @@
+"""The publisher: compile wasm at CPU levels, and sign a static TUF tree that any static host can serve.
+
+Tree (every name is flat inside its directory, so a GitHub release's assets can hold it too)::
+
+    DIR/root.json                           the newest root: what consumers are given to trust
+    DIR/metadata/N.root.json                every root version (old consumers walk the chain)
+    DIR/metadata/N.targets.json             consistent snapshots: versioned, never rewritten
+    DIR/metadata/N.snapshot.json
+    DIR/metadata/timestamp.json             the only metadata file replaced in place (last)
+    DIR/targets/<sha256>.<target path>      content-addressed artifacts (zstd), never rewritten
+    DIR/wasmcache-unsigned.json             only in an --unsigned part of a CI matrix
+
+A target path is ``<kind>-<wasm digest[:32]>-<ABI hash[:32]>-<level>.cwasm.zst``: a consumer computes
+it from what it loads and its own engine, so it looks artifacts up by name, highest level first.
+Each target's signed ``custom`` holds what a consumer needs before downloading (see `target_custom`).
+
+Keys (python-tuf's Metadata API; Ed25519 PEM files from `wasmcache keygen`): one signing key may
+hold every role (threshold 1): targets, snapshot and timestamp must be re-signed by whoever
+publishes (CI), so they need an online key; root only changes on a rotation. `--root-key` keeps root
+under a separate key (offline), so that a stolen CI key can be rotated away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+import blake3
+
+from .._compat import abi_hash, isa_flags
+from .._elf import ENGINE_SECTION, find_section
+from .._errors import CacheError, ConfigError
+from .._key import wasm_digest
+from .._log import log
+from ._levels import METADATA_DIR, TARGETS_DIR, levels_for, target_path
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp  # type: ignore[attr-defined]
+
+    from .._engine import EngineSettings
+
+UNSIGNED_FILE: Final = "wasmcache-unsigned.json"
+ROLES: Final = ("root", "targets", "snapshot", "timestamp")
+REVOKED_FIELD: Final = "x-wasmcache-revoked"
+_ZSTD_LEVEL: Final = 9
+
+
+class PublishError(CacheError):
+    """`wasmcache publish` cannot do what was asked (printed as one line, exit 2)."""
+
+
+class Built(NamedTuple):
+    """One compiled, compressed artifact ready to be put in a tree."""
+
+    path: str  # the TUF target path
+    data: bytes  # the zstd-compressed artifact
+    custom: dict[str, Any]
+
+
+def target_custom(*, kind: str, digest: str, section: bytes, level: str, wasmtime_version: str, artifact: bytes,
+                  compressed: bytes, name: str, settings: str, seconds: float) -> dict[str, Any]:
+    """What a consumer reads before downloading (TUF's own length/hashes cover the compressed file)."""
+    from .._engine_section import decode_engine_section  # noqa: PLC0415
+
+    info = decode_engine_section(section)
+    return {
+        "kind": kind,
+        "wasm": digest,  # wasmcache's `_key.wasm_digest` of the input
+        "abi": abi_hash(section),
+        "isa": sorted(isa_flags(section)),
+        "level": level,
+        "target": info.target,
+        "wasmtime": wasmtime_version,
+        "engine_major": info.wasmtime_version,
+        "settings": settings,
+        "size": len(artifact),
+        "blake3": blake3.blake3(artifact).hexdigest(),
+        "compressed_size": len(compressed),
+        "compressed_blake3": blake3.blake3(compressed).hexdigest(),
+        "name": name,
+        "compile_ms": round(seconds * 1000),  # canonical JSON has no floats
+    }
+
+
+# --- compiling at levels ------------------------------------------------------------------------------
+
+
+def level_config(settings: EngineSettings | None, triple: str, flags: Sequence[str]) -> Any:
+    """A `wasmtime.Config` for `settings` that compiles for `triple` with exactly `flags` (no native detection).
+
+    wasmtime-py >= 45 has `Config.target` and `cranelift_flag_enable`; older ones reach the C API. An
+    unknown flag or a foreign triple aborts the process: run this in a child first (`probe_levels`).
+    """
+    import ctypes  # noqa: PLC0415
+
+    import wasmtime  # noqa: PLC0415
+
+    from .._engine import EngineSettings  # noqa: PLC0415
+
+    config = (settings or EngineSettings()).config()
+    ffi = wasmtime._ffi  # noqa: SLF001
+    if hasattr(type(config), "target"):
+        config.target = triple
+    else:
+        error = ffi.wasmtime_config_target_set(config.ptr(), ctypes.c_char_p(triple.encode()))
+        if error:
+            raise wasmtime.WasmtimeError._from_ptr(error)  # noqa: SLF001
+    for flag in flags:
+        ffi.wasmtime_config_cranelift_flag_enable(config.ptr(), ctypes.c_char_p(flag.encode()))
+    return config
+
+
+def _child_level_probe() -> None:
+    """In a child (see `probe_levels`): build the level's engine, compile a function, print its section."""
+    import wasmtime  # noqa: PLC0415
+
+    from .._engine import EngineSettings  # noqa: PLC0415
+    from .._fingerprint import engine_section  # noqa: PLC0415
+
+    raw = json.loads(sys.argv[1])
+    settings = EngineSettings(**raw["settings"])
+    try:
+        engine = wasmtime.Engine(level_config(settings, raw["triple"], raw["flags"]))
+        sys.stdout.write(engine_section(engine).hex())
+    except (ConfigError, wasmtime.WasmtimeError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise SystemExit(3) from None
+
+
+def probe_levels(settings: EngineSettings | None, triple: str,
+                 levels: Sequence[tuple[str, tuple[str, ...]]]) -> dict[str, bytes | str]:
+    """level -> the engine section it compiles with, or why it cannot be compiled here (each in a child)."""
+    import subprocess  # noqa: PLC0415
+
+    from .._engine import EngineSettings, _panic_message  # noqa: PLC0415
+
+    package_parent = str(Path(__file__).resolve().parent.parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    env["RUST_BACKTRACE"] = "0"
+    code = "from wasmcache._public._publish import _child_level_probe; _child_level_probe()"
+    described = (settings or EngineSettings()).as_dict()
+    children = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", code, json.dumps({"settings": described, "triple": triple, "flags": flags})],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for name, flags in levels
+    }
+    verdicts: dict[str, bytes | str] = {}
+    for name, child in children.items():
+        out, err = child.communicate(timeout=120)
+        try:
+            verdicts[name] = bytes.fromhex(out.strip()) if child.returncode == 0 and out.strip() else ""
+        except ValueError:
+            verdicts[name] = ""
+        if not verdicts[name]:
+            verdicts[name] = _panic_message(err) or f"exit code {child.returncode}"
+    return verdicts
+
+
+def host_section(settings: EngineSettings | None) -> bytes:
+    """This runner's native engine section for `settings` (its true ISA flags are this CPU's)."""
+    from .._engine import EngineSettings  # noqa: PLC0415
+    from .._fingerprint import engine_identity  # noqa: PLC0415
+
+    engine = (settings or EngineSettings()).build()
+    return engine_identity(engine).section
+
+
+def compile_at_levels(wasm_file: str, settings: EngineSettings | None, levels: Sequence[str] | None,
+                      on_progress: Any = None) -> list[Built]:
+    """Compile `wasm_file` once per CPU level (default: every level this runner can compile)."""
+    import wasmtime  # noqa: PLC0415
+
+    from .._engine import EngineSettings  # noqa: PLC0415
+    from .._engine_section import decode_engine_section  # noqa: PLC0415
+    from .._fingerprint import wasmtime_version  # noqa: PLC0415
+    from .._key import read_input  # noqa: PLC0415
+    from .._native import compile_wasm  # noqa: PLC0415
+
+    native = host_section(settings)
+    triple = decode_engine_section(native).target
+    host_flags = isa_flags(native)
+    known = levels_for(triple)
+    if levels is None:
+        wanted = [(name, flags) for name, flags in known if set(flags) <= host_flags]
+    else:
+        by_name = dict(known)
+        unknown = [name for name in levels if name not in by_name]
+        if unknown:
+            raise ConfigError(f"--level {','.join(unknown)}: unknown for {triple}; known: "
+                              f"{', '.join(name for name, _ in known)}")
+        wanted = [(name, by_name[name]) for name in levels]
+        for name, flags in wanted:
+            lacking = sorted(set(flags) - host_flags)
+            if lacking:
+                raise ConfigError(f"--level {name}: this runner cannot compile it (its CPU lacks "
+                                  f"{' '.join(lacking)}); publish that level from a runner that has them")
+    verdicts = probe_levels(settings, triple, wanted)
+    data, _ = read_input(wasm_file, wasm_file)
+    kind = "component" if data[:4] == b"\0asm" and data[4:8] != b"\x01\0\0\0" else "module"
+    digest = wasm_digest(data)
+    name = os.path.basename(wasm_file)
+    described = (settings or EngineSettings()).describe()
+    built: list[Built] = []
+    for level, _flags in wanted:
+        verdict = verdicts[level]
+        if isinstance(verdict, str):
+            raise ConfigError(f"level {level}: wasmtime cannot compile for it on this runner: {verdict}")
+        if on_progress is not None:
+            on_progress(f"compiling {name} for {level}")
+        engine = wasmtime.Engine(level_config(settings, triple, _flags))
+        started = time.perf_counter()
+        try:
+            artifact = bytes(compile_wasm(kind, engine, data).serialize())  # type: ignore[arg-type]
+        except wasmtime.WasmtimeError as exc:
+            from .._errors import wasmtime_reason  # noqa: PLC0415
+
+            raise ConfigError(f"{wasm_file}: cannot compile: {wasmtime_reason(exc)}") from None
+        seconds = time.perf_counter() - started
+        section = find_section(artifact, ENGINE_SECTION)
+        if section != verdict or abi_hash(section) != abi_hash(native):
+            raise ConfigError(f"level {level}: the compiled artifact's engine differs from the probed one")
+        import zstandard  # noqa: PLC0415
+
+        compressed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, threads=-1).compress(artifact)
+        custom = target_custom(kind=kind, digest=digest, section=section, level=level,
+                               wasmtime_version=wasmtime_version(), artifact=artifact, compressed=compressed,
+                               name=name, settings=described, seconds=seconds)
+        built.append(Built(target_path(kind, digest, custom["abi"], level), compressed, custom))
+    return built
+
+
+# --- the tree -----------------------------------------------------------------------------------------
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _create_only(final: Path, data: bytes) -> bool:
+    """Write `final` if absent (True); an existing file must hold exactly `data` (False) or this fails."""
+    if os.path.lexists(final):
+        with open(final, "rb") as f:
+            if f.read(len(data) + 1) != data:
+                raise PublishError(f"{final}: exists with other content; published files are never "
+                                         "rewritten (is another publisher writing this tree?)")
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.with_name(f".{final.name}.{os.urandom(6).hex()}.tmp")
+    try:
+        with open(temp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(temp, final)  # fails if it appeared meanwhile: never replaced
+    except FileExistsError:
+        return _create_only(final, data)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+    return True
+
+
+def _replace(final: Path, data: bytes) -> None:
+    temp = final.with_name(f".{final.name}.{os.urandom(6).hex()}.tmp")
+    with open(temp, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, final)
+
+
+def put_target(out: Path, built: Built) -> dict[str, Any]:
+    """Store one artifact content-addressed under out/targets/ (create-only): its unsigned entry."""
+    sha = _sha256(built.data)
+    _create_only(out / TARGETS_DIR / f"{sha}.{built.path}", built.data)
+    return {"path": built.path, "length": len(built.data), "hashes": {"sha256": sha}, "custom": built.custom}
+
+
+def write_unsigned(out: Path, built: Iterable[Built]) -> list[dict[str, Any]]:
+    """An unsigned part of a CI matrix: the artifacts, and their entries in out/wasmcache-unsigned.json."""
+    entries = read_unsigned(out) if (out / UNSIGNED_FILE).exists() else []
+    known = {e["path"] for e in entries}
+    for item in built:
+        entry = put_target(out, item)
+        if entry["path"] not in known:
+            entries.append(entry)
+            known.add(entry["path"])
+    _replace(out / UNSIGNED_FILE, json.dumps({"wasmcache_unsigned": 1, "targets": entries}, indent=1).encode())
+    return entries
+
+
+def read_unsigned(part: Path) -> list[dict[str, Any]]:
+    """The entries of an unsigned part, each checked against its file (length, sha256)."""
+    try:
+        raw = json.loads((part / UNSIGNED_FILE).read_bytes())
+        entries = raw["targets"]
+        if raw.get("wasmcache_unsigned") != 1 or not isinstance(entries, list):
+            raise ValueError("not a wasmcache unsigned part")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PublishError(f"{part / UNSIGNED_FILE}: cannot read an unsigned part: {exc}") from None
+    return entries
+
+
+def _merge_part(out: Path, part: Path) -> list[dict[str, Any]]:
+    entries = read_unsigned(part)
+    for entry in entries:
+        sha = entry["hashes"]["sha256"]
+        source = part / TARGETS_DIR / f"{sha}.{entry['path']}"
+        try:
+            data = source.read_bytes()
+        except OSError as exc:
+            raise PublishError(f"{source}: cannot read: {exc.strerror or exc}") from None
+        if len(data) != entry["length"] or _sha256(data) != sha:
+            raise PublishError(f"{source}: does not match its entry in {part / UNSIGNED_FILE}")
+        if part.resolve() != out.resolve():
+            _create_only(out / TARGETS_DIR / f"{sha}.{entry['path']}", data)
+    return entries
+
+
+class Keys(NamedTuple):
+    signing: Any  # securesystemslib CryptoSigner for targets, snapshot, timestamp
+    root: Any  # the signer of root (the same as `signing` unless --root-key)
+
+
+def load_signer(path: str) -> Any:
+    from securesystemslib.signer import CryptoSigner, SSlibKey  # type: ignore[attr-defined]  # noqa: PLC0415
+
+    from .._remote._keys import load_signing_key  # noqa: PLC0415
+
+    private = load_signing_key(path)
+    return CryptoSigner(private, SSlibKey.from_crypto(private.public_key()))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def _serialize(md: Metadata[Any]) -> bytes:
+    from tuf.api.serialization.json import JSONSerializer  # noqa: PLC0415
+
+    return md.to_bytes(JSONSerializer(compact=False))
+
+
+class Tree:
+    """The signed metadata of a tree on disk (or a new one), changed in memory and written by `write`."""
+
+    def __init__(self, out: Path) -> None:
+        from tuf.api.metadata import Metadata  # noqa: PLC0415
+
+        self.out = out
+        self.meta = out / METADATA_DIR
+        self.root: Metadata[Root] | None = None
+        self.targets: Metadata[Targets] | None = None
+        self.snapshot: Metadata[Snapshot] | None = None
+        self.timestamp: Metadata[Timestamp] | None = None
+        self.root_changed = False
+        self.fresh = False  # a new tree: its first versions are 1
+        if not (out / "root.json").exists():
+            return
+        try:
+            self.root = Metadata.from_bytes((out / "root.json").read_bytes())
+            self.timestamp = Metadata.from_bytes((self.meta / "timestamp.json").read_bytes())
+            snap_version = self.timestamp.signed.snapshot_meta.version
+            self.snapshot = Metadata.from_bytes((self.meta / f"{snap_version}.snapshot.json").read_bytes())
+            targets_version = self.snapshot.signed.meta["targets.json"].version
+            self.targets = Metadata.from_bytes((self.meta / f"{targets_version}.targets.json").read_bytes())
+            root = self.root.signed
+            root.verify_delegate("root", self.root.signed_bytes, self.root.signatures)
+            root.verify_delegate("targets", self.targets.signed_bytes, self.targets.signatures)
+            root.verify_delegate("snapshot", self.snapshot.signed_bytes, self.snapshot.signatures)
+            root.verify_delegate("timestamp", self.timestamp.signed_bytes, self.timestamp.signatures)
+        except Exception as exc:  # OSError, DeserializationError, UnsignedMetadataError, KeyError
+            raise PublishError(f"{out}: not a valid wasmcache publish tree ({type(exc).__name__}: "
+                                     f"{exc}); publish into an empty directory or repair it") from None
+
+    def create(self, keys: Keys, root_days: int) -> None:
+        from tuf.api.metadata import (  # type: ignore[attr-defined]  # noqa: PLC0415
+            Metadata,
+            Root,
+            Snapshot,
+            Targets,
+            Timestamp,
+        )
+
+        root = Root(expires=_now() + dt.timedelta(days=root_days), consistent_snapshot=True)
+        for role in ROLES:
+            root.add_key((keys.root if role == "root" else keys.signing).public_key, role)
+        self.root = Metadata(root)
+        self.targets = Metadata(Targets(expires=_now()))
+        self.snapshot = Metadata(Snapshot(expires=_now()))
+        self.timestamp = Metadata(Timestamp(expires=_now()))
+        self.root_changed = True
+        self.fresh = True
+
+    def check_keys(self, keys: Keys) -> None:
+        assert self.root is not None  # created or loaded before
+        roles = self.root.signed.roles
+        for role in ("targets", "snapshot", "timestamp"):
+            if keys.signing.public_key.keyid not in roles[role].keyids:
+                raise ConfigError(f"the signing key is not a key of this tree's {role} role "
+                                  f"(keyid {keys.signing.public_key.keyid[:16]}); use the tree's key, or rotate")
+
+    def rotate(self, keys: Keys, new: Any, root_days: int) -> None:
+        """Root N+1 where `new` holds every role the old signing key held (old consumers follow the chain)."""
+        assert self.root is not None
+        root = self.root.signed
+        old_id = keys.signing.public_key.keyid
+        for role in ROLES:
+            if old_id in root.roles[role].keyids:
+                root.revoke_key(old_id, role)
+                root.add_key(new.public_key, role)
+        self._bump_root(root_days)
+
+    def _bump_root(self, root_days: int) -> None:
+        assert self.root is not None
+        self.root.signed.version += 1
+        self.root.signed.expires = _now() + dt.timedelta(days=root_days)
+        self.root_changed = True
+
+    def refresh_root_if_expiring(self, root_days: int) -> None:
+        assert self.root is not None
+        if self.root.signed.expires - _now() < dt.timedelta(days=root_days) / 4:
+            self._bump_root(root_days)
+
+    def add(self, entries: Iterable[dict[str, Any]]) -> tuple[int, int]:
+        """Add unsigned entries to targets: (added, already there). An existing path is never replaced."""
+        from tuf.api.metadata import TargetFile  # type: ignore[attr-defined]  # noqa: PLC0415
+
+        assert self.targets is not None
+        targets = self.targets.signed.targets
+        added = kept = 0
+        for entry in entries:
+            path = entry["path"]
+            if path in targets:
+                if targets[path].hashes != entry["hashes"]:
+                    log.warning("wasmcache: %s is already published with other bytes; kept the published one "
+                                "(revoke it first to replace it)", path)
+                kept += 1
+                continue
+            targets[path] = TargetFile(entry["length"], dict(entry["hashes"]), path,
+                                       unrecognized_fields={"custom": entry["custom"]})
+            added += 1
+        return added, kept
+
+    def revoke(self, specs: Sequence[str]) -> list[str]:
+        """Remove the targets matching any SPEC (``field=value[,field=value]``, all must match); record them."""
+        assert self.targets is not None
+        targets = self.targets.signed.targets
+        parsed = [parse_revoke_spec(spec) for spec in specs]
+        removed: list[str] = []
+        for path, info in list(targets.items()):
+            custom = info.custom if isinstance(info.custom, dict) else {}
+            fields = {**{k: str(v) for k, v in custom.items()}, "path": path}
+            if any(all(fields.get(k, "").startswith(v) if k in ("wasm", "blake3") else fields.get(k) == v
+                       for k, v in spec.items()) for spec in parsed):
+                removed.append(path)
+                del targets[path]
+                record = self.targets.signed.unrecognized_fields.setdefault(REVOKED_FIELD, [])
+                record.append({"path": path, "blake3": custom.get("blake3"), "revoked": _now().isoformat()})
+        return removed
+
+    def write(self, keys: Keys, new_signer: Any, days: int) -> None:
+        """Sign what changed and write it: targets, snapshot, root (if changed), timestamp last, root.json."""
+        from tuf.api.metadata import MetaFile  # type: ignore[attr-defined]  # noqa: PLC0415
+
+        assert self.root is not None
+        assert self.targets is not None
+        assert self.snapshot is not None
+        assert self.timestamp is not None
+        expires = _now() + dt.timedelta(days=days)
+        self.meta.mkdir(parents=True, exist_ok=True)
+        if self.root_changed:
+            self.root.signatures.clear()
+            self.root.sign(keys.root, append=True)
+            if new_signer is not None and new_signer.public_key.keyid in self.root.signed.roles["root"].keyids:
+                self.root.sign(new_signer, append=True)
+            _create_only(self.meta / f"{self.root.signed.version}.root.json", _serialize(self.root))
+        signer = new_signer or keys.signing
+        step = 0 if self.fresh else 1
+        self.targets.signed.version += step
+        self.targets.signed.expires = expires
+        self.targets.signatures.clear()
+        self.targets.sign(signer)
+        targets_bytes = _serialize(self.targets)
+        _create_only(self.meta / f"{self.targets.signed.version}.targets.json", targets_bytes)
+        self.snapshot.signed.version += step
+        self.snapshot.signed.expires = expires
+        self.snapshot.signed.meta["targets.json"] = MetaFile(version=self.targets.signed.version)
+        self.snapshot.signatures.clear()
+        self.snapshot.sign(signer)
+        snapshot_bytes = _serialize(self.snapshot)
+        _create_only(self.meta / f"{self.snapshot.signed.version}.snapshot.json", snapshot_bytes)
+        self.timestamp.signed.version += step
+        self.timestamp.signed.expires = expires
+        self.timestamp.signed.snapshot_meta = MetaFile(version=self.snapshot.signed.version,
+                                                       length=len(snapshot_bytes),
+                                                       hashes={"sha256": _sha256(snapshot_bytes)})
+        self.timestamp.signatures.clear()
+        self.timestamp.sign(signer)
+        _replace(self.meta / "timestamp.json", _serialize(self.timestamp))
+        if self.root_changed:
+            _replace(self.out / "root.json", _serialize(self.root))
+
+
+def parse_revoke_spec(spec: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    allowed = ("path", "wasm", "wasmtime", "engine_major", "level", "kind", "name", "blake3", "abi")
+    for item in spec.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or key not in allowed or not value:
+            raise ConfigError(f"--revoke {spec}: expected FIELD=VALUE[,FIELD=VALUE] with FIELD one of "
+                              f"{', '.join(allowed)} (e.g. wasmtime=50.0.0)")
+        fields[key] = value
+    return fields
+
+
+class PublishResult(NamedTuple):
+    added: int
+    kept: int
+    revoked: tuple[str, ...]
+    version: int  # the new targets version (0 for an unsigned part)
+
+
+def publish(out: str | os.PathLike[str], built: Sequence[Built] = (), *, signing_key: str | None,
+            root_key: str | None = None, merge: Sequence[str | os.PathLike[str]] = (),
+            revoke: Sequence[str] = (), rotate_to: str | None = None, days: int = 30,
+            root_days: int = 365) -> PublishResult:
+    """Add `built` artifacts and merged unsigned parts to the tree in `out`, revoke, rotate, sign.
+
+    `signing_key=None` writes an unsigned part (for `merge` by one signing step later). Artifacts are
+    written create-only first, then the metadata (timestamp last), so a consumer reading meanwhile
+    sees the previous consistent state.
+    """
+    target = Path(out)
+    if signing_key is None:
+        if merge or revoke or rotate_to or root_key:
+            raise ConfigError("--unsigned writes a part for a later signing step; --merge, --revoke, "
+                              "--rotate-to and --root-key need --signing-key")
+        entries = write_unsigned(target, built)
+        return PublishResult(len(entries), 0, (), 0)
+    signing = load_signer(signing_key)
+    keys = Keys(signing, load_signer(root_key) if root_key else signing)
+    new_signer = load_signer(rotate_to) if rotate_to else None
+    entries = [put_target(target, item) for item in built]
+    for part in merge:
+        entries += _merge_part(target, Path(part))
+    tree = Tree(target)
+    if tree.root is None:
+        if rotate_to:
+            raise ConfigError("--rotate-to: no tree in --out yet; create it with the key you want")
+        tree.create(keys, root_days)
+    else:
+        tree.check_keys(keys)
+        if root_key is None and keys.root.public_key.keyid not in tree.root.signed.roles["root"].keyids:
+            keys = Keys(signing, None)
+        if rotate_to:
+            if keys.root is None:
+                raise ConfigError("--rotate-to needs the root key (--root-key) of this tree")
+            tree.rotate(keys, new_signer, root_days)
+        elif keys.root is not None:
+            tree.refresh_root_if_expiring(root_days)
+    revoked = tree.revoke(revoke) if revoke else []
+    added, kept = tree.add(entries)
+    tree.write(keys, new_signer, days)
+    assert tree.targets is not None
+    return PublishResult(added, kept, tuple(revoked), tree.targets.signed.version)

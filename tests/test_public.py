@@ -1,0 +1,683 @@
+"""Substituters end to end: `wasmcache publish` trees served by a real Caddy over HTTPS (and file://),
+fetched by the consumer client, and every attack and failure of issue 13 on real servers.
+
+Each test copies one published tree into Caddy's document root under its own name, changes it the way
+an attacker or a broken host would, and asks the client. A miss must leave the caller's file empty
+and say why in one line; wasmtime must only ever see a checked artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+from caddy_server import caddy_fixture  # noqa: F401 - the `caddy` fixture
+from conftest import run_cli, run_python
+from wasmcache._compat import isa_flags
+from wasmcache._fingerprint import engine_identity
+from wasmcache._key import wasm_digest
+from wasmcache._public import _client, resolve_substituter_settings
+from wasmcache._public._levels import TARGETS_DIR
+from wasmcache._public._publish import Tree, compile_at_levels, load_signer, publish
+from wasmcache.cli._remote import write_keypair
+
+WAT = '(module (func (export "answer") (result i32) i32.const 42))'
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_state() -> None:
+    _client.forget()  # each test is "a new process" for the client's once-per-process memory
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    work = tmp_path_factory.mktemp("published")
+    key, _pub, _ = write_keypair(work / "keys")
+    other_key, _, _ = write_keypair(work / "other-keys")
+    new_key, _, _ = write_keypair(work / "new-keys")
+    wasm = work / "answer.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm(WAT))
+    built = compile_at_levels(str(wasm), None, None)
+    publish(work / "tree", built, signing_key=str(key))
+    return {"work": work, "key": str(key), "other_key": str(other_key), "new_key": str(new_key), "wasm": wasm,
+            "digest": wasm_digest(wasm.read_bytes()), "levels": [b.custom["level"] for b in built]}
+
+
+def host_section() -> bytes:
+    return engine_identity(wasmtime.Engine()).section
+
+
+def serve(published: dict[str, Any], caddy: Any, name: str) -> tuple[Path, str]:
+    tree = caddy.root / name
+    shutil.copytree(published["work"] / "tree", tree)
+    return tree, f"{caddy.url}/{name}"
+
+
+def fetch(url: str, root: Path | bytes, dest: Path, *, ca: str | None = None, state: Path | None = None,
+          section: bytes | None = None, digest: str | None = None, wasm_digest_: str = "") -> tuple[Any, str | None]:
+    root_file = root if isinstance(root, Path) else None
+    settings = resolve_substituter_settings([url], [str(root_file)], ca_file=ca, declared=False)
+    assert settings is not None
+    tier = _client.PublicTier(settings, state_dir=state)
+    fetched = tier.fetch(kind="module", wasm_digest=digest or wasm_digest_, host_section=section or host_section(),
+                         dest=str(dest), name="answer.wasm")
+    return fetched, tier.last_reason
+
+
+def runs(path: Path) -> int:
+    engine = wasmtime.Engine()
+    module = wasmtime.Module.deserialize_file(engine, str(path))
+    store = wasmtime.Store(engine)
+    result: int = wasmtime.Instance(store, module, []).exports(store)["answer"](store)
+    return result
+
+
+def assert_miss(result: tuple[Any, str | None], dest: Path, reason: str) -> None:
+    fetched, why = result
+    assert fetched is None
+    assert why is not None
+    assert reason in why, why
+    assert not dest.exists() or dest.stat().st_size == 0  # nothing partial left
+
+
+# --- the happy paths -------------------------------------------------------------------------------------
+
+
+def test_https_fetch_picks_the_highest_level_this_host_runs_and_it_runs(published, caddy, tmp_path):
+    tree, url = serve(published, caddy, "happy")
+    dest = tmp_path / "entry.cwasm"
+    fetched, why = fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"])
+    assert why is None, why
+    assert fetched.level == published["levels"][0]  # every level is ⊆ this host (it compiled them)
+    assert fetched.url == url
+    assert fetched.size == dest.stat().st_size
+    assert runs(dest) == 42
+
+
+def test_a_host_without_avx512_gets_v3(published, caddy, tmp_path):
+    if "x86-64-v4" not in published["levels"]:
+        pytest.skip("this runner cannot compile x86-64-v4")
+    tree, url = serve(published, caddy, "nov4")
+    # This host's section with the AVX-512 flags cleared: what a Haswell laptop's engine reports.
+    section = bytearray(host_section())
+    for name in sorted(isa_flags(bytes(section))):
+        if name.startswith("has_avx512"):
+            needle = bytes([len(name)]) + name.encode() + b"\x02\x01"
+            at = bytes(section).index(needle)
+            section[at + len(needle) - 1] = 0
+    dest = tmp_path / "entry.cwasm"
+    fetched, why = fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), section=bytes(section),
+                         digest=published["digest"])
+    assert why is None
+    assert fetched.level == "x86-64-v3"
+
+
+def test_file_url_and_the_cli(published, tmp_path):
+    tree = published["work"] / "tree"
+    dest = tmp_path / "entry.cwasm"
+    fetched, why = fetch(f"file://{tree}", tree / "root.json", dest, digest=published["digest"])
+    assert why is None
+    assert runs(dest) == 42
+    assert fetched.url == f"file://{tree}"
+
+
+def test_without_the_test_ca_https_is_unreachable_not_an_error(published, caddy, tmp_path):
+    tree, url = serve(published, caddy, "noca")
+    dest = tmp_path / "entry.cwasm"
+    assert_miss(fetch(url, tree / "root.json", dest, digest=published["digest"]), dest, "unreachable")
+
+
+def test_publishing_again_and_merging_parts_keeps_every_artifact_byte_identical(published, tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(published["work"] / "tree", tree)
+    before = {p.name: p.read_bytes() for p in (tree / TARGETS_DIR).iterdir()}
+    other = tmp_path / "other.wasm"
+    other.write_bytes(wasmtime.wat2wasm('(module (func (export "answer") (result i32) i32.const 43))'))
+    part = tmp_path / "part"
+    proc = run_cli("publish", "--unsigned", "--out", str(part), "--level", "x86-64-v2", str(other))
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], "--merge", str(part),
+                   str(published["wasm"]))
+    assert proc.returncode == 0, proc.stderr
+    assert "1 artifact(s) added" in proc.stderr
+    assert "already published" in proc.stderr
+    after = {p.name: p.read_bytes() for p in (tree / TARGETS_DIR).iterdir()}
+    assert {k: after[k] for k in before} == before
+    assert len(after) == len(before) + 1
+    dest = tmp_path / "entry.cwasm"
+    fetched, why = fetch(f"file://{tree}", tree / "root.json", dest, digest=wasm_digest(other.read_bytes()))
+    assert why is None
+    assert fetched.level == "x86-64-v2"
+    assert runs(dest) == 43
+
+
+# --- attacks ---------------------------------------------------------------------------------------------
+
+
+def _one_target(tree: Path, level: str) -> Path:
+    return next(p for p in (tree / TARGETS_DIR).iterdir() if p.name.endswith(f"-{level}.cwasm.zst"))
+
+
+def _only_level(tree: Path, published: dict[str, Any], keep: str) -> None:
+    """Revoke every level but `keep` (so an attack on that one is what the client meets)."""
+    for level in published["levels"]:
+        if level != keep:
+            publish(tree, signing_key=published["key"], revoke=[f"level={level}"])
+
+
+@pytest.mark.parametrize("damage", ["tampered", "truncated", "endless"])
+def test_a_damaged_artifact_is_a_miss_and_nothing_reaches_wasmtime(published, caddy, tmp_path, damage):
+    tree, url = serve(published, caddy, f"damaged-{damage}")
+    level = published["levels"][0]
+    _only_level(tree, published, level)
+    target = _one_target(tree, level)
+    data = bytearray(target.read_bytes())
+    if damage == "tampered":
+        data[len(data) // 2] ^= 0xFF
+    elif damage == "truncated":
+        del data[len(data) // 2:]
+    else:
+        data += os.urandom(1 << 20) * 8  # far beyond the signed length
+    target.write_bytes(bytes(data))
+    dest = tmp_path / "entry.cwasm"
+    assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"]),
+                dest, "untrusted")
+
+
+def test_metadata_signed_by_an_unknown_key_is_untrusted(published, caddy, tmp_path):
+    other = tmp_path / "other-tree"
+    built = compile_at_levels(str(published["wasm"]), None, ["x86-64-v2"])
+    publish(other, built, signing_key=published["other_key"])  # same layout, another publisher's key
+    name = "unknown-key"
+    shutil.copytree(other, caddy.root / name)
+    dest = tmp_path / "entry.cwasm"
+    # The consumer trusts the real publisher's root; the mirror serves the other key's metadata.
+    assert_miss(fetch(f"{caddy.url}/{name}", published["work"] / "tree" / "root.json", dest,
+                      ca=str(caddy.ca_file), digest=published["digest"]), dest, "untrusted")
+
+
+def test_rollback_to_older_metadata_is_refused(published, caddy, tmp_path):
+    tree, url = serve(published, caddy, "rollback")
+    old_timestamp = (tree / "metadata" / "timestamp.json").read_bytes()
+    publish(tree, signing_key=published["key"], revoke=["level=baseline"])
+    state = tmp_path / "state"
+    dest = tmp_path / "entry.cwasm"
+    fetched, why = fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), state=state,
+                         digest=published["digest"])
+    assert fetched is not None, why
+    (tree / "metadata" / "timestamp.json").write_bytes(old_timestamp)  # the mirror serves the old state
+    _client.forget()  # a later process, with the same state directory
+    dest.unlink()
+    assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), state=state,
+                      digest=published["digest"]), dest, "rolled-back")
+
+
+def test_expired_metadata_is_a_miss_that_says_so(published, caddy, tmp_path):
+    tree, url = serve(published, caddy, "frozen")
+    from tuf.api.metadata import Metadata
+    from tuf.api.serialization.json import JSONSerializer
+
+    path = tree / "metadata" / "timestamp.json"
+    timestamp = Metadata.from_bytes(path.read_bytes())
+    timestamp.signed.expires = timestamp.signed.expires.replace(year=2020)  # a frozen mirror's old answer
+    timestamp.signatures.clear()
+    timestamp.sign(load_signer(published["key"]))
+    path.write_bytes(timestamp.to_bytes(JSONSerializer()))
+    dest = tmp_path / "entry.cwasm"
+    assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"]),
+                dest, "expired")
+
+
+def test_mix_and_match_of_metadata_versions_is_refused(published, caddy, tmp_path):
+    tree, url = serve(published, caddy, "mixmatch")
+    publish(tree, signing_key=published["key"], revoke=["level=baseline"])
+    # The mirror answers the current snapshot's request for targets v2 with the older targets v1.
+    (tree / "metadata" / "2.targets.json").write_bytes((tree / "metadata" / "1.targets.json").read_bytes())
+    dest = tmp_path / "entry.cwasm"
+    assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"]),
+                dest, "untrusted")
+
+
+def test_key_rotation_keeps_old_consumers_working(published, caddy, tmp_path):
+    tree, url = serve(published, caddy, "rotation")
+    old_root = tmp_path / "old-root.json"
+    shutil.copy(tree / "root.json", old_root)
+    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"],
+                   "--rotate-to", published["new_key"])
+    assert proc.returncode == 0, proc.stderr
+    assert (tree / "metadata" / "2.root.json").exists()
+    for trusted in (old_root, tree / "root.json"):  # an old consumer, and a new one given the new root
+        _client.forget()
+        dest = tmp_path / f"entry-{trusted.name}.cwasm"
+        fetched, why = fetch(url, trusted, dest, ca=str(caddy.ca_file), digest=published["digest"])
+        assert fetched is not None, why
+    # The old key can no longer publish: it is gone from the new root.
+    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], str(published["wasm"]))
+    assert proc.returncode == 2
+    assert "not a key of this tree" in proc.stderr
+
+
+def test_revoked_artifacts_are_never_selected(published, caddy, tmp_path):
+    tree, url = serve(published, caddy, "revoked")
+    top = published["levels"][0]
+    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], "--revoke", f"level={top}")
+    assert proc.returncode == 0
+    assert "revoked" in proc.stdout
+    dest = tmp_path / "entry.cwasm"
+    fetched, why = fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"])
+    assert fetched is not None, why
+    assert fetched.level == published["levels"][1]
+    publish(tree, signing_key=published["key"], revoke=["wasmtime=" + wasmtime_version()])
+    _client.forget()
+    assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"]),
+                dest, "none published")
+
+
+def wasmtime_version() -> str:
+    from wasmcache._fingerprint import wasmtime_version as version
+
+    return version()
+
+
+def test_a_forged_above_host_variant_is_never_chosen_nor_loaded(published, caddy, tmp_path):
+    """A variant whose section claims a CPU feature this host lacks, signed by the real key."""
+    import zstandard
+
+    from test_public_compat import host_lacks, set_isa_flag
+    from wasmcache._elf import ENGINE_SECTION, find_section
+    from wasmcache._public._levels import target_path
+    from wasmcache._public._publish import Built, target_custom
+
+    missing = host_lacks()
+    tree, url = serve(published, caddy, "forged")
+    for level in published["levels"]:
+        publish(tree, signing_key=published["key"], revoke=[f"level={level}"])
+    base = compile_at_levels(str(published["wasm"]), None, ["baseline"])[0]
+    artifact = zstandard.ZstdDecompressor().decompress(base.data)
+    section = find_section(artifact, ENGINE_SECTION)
+    forged_section = set_isa_flag(section, missing)
+    forged = artifact.replace(section, forged_section)
+    packed = zstandard.ZstdCompressor().compress(forged)
+    custom = target_custom(kind="module", digest=published["digest"], section=forged_section, level="x86-64-v4",
+                           wasmtime_version=wasmtime_version(), artifact=forged, compressed=packed,
+                           name="answer.wasm", settings="forged", seconds=0)
+    honest = Built(target_path("module", published["digest"], custom["abi"], "x86-64-v4"), packed, custom)
+    publish(tree, [honest], signing_key=published["key"])
+    dest = tmp_path / "entry.cwasm"
+    assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"]),
+                dest, "other CPU level")
+    # The same bytes with metadata that lies (claims no ISA flags): downloaded, then refused by the section check.
+    lying = Built(target_path("module", published["digest"], custom["abi"], "x86-64-v3"), packed,
+                  {**custom, "isa": [], "level": "x86-64-v3"})
+    publish(tree, [lying], signing_key=published["key"])
+    _client.forget()
+    assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"]),
+                dest, f"needs CPU features this host lacks: {missing}")
+
+
+# --- failures of the host --------------------------------------------------------------------------------
+
+
+def test_403_and_404_are_plain_misses(published, caddy, tmp_path):
+    dest = tmp_path / "entry.cwasm"
+    root = published["work"] / "tree" / "root.json"
+    assert_miss(fetch(f"{caddy.url}/denied/x", root, dest, ca=str(caddy.ca_file), digest=published["digest"]),
+                dest, "HTTP 403")
+    assert_miss(fetch(f"{caddy.url}/nothing-here", root, dest, ca=str(caddy.ca_file), digest=published["digest"]),
+                dest, "HTTP 404")
+    tree, url = serve(published, caddy, "other-module")
+    assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest="0" * 64), dest,
+                "none published")
+
+
+def test_a_dead_host_costs_one_attempt_per_process(published, tmp_path):
+    from caddy_server import free_port
+
+    url = f"https://127.0.0.1:{free_port()}"  # nothing listens there
+    dest = tmp_path / "entry.cwasm"
+    root = published["work"] / "tree" / "root.json"
+    assert_miss(fetch(url, root, dest, digest=published["digest"]), dest, "unreachable")
+    # Another tree on the same host: the host's circuit is open, no second attempt.
+    assert_miss(fetch(f"{url}/other", root, dest, digest=published["digest"]), dest,
+                "failed earlier in this process")
+
+
+def test_a_host_that_never_answers_costs_at_most_one_timeout_per_process(published, tmp_path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # accepts (the kernel completes the handshake) and never says a word
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        dest = tmp_path / "entry.cwasm"
+        root = published["work"] / "tree" / "root.json"
+        assert_miss(fetch(url, root, dest, digest=published["digest"]), dest, "timed out")
+        assert_miss(fetch(f"{url}/other", root, dest, digest=published["digest"]), dest,
+                    "failed earlier in this process")
+
+
+def test_a_stalled_download_is_abandoned_and_nothing_partial_is_left(published, tmp_path):
+    """A real HTTP server that serves the metadata and stalls halfway through every artifact."""
+    import http.server
+
+    tree = published["work"] / "tree"
+
+    class Stalling(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tree), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if "/targets/" not in self.path:
+                super().do_GET()
+                return
+            data = (tree / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            time.sleep(_client.STALL_TIMEOUT + 3)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalling)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        dest = tmp_path / "entry.cwasm"
+        assert_miss(fetch(f"http://127.0.0.1:{server.server_address[1]}", tree / "root.json", dest,
+                          digest=published["digest"]), dest, "timed out")
+    finally:
+        server.shutdown()
+
+
+def test_disk_full_mid_download_leaves_nothing(published, tmp_path):
+    tree = published["work"] / "tree"
+    dest = tmp_path / "entry.cwasm"
+    code = f"""
+        import json, resource, signal, wasmtime
+        from wasmcache._fingerprint import engine_identity
+        from wasmcache._public import PublicTier, resolve_substituter_settings
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        section = engine_identity(wasmtime.Engine()).section
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        tier = PublicTier(resolve_substituter_settings(["file://{tree}"], ["{tree / 'root.json'}"], declared=False))
+        fetched = tier.fetch(kind="module", wasm_digest="{published['digest']}", host_section=section,
+                             dest="{dest}", name="answer.wasm")
+        print(json.dumps([fetched is None, tier.last_reason]))
+    """
+    proc = run_python(code)
+    missed, reason = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert missed
+    assert "File too large" in reason, reason
+    assert not dest.exists()
+
+
+# --- settings -------------------------------------------------------------------------------------------
+
+
+def test_settings_from_the_environment_and_bad_values(published, monkeypatch, tmp_path):
+    from wasmcache._errors import ConfigError
+
+    tree = published["work"] / "tree"
+    monkeypatch.setenv("WASMCACHE_SUBSTITUTERS", f"file://{tree}  https://example.invalid/x")
+    monkeypatch.setenv("WASMCACHE_SUBSTITUTER_ROOTS", str(tree / "root.json"))
+    settings = resolve_substituter_settings(declared=False)
+    assert [s.url for s in settings.substituters] == [f"file://{tree}", "https://example.invalid/x"]
+    assert resolve_substituter_settings([], declared=False) is None
+    monkeypatch.setenv("WASMCACHE_SUBSTITUTERS", "ftp://x")
+    with pytest.raises(ConfigError, match="expected an https://"):
+        resolve_substituter_settings()
+    monkeypatch.setenv("WASMCACHE_SUBSTITUTERS", f"file://{tree}")
+    monkeypatch.delenv("WASMCACHE_SUBSTITUTER_ROOTS")
+    with pytest.raises(ConfigError, match="no trusted root"):
+        resolve_substituter_settings()
+    monkeypatch.setenv("WASMCACHE_SUBSTITUTER_ROOTS", str(published["wasm"]))
+    with pytest.raises(ConfigError, match=r"not a TUF root\.json"):
+        resolve_substituter_settings()
+
+
+def test_a_tools_entry_point_declares_its_substituter(published, tmp_path):
+    """An installed package declares url + root; a consumer with no configuration at all uses it."""
+    tree = published["work"] / "tree"
+    site = tmp_path / "site"
+    (site / "demo_tool").mkdir(parents=True)
+    (site / "demo_tool" / "__init__.py").write_text(
+        f"SUBSTITUTER = {{'url': 'file://{tree}', 'root': {str(tree / 'root.json')!r}}}\n")
+    info = site / "demo_tool-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: demo-tool\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[wasmcache.substituters]\ndemo = demo_tool:SUBSTITUTER\n")
+    dest = tmp_path / "entry.cwasm"
+    code = f"""
+        import json, wasmtime
+        from wasmcache._fingerprint import engine_identity
+        from wasmcache._public import PublicTier, resolve_substituter_settings
+        settings = resolve_substituter_settings()
+        tier = PublicTier(settings)
+        fetched = tier.fetch(kind="module", wasm_digest="{published['digest']}",
+                             host_section=engine_identity(wasmtime.Engine()).section, dest="{dest}", name="a")
+        print(json.dumps([fetched is not None and fetched.url, tier.last_reason]))
+    """
+    env = {"PYTHONPATH": str(site), "WASMCACHE_SUBSTITUTERS": "", "WASMCACHE_SUBSTITUTER_ROOTS": ""}
+    url, reason = json.loads(run_python(code, env=env).stdout.strip().splitlines()[-1])
+    assert url == f"file://{tree}", reason
+
+
+def test_check_substituters_reports_each_one(published, caddy, tmp_path):
+    from caddy_server import free_port
+
+    tree, url = serve(published, caddy, "doctor")
+    settings = resolve_substituter_settings([url, f"http://127.0.0.1:{free_port()}"], [str(tree / "root.json")],
+                                            ca_file=str(caddy.ca_file), declared=False)
+    good, dead = _client.check_substituters(settings)
+    assert good.ok
+    assert "root v1" in good.detail
+    assert "valid until" in good.detail
+    assert not dead.ok
+    assert "unreachable" in dead.detail
+
+
+def test_importing_the_settings_does_not_import_tuf():
+    proc = run_python("""
+        import sys
+        import wasmcache._public as p
+        p.resolve_substituter_settings([], declared=False)
+        heavy = [m for m in ("tuf", "urllib3", "zstandard", "securesystemslib", "cryptography", "wasmtime")
+                 if m in sys.modules]
+        print(heavy)
+    """)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_tree_loads_and_verifies(published):
+    tree = Tree(published["work"] / "tree")
+    assert tree.root is not None
+    assert tree.root.signed.consistent_snapshot
+
+
+def test_a_state_directory_remembers_a_dead_host_and_a_missing_module_briefly(published, tmp_path):
+    from caddy_server import free_port
+
+    state = tmp_path / "state"
+    dest = tmp_path / "entry.cwasm"
+    root = published["work"] / "tree" / "root.json"
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert_miss(fetch(dead, root, dest, state=state, digest=published["digest"]), dest, "connection refused")
+    _client.forget()  # the next process, same cache root: no connection attempt at all
+    assert_miss(fetch(dead, root, dest, state=state, digest=published["digest"]), dest, "remembered for 60 s")
+    tree = published["work"] / "tree"
+    assert_miss(fetch(f"file://{tree}", root, dest, state=state, digest="1" * 64), dest, "none published")
+    (tree / "metadata" / "timestamp.json").rename(tree / "metadata" / "timestamp.json.away")
+    try:
+        _client.forget()  # the metadata is not even read again for that module
+        assert_miss(fetch(f"file://{tree}", root, dest, state=state, digest="1" * 64), dest, "none published")
+        # ... while a module that was never looked up does read it (and finds no metadata)
+        _client.forget()
+        assert_miss(fetch(f"file://{tree}", root, dest, state=state, digest=published["digest"]), dest, "HTTP 404")
+    finally:
+        (tree / "metadata" / "timestamp.json.away").rename(tree / "metadata" / "timestamp.json")
+
+
+def test_progress_is_reported_through_a_callback(published, tmp_path):
+    tree = published["work"] / "tree"
+    seen: list[tuple[Any, ...]] = []
+    settings = resolve_substituter_settings([f"file://{tree}"], [str(tree / "root.json")], declared=False)
+    tier = _client.PublicTier(settings, progress=lambda *event: seen.append(event))
+    fetched = tier.fetch(kind="module", wasm_digest=published["digest"], host_section=host_section(),
+                         dest=str(tmp_path / "entry.cwasm"), name="answer.wasm")
+    assert fetched is not None
+    name, level, url, done, total = seen[0]
+    assert (name, level, url, done) == ("answer.wasm", fetched.level, f"file://{tree}", 0)
+    assert seen[-1][3] == seen[-1][4] == total == fetched.compressed_size
+
+
+def test_a_download_slower_than_a_compile_is_abandoned(published, tmp_path):
+    """A host that never stalls long enough for a timeout but dribbles: the deadline ends it."""
+    import http.server
+
+    tree = published["work"] / "tree"
+
+    class Dribbling(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tree), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if "/targets/" not in self.path:
+                super().do_GET()
+                return
+            data = (tree / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(len(data)):
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:
+                pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Dribbling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dest = tmp_path / "entry.cwasm"
+        assert_miss(fetch(f"http://127.0.0.1:{server.server_address[1]}", tree / "root.json", dest,
+                          digest=published["digest"]), dest, "slower than compiling locally")
+    finally:
+        server.shutdown()
+
+
+def test_ssl_cert_file_makes_the_test_ca_trusted_in_a_fresh_process(published, caddy, tmp_path):
+    tree, url = serve(published, caddy, "sslcertfile")
+    dest = tmp_path / "entry.cwasm"
+    code = f"""
+        import json, wasmtime
+        from wasmcache._fingerprint import engine_identity
+        from wasmcache._public import PublicTier, resolve_substituter_settings
+        tier = PublicTier(resolve_substituter_settings())
+        fetched = tier.fetch(kind="module", wasm_digest="{published['digest']}",
+                             host_section=engine_identity(wasmtime.Engine()).section, dest="{dest}", name="a")
+        print(json.dumps([fetched is not None and fetched.level, tier.last_reason]))
+    """
+    env = {"SSL_CERT_FILE": str(caddy.ca_file), "WASMCACHE_SUBSTITUTERS": url,
+           "WASMCACHE_SUBSTITUTER_ROOTS": str(tree / "root.json")}
+    level, reason = json.loads(run_python(code, env=env).stdout.strip().splitlines()[-1])
+    assert level == published["levels"][0], reason
+
+
+def test_other_engine_settings_and_other_majors_are_misses_that_say_so(published, tmp_path):
+    from wasmcache._engine import EngineSettings
+
+    tree = tmp_path / "fuel-tree"
+    built = compile_at_levels(str(published["wasm"]), EngineSettings(consume_fuel=True), ["x86-64-v2"])
+    publish(tree, built, signing_key=published["key"])
+    dest = tmp_path / "entry.cwasm"
+    # A consumer whose engine has no fuel: the fuel build is not its ABI.
+    assert_miss(fetch(f"file://{tree}", tree / "root.json", dest, digest=published["digest"]), dest,
+                "other engine settings")
+    # A consumer on another wasmtime major (its section's version string says so).
+    section = bytearray(host_section())
+    section[2:2 + section[1]] = b"9" * section[1]
+    _client.forget()
+    assert_miss(fetch(f"file://{tree}", tree / "root.json", dest, section=bytes(section),
+                      digest=published["digest"]), dest, "other wasmtime major")
+
+
+def test_publish_without_inputs_re_signs_with_a_later_expiry(published, tmp_path):
+    from tuf.api.metadata import Metadata
+
+    tree = tmp_path / "tree"
+    shutil.copytree(published["work"] / "tree", tree)
+    before = Metadata.from_bytes((tree / "metadata" / "timestamp.json").read_bytes()).signed
+    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], "--expires-days", "90")
+    assert proc.returncode == 0, proc.stderr
+    assert "0 artifact(s) added" in proc.stderr
+    after = Metadata.from_bytes((tree / "metadata" / "timestamp.json").read_bytes()).signed
+    assert after.version == before.version + 1
+    assert (after.expires - before.expires).days >= 59
+    settings = resolve_substituter_settings([f"file://{tree}"], [str(tree / "root.json")], declared=False)
+    (check,) = _client.check_substituters(settings)
+    assert check.ok, check.detail
+    assert check.expires == after.expires.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def test_none_turns_off_every_substituter(monkeypatch):
+    monkeypatch.setenv("WASMCACHE_SUBSTITUTERS", "none")
+    assert resolve_substituter_settings() is None
+
+
+@pytest.mark.s3
+def test_a_tree_uploaded_create_only_to_s3_is_read_anonymously(published, s3_bucket, tmp_path, monkeypatch):
+    import boto3
+
+    server, bucket = s3_bucket
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3")
+    tree = published["work"] / "tree"
+    prefix = "mytool"
+    # Immutable files first and create-only (never overwritten), then the one replaced file, then root.json.
+    mutable = (tree / "metadata" / "timestamp.json", tree / "root.json")
+    immutable = sorted(p for p in tree.rglob("*") if p.is_file() and p not in mutable)
+    for path in [*immutable, *mutable]:
+        key = f"{prefix}/{path.relative_to(tree)}"
+        extra = {"IfNoneMatch": "*"} if path in immutable else {}
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(), **extra)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject"],
+                                                      "Resource": [f"arn:aws:s3:::{bucket}/*"]}]}
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)  # the consumer holds no credentials at all
+    dest = tmp_path / "entry.cwasm"
+    fetched, why = fetch(f"{server.endpoint}/{bucket}/{prefix}", tree / "root.json", dest, digest=published["digest"])
+    assert fetched is not None, why
+    assert runs(dest) == 42
+
+
+def test_fetch_into_a_callers_write_only_temp_file_descriptor(published, tmp_path):
+    """The cache's miss path hands its own locked, O_WRONLY temp file: the check must still read it back."""
+    tree = published["work"] / "tree"
+    temp = tmp_path / "entry.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        settings = resolve_substituter_settings([f"file://{tree}"], [str(tree / "root.json")], declared=False)
+        tier = _client.PublicTier(settings)
+        fetched = tier.fetch(kind="module", wasm_digest=published["digest"], host_section=host_section(), dest=fd,
+                             name="answer.wasm")
+        assert fetched is not None, tier.last_reason
+        assert os.fstat(fd).st_size == fetched.size
+    finally:
+        os.close(fd)
+    assert runs(temp) == 42

@@ -1,0 +1,156 @@
+"""A cache miss filled by a substituter: a publisher's signed, precompiled artifact instead of a compile.
+
+Real Caddy over HTTPS on 127.0.0.1 (a test CA the consumer is told to trust), real `wasmcache publish`
+trees, fresh processes. After the first start the entry is a plain local hit: the substituter may be
+gone. Any failure of the substituter ends in a local compile, one warning at most, nothing partial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import wasmtime
+
+from caddy_server import caddy_fixture, free_port  # noqa: F401 - the `caddy` fixture
+from conftest import run_json
+from wasmcache._public import _client
+from wasmcache._public._publish import compile_at_levels, publish
+from wasmcache.cli._remote import write_keypair
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+WAT = '(module (func (export "answer") (result i32) i32.const 73))'
+
+# A fresh process: load through a ModuleCache with the substituters of the environment (or none).
+LOAD = """
+import json, logging, sys, wasmtime, wasmcache
+records = []
+class Keep(logging.Handler):
+    def emit(self, record): records.append((record.levelname, record.getMessage()))
+logging.getLogger("wasmcache").addHandler(Keep())
+logging.getLogger("wasmcache").setLevel(logging.INFO)
+cache = wasmcache.ModuleCache(sys.argv[1])
+module = cache.load(sys.argv[2])
+store = wasmtime.Store(cache.engine)
+answer = wasmtime.Instance(store, module, []).exports(store)["answer"](store)
+stats = cache.stats()
+print(json.dumps({"answer": answer, "compiles": stats.compiles, "hits": stats.hits,
+                  "substituted": stats.substituted, "log": records}))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _fresh_client() -> None:
+    _client.forget()
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("substituted")
+    key, _, _ = write_keypair(work / "keys")
+    wasm = work / "answer.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm(WAT))
+    publish(work / "tree", compile_at_levels(str(wasm), None, None), signing_key=str(key))
+    return {"wasm": wasm, "tree": work / "tree", "root": work / "tree" / "root.json"}
+
+
+def served(tree: dict[str, Path], caddy: Any, name: str) -> str:
+    shutil.copytree(tree["tree"], caddy.root / name)
+    return f"{caddy.url}/{name}"
+
+
+def environment(url: str | None, tree: dict[str, Path], caddy: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WASMCACHE_")}
+    if url is not None:
+        env.update(WASMCACHE_SUBSTITUTERS=url, WASMCACHE_SUBSTITUTER_ROOTS=str(tree["root"]),
+                   WASMCACHE_SUBSTITUTER_CA=str(caddy.ca_file))
+    return env
+
+
+def records(root: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in root.glob("ns-*/*.rec")]
+
+
+def test_a_first_start_loads_the_publishers_artifact_and_later_starts_need_no_substituter(tree, caddy, tmp_path):
+    url = served(tree, caddy, "first")
+    root = tmp_path / "root"
+    first = run_json(LOAD, str(root), str(tree["wasm"]), env=environment(url, tree, caddy))
+    assert (first["answer"], first["compiles"], first["substituted"]) == (73, 0, 1)
+    (record,) = records(root)
+    assert record["origin"] == "substituted"
+    assert record["substituter"] == url
+    assert record["level"]
+    # The substituter is gone: a plain local hit, no network, nothing said.
+    shutil.rmtree(caddy.root / "first")
+    again = run_json(LOAD, str(root), str(tree["wasm"]), env=environment(url, tree, caddy))
+    assert (again["answer"], again["compiles"], again["hits"], again["substituted"]) == (73, 0, 1, 0)
+    assert not [line for line in again["log"] if line[0] == "WARNING"]
+
+
+def test_without_a_substituter_the_same_first_start_compiles(tree, caddy, tmp_path):
+    # The control: the same fresh root and module, nothing configured.
+    first = run_json(LOAD, str(tmp_path / "root"), str(tree["wasm"]), env=environment(None, tree, caddy))
+    assert (first["answer"], first["compiles"], first["substituted"]) == (73, 1, 0)
+
+
+def test_a_substituted_entry_checks_out_in_full_and_after_a_copy(tree, caddy, tmp_path):
+    import wasmcache
+
+    url = served(tree, caddy, "verify")
+    root = tmp_path / "root"
+    run_json(LOAD, str(root), str(tree["wasm"]), env=environment(url, tree, caddy))
+    report = wasmcache.ModuleCache(root).verify()
+    assert report.ok, report.findings
+    assert report.intact == 1
+    # A copied root: the entry's identity changed, so the next load checks it in full (content and
+    # engine section, which for a substitute may differ from the host's in CPU features only).
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    again = run_json(LOAD, str(copy), str(tree["wasm"]), env=environment(None, tree, caddy))
+    assert (again["answer"], again["compiles"], again["hits"]) == (73, 0, 1)
+    assert not [line for line in again["log"] if line[0] == "WARNING"]
+
+
+@pytest.mark.parametrize("broken", ["dead host", "404", "untrusted root"])
+def test_a_broken_substituter_costs_a_local_compile_one_warning_and_leaves_nothing(tree, caddy, tmp_path, broken):
+    env = environment(served(tree, caddy, f"broken-{broken.replace(' ', '-')}"), tree, caddy)
+    if broken == "dead host":
+        env["WASMCACHE_SUBSTITUTERS"] = f"http://127.0.0.1:{free_port()}/nothing"
+    elif broken == "404":
+        env["WASMCACHE_SUBSTITUTERS"] = f"{caddy.url}/no-such-tree"
+    else:
+        other = tmp_path / "other"
+        key, _, _ = write_keypair(tmp_path / "other-keys")
+        publish(other, compile_at_levels(str(tree["wasm"]), None, None), signing_key=str(key))
+        env["WASMCACHE_SUBSTITUTER_ROOTS"] = str(other / "root.json")  # a root that signed none of this
+    root = tmp_path / "root"
+    first = run_json(LOAD, str(root), str(tree["wasm"]), env=env)
+    assert (first["answer"], first["compiles"], first["substituted"]) == (73, 1, 0)
+    assert len([line for line in first["log"] if line[0] == "WARNING"]) <= 1, first["log"]
+    assert not list(root.glob("ns-*/*.tmp"))
+    assert [r["origin"] for r in records(root)] == ["compiled"]
+
+
+def test_an_unchanged_program_under_exec_gets_the_substitute(tree, caddy, tmp_path):
+    url = served(tree, caddy, "exec")
+    program = tmp_path / "tool.py"
+    program.write_text("import sys, wasmtime\n"
+                       "engine = wasmtime.Engine()\n"
+                       "module = wasmtime.Module(engine, open(sys.argv[1], 'rb').read())\n"
+                       "store = wasmtime.Store(engine)\n"
+                       "print(wasmtime.Instance(store, module, []).exports(store)['answer'](store))\n")
+    root = tmp_path / "root"
+    env = {**environment(url, tree, caddy), "WASMCACHE_DIR": str(root)}
+    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "exec", sys.executable, str(program),
+                           str(tree["wasm"])], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "73\n"
+    assert proc.stderr == ""  # not a terminal: nothing said
+    assert [r["origin"] for r in records(root)] == ["substituted"]
