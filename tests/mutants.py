@@ -38,7 +38,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- issue 14: the properties the audit's breakages survived (tests/test_guards.py) ---------------
     _m("entry-engine-section",
        "an entry another engine configuration compiled is never served, and verify reports it",
-       [("_storage.py", "if section is not None and entry_section != section:", "if False:")],
+       [("_storage.py", "if section is not None and entry_section != section and not", "if False and not")],
        [G + "test_an_entry_another_engine_compiled_is_never_served_even_with_a_record_that_matches_its_bytes"]),
     _m("key-without-fingerprint",
        "the cache key changes with the engine fingerprint",
