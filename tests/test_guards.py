@@ -137,24 +137,6 @@ def test_the_cache_key_changes_with_the_engine_fingerprint(root: Path) -> None:
     assert quarantined(root) == []
 
 
-# --- 9. an entry is served only under its own key ----------------------------------------------------------
-
-
-def test_an_entry_and_its_record_copied_under_another_key_are_never_served(root: Path) -> None:
-    # The same engine, another module: wasmtime would load it and compute the wrong answer. The
-    # record names its own key. Breakage: skip the record's key comparison (mutant `record-key`).
-    cache = wasmcache.ModuleCache(root)
-    cache.load(answer_module(131))
-    cache.load(answer_module(132))
-    source = cache.entry_path(cache.key_for(answer_module(131)))
-    target = cache.entry_path(cache.key_for(answer_module(132)))
-    target.unlink()
-    copy_entry(source, target)
-    result = run_json(LOAD, str(root), "default", "132")
-    assert (result["answer"], result["compiles"]) == (132, 1)
-    assert len(result["warnings"]) == 1
-
-
 # --- 3. a remote artifact's decompression is bounded by its signed size ------------------------------------
 
 # Everything a remote load imports and the engine probe happen before the baseline (a first load
@@ -256,7 +238,7 @@ def test_a_signed_artifact_that_inflates_to_a_gigabyte_is_rejected_within_tens_o
     assert control["grown_kib"] > 512 * 1024, "control: the same measure sees an unbounded decompression"
 
 
-# --- 4. the per-process memo serves a module only while its entry is the file it maps ------------------------
+# --- 4. the per-process memo serves a module only while its entry is the file it maps -----------------------
 
 MEMO = """
 import json, os, sys, wasmtime, wasmcache
@@ -295,7 +277,7 @@ def test_an_entry_rewritten_in_place_after_its_load_is_not_served_again_from_the
         "control: the module loaded first no longer computes its own answer")
 
 
-# --- 5. exec chains the sitecustomize it shadows -------------------------------------------------------------
+# --- 5. exec chains the sitecustomize it shadows ------------------------------------------------------------
 
 SHOW_SITECUSTOMIZE = """
 import json, subprocess, sys
@@ -325,7 +307,7 @@ def test_exec_runs_the_sitecustomize_it_shadows_in_the_program_and_its_children(
     assert json.loads(wrapped.stdout) == {"here": "ran", "child": "ran", "dropin_armed": True}
 
 
-# --- 6. doctor --pid sees our entry rewritten in place under a live mapping ----------------------------------
+# --- 6. doctor --pid sees our entry rewritten in place under a live mapping ---------------------------------
 
 HOLD = """
 import sys, wasmcache
@@ -380,7 +362,7 @@ def test_doctor_pid_reports_our_entry_rewritten_in_place_even_with_identical_byt
         assert stop(holder) == 0
 
 
-# --- 7. a source replaced between its remembered digest and the miss path's read ------------------------------
+# --- 7. a source replaced between its remembered digest and the miss path's read ----------------------------
 
 # The first cache publishes, then gc evicts the entry; the digest stays remembered by the file's
 # identity. The second cache (its own engine: no module memo) finds the digest by identity, misses,
@@ -428,7 +410,7 @@ def test_a_source_replaced_before_the_miss_reads_it_never_puts_its_code_under_th
     assert wasmcache.ModuleCache(root).verify().ok
 
 
-# --- 8a. an entry is never written in place: a process mapping it keeps its inode unchanged -------------------
+# --- 8a. an entry is never written in place: a process mapping it keeps its inode unchanged -----------------
 
 # Every open with write intent of an existing `.cwasm` file, by os.open or open(), is recorded.
 WRITE_TRACE = """
@@ -544,7 +526,7 @@ def test_control_the_naive_cache_changes_the_inode_a_process_maps(tmp_path: Path
         holder.wait()
 
 
-# --- 8b/c. a trap exits 134 exactly, and -W fuel bounds the work, as `wasmtime run` ----------------------------
+# --- 8b/c. a trap exits 134 exactly, and -W fuel bounds the work, as `wasmtime run` -------------------------
 
 # Bounded work: 200,000 iterations (about a million units of fuel), then a normal exit.
 COUNT = """(module (func (export "_start") (local $i i32)
@@ -589,7 +571,7 @@ def test_a_trap_and_a_fuel_budget_end_the_run_with_wasmtime_runs_exit_code(
             assert len(ours.stderr.splitlines()) == 1, ours.stderr
 
 
-# --- 8d. under the drop-in, each engine is served by a cache of that engine ------------------------------------
+# --- 8d. under the drop-in, each engine is served by a cache of that engine ---------------------------------
 
 TWO_ENGINES = """
 import json, sys, wasmtime, wasmcache
@@ -623,7 +605,25 @@ def test_under_the_drop_in_each_engine_gets_modules_compiled_for_it(root: Path) 
         assert len(set(result["namespaces"])) == 2
 
 
-# --- 10. gc and clear leave a key that someone holds -------------------------------------------------------
+# --- 9. an entry is served only under its own key (beyond the issue's list) ---------------------------------
+
+
+def test_an_entry_and_its_record_copied_under_another_key_are_never_served(root: Path) -> None:
+    # The same engine, another module: wasmtime would load it and compute the wrong answer. The
+    # record names its own key. Breakage: skip the record's key comparison (mutant `record-key`).
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(131))
+    cache.load(answer_module(132))
+    source = cache.entry_path(cache.key_for(answer_module(131)))
+    target = cache.entry_path(cache.key_for(answer_module(132)))
+    target.unlink()
+    copy_entry(source, target)
+    result = run_json(LOAD, str(root), "default", "132")
+    assert (result["answer"], result["compiles"]) == (132, 1)
+    assert len(result["warnings"]) == 1
+
+
+# --- 10. gc and clear leave a key that someone holds (beyond the issue's list) ------------------------------
 
 
 def test_gc_and_clear_leave_a_key_whose_lock_is_held(root: Path) -> None:
