@@ -154,3 +154,36 @@ def test_an_unchanged_program_under_exec_gets_the_substitute(tree, caddy, tmp_pa
     assert proc.stdout == "73\n"
     assert proc.stderr == ""  # not a terminal: nothing said
     assert [r["origin"] for r in records(root)] == ["substituted"]
+
+
+def test_the_cli_takes_substituters_as_options_and_shows_where_entries_came_from(tree, caddy, tmp_path):
+    url = served(tree, caddy, "cli")
+    root = tmp_path / "root"
+    env = {**environment(None, tree, caddy), "WASMCACHE_SUBSTITUTER_CA": str(caddy.ca_file)}
+    options = ["--substituter", url, "--substituter-root", str(tree["root"])]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(root), *args],
+                              capture_output=True, text=True, env=env, timeout=120, check=False)
+
+    ran = cli("run", *options, "--invoke", "answer", str(tree["wasm"]))
+    assert (ran.returncode, ran.stdout) == (0, "73\n"), ran.stderr
+    listed = cli("ls")
+    assert "substituted x86-64" in listed.stdout or "substituted baseline" in listed.stdout, listed.stdout
+    (info,) = json.loads(cli("ls", "--json").stdout)
+    assert (info["origin"], info["substituter"]) == ("substituted", url)
+    # compile --native replaces the substitute with this host's own compile, and asks nobody.
+    native = cli("compile", "--native", *options, str(tree["wasm"]))
+    assert native.returncode == 0, native.stderr
+    assert "compiled" in native.stderr
+    (info,) = json.loads(cli("ls", "--json").stdout)
+    assert (info["origin"], info["level"]) == ("compiled", None)
+    # doctor checks each configured substituter (here: from the environment).
+    env.update(WASMCACHE_SUBSTITUTERS=url, WASMCACHE_SUBSTITUTER_ROOTS=str(tree["root"]))
+    doctor = cli("doctor")
+    assert f"{url}: substituter (environment): root v1" in doctor.stdout, doctor.stdout
+    # pull warms a fresh root from a substituter alone.
+    root = tmp_path / "pulled"
+    pulled = cli("pull", str(tree["wasm"]))
+    assert pulled.returncode == 0, pulled.stderr
+    assert "substituted" in pulled.stdout + pulled.stderr

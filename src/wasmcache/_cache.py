@@ -215,6 +215,26 @@ class ModuleCache:
             raise ConfigError(f"kind={kind!r}: expected 'module' or 'component'")
         return self._load(source, kind, serialized=True)
 
+    def recompile(self, source: Source, kind: Kind = "module") -> Any:
+        """Compile `source` here and publish it over its entry, whatever filled that entry (a substituter's
+        CPU level, the remote tier): for a host that wants its own CPU's every feature. Returns the module;
+        a process that mapped the old entry keeps it."""
+        if kind not in ("module", "component"):
+            raise ConfigError(f"kind={kind!r}: expected 'module' or 'component'")
+        ctx = self._ctx
+        name, path, data = source_of(source)
+        digest, data = self._digest(name, path, data)
+        identity = ctx.engine_identity
+        place = Place(ctx.namespace, identity.section, identity.fingerprint, serialized=False)
+        key = cache_key(identity.fingerprint, kind, digest)
+        ctx.counters.add("misses")
+        module = self._miss.load(name, path, data, place, key, kind, digest, replace=True)
+        loaded = self._loaded_modules()
+        with _loaded_guard:
+            loaded[(str(ctx.root), ctx.mode, kind, key)] = _Loaded.of(module, place.namespace.entry_path(key),
+                                                                      ctx.mode, None)
+        return module
+
     def key_for(self, source: Source, kind: Kind = "module") -> str:
         """The cache key `source` has under this cache's engine (for `inspect` and tooling)."""
         name, path, data = source_of(source)
@@ -223,6 +243,12 @@ class ModuleCache:
 
     def entry_path(self, key: str) -> Path:
         return self._ctx.namespace.entry_path(key)
+
+    def entry_info(self, key: str) -> EntryInfo | None:
+        """What the entry of `key` is and where it came from (None: no entry)."""
+        from ._maintenance import entry_info  # noqa: PLC0415
+
+        return entry_info(self._ctx.namespace, key)
 
     # --- the hit path --------------------------------------------------------------------------
 

@@ -263,23 +263,28 @@ class EntryInfo:
     source: str
     wasmtime_version: str
     path: str
+    origin: str = "?"  # compiled | snapshot | remote | substituted
+    substituter: str | None = None  # origin "substituted": the URL
+    level: str | None = None  # origin "substituted": the CPU level it was compiled for
+
+
+def entry_info(namespace: Namespace, key: str) -> EntryInfo | None:
+    """What `ls` says of one entry (None if it has none)."""
+    entry = namespace.entry_path(key)
+    try:
+        st = os.stat(entry, follow_symlinks=False)
+    except OSError:
+        return None
+    found = read_record(namespace.record_path(key))
+    if found is None:
+        return EntryInfo(namespace.name, key, "?", st.st_size, st.st_mtime, st.st_mtime, "?", "?", str(entry))
+    record, record_stat = found
+    return EntryInfo(namespace.name, key, record.kind, st.st_size, record_stat.st_mtime, record.created,
+                     record.source, record.wasmtime_version, str(entry), record.origin, record.substituter,
+                     record.level)
 
 
 def list_entries(root: Path) -> list[EntryInfo]:
-    out: list[EntryInfo] = []
-    for namespace, files in iter_entries(root):
-        entry = namespace.entry_path(files.key)
-        found = read_record(namespace.record_path(files.key))
-        try:
-            st = os.stat(entry, follow_symlinks=False)
-        except OSError:
-            continue
-        if found is None:
-            out.append(EntryInfo(namespace.name, files.key, "?", st.st_size, st.st_mtime, st.st_mtime, "?", "?",
-                                 str(entry)))
-            continue
-        record, record_stat = found
-        out.append(EntryInfo(namespace.name, files.key, record.kind, st.st_size, record_stat.st_mtime,
-                             record.created, record.source, record.wasmtime_version, str(entry)))
+    out = [info for namespace, files in iter_entries(root) if (info := entry_info(namespace, files.key)) is not None]
     out.sort(key=lambda info: info.last_used)
     return out

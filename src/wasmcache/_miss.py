@@ -93,7 +93,9 @@ class MissPath:
     # --- the miss path ----------------------------------------------------------------------------
 
     def load(self, name: str, path: str | None, data: bytes | memoryview | None, place: Place, key: str, kind: Kind,
-             digest: str) -> Any:
+             digest: str, *, replace: bool = False) -> Any:
+        """Produce the module for a key nothing served, publishing it when the root may be written.
+        `replace`: compile here even over an entry that is there (`ModuleCache.recompile`)."""
         ctx = self._ctx
         lock: KeyLock | None = None
         if ctx.stores:
@@ -110,7 +112,8 @@ class MissPath:
                             exc.strerror or exc)
         upload: bytes | bytearray | None = None
         try:
-            module, added, upload = self._produce(name, path, data, place, key, kind, digest, lock is not None)
+            module, added, upload = self._produce(name, path, data, place, key, kind, digest, lock is not None,
+                                                  replace=replace)
         finally:
             if lock is not None:
                 # Nothing published (invalid wasm ...): the lock file goes too, so nothing stays
@@ -127,22 +130,17 @@ class MissPath:
         return self._deserialize_copy(name, own, kind)
 
     def _produce(self, name: str, path: str | None, data: bytes | memoryview | None, place: Place, key: str,
-                 kind: Kind, digest: str, locked: bool) -> tuple[Any, int | None, bytes | bytearray | None]:
+                 kind: Kind, digest: str, locked: bool, *, replace: bool = False) -> tuple[
+            Any, int | None, bytes | bytearray | None]:
         """(module, bytes added to the root by a publication or None, what to upload) for a miss; the caller
         holds the key lock if `locked`."""
         why: str | None = None  # why no substituter served it, for a long compile's line
-        if locked:
-            # Another process may have published while we waited for the lock.
-            module, _ = self._load_entry(self._ctx, place, key, kind, locked=True)
+        if locked and replace:
+            place.namespace.unpublish(key)  # we hold its lock; a process that mapped it keeps its inode
+        elif locked:
+            module, added, why = self._served_elsewhere(place, key, kind, digest, name)
             if module is not None:
-                return module, None, None
-            if not place.serialized:
-                module, added = self._load_remote(place, key, kind, digest, name)
-                if module is None:
-                    module, added = self._load_substitute(place, key, kind, digest, name)
-                if module is not None:
-                    return module, added, None
-                why = self._public.last_reason if self._public is not None else None
+                return module, added, None
         own = self._own_copy(name, path, data, digest)
         if place.serialized:
             section = artifact_section(own, kind)
@@ -162,6 +160,19 @@ class MissPath:
         if module is None:  # not stored (disk full ...) or not loadable: what we have, in memory
             return (compiled if compiled is not None else self._deserialize_copy(name, own, kind)), None, None
         return module, added, None if place.serialized else blob
+
+    def _served_elsewhere(self, place: Place, key: str, kind: Kind, digest: str, name: str) -> tuple[
+            Any, int | None, str | None]:
+        """Before compiling, under the key lock: (module, bytes added, why no substituter served it).
+
+        Another process may have published while we waited; else the remote tier, then the substituters."""
+        module, _ = self._load_entry(self._ctx, place, key, kind, locked=True)
+        if module is not None or place.serialized:
+            return module, None, None
+        module, added = self._load_remote(place, key, kind, digest, name)
+        if module is None:
+            module, added = self._load_substitute(place, key, kind, digest, name)
+        return module, added, self._public.last_reason if self._public is not None and module is None else None
 
     def _compile(self, name: str, data: bytes, kind: Kind, no_substitute: str | None = None) -> Any:
         """Compile `data` here; a long compile (a large input) says so on a terminal, and why no substituter

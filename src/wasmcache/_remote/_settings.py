@@ -26,9 +26,12 @@ class RemoteSettings(NamedTuple):
     trusted_keys: tuple[str, ...]
 
 
-def remote_arguments(remote: str | None, signing_key: str | None, trusted_keys: Sequence[str]) -> dict[str, Any]:
-    """`ModuleCache` keyword arguments for a command's remote options (None/empty: the environment's)."""
-    return {"remote": remote, "signing_key": signing_key, "trusted_keys": list(trusted_keys) or None}
+def remote_arguments(remote: str | None, signing_key: str | None, trusted_keys: Sequence[str],
+                     substituters: Sequence[str] = (), substituter_roots: Sequence[str] = ()) -> dict[str, Any]:
+    """`ModuleCache` keyword arguments for a command's remote and substituter options (None/empty: the
+    environment's)."""
+    return {"remote": remote, "signing_key": signing_key, "trusted_keys": list(trusted_keys) or None,
+            "substituters": list(substituters) or None, "substituter_roots": list(substituter_roots) or None}
 
 
 def parse_url(url: str) -> tuple[str, str]:

@@ -20,8 +20,9 @@ class Options:
     __slots__ = (
         "argv0", "cache", "cache_dir", "codegen", "dirs", "envs", "epoch_interruption", "file", "fuel",
         "guest_args", "help", "http", "inherit_env", "inherit_stderr", "inherit_stdin", "inherit_stdout",
-        "invoke", "limits", "memory", "optimize", "preloads", "remote", "signing_key", "timeout", "timeout_text",
-        "trusted_keys", "unknown_imports_default", "unknown_imports_trap", "wasi", "wasm",
+        "invoke", "limits", "memory", "optimize", "preloads", "remote", "signing_key", "substituter_roots",
+        "substituters", "timeout", "timeout_text", "trusted_keys", "unknown_imports_default", "unknown_imports_trap",
+        "wasi", "wasm",
     )
 
     def __init__(self) -> None:
@@ -52,6 +53,8 @@ class Options:
         self.remote: str | None = None
         self.signing_key: str | None = None
         self.trusted_keys: list[str] = []
+        self.substituters: list[str] = []
+        self.substituter_roots: list[str] = []
         self.help = False
 
 
@@ -60,7 +63,7 @@ _VALUED: Final = {
     "--dir": "dirs", "--env": "envs", "--invoke": "invoke", "--argv0": "argv0", "--preload": "preloads",
     "--wasm": "wasm", "--codegen": "codegen", "--optimize": "optimize", "--wasi": "wasi",
     "--cache-dir": "cache_dir", "--remote": "remote", "--signing-key": "signing_key",
-    "--trusted-key": "trusted_keys",
+    "--trusted-key": "trusted_keys", "--substituter": "substituters", "--substituter-root": "substituter_roots",
 }
 _SHORT: Final = {"-W": "--wasm", "-C": "--codegen", "-O": "--optimize", "-S": "--wasi", "-h": "--help"}
 _FLAGS: Final = {"--memory", "--help"}
@@ -153,6 +156,8 @@ def _apply(options: Options, raw: dict[str, list[str]]) -> None:
         if attribute in raw:
             setattr(options, attribute, raw[attribute][-1])  # clap keeps the last of a repeated option
     options.trusted_keys = raw.get("trusted_keys", [])
+    options.substituters = raw.get("substituters", [])
+    options.substituter_roots = raw.get("substituter_roots", [])
     for value in raw.get("preloads", []):
         name, sep, path = value.partition("=")
         if not sep:
@@ -291,6 +296,10 @@ wasmcache's own:
   --remote s3://B[/P]     shared remote tier (default: $WASMCACHE_REMOTE)
   --signing-key KEY.pem   sign and upload what this host compiles
   --trusted-key PUB.pem   accept remote artifacts signed by this key (repeatable)
+  --substituter URL       ask this static host for a publisher's precompiled module before compiling
+                          (repeatable, in priority order; default: $WASMCACHE_SUBSTITUTERS)
+  --substituter-root F    trust precompiled modules signed under this root.json (repeatable; default:
+                          $WASMCACHE_SUBSTITUTER_ROOTS)
   -h, --help              show this help
 
 Exit status: the guest's exit code; 134 after a trap (a -W timeout deadline included); 1 for other

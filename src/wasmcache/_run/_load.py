@@ -105,7 +105,8 @@ def open_cache(options: Options, cache_dir: str | None) -> ModuleCache:
     from .._remote._settings import remote_arguments  # noqa: PLC0415
 
     engine = EngineSettings.from_command_line(options.wasm, options.codegen, options.optimize)
-    kwargs = remote_arguments(options.remote, options.signing_key, options.trusted_keys)
+    kwargs = remote_arguments(options.remote, options.signing_key, options.trusted_keys, options.substituters,
+                              options.substituter_roots)
     # -C cache=n: compile in memory, store nothing.
     return ModuleCache(options.cache_dir or cache_dir, engine=engine, mode="memory" if options.memory else "mmap",
                        enabled=options.cache, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -19,6 +20,7 @@ from ._group import (
     remote_kwargs,
     remote_options,
     say,
+    substituter_options,
 )
 from ._group import settings_of as _settings_of
 
@@ -27,25 +29,36 @@ from ._group import settings_of as _settings_of
 @engine_options
 @cache_dir_option
 @remote_options
+@substituter_options
+@click.option("--native", is_flag=True, help="Compile here, replacing entries a substituter or the remote "
+              "filled (for the last few percent of a CPU's own features); never asks either.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def compile_(
     wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, ...], cache_dir: Path | None,
-    remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...], as_json: bool,
-    files: tuple[Path, ...],
+    remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...], substituters: tuple[str, ...],
+    substituter_roots: tuple[str, ...], native: bool, as_json: bool, files: tuple[Path, ...],
 ) -> None:
-    """Precompile FILES into the cache (from the remote tier if it has them); print each key and entry.
+    """Precompile FILES into the cache (from the remote tier or a substituter if one has them); print each key
+    and entry.
 
     Goes on past a file that cannot be compiled, reports each, and exits 1 if any failed.
     """
-    cache = open_cache(cache_dir, _settings_of(wasm, codegen, optimize),
-                       remote=remote_kwargs(remote, signing_key, trusted_keys))
+    arguments = remote_kwargs(remote, signing_key, trusted_keys, substituters, substituter_roots)
+    if native:
+        arguments.update(remote=False, substituters=[])
+    cache = open_cache(cache_dir, _settings_of(wasm, codegen, optimize), remote=arguments)
     cache.engine  # noqa: B018 - settings wasmtime rejects: one line, exit 2, before any file
     failed = 0
     for file in files:
         try:
             kind, before, after, elapsed = load_counted(cache, file)
             key = cache.key_for(file, "component" if kind == "component" else "module")
+            info = cache.entry_info(key) if native else None
+            if info is not None and info.origin in ("substituted", "remote"):
+                started = time.perf_counter()
+                cache.recompile(file, "component" if kind == "component" else "module")
+                elapsed, after = time.perf_counter() - started, cache.stats()
         except CacheError as exc:
             failed += 1
             if as_json:

@@ -108,11 +108,23 @@ def remote_options(f: Callable[..., Any]) -> Callable[..., Any]:
                         help="Shared remote tier (default: $WASMCACHE_REMOTE).")(f)
 
 
-def remote_kwargs(remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...]) -> dict[str, Any]:
-    """ModuleCache keyword arguments for the options of `remote_options` (None = the environment's)."""
+def substituter_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--substituter`` and ``--substituter-root`` (default: $WASMCACHE_SUBSTITUTERS & co.)."""
+    f = click.option("--substituter-root", "substituter_roots", multiple=True, metavar="root.json",
+                     help="Trust precompiled modules signed under this publisher's root (repeatable; default: "
+                          "$WASMCACHE_SUBSTITUTER_ROOTS).")(f)
+    return click.option("--substituter", "substituters", multiple=True, metavar="URL",
+                        help="Ask this static host for a publisher's precompiled module before compiling "
+                             "(repeatable, in priority order; default: $WASMCACHE_SUBSTITUTERS).")(f)
+
+
+def remote_kwargs(remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...],
+                  substituters: tuple[str, ...] = (), substituter_roots: tuple[str, ...] = ()) -> dict[str, Any]:
+    """ModuleCache keyword arguments for the options of `remote_options` and `substituter_options` (None
+    = the environment's)."""
     from .._remote._settings import remote_arguments  # noqa: PLC0415
 
-    return remote_arguments(remote, signing_key, trusted_keys)
+    return remote_arguments(remote, signing_key, trusted_keys, substituters, substituter_roots)
 
 
 def settings_of(wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, ...]) -> EngineSettings | None:

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -73,13 +73,14 @@ def ls_(cache_dir: Path | None, as_json: bool) -> None:
         say(json.dumps([asdict(info) for info in listing], indent=2))
         return
     # Plain columns, not a rich table: 10,000 rows in well under a second.
-    rows = [("key", "kind", "size", "last used", "wasmtime", "source")]
+    rows = [("key", "kind", "size", "last used", "wasmtime", "origin", "source")]
     rows += [(info.key[:16], info.kind, human(info.size),
-              time.strftime("%Y-%m-%d %H:%M", time.localtime(info.last_used)), info.wasmtime_version, info.source)
+              time.strftime("%Y-%m-%d %H:%M", time.localtime(info.last_used)), info.wasmtime_version,
+              f"{info.origin} {info.level}" if info.level else info.origin, info.source)
              for info in listing]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
     say("\n".join("  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
-                             row[3].ljust(widths[3]), row[4].ljust(widths[4]), row[5]]).rstrip() for row in rows))
+                             *(row[i].ljust(widths[i]) for i in range(3, 6)), row[6]]).rstrip() for row in rows))
 
 
 @cli.command()
@@ -194,6 +195,7 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
 
     findings = diagnose_root(root_of(cache_dir))
     danger = any(f.severity == DANGER for f in findings)
+    findings += _substituter_findings()  # doctor writes nothing: checks refresh into a temporary directory
     dropin = dropin_status()
     if as_json:
         # The drop-in's state as a last, informational item (what `wasmcache exec` / WASMCACHE_AUTO do here).
@@ -208,3 +210,23 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
         say("no problems found" if not findings else f"{len(findings)} finding(s)")
         say(f"drop-in: {dropin['reason']}")
     sys.exit(1 if danger else 0)
+
+
+def _substituter_findings() -> list[Any]:
+    """One line per configured substituter: reachable, its root valid, when its metadata expires."""
+    from .._doctor import INFO, WARNING, Diagnosis  # noqa: PLC0415
+    from .._errors import ConfigError  # noqa: PLC0415
+    from .._public import resolve_substituter_settings  # noqa: PLC0415
+
+    try:
+        settings = resolve_substituter_settings()
+    except ConfigError as exc:
+        return [Diagnosis(WARNING, "$WASMCACHE_SUBSTITUTERS", str(exc), "fix the environment variable")]
+    if settings is None:
+        return []
+    from .._public._client import check_substituters  # noqa: PLC0415 - the client (and tuf): only to check
+
+    checks = check_substituters(settings)
+    return [Diagnosis(INFO if check.ok else WARNING, check.url, f"substituter ({check.origin}): {check.detail}",
+                      "nothing to do" if check.ok else "a miss compiles locally until this is fixed")
+            for check in checks]

@@ -17,10 +17,12 @@ from ._group import (
     engine_options,
     input_kind,
     load_counted,
+    remote_kwargs,
     remote_options,
     root_of,
     say,
     settings_of,
+    substituter_options,
 )
 
 if TYPE_CHECKING:
@@ -195,12 +197,13 @@ def push(push_all: bool, wasm: tuple[str, ...], codegen: tuple[str, ...], optimi
 @engine_options
 @cache_dir_option
 @remote_options
+@substituter_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file.")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def pull(wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, ...], cache_dir: Path | None,
-         remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...], as_json: bool,
-         files: tuple[Path, ...]) -> None:
-    """Warm this host's cache for FILES from the remote (compiling what the remote lacks).
+         remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...], substituters: tuple[str, ...],
+         substituter_roots: tuple[str, ...], as_json: bool, files: tuple[Path, ...]) -> None:
+    """Warm this host's cache for FILES from the remote or a substituter (compiling what neither has).
 
     Exits 1 if an artifact was rejected (bad or untrusted signature): the file was compiled
     locally, but someone may be tampering with the bucket.
@@ -208,14 +211,17 @@ def pull(wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, .
     from .._cache import ModuleCache  # noqa: PLC0415
 
     settings = resolve_remote_settings(remote, signing_key, trusted_keys, require_trusted=False)
-    if settings is None:
-        raise RemoteCommandError("no remote: pass --remote s3://BUCKET[/PREFIX] or set $WASMCACHE_REMOTE")
-    if not settings.trusted_keys:
+    substituting = bool(substituters) or bool(os.environ.get("WASMCACHE_SUBSTITUTERS", "").split())
+    if settings is None and not substituting:
+        raise RemoteCommandError("nothing to pull from: pass --remote s3://BUCKET[/PREFIX] (or set "
+                                 "$WASMCACHE_REMOTE), or --substituter URL (or set $WASMCACHE_SUBSTITUTERS)")
+    if settings is not None and not settings.trusted_keys:
         raise RemoteCommandError("pull loads only artifacts signed by a key you trust: pass --trusted-key "
                                  "PUB.pem or set $WASMCACHE_TRUSTED_KEYS")
     cache = ModuleCache(cache_dir, engine=settings_of(wasm, codegen, optimize),
-                        remote=settings.url, signing_key=settings.signing_key,
-                        trusted_keys=list(settings.trusted_keys))
+                        **remote_kwargs(settings.url if settings else False,  # type: ignore[arg-type]
+                                        settings.signing_key if settings else None,
+                                        settings.trusted_keys if settings else (), substituters, substituter_roots))
     if cache.disabled or not cache.writable:
         raise RemoteCommandError(f"{cache.root}: not a writable cache root; nothing to warm")
     rejected = 0
@@ -223,6 +229,8 @@ def pull(wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, .
         kind, before, after, elapsed = load_counted(cache, file)
         if after.remote_hits > before.remote_hits:
             outcome = "remote hit"
+        elif after.substituted > before.substituted:
+            outcome = "substituted"
         elif after.compiles > before.compiles:
             outcome = "compiled and uploaded" if after.uploads > before.uploads else "compiled"
         else:
