@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast lint demo bench clean
+.PHONY: venv test test-fast lint demo bench mutants clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: venv
 BENCH_ARGS ?=
 bench: venv
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## make mutants: break each safety property on purpose (tests/mutants.py); every mutation must be killed
+mutants: venv
+	$(BIN)/python scripts/mutants.py $(MUTANTS_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo-cache .pytest_cache .mypy_cache .ruff_cache
