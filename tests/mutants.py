@@ -210,4 +210,18 @@ MUTANTS: tuple[Mutant, ...] = (
        "under the drop-in, deserialize_file never maps the program's own (rewritable) file",
        [("_dropin.py", "                or dropin.owns(path)):", "                or True):")],
        ["tests/test_dropin_crash.py::test_deserialize_file_maps_a_snapshot_never_the_programs_file[module]"]),
+    # --- issue 13: substituters ------------------------------------------------------------------------
+    _m("substitute-section-compat",
+       "a substituted entry's section may differ from the namespace's in CPU features only, never in engine settings",
+       [("_storage.py", "    return loadable(entry_section, section) is None", "    return True")],
+       ["tests/test_substituted.py::test_a_substituted_record_admits_cpu_levels_only_never_other_engine_settings"]),
+    _m("substitute-artifact-digests",
+       "a downloaded artifact must match its signed length, hashes and decompressed digest before anything uses it",
+       [("_public/_client.py", "if reader.received != info.length or reader.sha256() != sha256:", "if False:"),
+        ("_public/_client.py", 'if written != size or content.hexdigest() != custom["blake3"]:', "if False:")],
+       ["tests/test_public.py::test_a_damaged_artifact_is_a_miss_and_nothing_reaches_wasmtime[tampered]"]),
+    _m("substitute-loadable-check",
+       "a downloaded artifact whose own engine section this host cannot load never reaches wasmtime",
+       [("_public/_client.py", "            why = loadable(section, host_section)", "            why = None")],
+       ["tests/test_public.py::test_a_forged_above_host_variant_is_never_chosen_nor_loaded"]),
 )

@@ -187,3 +187,40 @@ def test_the_cli_takes_substituters_as_options_and_shows_where_entries_came_from
     pulled = cli("pull", str(tree["wasm"]))
     assert pulled.returncode == 0, pulled.stderr
     assert "substituted" in pulled.stdout + pulled.stderr
+
+
+def test_a_substituted_record_admits_cpu_levels_only_never_other_engine_settings(tmp_path):
+    # An artifact wasmtime itself would accept in this engine (opt-level is not among the flags it checks)
+    # but compiled by other engine settings, under a record claiming it was substituted: the full check
+    # refuses it (its section differs in more than CPU features), and the module is compiled here.
+    import blake3
+
+    import wasmcache
+    from wasmcache._record import Record, write_record
+
+    wasm = wasmtime.wat2wasm(WAT)
+    cache = wasmcache.ModuleCache(tmp_path / "root", engine=wasmcache.EngineSettings(opt_level="0"))
+    cache.load(wasm)
+    key = cache.key_for(wasm)
+    entry = cache.entry_path(key)
+    other = wasmtime.Module(wasmtime.Engine(), wasm).serialize()  # opt-level "speed": wasmtime accepts it here
+    entry.unlink()
+    entry.write_bytes(other)
+    entry.chmod(0o444)
+    record_path = entry.with_suffix(".rec")
+    record = json.loads(record_path.read_text())
+    forged = Record(key=key, kind="module", wasm_digest=record["wasm_digest"],
+                    content_digest=blake3.blake3(other).hexdigest(), size=len(other), identity=None,
+                    source="answer.wasm", wasmtime_version=record["wasmtime_version"], created=record["created"],
+                    origin="substituted", substituter="https://example.invalid/tree", level="x86-64-v3")
+    write_record(record_path, forged)
+    report = wasmcache.ModuleCache(tmp_path / "root", engine=wasmcache.EngineSettings(opt_level="0")).verify()
+    assert [f.problem for f in report.findings] == ["mismatched"]
+    run = run_json("""
+import json, sys, wasmcache
+from wasmgen import call_answer
+cache = wasmcache.ModuleCache(sys.argv[1], engine=wasmcache.EngineSettings(opt_level="0"))
+module = cache.load(bytes.fromhex(sys.argv[2]))
+print(json.dumps({"compiles": cache.stats().compiles, "hits": cache.stats().hits}))
+""", str(tmp_path / "root"), wasm.hex())
+    assert (run["compiles"], run["hits"]) == (1, 0)
