@@ -19,23 +19,24 @@ originals (captured by `_native` before anything is patched), and `uninstall()` 
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import threading
 import weakref
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from . import _native
+import _wasmcache_hook
+
+from . import _events, _log, _native
 from ._cache import CacheStats, ModuleCache
 from ._errors import CacheError, CompileError, ConfigError, SourceError
+from ._layout import is_entry_name, is_namespace_name
 from ._log import log
 from ._miss import Counters
+from ._root import has_marker, resolve_root
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from types import ModuleType
+    from pathlib import Path
 
 
 Kind = Literal["module", "component"]
@@ -44,12 +45,15 @@ Mode = Literal["mmap", "memory"]
 # The class attributes the drop-in replaces (each restored by identity on uninstall).
 _PATCHED: Final = ("__init__", "from_file", "deserialize_file")
 _ENGINE_ATTRIBUTE: Final = "_wasmcache_dropin_caches"
+# Set on a Config whose `cache` the program enabled, and on the Engine built from it (see _own_cache).
+_OWN_CACHE_ATTRIBUTE: Final = "_wasmcache_uses_wasmtime_cache"
 _COUNTERS: Final = len(Counters.NAMES)  # hits, misses, compiles, remote_hits, remote_misses, uploads, rejected
 
 _state_lock = threading.RLock()
 _active: DropIn | None = None
 _installing = False
-_patches: dict[str, tuple[type, dict[str, Any], dict[str, Any]]] = {}  # kind -> (class, originals, ours)
+# kind (or "config", "engine": see _mark_own_caches) -> (class, originals, ours)
+_patches: dict[str, tuple[type, dict[str, Any], dict[str, Any]]] = {}
 
 
 class _EngineCache(ModuleCache):
@@ -76,13 +80,15 @@ class DropIn:
     def __init__(self, root: str | os.PathLike[str] | None, *, mode: Mode, max_size: int | str | None,
                  strict: bool, automatic: bool = False, unusable: CacheError | None = None) -> None:
         # Opening the root here refuses an unsafe one now (strict), not at the program's first load.
-        # `unusable`: the root was refused ($WASMCACHE_AUTO's drop-in then still keeps its promise
-        # that a program's own cache file is never mapped: deserialize_file copies, nothing is cached).
+        # `unusable`: the root was refused, or cannot be created ($WASMCACHE_AUTO's drop-in then still
+        # keeps its promise that a program's own cache file is never mapped: deserialize_file copies,
+        # nothing is cached).
         self.unusable = unusable
-        self._root_cache = None if unusable is not None else ModuleCache(root, mode=mode, max_size=max_size,
-                                                                          strict=strict)
-        self.root = self._root_cache.root if self._root_cache is not None else Path(os.path.abspath(os.fspath(
-            root if root is not None else os.environ.get("WASMCACHE_DIR") or ".")))
+        self._root_cache = None if unusable is not None else _open_root_cache(root, mode, max_size, strict)
+        if self._root_cache is not None and not self._root_cache.disabled and not has_marker(self._root_cache.root):
+            self.unusable = CacheError(f"{self._root_cache.root} ({_why_unwritable(self._root_cache.root)})")
+            self._root_cache = None
+        self.root: Path | None = self._root_cache.root if self._root_cache is not None else _resolved(root)
         self.mode: Mode = mode
         self.max_size = self._root_cache.max_size if self._root_cache is not None else 0
         self.strict = strict
@@ -91,25 +97,45 @@ class DropIn:
         self._lock = threading.RLock()
         self._live: weakref.WeakSet[_EngineCache] = weakref.WeakSet()
         self._retired = [0] * _COUNTERS
-        self._unattachable: dict[int, _EngineCache] = {}  # engines that take no attribute (never so far)
+        self._reported = [0] * _COUNTERS  # what a forked parent had counted: its child reports only its own
         self._warned: set[str] = set()
-        self._root_prefix = os.path.realpath(self.root) + os.sep
+        self._root_prefix = os.path.realpath(self.root) + os.sep if self.root is not None else None
 
     @property
     def settings(self) -> tuple[str, str, int, bool]:
         return (str(self.root), self.mode, self.max_size, self.strict)
 
-    def stats(self) -> CacheStats:
-        """Counters summed over every engine the drop-in served, plus what the root holds now."""
+    def counts(self) -> dict[str, int]:
+        """The counters summed over every engine the drop-in served (no read of the root)."""
         with self._lock:
             live = [cache for cache in list(self._live) if not cache._dropin_retired]  # noqa: SLF001
             totals = list(self._retired)
         for cache in live:
             totals = [a + b for a, b in zip(totals, cache.counters(), strict=True)]
+        return dict(zip(Counters.NAMES, totals, strict=True))
+
+    def stats(self) -> CacheStats:
+        """Counters summed over every engine the drop-in served, plus what the root holds now."""
+        count = self.counts()
         on_disk = self._root_cache.stats() if self._root_cache is not None else None
-        hits, misses, compiles, remote_hits, remote_misses, uploads, rejected = totals
-        return CacheStats(hits, misses, compiles, on_disk.entries if on_disk else 0,
-                          on_disk.size_bytes if on_disk else 0, remote_hits, remote_misses, uploads, rejected)
+        return CacheStats(count["hits"], count["misses"], count["compiles"], on_disk.entries if on_disk else 0,
+                          on_disk.size_bytes if on_disk else 0, count["remote_hits"], count["remote_misses"],
+                          count["uploads"], count["rejected"])
+
+    def record_exit(self) -> None:
+        """At exit: what this process's drop-in did, one line in the root's event log (if anything
+        happened, and the root is writable), and on stderr when $WASMCACHE_VERBOSE asks."""
+        count = self.counts()
+        own = {name: count[name] - before for (name, before) in zip(Counters.NAMES, self._reported, strict=True)}
+        if not any(own.values()):
+            return
+        summary = ", ".join(f"{value} {name.replace('_', ' ')}" for name, value in own.items() if value)
+        log.info("wasmcache: at exit: %s", summary)
+        if self._root_cache is not None and self._root_cache.writable and self.active:
+            _events.append(self._root_cache.root, own)
+
+    def _forked(self) -> None:
+        self._reported = list(self.counts().values())
 
     def uninstall(self) -> None:
         """Put wasmtime's original functions back (objects already returned keep working)."""
@@ -133,21 +159,28 @@ class DropIn:
             cache._dropin_retired = True  # noqa: SLF001
             self._retired = [a + b for a, b in zip(self._retired, cache.counters(), strict=True)]
 
-    def _cache_for(self, engine: Any) -> _EngineCache | None:
+    def _cache_for(self, engine: Any, *, compiling: bool) -> _EngineCache | None:
         # The cache hangs on the engine (engine -> cache -> engine is a cycle the collector frees),
         # so it lives exactly as long as the program keeps the engine.
-        attached: dict[DropIn, _EngineCache] | None
-        try:
-            attached = engine.__dict__.setdefault(_ENGINE_ATTRIBUTE, {})
-        except AttributeError:
-            attached = None
         if self.unusable is not None:
             return None
-        cache = attached.get(self) if attached is not None else self._unattachable.get(id(engine))
+        attached: dict[DropIn, _EngineCache] | None = getattr(engine, "__dict__", {}).get(_ENGINE_ATTRIBUTE)
+        if attached is None:
+            try:
+                attached = engine.__dict__.setdefault(_ENGINE_ATTRIBUTE, {})
+            except AttributeError:
+                return None  # an engine that takes no attribute: wasmtime serves it as always
+        if compiling and engine.__dict__.get(_OWN_CACHE_ATTRIBUTE):
+            # The program enabled wasmtime's own cache (Config.cache): keying a compile needs the
+            # engine's fingerprint, a probe compile with this engine, which would write into that
+            # cache and bump its stats on every run. Its compiles stay its cache's.
+            log.info("wasmcache: an engine uses wasmtime's own cache (Config.cache): its compiles are left to it")
+            return None
+        cache = attached.get(self)
         if cache is not None:
             return cache
         with self._lock:
-            cache = attached.get(self) if attached is not None else self._unattachable.get(id(engine))
+            cache = attached.get(self)
             if cache is not None:
                 return cache
             try:
@@ -157,10 +190,7 @@ class DropIn:
                 self._warn_once("root", f"wasmcache: drop-in cannot use {self.root}: {exc}; compiling as usual")
                 return None
             cache._dropin_owner = self  # noqa: SLF001
-            if attached is not None:
-                attached[self] = cache
-            else:
-                self._unattachable[id(engine)] = cache
+            attached[self] = cache
             self._live.add(cache)
             return cache
 
@@ -169,11 +199,11 @@ class DropIn:
             if topic in self._warned:
                 return
             self._warned.add(topic)
-        log.warning("%s", message)
+        log.warning(message)  # the message is its own cause (a guest says each once)
 
     def _load(self, engine: Any, kind: Kind, source: str | bytes | bytearray) -> Any:
         """The cached object for `source`, None to let wasmtime's original do it (and report)."""
-        cache = self._cache_for(engine)
+        cache = self._cache_for(engine, compiling=True)
         if cache is None:
             return None
         refused: BaseException | None = None
@@ -191,7 +221,8 @@ class DropIn:
         raise refused  # outside the handler: no wasmcache exception as its __context__
 
     def _load_precompiled(self, engine: Any, kind: Kind, path: str) -> Any:
-        cache = self._cache_for(engine)
+        # A snapshot is keyed by the artifact's own engine section: no probe of this engine.
+        cache = self._cache_for(engine, compiling=False)
         load_precompiled = getattr(cache, "load_precompiled", None)
         if load_precompiled is None:
             return None  # the caller deserializes a private copy: still never a mapping of `path`
@@ -211,14 +242,51 @@ class DropIn:
 
     def owns(self, path: str) -> bool:
         """`path` is one of our entries: published once, replaced only by rename, safe to map."""
+        if self._root_prefix is None:
+            return False
         try:
             real = os.path.realpath(path)
         except (OSError, ValueError):
             return False
         if not real.startswith(self._root_prefix):
             return False
-        namespace = real[len(self._root_prefix):].split(os.sep, 1)[0]
-        return namespace.startswith("ns-") and real.endswith(".cwasm")
+        parts = real[len(self._root_prefix):].split(os.sep)
+        return len(parts) == 2 and is_namespace_name(parts[0]) and is_entry_name(parts[1])
+
+
+def _open_root_cache(root: str | os.PathLike[str] | None, mode: Mode, max_size: int | str | None,
+                     strict: bool) -> ModuleCache:
+    """The root's cache; a guest holds back the core's word on a root it cannot create (the drop-in
+    says once what that means for this program, see DropIn.__init__)."""
+    with _log.held() as held:
+        cache = ModuleCache(root, mode=mode, max_size=max_size, strict=strict)
+    if cache.disabled or has_marker(cache.root):
+        _log.replay(held)
+    return cache
+
+
+def _resolved(root: str | os.PathLike[str] | None) -> Path | None:
+    try:
+        return resolve_root(root)
+    except CacheError:
+        return None  # the environment names no usable root: the drop-in says so, and has none
+
+
+def _why_unwritable(root: Path) -> str:
+    """Why wasmcache could not set up `root`, in a few words (the nearest existing directory's state)."""
+    probe = root
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        read_only = False
+    where = "it" if probe == root else str(probe)
+    if read_only:
+        return f"{where} is on a read-only file system"
+    if not os.access(probe, os.W_OK):
+        return f"{where} is not writable"
+    return f"{where} could not be set up"
 
 
 def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None:
@@ -331,6 +399,46 @@ def _apply(kind: Kind) -> None:
     _patches[kind] = (cls, originals, ours)
 
 
+def _mark_own_caches() -> None:
+    """Mark a Config whose `cache` the program sets, and the Engine built from it (under _state_lock).
+
+    wasmtime cannot say whether an engine has its cache enabled, and our fingerprint probe (a
+    compile) with such an engine would write into that cache (see DropIn._cache_for). Both
+    patches only add a mark; the original runs as always, first.
+    """
+    if "config" in _patches:
+        return
+    import wasmtime  # noqa: PLC0415
+
+    config_cls, engine_cls = wasmtime.Config, wasmtime.Engine
+    cache_property = config_cls.__dict__.get("cache")
+    engine_init = engine_cls.__dict__.get("__init__")
+    if not isinstance(cache_property, property) or cache_property.fset is None or engine_init is None:
+        return  # another wasmtime shape: nothing is marked, the probe runs as before
+    set_cache = cache_property.fset
+
+    def cache_setter(self: Any, enabled: Any) -> None:
+        set_cache(self, enabled)
+        try:
+            self.__dict__[_OWN_CACHE_ATTRIBUTE] = True
+        except AttributeError:
+            pass
+
+    def __init__(self: Any, config: Any = None) -> None:  # noqa: N807 - it is the constructor
+        own_cache = getattr(config, "__dict__", {}).get(_OWN_CACHE_ATTRIBUTE, False)
+        engine_init(self, config)
+        if own_cache:
+            self.__dict__[_OWN_CACHE_ATTRIBUTE] = True
+
+    __init__.__doc__, __init__.__qualname__ = engine_init.__doc__, engine_init.__qualname__
+    __init__.__wrapped__ = engine_init  # type: ignore[attr-defined]
+    marked_cache = property(cache_property.fget, cache_setter, cache_property.fdel, cache_property.__doc__)
+    setattr(config_cls, "cache", marked_cache)  # noqa: B010 - a class attribute of another package
+    setattr(engine_cls, "__init__", __init__)  # noqa: B010
+    _patches["config"] = (config_cls, {"cache": cache_property}, {"cache": marked_cache})
+    _patches["engine"] = (engine_cls, {"__init__": engine_init}, {"__init__": __init__})
+
+
 def _restore_all() -> None:
     for cls, originals, ours in _patches.values():
         for name, original in originals.items():
@@ -347,22 +455,6 @@ def _patch_components(_component_package: Any) -> None:
             _apply("component")
 
 
-def hook_module() -> ModuleType:
-    """The startup hook module (stdlib only), loaded once under its top-level name."""
-    with _state_lock:
-        module = sys.modules.get("_wasmcache_hook")
-        if module is not None:
-            return module
-        path = Path(__file__).resolve().parent.parent / "_wasmcache_hook.py"  # beside the package
-        spec = importlib.util.spec_from_file_location("_wasmcache_hook", path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_wasmcache_hook"] = module
-        spec.loader.exec_module(module)
-        return module
-
-
 # --- the public switch ----------------------------------------------------------------------------
 
 
@@ -370,6 +462,31 @@ def _disabled() -> bool:
     from ._root import disabled_by_environment  # noqa: PLC0415
 
     return disabled_by_environment()
+
+
+_handles: list[DropIn] = []  # every drop-in this process installed: each reports at exit
+
+
+def _record_exits() -> None:
+    for dropin in _handles:
+        try:
+            dropin.record_exit()
+        except Exception as exc:  # at exit, a report must never turn into a traceback
+            log.debug("wasmcache: no exit record: %s", exc)
+
+
+def _after_fork_in_child() -> None:
+    for dropin in _handles:
+        dropin._forked()  # noqa: SLF001
+
+
+def _report_at_exit(dropin: DropIn) -> None:
+    if not _handles:
+        import atexit  # noqa: PLC0415 - a builtin module; only for a process that installs the drop-in
+
+        atexit.register(_record_exits)
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+    _handles.append(dropin)
 
 
 def _requested_settings(root: str | os.PathLike[str] | None, mode: str, max_size: int | str | None,
@@ -404,18 +521,24 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
             except CacheError as exc:
                 if not _automatic:
                     raise
-                log.warning("wasmcache: drop-in cannot use its cache (%s): programs' own .cwasm files are "
-                            "still never mapped (loaded as copies), nothing is cached", exc)
                 dropin = DropIn(root, mode=mode, max_size=max_size, strict=strict, automatic=True, unusable=exc)
         finally:
             _installing = False
+        if not _automatic:
+            _log.end_guest()  # the program installed wasmcache itself: its logging decides again
         _active = dropin
         if _disabled():
             log.info("wasmcache: $WASMCACHE_DISABLE is set: the drop-in stays off")
             return dropin
+        if dropin.unusable is not None:
+            # Once per process, and what it means for this program (what the user should fix).
+            log.warning("wasmcache: drop-in cannot use its cache root %s; nothing is cached: wasmtime compiles as "
+                        "usual and programs' own .cwasm files are loaded as copies, never mapped", dropin.unusable)
         dropin.active = True
         _apply("module")
-        hook_module().when_imported("wasmtime.component", _patch_components)
+        _mark_own_caches()
+        _wasmcache_hook.when_imported("wasmtime.component", _patch_components)
+        _report_at_exit(dropin)
         log.debug("wasmcache: drop-in installed (%s)", dropin)
         return dropin
 
@@ -437,6 +560,7 @@ def auto_install() -> DropIn | None:
     """$WASMCACHE_AUTO's activation (from the startup hook): never raises into the program."""
     if _disabled() or _installing or _active is not None:
         return None  # an explicit install() is under way (it imported wasmtime) or done: it wins
+    _log.become_guest()  # a program that never asked for wasmcache: nothing through its logging
     try:
         return install(_automatic=True)
     except (CacheError, OSError) as exc:

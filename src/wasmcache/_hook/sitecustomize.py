@@ -34,29 +34,38 @@ def _chain(here: str) -> None:
 
 
 def _hook(path: str) -> Any:
-    """The hook module beside the wasmcache package this file belongs to (this Python's or not)."""
+    """The hook module beside the wasmcache package this file belongs to (this Python's or not).
+
+    Loaded without writing bytecode: this Python may be another version than the one wasmcache
+    was installed for, and a guest writes nothing into someone else's installation (issue 14).
+    """
+    import importlib.machinery  # noqa: PLC0415
     import importlib.util  # noqa: PLC0415
 
     module = sys.modules.get("_wasmcache_hook")
     if module is None:
-        spec = importlib.util.spec_from_file_location("_wasmcache_hook", path)
-        if spec is None or spec.loader is None:
+
+        class _NoBytecode(importlib.machinery.SourceFileLoader):
+            def set_data(self, *_args: Any, **_kwargs: Any) -> None:
+                pass  # reads a .pyc already there, never writes one
+
+        loader = _NoBytecode("_wasmcache_hook", path)
+        spec = importlib.util.spec_from_file_location("_wasmcache_hook", path, loader=loader)
+        if spec is None:
             raise ImportError(f"cannot load {path}")
         module = importlib.util.module_from_spec(spec)
         sys.modules["_wasmcache_hook"] = module
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
     return module
 
 
 def _main() -> None:
     here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
-    if os.environ.get("WASMCACHE_AUTO", "").strip().lower() not in ("1", "true", "yes", "on"):
-        _chain(here)
-        return
-    try:
-        _hook(os.path.join(os.path.dirname(os.path.dirname(here)), "_wasmcache_hook.py")).arm()
-    except Exception as exc:  # start-up code must never stop the program
-        sys.stderr.write(f"wasmcache: startup hook failed: {type(exc).__name__}: {exc}\n")
+    if "WASMCACHE_AUTO" in os.environ:  # the hook judges its value (its words live there)
+        try:
+            _hook(os.path.join(os.path.dirname(os.path.dirname(here)), "_wasmcache_hook.py")).arm()
+        except Exception as exc:  # start-up code must never stop the program
+            sys.stderr.write(f"wasmcache[{os.getpid()}]: warning: startup hook failed: {type(exc).__name__}: {exc}\n")
     _chain(here)
 
 
