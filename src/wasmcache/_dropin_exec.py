@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 HOOK_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "_hook")
+# The same hook as a zip beside it: what `exec` puts on PYTHONPATH when it can (see hook_entry).
+HOOK_ZIP = HOOK_DIR + ".zip"
 VERBOSE_VARIABLE = "WASMCACHE_VERBOSE"  # read by _log (a guest's info lines at 1, debug at 2)
 _USAGE = "usage: wasmcache exec [--cache-dir DIR] CMD [ARGS]..."
 
@@ -36,15 +38,57 @@ def exec_environment(environ: Mapping[str, str], *, cache_dir: str | None, verbo
     """
     env = dict(environ)
     pythonpath = env.get("PYTHONPATH", "")
-    if HOOK_DIR not in pythonpath.split(os.pathsep):
+    entries = pythonpath.split(os.pathsep)
+    if HOOK_DIR not in entries and HOOK_ZIP not in entries:
         # Prepended, the rest kept byte for byte (an empty entry means the current directory).
-        env["PYTHONPATH"] = HOOK_DIR + (os.pathsep + pythonpath if pythonpath else "")
+        env["PYTHONPATH"] = hook_entry() + (os.pathsep + pythonpath if pythonpath else "")
     env["WASMCACHE_AUTO"] = "1"
     if cache_dir is not None:
         env["WASMCACHE_DIR"] = os.path.abspath(os.path.expanduser(cache_dir))
     if verbosity > 0:
         env[VERBOSE_VARIABLE] = str(min(verbosity, 2))
     return env
+
+
+def hook_entry() -> str:
+    """The PYTHONPATH entry that holds the `sitecustomize`: HOOK_ZIP, made once from HOOK_DIR.
+
+    Every Python under `exec` imports that sitecustomize, and a Python of another version would
+    write its bytecode (`__pycache__/sitecustomize.cpython-3XX.pyc`) into this installation: a
+    guest writes nothing outside the wasmcache root (issue 14). zipimport never writes bytecode.
+    The zip is made by this installation's own Python, once (again when the source is newer);
+    where it cannot be written (a read-only installation, where no bytecode can be written
+    either) the directory serves.
+    """
+    source = os.path.join(HOOK_DIR, "sitecustomize.py")
+    try:
+        if os.stat(HOOK_ZIP).st_mtime_ns >= os.stat(source).st_mtime_ns:
+            return HOOK_ZIP
+    except OSError:
+        pass
+    try:
+        _write_hook_zip(source)
+    except OSError:
+        return HOOK_DIR
+    return HOOK_ZIP
+
+
+def _write_hook_zip(source: str) -> None:
+    import zipfile  # noqa: PLC0415 - once per installation
+
+    with open(source, "rb") as f:
+        code = f.read()
+    temporary = f"{HOOK_ZIP}.{os.getpid()}.tmp"
+    try:
+        with zipfile.ZipFile(temporary, "w") as archive:
+            archive.writestr("sitecustomize.py", code)
+        os.replace(temporary, HOOK_ZIP)  # whole or not at all, for a Python starting right now
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
 
 
 def exec_command(argv: list[str], *, cache_dir: str | None = None, verbosity: int = 0) -> NoReturn:

@@ -7,7 +7,7 @@ import site
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._dropin_exec import HOOK_DIR
+from ._dropin_exec import HOOK_DIR, HOOK_ZIP
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -40,7 +40,7 @@ def dropin_status(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     disabled = _wasmcache_hook.env_flag(env, "WASMCACHE_DISABLE")
     auto = _wasmcache_hook.env_flag(env, "WASMCACHE_AUTO")
     pth = next((os.path.join(d, PTH_NAME) for d in _site_dirs() if os.path.isfile(os.path.join(d, PTH_NAME))), None)
-    exec_hook = HOOK_DIR in env.get("PYTHONPATH", "").split(os.pathsep)
+    exec_hook = bool({HOOK_DIR, HOOK_ZIP} & set(env.get("PYTHONPATH", "").split(os.pathsep)))
     would = auto and not disabled and (pth is not None or exec_hook)
     if disabled:
         reason = "$WASMCACHE_DISABLE is set: the drop-in stays off"
