@@ -197,6 +197,7 @@ def test_stats_shows_what_the_drop_in_did_and_a_process_it_did_not_serve_writes_
 CONFIG_CACHE = """
 import sys, time, wasmtime
 config = wasmtime.Config()
+config.cranelift_opt_level = "none"
 config.cache = sys.argv[1]
 engine = wasmtime.Engine(config)
 module = wasmtime.Module(engine, wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 9))'))
@@ -212,26 +213,62 @@ def _wasmtime_cache(directory: Path) -> dict[str, bytes]:
             if p.is_file() and ".cleanup" not in p.name}
 
 
-def test_a_program_using_wasmtimes_own_cache_finds_it_as_it_would_unwrapped(tmp_path: Path) -> None:
-    # Two identical wasmtime caches; the same program runs three times on each, bare and under
-    # exec: the caches must end identical (same files, same stats), so the drop-in added nothing.
+def test_a_program_using_wasmtimes_own_cache_finds_in_it_only_what_it_put_there(tmp_path: Path) -> None:
+    # Under exec, the first run compiles (with the program's engine: into its wasmtime cache, as
+    # it would unwrapped) and later runs hit wasmcache's entry. The drop-in must add nothing: no
+    # probe module, no stats bump. So three wrapped runs leave the cache one unwrapped run leaves.
     program = tmp_path / "program.py"
     program.write_text(CONFIG_CACHE)
     caches = {}
-    for name in ("bare", "exec"):
+    for name, runs in (("bare", 1), ("exec", 3)):
         directory = tmp_path / f"wasmtime-{name}"
         directory.mkdir()
         config = tmp_path / f"{name}.toml"
         config.write_text(f'[cache]\ndirectory = "{directory}"\n')
-        for _ in range(3):
+        for _ in range(runs):
             argv = [sys.executable, str(program), str(config)]
             if name == "exec":
                 argv = [sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(tmp_path / "guest"), "exec", *argv]
             proc = run(argv, clean_env())
-            assert (proc.returncode, proc.stdout) == (0, "9\n"), proc.stderr
+            assert (proc.returncode, proc.stdout, proc.stderr) == (0, "9\n", ""), proc.stderr
         caches[name] = _wasmtime_cache(directory)
     assert caches["exec"] == caches["bare"]
     assert len(caches["bare"]) == 2  # control: the program's module and its stats file
+    stats = json.loads(run_cli("stats", "--cache-dir", str(tmp_path / "guest"), "--json").stdout)
+    assert (stats["dropin"]["hits"], stats["dropin"]["compiles"]) == (2, 1)  # the drop-in served it
+    # ... keyed by that engine's exact settings (fingerprinted without its cache, not as a default engine)
+    from wasmcache._fingerprint import engine_fingerprint
+    from wasmcache._layout import namespace_name
+
+    same = wasmtime.Config()
+    same.cranelift_opt_level = "none"
+    namespaces = [p.name for p in (tmp_path / "guest").glob("ns-*")]
+    assert namespaces == [namespace_name(engine_fingerprint(wasmtime.Engine(same)))]
+    assert namespace_name(engine_fingerprint(wasmtime.Engine())) not in namespaces
+
+
+RAW_CONFIG_CACHE = CONFIG_CACHE.replace('config.cranelift_opt_level = "none"',
+                                        "wasmtime._ffi.wasmtime_config_strategy_set(config.ptr(), 1)")
+
+
+def test_a_program_using_wasmtimes_own_cache_through_unknown_settings_is_left_to_it(tmp_path: Path) -> None:
+    # A raw C call on its Config: the drop-in cannot build a twin, so it never probes that engine.
+    program = tmp_path / "program.py"
+    program.write_text(RAW_CONFIG_CACHE)
+    caches = {}
+    for name in ("bare", "exec"):
+        directory = tmp_path / f"wasmtime-{name}"
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'[cache]\ndirectory = "{directory}"\n')
+        for _ in range(2):
+            argv = [sys.executable, str(program), str(config)]
+            if name == "exec":
+                argv = [sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(tmp_path / "guest"), "exec", *argv]
+            proc = run(argv, clean_env())
+            assert (proc.returncode, proc.stdout, proc.stderr) == (0, "9\n", ""), proc.stderr
+        caches[name] = _wasmtime_cache(directory)
+    assert caches["exec"] == caches["bare"]
+    assert not list((tmp_path / "guest").glob("ns-*/*.cwasm"))
 
 
 def _foreign_python(tmp_path: Path) -> str:

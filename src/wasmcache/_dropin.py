@@ -45,8 +45,11 @@ Mode = Literal["mmap", "memory"]
 # The class attributes the drop-in replaces (each restored by identity on uninstall).
 _PATCHED: Final = ("__init__", "from_file", "deserialize_file")
 _ENGINE_ATTRIBUTE: Final = "_wasmcache_dropin_caches"
-# Set on a Config whose `cache` the program enabled, and on the Engine built from it (see _own_cache).
-_OWN_CACHE_ATTRIBUTE: Final = "_wasmcache_uses_wasmtime_cache"
+# What the program set on a Config (and the Engine built from it), see _record_configs.
+_SETTINGS: Final = "_wasmcache_settings"  # [(property, value), ...] in the order set
+_RAW: Final = "_wasmcache_raw_ffi"  # the config's pointer was used outside its properties: the record is incomplete
+_INSIDE: Final = "_wasmcache_setting"  # inside one of our recorded setters
+_LEFT_TO_WASMTIME: Final = "_wasmcache_left_to_wasmtime"  # wasmtime's own cache, settings unknown: not served
 _COUNTERS: Final = len(Counters.NAMES)  # hits, misses, compiles, remote_hits, remote_misses, uploads, rejected
 
 _state_lock = threading.RLock()
@@ -159,7 +162,7 @@ class DropIn:
             cache._dropin_retired = True  # noqa: SLF001
             self._retired = [a + b for a, b in zip(self._retired, cache.counters(), strict=True)]
 
-    def _cache_for(self, engine: Any, *, compiling: bool) -> _EngineCache | None:
+    def _cache_for(self, engine: Any) -> _EngineCache | None:
         # The cache hangs on the engine (engine -> cache -> engine is a cycle the collector frees),
         # so it lives exactly as long as the program keeps the engine.
         if self.unusable is not None:
@@ -170,12 +173,14 @@ class DropIn:
                 attached = engine.__dict__.setdefault(_ENGINE_ATTRIBUTE, {})
             except AttributeError:
                 return None  # an engine that takes no attribute: wasmtime serves it as always
-        if compiling and engine.__dict__.get(_OWN_CACHE_ATTRIBUTE):
-            # The program enabled wasmtime's own cache (Config.cache): keying a compile needs the
-            # engine's fingerprint, a probe compile with this engine, which would write into that
-            # cache and bump its stats on every run. Its compiles stay its cache's.
-            log.info("wasmcache: an engine uses wasmtime's own cache (Config.cache): its compiles are left to it")
-            return None
+        if attached.get(self) is None and _uses_wasmtime_cache(engine):
+            if engine.__dict__.get(_LEFT_TO_WASMTIME):
+                return None
+            if not self._own_cache_fingerprint(engine):
+                engine.__dict__[_LEFT_TO_WASMTIME] = True
+                log.info("wasmcache: an engine uses wasmtime's own cache (Config.cache) with settings the drop-in "
+                         "cannot replay: it is left to wasmtime")
+                return None
         cache = attached.get(self)
         if cache is not None:
             return cache
@@ -194,6 +199,47 @@ class DropIn:
             self._live.add(cache)
             return cache
 
+    def _own_cache_fingerprint(self, engine: Any) -> bool:
+        """Fingerprint an engine that has wasmtime's own cache without compiling with it.
+
+        Our probe is a compile, and with `Config.cache` on it would write the probe module into
+        the program's wasmtime cache and bump its stats on every run (issue 14). A twin engine
+        built from the same recorded settings, without the cache, has the same engine section (the
+        cache is not part of it); remembered in ROOT/engines by those settings, the next process
+        neither builds the twin nor probes. False if the settings are not fully known.
+        """
+        settings = [(name, value) for name, value in engine.__dict__.get(_SETTINGS, ()) if name != "cache"]
+        if engine.__dict__.get(_RAW) or not all(isinstance(v, (bool, int, str)) for _, v in settings):
+            return False
+        from ._fingerprint import (  # noqa: PLC0415
+            EngineMemo,
+            engine_section,
+            memo_key_for,
+            remember_fingerprint,
+            remembered_section,
+        )
+        from ._layout import ENGINES_DIR  # noqa: PLC0415
+
+        described = "wasmtime.Config(" + ", ".join(f"{name}={value!r}" for name, value in settings) + ")"
+
+        def probe_twin() -> bytes:
+            import wasmtime  # noqa: PLC0415
+
+            config = wasmtime.Config()
+            for name, value in settings:
+                setattr(config, name, value)
+            return engine_section(wasmtime.Engine(config))
+
+        cache = self._root_cache
+        memo = EngineMemo(cache.root / ENGINES_DIR, writable=cache.writable) if cache is not None else None
+        try:
+            section = remembered_section(memo_key_for(described), memo, described, probe_twin)
+        except Exception as exc:  # a twin wasmtime refuses: the engine stays wasmtime's
+            log.debug("wasmcache: no twin for an engine with wasmtime's cache: %s", exc)
+            return False
+        remember_fingerprint(engine, section)
+        return True
+
     def _warn_once(self, topic: str, message: str) -> None:
         with self._lock:
             if topic in self._warned:
@@ -203,7 +249,7 @@ class DropIn:
 
     def _load(self, engine: Any, kind: Kind, source: str | bytes | bytearray) -> Any:
         """The cached object for `source`, None to let wasmtime's original do it (and report)."""
-        cache = self._cache_for(engine, compiling=True)
+        cache = self._cache_for(engine)
         if cache is None:
             return None
         refused: BaseException | None = None
@@ -222,7 +268,7 @@ class DropIn:
 
     def _load_precompiled(self, engine: Any, kind: Kind, path: str) -> Any:
         # A snapshot is keyed by the artifact's own engine section: no probe of this engine.
-        cache = self._cache_for(engine, compiling=False)
+        cache = self._cache_for(engine)
         load_precompiled = getattr(cache, "load_precompiled", None)
         if load_precompiled is None:
             return None  # the caller deserializes a private copy: still never a mapping of `path`
@@ -287,6 +333,10 @@ def _why_unwritable(root: Path) -> str:
     if not os.access(probe, os.W_OK):
         return f"{where} is not writable"
     return f"{where} could not be set up"
+
+
+def _uses_wasmtime_cache(engine: Any) -> bool:
+    return any(name == "cache" for name, _ in engine.__dict__.get(_SETTINGS, ()))
 
 
 def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None:
@@ -399,43 +449,69 @@ def _apply(kind: Kind) -> None:
     _patches[kind] = (cls, originals, ours)
 
 
-def _mark_own_caches() -> None:
-    """Mark a Config whose `cache` the program sets, and the Engine built from it (under _state_lock).
+def _record_configs() -> None:
+    """Record what the program sets on each Config, and give it to the Engine built from it (under
+    _state_lock): wasmtime cannot read a Config back, and an engine with wasmtime's own cache
+    enabled must never run our probe compile (see _own_cache_fingerprint).
 
-    wasmtime cannot say whether an engine has its cache enabled, and our fingerprint probe (a
-    compile) with such an engine would write into that cache (see DropIn._cache_for). Both
-    patches only add a mark; the original runs as always, first.
+    Every `Config` property's setter runs as always, then appends `(name, value)` to the Config;
+    a `ptr()` taken outside those setters (a raw FFI call on the config) marks the record as
+    incomplete. `Engine(config)` copies the record onto the engine.
     """
     if "config" in _patches:
         return
     import wasmtime  # noqa: PLC0415
 
     config_cls, engine_cls = wasmtime.Config, wasmtime.Engine
-    cache_property = config_cls.__dict__.get("cache")
     engine_init = engine_cls.__dict__.get("__init__")
-    if not isinstance(cache_property, property) or cache_property.fset is None or engine_init is None:
-        return  # another wasmtime shape: nothing is marked, the probe runs as before
-    set_cache = cache_property.fset
+    managed_ptr = getattr(config_cls, "ptr", None)
+    properties = {name: value for name, value in config_cls.__dict__.items()
+                  if isinstance(value, property) and value.fset is not None}
+    if engine_init is None or managed_ptr is None or "cache" not in properties:
+        return  # another wasmtime shape: nothing is recorded, engines are probed as before
 
-    def cache_setter(self: Any, enabled: Any) -> None:
-        set_cache(self, enabled)
-        try:
-            self.__dict__[_OWN_CACHE_ATTRIBUTE] = True
-        except AttributeError:
-            pass
+    def recording(name: str, prop: property) -> property:
+        set_value = prop.fset
+        if set_value is None:
+            return prop
+
+        def fset(self: Any, value: Any) -> None:
+            state = self.__dict__
+            state[_INSIDE] = state.get(_INSIDE, 0) + 1
+            try:
+                set_value(self, value)
+            finally:
+                state[_INSIDE] -= 1
+            state.setdefault(_SETTINGS, []).append((name, value))
+
+        return property(prop.fget, fset, prop.fdel, prop.__doc__)
+
+    def ptr(self: Any) -> Any:
+        if not self.__dict__.get(_INSIDE):
+            self.__dict__[_RAW] = True  # someone calls the C API on this config: we cannot know what
+        return managed_ptr(self)
 
     def __init__(self: Any, config: Any = None) -> None:  # noqa: N807 - it is the constructor
-        own_cache = getattr(config, "__dict__", {}).get(_OWN_CACHE_ATTRIBUTE, False)
-        engine_init(self, config)
-        if own_cache:
-            self.__dict__[_OWN_CACHE_ATTRIBUTE] = True
+        state = getattr(config, "__dict__", None)
+        if state is None:
+            engine_init(self, config)
+            return
+        record = (list(state.get(_SETTINGS, ())), bool(state.get(_RAW)))
+        state[_INSIDE] = state.get(_INSIDE, 0) + 1  # Engine consumes the config's pointer: not a raw call
+        try:
+            engine_init(self, config)
+        finally:
+            state[_INSIDE] -= 1
+        self.__dict__[_SETTINGS], self.__dict__[_RAW] = record
 
     __init__.__doc__, __init__.__qualname__ = engine_init.__doc__, engine_init.__qualname__
-    __init__.__wrapped__ = engine_init  # type: ignore[attr-defined]
-    marked_cache = property(cache_property.fget, cache_setter, cache_property.fdel, cache_property.__doc__)
-    setattr(config_cls, "cache", marked_cache)  # noqa: B010 - a class attribute of another package
-    setattr(engine_cls, "__init__", __init__)  # noqa: B010
-    _patches["config"] = (config_cls, {"cache": cache_property}, {"cache": marked_cache})
+    ours_config: dict[str, Any] = {name: recording(name, prop) for name, prop in properties.items()}
+    ours_config["ptr"] = ptr
+    originals_config: dict[str, Any] = {name: config_cls.__dict__.get(name) for name in ours_config}
+    for name, value in ours_config.items():
+        setattr(config_cls, name, value)
+    setattr(engine_cls, "__init__", __init__)  # noqa: B010 - a class attribute of another package
+    _patches["config"] = (config_cls, originals_config, ours_config)
     _patches["engine"] = (engine_cls, {"__init__": engine_init}, {"__init__": __init__})
 
 
@@ -445,7 +521,10 @@ def _restore_all() -> None:
             # Put the original back only where ours is still in place: a patch someone stacked on
             # top stays (ours, beneath it, passes every call straight through once uninstalled).
             if cls.__dict__.get(name) is ours[name]:
-                setattr(cls, name, original)
+                if original is None:
+                    delattr(cls, name)  # it was inherited (Config.ptr is Managed's)
+                else:
+                    setattr(cls, name, original)
     _patches.clear()
 
 
@@ -536,7 +615,7 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
                         "usual and programs' own .cwasm files are loaded as copies, never mapped", dropin.unusable)
         dropin.active = True
         _apply("module")
-        _mark_own_caches()
+        _record_configs()
         _wasmcache_hook.when_imported("wasmtime.component", _patch_components)
         _report_at_exit(dropin)
         log.debug("wasmcache: drop-in installed (%s)", dropin)
