@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import _wasmcache_hook
 
-from . import _events, _log, _native
+from . import _log, _native
 from ._cache import CacheStats, ModuleCache
 from ._errors import CacheError, CompileError, ConfigError, SourceError
 from ._layout import is_entry_name, is_namespace_name
@@ -135,6 +135,8 @@ class DropIn:
         summary = ", ".join(f"{value} {name.replace('_', ' ')}" for name, value in own.items() if value)
         log.info("wasmcache: at exit: %s", summary)
         if self._root_cache is not None and self._root_cache.writable and self.active:
+            from . import _events  # noqa: PLC0415 - at exit, and only when something happened
+
             _events.append(self._root_cache.root, own)
 
     def _forked(self) -> None:
