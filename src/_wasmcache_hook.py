@@ -150,6 +150,8 @@ def _import_dropin() -> Any:
     else:
         return dropin
     here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isfile(here):  # imported from wasmcache/_hook.zip (`wasmcache exec`): the package is two up
+        here = os.path.dirname(os.path.dirname(here))
     if not os.path.isfile(os.path.join(here, "wasmcache", "_dropin.py")):
         raise ImportError("wasmcache is not installed in this Python")
     import importlib.machinery  # noqa: PLC0415

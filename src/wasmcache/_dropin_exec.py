@@ -53,35 +53,50 @@ def exec_environment(environ: Mapping[str, str], *, cache_dir: str | None, verbo
 def hook_entry() -> str:
     """The PYTHONPATH entry that holds the `sitecustomize`: HOOK_ZIP, made once from HOOK_DIR.
 
-    Every Python under `exec` imports that sitecustomize, and a Python of another version would
-    write its bytecode (`__pycache__/sitecustomize.cpython-3XX.pyc`) into this installation: a
-    guest writes nothing outside the wasmcache root (issue 14). zipimport never writes bytecode.
-    The zip is made by this installation's own Python, once (again when the source is newer);
-    where it cannot be written (a read-only installation, where no bytecode can be written
-    either) the directory serves.
+    Every Python under `exec` imports that sitecustomize (and the hook module), and a Python of
+    another version would write its bytecode (`__pycache__/sitecustomize.cpython-3XX.pyc`) into
+    this installation: a guest writes nothing outside the wasmcache root (issue 14). zipimport
+    never writes bytecode; the zip carries both modules compiled by this installation's Python,
+    so that Python starts as fast as from a directory, and any other compiles them in memory.
+    Made by this installation's own Python once (again when a source is newer); where it cannot
+    be written (a read-only installation, where no bytecode can be written either) the
+    directory serves.
     """
-    source = os.path.join(HOOK_DIR, "sitecustomize.py")
+    sources = (os.path.join(HOOK_DIR, "sitecustomize.py"), _HOOK_MODULE)
     try:
-        if os.stat(HOOK_ZIP).st_mtime_ns >= os.stat(source).st_mtime_ns:
+        made = os.stat(HOOK_ZIP).st_mtime_ns
+        if all(os.stat(source).st_mtime_ns <= made for source in sources):
             return HOOK_ZIP
     except OSError:
         pass
     try:
-        _write_hook_zip(source)
-    except OSError:
+        _write_hook_zip(sources)
+    except (OSError, SyntaxError, ValueError):
         return HOOK_DIR
     return HOOK_ZIP
 
 
-def _write_hook_zip(source: str) -> None:
-    import zipfile  # noqa: PLC0415 - once per installation
+_HOOK_MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_wasmcache_hook.py")
 
-    with open(source, "rb") as f:
-        code = f.read()
+
+def _write_hook_zip(sources: tuple[str, ...]) -> None:
+    import marshal  # noqa: PLC0415 - once per installation
+    import zipfile  # noqa: PLC0415
+    from importlib.util import MAGIC_NUMBER  # noqa: PLC0415
+
     temporary = f"{HOOK_ZIP}.{os.getpid()}.tmp"
     try:
         with zipfile.ZipFile(temporary, "w") as archive:
-            archive.writestr("sitecustomize.py", code)
+            for source in sources:
+                name = os.path.basename(source)
+                with open(source, "rb") as f:
+                    text = f.read()
+                code = compile(text, f"{HOOK_ZIP}{os.sep}{name}", "exec", dont_inherit=True)
+                # An unchecked hash-based pyc (PEP 552): zipimport takes it as is, for this Python's
+                # version only (its magic number); another version falls back to the source beside it.
+                pyc = MAGIC_NUMBER + (1).to_bytes(4, "little") + bytes(8) + marshal.dumps(code)
+                archive.writestr(name, text)
+                archive.writestr(name[: -len(".py")] + ".pyc", pyc)
         os.replace(temporary, HOOK_ZIP)  # whole or not at all, for a Python starting right now
     except BaseException:
         try:
