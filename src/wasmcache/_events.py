@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Final
 
 from ._layout import EVENTS_NAME, EVENTS_OLD_NAME
 
@@ -51,10 +51,15 @@ def append(root: Path, counts: dict[str, int]) -> None:
             pass
 
 
-class EventTotals(NamedTuple):
-    processes: int
-    counts: dict[str, int]
-    since: float | None  # the time of the oldest line read
+class EventTotals:
+    """The sums of the event log (a plain class: this module is imported at every served exit)."""
+
+    __slots__ = ("counts", "processes", "since")
+
+    def __init__(self, processes: int, counts: dict[str, int], since: float | None) -> None:
+        self.processes = processes
+        self.counts = counts
+        self.since = since  # the time of the oldest line read
 
 
 def read_totals(root: Path) -> EventTotals:
