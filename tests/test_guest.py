@@ -192,6 +192,30 @@ def test_stats_shows_what_the_drop_in_did_and_a_process_it_did_not_serve_writes_
     assert run_cli("verify", "--cache-dir", str(root)).returncode == 0  # the event log is part of the layout
 
 
+FORKS = """
+import os, sys, wasmtime
+wat = '(module (func (export "f") (result i32) i32.const 3))'
+engine = wasmtime.Engine()
+wasmtime.Module(engine, wat)  # the parent: a hit (its second run)
+pid = os.fork()
+if pid == 0:
+    wasmtime.Module(engine, wat)  # the child: a hit, nothing compiled (wasmtime cannot compile after a fork)
+    sys.exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_forked_child_records_only_what_it_did_itself(tmp_path: Path) -> None:
+    root = tmp_path / "guest"
+    for _ in range(2):
+        proc = wrapped("--cache-dir", str(root), "exec", sys.executable, "-c", FORKS, env=clean_env())
+        assert proc.returncode == 0, proc.stderr
+    lines = [line.split(" ", 2)[2].split(" program=")[0] for line in (root / "events").read_text().splitlines()]
+    first, hit = "hits=0 misses=1 compiles=1", "hits=1 misses=0 compiles=0"
+    # Each child exits before its parent; without the fork rule a child would count its parent's hit too.
+    assert [line.rsplit(" remote_hits", 1)[0] for line in lines] == [hit, first, hit, hit], lines
+
+
 # --- 6. nothing written outside the wasmcache root -----------------------------------------------
 
 CONFIG_CACHE = """

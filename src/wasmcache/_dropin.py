@@ -101,6 +101,7 @@ class DropIn:
         self._live: weakref.WeakSet[_EngineCache] = weakref.WeakSet()
         self._retired = [0] * _COUNTERS
         self._reported = [0] * _COUNTERS  # what a forked parent had counted: its child reports only its own
+        self._at_fork = self._reported
         self._warned: set[str] = set()
         self._root_prefix = os.path.realpath(self.root) + os.sep if self.root is not None else None
 
@@ -139,8 +140,13 @@ class DropIn:
 
             _events.append(self._root_cache.root, own)
 
+    def _before_fork(self) -> None:
+        # In the forking thread, before the fork: the counters' locks are free to take here (a
+        # child must not take a lock another thread of its parent held at the fork).
+        self._at_fork = list(self.counts().values())
+
     def _forked(self) -> None:
-        self._reported = list(self.counts().values())
+        self._reported = self._at_fork  # the child reports only what it does itself
 
     def uninstall(self) -> None:
         """Put wasmtime's original functions back (objects already returned keep working)."""
@@ -556,6 +562,11 @@ def _record_exits() -> None:
             log.debug("wasmcache: no exit record: %s", exc)
 
 
+def _before_fork() -> None:
+    for dropin in _handles:
+        dropin._before_fork()  # noqa: SLF001
+
+
 def _after_fork_in_child() -> None:
     for dropin in _handles:
         dropin._forked()  # noqa: SLF001
@@ -566,7 +577,7 @@ def _report_at_exit(dropin: DropIn) -> None:
         import atexit  # noqa: PLC0415 - a builtin module; only for a process that installs the drop-in
 
         atexit.register(_record_exits)
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
     _handles.append(dropin)
 
 
