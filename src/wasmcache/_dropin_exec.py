@@ -69,6 +69,8 @@ def hook_entry() -> str:
             return HOOK_ZIP
     except OSError:
         pass
+    if not os.access(os.path.dirname(HOOK_ZIP), os.W_OK):
+        return HOOK_DIR  # a read-only installation: no import of zipfile on every exec to find that out
     try:
         _write_hook_zip(sources)
     except (OSError, SyntaxError, ValueError):
