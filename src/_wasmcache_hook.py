@@ -1,11 +1,14 @@
 """wasmcache's startup hook: activate the drop-in when a process first imports wasmtime.
 
-A top-level module beside the `wasmcache` package (in site-packages, or in src/ for a checkout),
-imported at interpreter start by `wasmcache-auto.pth` (only when $WASMCACHE_AUTO is set) and by
-the `sitecustomize` that `wasmcache exec` puts on PYTHONPATH. So it uses the standard library
-only and does nothing until `wasmtime` is imported: a process that never imports wasmtime pays
-one entry in `sys.meta_path`, not an import of wasmcache.
+A top-level module beside the `wasmcache` package (in site-packages, or in src/ for a checkout;
+under `wasmcache exec` from the `_hook.zip` beside the package), imported at interpreter start by
+`wasmcache-auto.pth` (when $WASMCACHE_AUTO is set at all) and by the `sitecustomize` that
+`wasmcache exec` puts on PYTHONPATH. So it uses the standard library only and does nothing until
+`wasmtime` is imported: a process that never imports wasmtime pays one entry in `sys.meta_path`,
+not an import of wasmcache.
 
+It is also the one home of the switches' words (`env_flag`, read by the .pth, the sitecustomize,
+`_root` and doctor) and of the line a guest speaks on stderr (`say`: `wasmcache[PID]: ...`).
 `when_imported(name, callback)` is the post-import hook the drop-in also uses for
 `wasmtime.component` (whose import costs ~10 ms, so it is patched only if the program imports it).
 """
