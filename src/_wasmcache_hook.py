@@ -1,11 +1,14 @@
 """wasmcache's startup hook: activate the drop-in when a process first imports wasmtime.
 
-A top-level module beside the `wasmcache` package (in site-packages, or in src/ for a checkout),
-imported at interpreter start by `wasmcache-auto.pth` (only when $WASMCACHE_AUTO is set) and by
-the `sitecustomize` that `wasmcache exec` puts on PYTHONPATH. So it uses the standard library
-only and does nothing until `wasmtime` is imported: a process that never imports wasmtime pays
-one entry in `sys.meta_path`, not an import of wasmcache.
+A top-level module beside the `wasmcache` package (in site-packages, or in src/ for a checkout;
+under `wasmcache exec` from the `_hook.zip` beside the package), imported at interpreter start by
+`wasmcache-auto.pth` (when $WASMCACHE_AUTO is set at all) and by the `sitecustomize` that
+`wasmcache exec` puts on PYTHONPATH. So it uses the standard library only and does nothing until
+`wasmtime` is imported: a process that never imports wasmtime pays one entry in `sys.meta_path`,
+not an import of wasmcache.
 
+It is also the one home of the switches' words (`env_flag`, read by the .pth, the sitecustomize,
+`_root` and doctor) and of the line a guest speaks on stderr (`say`: `wasmcache[PID]: ...`).
 `when_imported(name, callback)` is the post-import hook the drop-in also uses for
 `wasmtime.component` (whose import costs ~10 ms, so it is patched only if the program imports it).
 """
@@ -20,14 +23,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # no `typing` at start-up: it costs a process that never imports wasmtime ~5 ms
     from typing import Any
 
-_TRUE = ("1", "true", "yes", "on")
+TRUE_WORDS = ("1", "true", "yes", "on")  # the switches' words: this is their one home (no `typing.Final` here)
 _callbacks: dict[str, list[Any]] = {}
 _lock = _thread.RLock()  # threading costs ~3 ms to import; its RLock is this one
 
 
 def env_flag(environ: Any, name: str) -> bool:
-    """Whether $`name` is on (1, true, yes, on): the drop-in's one reading of its switches."""
-    return bool(environ.get(name, "").strip().lower() in _TRUE)
+    """Whether $`name` is on (1, true, yes, on): the one reading of wasmcache's switches."""
+    return bool(environ.get(name, "").strip().lower() in TRUE_WORDS)
 
 
 def auto_enabled(environ: Any = os.environ) -> bool:
@@ -88,7 +91,7 @@ def _run_callbacks(name: str, module: Any) -> None:
         try:
             callback(module)
         except Exception as exc:  # a hook must never break the program's import
-            _warn(f"wasmcache: startup hook for {name} failed: {type(exc).__name__}: {exc}")
+            _warn("callback", f"startup hook for {name} failed: {type(exc).__name__}: {exc}")
 
 
 def _initialized(module: Any) -> bool:
@@ -108,10 +111,29 @@ def when_imported(name: str, callback: Any) -> None:
     callback(module)
 
 
-def _warn(message: str) -> None:
-    import logging  # noqa: PLC0415 - only on this rare path
+_said: set[str] = set()
 
-    logging.getLogger("wasmcache").warning("%s", message)
+
+def say(text: str) -> None:
+    """One line on the process's stderr as a guest speaks: `wasmcache[PID]: text`.
+
+    Straight to fd 2, never through `logging` (the program's handlers and format are its own) nor
+    `sys.stderr` (which the program may have redirected into its own output).
+    """
+    line = f"wasmcache[{os.getpid()}]: {text}".replace("\n", " ") + "\n"
+    try:
+        os.write(2, line.encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass  # stderr closed: a guest has nowhere to speak, and must not fail for it
+
+
+def _warn(cause: str, message: str) -> None:
+    """A warning that changes what the user should do, once per process and cause."""
+    with _lock:
+        if cause in _said:
+            return
+        _said.add(cause)
+    say("warning: " + message)
 
 
 def _import_dropin() -> Any:
@@ -131,11 +153,14 @@ def _import_dropin() -> Any:
     else:
         return dropin
     here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isfile(here):  # imported from wasmcache/_hook.zip (`wasmcache exec`): the package is two up
+        here = os.path.dirname(os.path.dirname(here))
     if not os.path.isfile(os.path.join(here, "wasmcache", "_dropin.py")):
         raise ImportError("wasmcache is not installed in this Python")
     import importlib.machinery  # noqa: PLC0415
     import importlib.util  # noqa: PLC0415
 
+    _read_only_imports(os.path.join(here, "wasmcache"))
     spec = importlib.machinery.PathFinder.find_spec("wasmcache", [here])
     if spec is None or spec.loader is None:
         raise ImportError(f"no wasmcache package beside {here}")
@@ -150,6 +175,28 @@ def _import_dropin() -> Any:
     return dropin
 
 
+def _read_only_imports(package_dir: str) -> None:
+    """Import the package (and its subpackages) from `package_dir` without writing bytecode there.
+
+    This Python is not the one wasmcache was installed for (it may be another version): a .pyc
+    already there is read, none is written into that installation (issue 14).
+    """
+    import importlib.machinery  # noqa: PLC0415
+
+    class NoBytecode(importlib.machinery.SourceFileLoader):
+        def set_data(self, *_args: Any, **_kwargs: Any) -> None:
+            pass
+
+    for directory, subdirs, _files in os.walk(package_dir):
+        subdirs[:] = [d for d in subdirs if d != "__pycache__"]
+        sys.path_importer_cache[directory] = importlib.machinery.FileFinder(
+            directory, (NoBytecode, importlib.machinery.SOURCE_SUFFIXES))
+    # The package itself is found in its parent directory, through the same kind of finder.
+    parent = os.path.dirname(package_dir)
+    sys.path_importer_cache[parent] = importlib.machinery.FileFinder(
+        parent, (NoBytecode, importlib.machinery.SOURCE_SUFFIXES))
+
+
 def _forget_wasmcache() -> None:
     for loaded in [m for m in sys.modules if m == "wasmcache" or m.startswith("wasmcache.")]:
         del sys.modules[loaded]
@@ -159,7 +206,7 @@ def _activate(_wasmtime: Any) -> None:
     try:
         dropin = _import_dropin()
     except ImportError as exc:
-        _warn(f"wasmcache: drop-in not active in {sys.executable}: {exc}")
+        _warn("import", f"drop-in not active in {sys.executable}: {exc}")
         return
     dropin.auto_install()
 

@@ -140,7 +140,7 @@ def test_deserialize_file_of_a_foreign_artifact_raises_wasmtime_error(tmp_path: 
 
 def test_classify_tells_entries_snapshots_and_a_programs_own_file_apart(tmp_path: Path) -> None:
     import wasmcache
-    from wasmcache._dropin_exec import classify_cwasm
+    from wasmcache._doctor import classify_cwasm
 
     root = tmp_path / "root"
     engine = wasmtime.Engine()
@@ -160,7 +160,7 @@ def test_classify_tells_entries_snapshots_and_a_programs_own_file_apart(tmp_path
 def test_a_live_process_mapping_its_own_cache_file_is_recognisable(tmp_path: Path, mode: str) -> None:
     # What `doctor --pid` needs: the wrapped program maps only our snapshot; the bare one maps its
     # own rewritable file (named without .cwasm, as YoWASP names them).
-    from wasmcache._dropin_exec import classify_cwasm
+    from wasmcache._doctor import classify_cwasm
 
     own = tmp_path / "own"
     naive_load(own, wasmtime.Engine(), answer_module(77, functions=400))

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from wasmcache._dropin_exec import HOOK_DIR, dropin_status
+from wasmcache._dropin_exec import HOOK_DIR
+from wasmcache._dropin_status import dropin_status
 
 TESTS = str(Path(__file__).parent)
 
@@ -135,7 +136,8 @@ def test_exec_fresh_machine_new_home_no_xdg_or_wasmcache_variables(tmp_path: Pat
 LAZY = """
 import json, sys
 before = [m for m in ("wasmcache", "_wasmcache_hook", "wasmtime") if m in sys.modules]
-""" + PROGRAM.replace("print(json.dumps({", "print(json.dumps({'before': before, ")
+armed = any(type(f).__name__ == "_PostImportFinder" for f in sys.meta_path)
+""" + PROGRAM.replace("print(json.dumps({", "print(json.dumps({'before': before, 'armed': armed, ")
 
 
 @pytest.mark.parametrize("auto", ["1", "", "0", "yes"])
@@ -146,8 +148,10 @@ def test_auto_on_and_off(root: Path, auto: str) -> None:
                                       check=False))
     on = auto in ("1", "yes")
     assert result["active"] is on
-    # Armed, the hook is in the process but wasmcache is not, until wasmtime is imported.
-    assert result["before"] == (["_wasmcache_hook"] if on else [])
+    # Armed, the hook is in the process but wasmcache is not, until wasmtime is imported. Set to
+    # anything, the variable loads the hook (its words are read there, one home), which arms nothing.
+    assert result["before"] == ["_wasmcache_hook"]
+    assert result["armed"] is on
 
 
 def test_auto_with_disable_stays_off(root: Path) -> None:

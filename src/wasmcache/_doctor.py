@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-from ._dropin_exec import classify_cwasm
 from ._elf import ENGINE_SECTION, find_section
 from ._layout import (
     ENTRY_SUFFIX,
@@ -32,6 +31,8 @@ from ._verify import verify_root
 DANGER: Final = "danger"
 WARNING: Final = "warning"
 INFO: Final = "info"
+# Mappings of files no one can open by name and rewrite: memfd (wasmtime's memory images), /dev/zero ...
+_ANONYMOUS_FILES: Final = ("/memfd:", "/dev/", "/SYSV", "/[")
 # A process's start time is known to about a second (/proc/stat's btime is whole seconds).
 _START_SLACK: Final = 1.0
 
@@ -105,6 +106,33 @@ class MappedFile:
     origin: str = "foreign"  # entry | snapshot (wasmcache's) | foreign (a program's own file, rewritable)
 
 
+def classify_cwasm(path: str) -> str:
+    """What a (mapped) file is, for `doctor` and `doctor --pid`:
+
+    ``"entry"`` (compiled or downloaded by wasmcache), ``"snapshot"`` (a program's own .cwasm taken
+    in by the drop-in), ``"foreign"`` (a Wasmtime artifact outside any wasmcache root, such as a
+    program's own cache file: whoever rewrites it in place crashes every process mapping it),
+    ``"other"`` (not a Wasmtime artifact, or unreadable). Judged by content, not by name: YoWASP's
+    cache files have no suffix.
+    """
+    real = Path(os.path.realpath(path))
+    if real.name.endswith(ENTRY_SUFFIX) and is_namespace_name(real.parent.name):
+        found = read_record(record_path(real.parent, key_of(real.name)))
+        if found is not None:
+            return "snapshot" if found[0].origin == "snapshot" else "entry"
+    try:
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return "other"
+    try:
+        find_section(fd, ENGINE_SECTION)
+    except (OSError, ValueError):
+        return "other"
+    finally:
+        os.close(fd)
+    return "foreign"
+
+
 def _boot_time() -> float:
     with open("/proc/stat", encoding="ascii") as f:
         for line in f:
@@ -130,26 +158,34 @@ def diagnose_pid(pid: int) -> list[MappedFile]:
     with open(maps_path, encoding="utf-8", errors="replace") as f:
         lines = f.read().splitlines()
     started = _process_start(pid)
-    # (device, inode) -> (path, highest mapped offset, one address range naming it in map_files)
-    seen: dict[tuple[str, int], tuple[str, int, str]] = {}
+    # (device, inode) -> (path, highest mapped offset, one address range naming it in map_files, executable)
+    seen: dict[tuple[str, int], tuple[str, int, str, bool]] = {}
     for line in lines:
         parts = line.split(None, 5)
         if len(parts) < 6 or not parts[5].startswith("/") or int(parts[4]) == 0:
             continue
+        path = parts[5].strip().replace("\\012", "\n")  # the kernel escapes a newline in a path as \012
+        if path.startswith(_ANONYMOUS_FILES):
+            continue  # memory with no name anyone can open and rewrite (wasmtime's memory images)
         start, end = (int(x, 16) for x in parts[0].split("-"))
         offset, device, inode = int(parts[2], 16), parts[3], int(parts[4])
         key = (device, inode)
         extent = offset + (end - start)
         previous = seen.get(key)
-        path = parts[5].strip().replace("\\012", "\n")  # the kernel escapes a newline in a path as \012
+        executable = "x" in parts[1] or (previous is not None and previous[3])
         seen[key] = (path, max(extent, previous[1] if previous else 0),
-                     previous[2] if previous else parts[0])
+                     previous[2] if previous else parts[0], executable)
     out = []
-    for (device, inode), (path, extent, span) in sorted(seen.items(), key=lambda kv: kv[1][0]):
+    for (device, inode), (path, extent, span, executable) in sorted(seen.items(), key=lambda kv: kv[1][0]):
         deleted = path.endswith(" (deleted)")
         clean = path[: -len(" (deleted)")] if deleted else path
         mapped_file = f"/proc/{pid}/map_files/{span}"
-        if not _is_artifact(mapped_file, clean) and not _changed_under(mapped_file, extent, started):
+        content = _content_of(mapped_file, clean)
+        # A file changed under its mapping is reported only where it ran code and is not some other
+        # program or library (ELF without an engine section): a rewritten artifact may have lost its
+        # header, but a data file, a font cache or a rebuilt .so is not ours to judge.
+        if content != "artifact" and not (executable and content != "elf"
+                                          and _changed_under(mapped_file, extent, started)):
             continue
         if deleted:  # gone from its directory: a namespace says it was ours
             ours = is_namespace_name(Path(clean).parent.name) and is_entry_name(Path(clean).name)
@@ -163,6 +199,23 @@ def diagnose_pid(pid: int) -> list[MappedFile]:
     return out
 
 
+def embedder_of(pid: int) -> str:
+    """Who maps Wasmtime in process `pid`: ``"wasmtime-py"`` (a Python process using wasmtime-py's
+    library, which `wasmcache exec` can serve) or ``"other"`` (a Rust or C embedder, a CLI ...)."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
+            paths = {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+    except OSError:
+        return "other"
+    python = any("/libpython" in p or os.path.basename(p).startswith("python") for p in paths)
+    try:
+        python = python or os.path.basename(os.readlink(f"/proc/{pid}/exe")).startswith("python")
+    except OSError:
+        pass
+    wasmtime_py = any(p.endswith("_libwasmtime.so") and f"{os.sep}wasmtime{os.sep}" in p for p in paths)
+    return "wasmtime-py" if python and wasmtime_py else "other"
+
+
 def _changed_under(mapped: str, extent: int, started: float) -> bool:
     """A mapped file truncated below what is mapped, or written since the process started: whatever
     it was (its header may be gone), the process is about to run garbage or die with SIGBUS."""
@@ -174,8 +227,10 @@ def _changed_under(mapped: str, extent: int, started: float) -> bool:
     return truncated or max(st.st_mtime, st.st_ctime) > started + _START_SLACK
 
 
-def _is_artifact(mapped: str, path: str) -> bool:
-    """Whether the mapped file (through map_files when readable, else its path) is a Wasmtime artifact."""
+def _content_of(mapped: str, path: str) -> str:
+    """What the mapped file holds (through map_files when readable, else its path): ``"artifact"``
+    (an ELF with a `.wasmtime.engine` section), ``"elf"`` (another ELF: a library, a program),
+    ``"other"``; an unreadable file named like an entry counts as an artifact."""
     for candidate in (mapped, path):
         try:
             fd = os.open(candidate, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -184,11 +239,14 @@ def _is_artifact(mapped: str, path: str) -> bool:
         try:
             find_section(fd, ENGINE_SECTION)
         except (OSError, ValueError):
-            return False
+            try:
+                return "elf" if os.pread(fd, 4, 0) == b"\x7fELF" else "other"
+            except OSError:
+                return "other"
         finally:
             os.close(fd)
-        return True
-    return path.endswith(ENTRY_SUFFIX)  # unreadable, named like one: report it
+        return "artifact"
+    return "artifact" if path.endswith(ENTRY_SUFFIX) else "other"
 
 
 def _judge(pid: int, path: str, device: str, inode: int, extent: int, started: float, *, deleted: bool,

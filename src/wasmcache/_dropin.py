@@ -19,37 +19,42 @@ originals (captured by `_native` before anything is patched), and `uninstall()` 
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import threading
 import weakref
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from . import _native
+import _wasmcache_hook
+
+from . import _log
 from ._cache import ModuleCache
+from ._dropin_patches import (
+    Kind,
+    apply,
+    record_configs,
+    restore_all,
+    section_without_wasmtime_cache,
+    uses_wasmtime_cache,
+)
 from ._errors import CacheError, CompileError, ConfigError, SourceError
+from ._layout import is_entry_name, is_namespace_name
 from ._log import log
+from ._root import has_marker, resolve_root
 from ._stats import CacheStats, Counters
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from types import ModuleType
+    from pathlib import Path
 
 
-Kind = Literal["module", "component"]
 Mode = Literal["mmap", "memory"]
 
-# The class attributes the drop-in replaces (each restored by identity on uninstall).
-_PATCHED: Final = ("__init__", "from_file", "deserialize_file")
 _ENGINE_ATTRIBUTE: Final = "_wasmcache_dropin_caches"
+_LEFT_TO_WASMTIME: Final = "_wasmcache_left_to_wasmtime"  # wasmtime's own cache, settings unknown: not served
 _COUNTERS: Final = len(Counters.NAMES)  # hits, misses, compiles, remote_hits, remote_misses, uploads, rejected
 
 _state_lock = threading.RLock()
 _active: DropIn | None = None
 _installing = False
-_patches: dict[str, tuple[type, dict[str, Any], dict[str, Any]]] = {}  # kind -> (class, originals, ours)
 
 
 class _EngineCache(ModuleCache):
@@ -76,13 +81,15 @@ class DropIn:
     def __init__(self, root: str | os.PathLike[str] | None, *, mode: Mode, max_size: int | str | None,
                  strict: bool, automatic: bool = False, unusable: CacheError | None = None) -> None:
         # Opening the root here refuses an unsafe one now (strict), not at the program's first load.
-        # `unusable`: the root was refused ($WASMCACHE_AUTO's drop-in then still keeps its promise
-        # that a program's own cache file is never mapped: deserialize_file copies, nothing is cached).
+        # `unusable`: the root was refused, or cannot be created ($WASMCACHE_AUTO's drop-in then still
+        # keeps its promise that a program's own cache file is never mapped: deserialize_file copies,
+        # nothing is cached).
         self.unusable = unusable
-        self._root_cache = None if unusable is not None else ModuleCache(root, mode=mode, max_size=max_size,
-                                                                          strict=strict)
-        self.root = self._root_cache.root if self._root_cache is not None else Path(os.path.abspath(os.fspath(
-            root if root is not None else os.environ.get("WASMCACHE_DIR") or ".")))
+        self._root_cache = None if unusable is not None else _open_root_cache(root, mode, max_size, strict)
+        if self._root_cache is not None and not self._root_cache.disabled and not has_marker(self._root_cache.root):
+            self.unusable = CacheError(f"{self._root_cache.root} ({_why_unwritable(self._root_cache.root)})")
+            self._root_cache = None
+        self.root: Path | None = self._root_cache.root if self._root_cache is not None else _resolved(root)
         self.mode: Mode = mode
         self.max_size = self._root_cache.max_size if self._root_cache is not None else 0
         self.strict = strict
@@ -91,31 +98,58 @@ class DropIn:
         self._lock = threading.RLock()
         self._live: weakref.WeakSet[_EngineCache] = weakref.WeakSet()
         self._retired = [0] * _COUNTERS
-        self._unattachable: dict[int, _EngineCache] = {}  # engines that take no attribute (never so far)
+        self._reported = [0] * _COUNTERS  # what a forked parent had counted: its child reports only its own
+        self._at_fork = self._reported
         self._warned: set[str] = set()
-        self._root_prefix = os.path.realpath(self.root) + os.sep
+        self._root_prefix = os.path.realpath(self.root) + os.sep if self.root is not None else None
 
     @property
     def settings(self) -> tuple[str, str, int, bool]:
         return (str(self.root), self.mode, self.max_size, self.strict)
 
-    def stats(self) -> CacheStats:
-        """Counters summed over every engine the drop-in served, plus what the root holds now."""
+    def counts(self) -> dict[str, int]:
+        """The counters summed over every engine the drop-in served (no read of the root)."""
         with self._lock:
             live = [cache for cache in list(self._live) if not cache._dropin_retired]  # noqa: SLF001
             totals = list(self._retired)
         for cache in live:
             totals = [a + b for a, b in zip(totals, cache.counters(), strict=True)]
+        return dict(zip(Counters.NAMES, totals, strict=True))
+
+    def stats(self) -> CacheStats:
+        """Counters summed over every engine the drop-in served, plus what the root holds now."""
+        count = self.counts()
         on_disk = self._root_cache.stats() if self._root_cache is not None else None
-        return CacheStats.of(dict(zip(Counters.NAMES, totals, strict=True)), on_disk.entries if on_disk else 0,
-                             on_disk.size_bytes if on_disk else 0)
+        return CacheStats.of(count, on_disk.entries if on_disk else 0, on_disk.size_bytes if on_disk else 0)
+
+    def record_exit(self) -> None:
+        """At exit: what this process's drop-in did, one line in the root's event log (if anything
+        happened, and the root is writable), and on stderr when $WASMCACHE_VERBOSE asks."""
+        count = self.counts()
+        own = {name: count[name] - before for (name, before) in zip(Counters.NAMES, self._reported, strict=True)}
+        if not any(own.values()):
+            return
+        summary = ", ".join(f"{value} {name.replace('_', ' ')}" for name, value in own.items() if value)
+        log.info("wasmcache: at exit: %s", summary)
+        if self._root_cache is not None and self._root_cache.writable and self.active:
+            from . import _events  # noqa: PLC0415 - at exit, and only when something happened
+
+            _events.append(self._root_cache.root, own)
+
+    def _before_fork(self) -> None:
+        # In the forking thread, before the fork: the counters' locks are free to take here (a
+        # child must not take a lock another thread of its parent held at the fork).
+        self._at_fork = list(self.counts().values())
+
+    def _forked(self) -> None:
+        self._reported = self._at_fork  # the child reports only what it does itself
 
     def uninstall(self) -> None:
         """Put wasmtime's original functions back (objects already returned keep working)."""
         global _active  # noqa: PLW0603 - the one process-wide drop-in
         with _state_lock:
             if _active is self:
-                _restore_all()
+                restore_all()
                 _active = None
             self.active = False
 
@@ -135,18 +169,27 @@ class DropIn:
     def _cache_for(self, engine: Any) -> _EngineCache | None:
         # The cache hangs on the engine (engine -> cache -> engine is a cycle the collector frees),
         # so it lives exactly as long as the program keeps the engine.
-        attached: dict[DropIn, _EngineCache] | None
-        try:
-            attached = engine.__dict__.setdefault(_ENGINE_ATTRIBUTE, {})
-        except AttributeError:
-            attached = None
         if self.unusable is not None:
             return None
-        cache = attached.get(self) if attached is not None else self._unattachable.get(id(engine))
+        attached: dict[DropIn, _EngineCache] | None = getattr(engine, "__dict__", {}).get(_ENGINE_ATTRIBUTE)
+        if attached is None:
+            try:
+                attached = engine.__dict__.setdefault(_ENGINE_ATTRIBUTE, {})
+            except AttributeError:
+                return None  # an engine that takes no attribute: wasmtime serves it as always
+        if attached.get(self) is None and uses_wasmtime_cache(engine):
+            if engine.__dict__.get(_LEFT_TO_WASMTIME):
+                return None
+            if not self._own_cache_fingerprint(engine):
+                engine.__dict__[_LEFT_TO_WASMTIME] = True
+                log.info("wasmcache: an engine uses wasmtime's own cache (Config.cache) with settings the drop-in "
+                         "cannot replay: it is left to wasmtime")
+                return None
+        cache = attached.get(self)
         if cache is not None:
             return cache
         with self._lock:
-            cache = attached.get(self) if attached is not None else self._unattachable.get(id(engine))
+            cache = attached.get(self)
             if cache is not None:
                 return cache
             try:
@@ -156,19 +199,30 @@ class DropIn:
                 self._warn_once("root", f"wasmcache: drop-in cannot use {self.root}: {exc}; compiling as usual")
                 return None
             cache._dropin_owner = self  # noqa: SLF001
-            if attached is not None:
-                attached[self] = cache
-            else:
-                self._unattachable[id(engine)] = cache
+            attached[self] = cache
             self._live.add(cache)
             return cache
+
+    def _own_cache_fingerprint(self, engine: Any) -> bool:
+        """Fingerprint an engine that has wasmtime's own cache without compiling with it (our probe
+        would write into that cache): False if its settings are not fully known."""
+        from ._fingerprint import EngineMemo, remember_fingerprint  # noqa: PLC0415
+        from ._layout import ENGINES_DIR  # noqa: PLC0415
+
+        cache = self._root_cache
+        memo = EngineMemo(cache.root / ENGINES_DIR, writable=cache.writable) if cache is not None else None
+        section = section_without_wasmtime_cache(engine, memo)
+        if section is None:
+            return False
+        remember_fingerprint(engine, section)
+        return True
 
     def _warn_once(self, topic: str, message: str) -> None:
         with self._lock:
             if topic in self._warned:
                 return
             self._warned.add(topic)
-        log.warning("%s", message)
+        log.warning(message)  # the message is its own cause (a guest says each once)
 
     def _load(self, engine: Any, kind: Kind, source: str | bytes | bytearray) -> Any:
         """The cached object for `source`, None to let wasmtime's original do it (and report)."""
@@ -190,6 +244,7 @@ class DropIn:
         raise refused  # outside the handler: no wasmcache exception as its __context__
 
     def _load_precompiled(self, engine: Any, kind: Kind, path: str) -> Any:
+        # A snapshot is keyed by the artifact's own engine section: no probe of this engine.
         cache = self._cache_for(engine)
         load_precompiled = getattr(cache, "load_precompiled", None)
         if load_precompiled is None:
@@ -210,14 +265,51 @@ class DropIn:
 
     def owns(self, path: str) -> bool:
         """`path` is one of our entries: published once, replaced only by rename, safe to map."""
+        if self._root_prefix is None:
+            return False
         try:
             real = os.path.realpath(path)
         except (OSError, ValueError):
             return False
         if not real.startswith(self._root_prefix):
             return False
-        namespace = real[len(self._root_prefix):].split(os.sep, 1)[0]
-        return namespace.startswith("ns-") and real.endswith(".cwasm")
+        parts = real[len(self._root_prefix):].split(os.sep)
+        return len(parts) == 2 and is_namespace_name(parts[0]) and is_entry_name(parts[1])
+
+
+def _open_root_cache(root: str | os.PathLike[str] | None, mode: Mode, max_size: int | str | None,
+                     strict: bool) -> ModuleCache:
+    """The root's cache; a guest holds back the core's word on a root it cannot create (the drop-in
+    says once what that means for this program, see DropIn.__init__)."""
+    with _log.held() as held:
+        cache = ModuleCache(root, mode=mode, max_size=max_size, strict=strict)
+    if cache.disabled or has_marker(cache.root):
+        _log.replay(held)
+    return cache
+
+
+def _resolved(root: str | os.PathLike[str] | None) -> Path | None:
+    try:
+        return resolve_root(root)
+    except CacheError:
+        return None  # the environment names no usable root: the drop-in says so, and has none
+
+
+def _why_unwritable(root: Path) -> str:
+    """Why wasmcache could not set up `root`, in a few words (the nearest existing directory's state)."""
+    probe = root
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        read_only = False
+    where = "it" if probe == root else str(probe)
+    if read_only:
+        return f"{where} is on a read-only file system"
+    if not os.access(probe, os.W_OK):
+        return f"{where} is not writable"
+    return f"{where} could not be set up"
 
 
 def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None:
@@ -235,131 +327,15 @@ def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None
     return original.with_traceback(None)
 
 
-# --- the patches ----------------------------------------------------------------------------------
-
-
 def _serving() -> DropIn | None:
     dropin = _active
     return dropin if dropin is not None and dropin.active else None
 
 
-def _deserialize_copy(cls: Any, engine: Any, path: str, deserialize: Callable[..., Any]) -> Any:
-    """What `deserialize_file` does, from a private copy of the bytes (nothing stays mapped)."""
-    import wasmtime  # noqa: PLC0415
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:  # wasmtime's own wording, so `except WasmtimeError` sees what it always saw
-        raise wasmtime.WasmtimeError(f"failed to open file\n\nCaused by:\n    {exc.strerror} (os error {exc.errno})\n"
-                                     ) from None
-    return deserialize(cls, engine, data)
-
-
-def _make_patches(kind: Kind, originals: dict[str, Any]) -> dict[str, Any]:
-    import wasmtime  # noqa: PLC0415
-    from wasmtime import _ffi  # noqa: PLC0415
-    from wasmtime._wat2wasm import _to_wasm  # noqa: PLC0415 - wasmtime's own WAT/bytes check
-
-    engine_type = wasmtime.Engine
-    clone = _ffi.wasmtime_module_clone if kind == "module" else _ffi.wasmtime_component_clone
-    original_init = originals["__init__"]
-    original_from_file = originals["from_file"].__func__
-    original_deserialize_file = originals["deserialize_file"].__func__
-    original_deserialize = originals["deserialize"].__func__
-
-    def __init__(self: Any, engine: Any, wasm: Any) -> None:  # noqa: N807 - it is the constructor
-        dropin = _serving()
-        if dropin is None or not isinstance(engine, engine_type):
-            original_init(self, engine, wasm)
-            return
-        binary = _to_wasm(wasm)  # TypeError / WasmtimeError exactly as wasmtime raises them
-        cached = dropin._load(engine, kind, binary)  # noqa: SLF001
-        if cached is None:
-            original_init(self, engine, binary)
-            return
-        self._set_ptr(clone(cached.ptr()))
-
-    def from_file(cls_: Any, engine: Any, path: Any) -> Any:
-        dropin = _serving()
-        if (dropin is None or not isinstance(engine, engine_type)
-                or cls_.__init__ is not __init__ or not isinstance(path, (str, bytes, os.PathLike))):
-            return original_from_file(cls_, engine, path)
-        name = os.fspath(path)
-        cached = dropin._load(engine, kind, os.fsdecode(name))  # noqa: SLF001
-        if cached is None:
-            return original_from_file(cls_, engine, path)
-        return cls_._from_ptr(clone(cached.ptr()))  # noqa: SLF001
-
-    def deserialize_file(cls_: Any, engine: Any, path: Any) -> Any:
-        dropin = _serving()
-        if (dropin is None or not isinstance(engine, engine_type) or not isinstance(path, str) or "\0" in path
-                or dropin.owns(path)):
-            return original_deserialize_file(cls_, engine, path)
-        cached = dropin._load_precompiled(engine, kind, path)  # noqa: SLF001
-        if cached is None:
-            return _deserialize_copy(cls_, engine, path, original_deserialize)
-        return cls_._from_ptr(clone(cached.ptr()))  # noqa: SLF001
-
-    pairs: list[tuple[Any, Any]] = [(__init__, original_init), (from_file, original_from_file),
-                                    (deserialize_file, original_deserialize_file)]
-    for ours, original in pairs:
-        ours.__doc__ = original.__doc__
-        ours.__qualname__ = original.__qualname__
-        ours.__wrapped__ = original
-    return {"__init__": __init__, "from_file": classmethod(from_file),
-            "deserialize_file": classmethod(deserialize_file)}
-
-
-def _apply(kind: Kind) -> None:
-    """Replace the constructors of `kind`'s class (under _state_lock); again for a kind: nothing."""
-    if kind in _patches:
-        return
-    # The core's own calls go through _native's originals: captured before we patch anything.
-    cls = _native.originals(kind)["class"]
-    # What is in place now (wasmtime's, or another tool's instrumentation of it) is what a call
-    # we do not serve goes to, and what uninstall puts back.
-    current = {name: cls.__dict__.get(name) for name in (*_PATCHED, "deserialize")}
-    if not all(isinstance(current[name], classmethod) for name in ("from_file", "deserialize_file", "deserialize")):
-        log.warning("wasmcache: wasmtime.%s has an unexpected shape; the drop-in leaves it alone", cls.__name__)
-        return
-    originals = {name: current[name] for name in _PATCHED}
-    ours = _make_patches(kind, current)
-    for name, function in ours.items():
-        setattr(cls, name, function)
-    _patches[kind] = (cls, originals, ours)
-
-
-def _restore_all() -> None:
-    for cls, originals, ours in _patches.values():
-        for name, original in originals.items():
-            # Put the original back only where ours is still in place: a patch someone stacked on
-            # top stays (ours, beneath it, passes every call straight through once uninstalled).
-            if cls.__dict__.get(name) is ours[name]:
-                setattr(cls, name, original)
-    _patches.clear()
-
-
 def _patch_components(_component_package: Any) -> None:
     with _state_lock:
         if _serving() is not None:
-            _apply("component")
-
-
-def hook_module() -> ModuleType:
-    """The startup hook module (stdlib only), loaded once under its top-level name."""
-    with _state_lock:
-        module = sys.modules.get("_wasmcache_hook")
-        if module is not None:
-            return module
-        path = Path(__file__).resolve().parent.parent / "_wasmcache_hook.py"  # beside the package
-        spec = importlib.util.spec_from_file_location("_wasmcache_hook", path)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["_wasmcache_hook"] = module
-        spec.loader.exec_module(module)
-        return module
+            apply("component", _serving)
 
 
 # --- the public switch ----------------------------------------------------------------------------
@@ -369,6 +345,36 @@ def _disabled() -> bool:
     from ._root import disabled_by_environment  # noqa: PLC0415
 
     return disabled_by_environment()
+
+
+_handles: list[DropIn] = []  # every drop-in this process installed: each reports at exit
+
+
+def _record_exits() -> None:
+    for dropin in _handles:
+        try:
+            dropin.record_exit()
+        except Exception as exc:  # at exit, a report must never turn into a traceback
+            log.debug("wasmcache: no exit record: %s", exc)
+
+
+def _before_fork() -> None:
+    for dropin in _handles:
+        dropin._before_fork()  # noqa: SLF001
+
+
+def _after_fork_in_child() -> None:
+    for dropin in _handles:
+        dropin._forked()  # noqa: SLF001
+
+
+def _report_at_exit(dropin: DropIn) -> None:
+    if not _handles:
+        import atexit  # noqa: PLC0415 - a builtin module; only for a process that installs the drop-in
+
+        atexit.register(_record_exits)
+        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    _handles.append(dropin)
 
 
 def _requested_settings(root: str | os.PathLike[str] | None, mode: str, max_size: int | str | None,
@@ -403,18 +409,24 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
             except CacheError as exc:
                 if not _automatic:
                     raise
-                log.warning("wasmcache: drop-in cannot use its cache (%s): programs' own .cwasm files are "
-                            "still never mapped (loaded as copies), nothing is cached", exc)
                 dropin = DropIn(root, mode=mode, max_size=max_size, strict=strict, automatic=True, unusable=exc)
         finally:
             _installing = False
+        if not _automatic:
+            _log.end_guest()  # the program installed wasmcache itself: its logging decides again
         _active = dropin
         if _disabled():
             log.info("wasmcache: $WASMCACHE_DISABLE is set: the drop-in stays off")
             return dropin
+        if dropin.unusable is not None:
+            # Once per process, and what it means for this program (what the user should fix).
+            log.warning("wasmcache: drop-in cannot use its cache root %s; nothing is cached: wasmtime compiles as "
+                        "usual and programs' own .cwasm files are loaded as copies, never mapped", dropin.unusable)
         dropin.active = True
-        _apply("module")
-        hook_module().when_imported("wasmtime.component", _patch_components)
+        apply("module", _serving)
+        record_configs()
+        _wasmcache_hook.when_imported("wasmtime.component", _patch_components)
+        _report_at_exit(dropin)
         log.debug("wasmcache: drop-in installed (%s)", dropin)
         return dropin
 
@@ -436,6 +448,7 @@ def auto_install() -> DropIn | None:
     """$WASMCACHE_AUTO's activation (from the startup hook): never raises into the program."""
     if _disabled() or _installing or _active is not None:
         return None  # an explicit install() is under way (it imported wasmtime) or done: it wins
+    _log.become_guest()  # a program that never asked for wasmcache: nothing through its logging
     try:
         return install(_automatic=True)
     except (CacheError, OSError) as exc:

@@ -1,4 +1,4 @@
-"""`wasmcache exec CMD ...` and the drop-in's diagnostics.
+"""`wasmcache exec CMD ...`: CMD with the drop-in active in every Python process under it.
 
 `exec` becomes CMD (os.execvpe: same pid, argv, stdin/stdout/stderr, signals and exit code) with
 an environment that activates the drop-in in every Python process under it, children included:
@@ -16,37 +16,103 @@ from __future__ import annotations
 # start-up figure). The same functions, the same numbers.
 import _signal as signal  # type: ignore[import-not-found]
 import os
-import site
 import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any, NoReturn
+    from typing import NoReturn
 
 HOOK_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "_hook")
-PTH_NAME = "wasmcache-auto.pth"
+# The same hook as a zip beside it: what `exec` puts on PYTHONPATH when it can (see hook_entry).
+HOOK_ZIP = HOOK_DIR + ".zip"
+VERBOSE_VARIABLE = "WASMCACHE_VERBOSE"  # read by _log (a guest's info lines at 1, debug at 2)
 _USAGE = "usage: wasmcache exec [--cache-dir DIR] CMD [ARGS]..."
 
 
-def exec_environment(environ: Mapping[str, str], *, cache_dir: str | None) -> dict[str, str]:
-    """`environ` plus what activates the drop-in in every Python process started with it."""
+def exec_environment(environ: Mapping[str, str], *, cache_dir: str | None, verbosity: int = 0) -> dict[str, str]:
+    """`environ` plus what activates the drop-in in every Python process started with it.
+
+    `verbosity` (1 for `wasmcache -v exec`, 2 for `--debug exec`) reaches every one of them as
+    $WASMCACHE_VERBOSE: they print what the drop-in does on stderr, as `wasmcache[PID]: ...`.
+    """
     env = dict(environ)
     pythonpath = env.get("PYTHONPATH", "")
-    if HOOK_DIR not in pythonpath.split(os.pathsep):
+    entries = pythonpath.split(os.pathsep)
+    if HOOK_DIR not in entries and HOOK_ZIP not in entries:
         # Prepended, the rest kept byte for byte (an empty entry means the current directory).
-        env["PYTHONPATH"] = HOOK_DIR + (os.pathsep + pythonpath if pythonpath else "")
+        env["PYTHONPATH"] = hook_entry() + (os.pathsep + pythonpath if pythonpath else "")
     env["WASMCACHE_AUTO"] = "1"
     if cache_dir is not None:
         env["WASMCACHE_DIR"] = os.path.abspath(os.path.expanduser(cache_dir))
+    if verbosity > 0:
+        env[VERBOSE_VARIABLE] = str(min(verbosity, 2))
     return env
 
 
-def exec_command(argv: list[str], *, cache_dir: str | None = None) -> NoReturn:
+def hook_entry() -> str:
+    """The PYTHONPATH entry that holds the `sitecustomize`: HOOK_ZIP, made once from HOOK_DIR.
+
+    Every Python under `exec` imports that sitecustomize (and the hook module), and a Python of
+    another version would write its bytecode (`__pycache__/sitecustomize.cpython-3XX.pyc`) into
+    this installation: a guest writes nothing outside the wasmcache root (issue 14). zipimport
+    never writes bytecode; the zip carries both modules compiled by this installation's Python,
+    so that Python starts as fast as from a directory, and any other compiles them in memory.
+    Made by this installation's own Python once (again when a source is newer); where it cannot
+    be written (a read-only installation, where no bytecode can be written either) the
+    directory serves.
+    """
+    sources = (os.path.join(HOOK_DIR, "sitecustomize.py"), _HOOK_MODULE)
+    try:
+        made = os.stat(HOOK_ZIP).st_mtime_ns
+        if all(os.stat(source).st_mtime_ns <= made for source in sources):
+            return HOOK_ZIP
+    except OSError:
+        pass
+    if not os.access(os.path.dirname(HOOK_ZIP), os.W_OK):
+        return HOOK_DIR  # a read-only installation: no import of zipfile on every exec to find that out
+    try:
+        _write_hook_zip(sources)
+    except (OSError, SyntaxError, ValueError):
+        return HOOK_DIR
+    return HOOK_ZIP
+
+
+_HOOK_MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_wasmcache_hook.py")
+
+
+def _write_hook_zip(sources: tuple[str, ...]) -> None:
+    import marshal  # noqa: PLC0415 - once per installation
+    import zipfile  # noqa: PLC0415
+    from importlib.util import MAGIC_NUMBER  # noqa: PLC0415
+
+    temporary = f"{HOOK_ZIP}.{os.getpid()}.tmp"
+    try:
+        with zipfile.ZipFile(temporary, "w") as archive:
+            for source in sources:
+                name = os.path.basename(source)
+                with open(source, "rb") as f:
+                    text = f.read()
+                code = compile(text, f"{HOOK_ZIP}{os.sep}{name}", "exec", dont_inherit=True)
+                # An unchecked hash-based pyc (PEP 552): zipimport takes it as is, for this Python's
+                # version only (its magic number); another version falls back to the source beside it.
+                pyc = MAGIC_NUMBER + (1).to_bytes(4, "little") + bytes(8) + marshal.dumps(code)
+                archive.writestr(name, text)
+                archive.writestr(name[: -len(".py")] + ".pyc", pyc)
+        os.replace(temporary, HOOK_ZIP)  # whole or not at all, for a Python starting right now
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def exec_command(argv: list[str], *, cache_dir: str | None = None, verbosity: int = 0) -> NoReturn:
     """Become `argv` with the drop-in active in it and every Python process it starts."""
     if not argv:
         _die(2, _USAGE)
-    env = exec_environment(os.environ, cache_dir=cache_dir)
+    env = exec_environment(os.environ, cache_dir=cache_dir, verbosity=verbosity)
     # Python ignores SIGPIPE and SIGXFSZ; an ignored signal survives exec. CMD gets the defaults,
     # as from a shell (`wasmcache exec yes | head` ends by SIGPIPE, not with an EPIPE error).
     for name in ("SIGPIPE", "SIGXFSZ"):
@@ -107,117 +173,6 @@ def exec_main(args: list[str]) -> NoReturn:
         _die(2, f"wasmcache: exec: expected [--cache-dir DIR] CMD [ARGS]...\n{_USAGE}")
     cache_dir, command = parsed
     exec_command(command, cache_dir=cache_dir)
-
-
-# --- diagnostics ----------------------------------------------------------------------------------
-
-
-def _site_dirs() -> list[str]:
-    dirs = list(getattr(site, "getsitepackages", list)())
-    if site.ENABLE_USER_SITE:
-        dirs.append(site.getusersitepackages())
-    return dirs
-
-
-def dropin_status(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Whether this Python would activate the drop-in, and why (for `wasmcache doctor`).
-
-    Keys: ``active`` (in this process), ``root`` (of the active one), ``auto`` ($WASMCACHE_AUTO
-    asks for it), ``disabled`` ($WASMCACHE_DISABLE), ``pth_hook`` (path of the installed startup
-    file, or None), ``exec_hook`` (the `exec` hook directory is on PYTHONPATH), ``would_activate``
-    (a new process of this Python with this environment activates it when it imports wasmtime),
-    ``hook_dir`` and ``reason`` (one line for people).
-    """
-    env = os.environ if environ is None else environ
-    from . import _dropin  # noqa: PLC0415 - light: the core is imported already
-
-    active = _dropin.installed()
-    hook = _dropin.hook_module()  # its switches' one reading, shared with the startup hook
-    disabled = hook.env_flag(env, "WASMCACHE_DISABLE")
-    auto = hook.env_flag(env, "WASMCACHE_AUTO")
-    pth = next((os.path.join(d, PTH_NAME) for d in _site_dirs() if os.path.isfile(os.path.join(d, PTH_NAME))), None)
-    exec_hook = HOOK_DIR in env.get("PYTHONPATH", "").split(os.pathsep)
-    would = auto and not disabled and (pth is not None or exec_hook)
-    if disabled:
-        reason = "$WASMCACHE_DISABLE is set: the drop-in stays off"
-    elif not auto:
-        reason = ("$WASMCACHE_AUTO is not on: programs run as they are (use `wasmcache exec CMD`, "
-                  "or export WASMCACHE_AUTO=1)")
-    elif not would:
-        reason = f"$WASMCACHE_AUTO is set but no startup hook is installed for {sys.executable} ({PTH_NAME} missing)"
-    elif (problem := _root_problem()) is not None:
-        reason = (f"the drop-in activates but cannot use its cache ({problem}): programs' own .cwasm files are "
-                  "still never mapped (loaded as copies); nothing is cached")
-    else:
-        reason = "the drop-in activates when a Python process of this environment imports wasmtime"
-    return {
-        "active": active is not None and active.active,
-        "root": str(active.root) if active is not None and active.active else None,
-        "auto": auto,
-        "disabled": disabled,
-        "pth_hook": pth,
-        "exec_hook": exec_hook,
-        "would_activate": would,
-        "hook_dir": HOOK_DIR,
-        "python": sys.executable,
-        "reason": reason,
-    }
-
-
-def _root_problem() -> str | None:
-    """Why the drop-in's cache root (from the environment) would be refused, without creating it."""
-    from ._errors import CacheError  # noqa: PLC0415
-    from ._root import has_marker, not_a_root_message, resolve_max_size, resolve_root, unsafe_reason  # noqa: PLC0415
-
-    try:
-        resolve_max_size(None)
-        root = resolve_root(None)
-    except CacheError as exc:
-        return str(exc)
-    if not os.path.lexists(root) or has_marker(root):
-        found = root if os.path.lexists(root) else None
-    elif not os.path.isdir(root) or os.listdir(root):
-        return not_a_root_message(root)
-    else:
-        found = root
-    if found is not None:
-        reason = unsafe_reason(os.stat(found))
-        if reason is not None:
-            return f"{found} {reason}"
-    return None
-
-
-def classify_cwasm(path: str) -> str:
-    """What a (mapped) file is, for `doctor` and `doctor --pid`:
-
-    ``"entry"`` (compiled or downloaded by wasmcache), ``"snapshot"`` (a program's own .cwasm taken
-    in by the drop-in), ``"foreign"`` (a Wasmtime artifact outside any wasmcache root, such as a
-    program's own cache file: whoever rewrites it in place crashes every process mapping it),
-    ``"other"`` (not a Wasmtime artifact, or unreadable). Judged by content, not by name: YoWASP's
-    cache files have no suffix.
-    """
-    from pathlib import Path  # noqa: PLC0415
-
-    from ._elf import ENGINE_SECTION, find_section  # noqa: PLC0415
-    from ._layout import ENTRY_SUFFIX, is_namespace_name, key_of, record_path  # noqa: PLC0415
-    from ._record import read_record  # noqa: PLC0415
-
-    real = Path(os.path.realpath(path))
-    if real.name.endswith(ENTRY_SUFFIX) and is_namespace_name(real.parent.name):
-        found = read_record(record_path(real.parent, key_of(real.name)))
-        if found is not None:
-            return "snapshot" if found[0].origin == "snapshot" else "entry"
-    try:
-        fd = os.open(real, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return "other"
-    try:
-        find_section(fd, ENGINE_SECTION)
-    except (OSError, ValueError):
-        return "other"
-    finally:
-        os.close(fd)
-    return "foreign"
 
 
 if __name__ == "__main__":  # `python -m wasmcache._dropin_exec CMD ...`: exec without the CLI's imports

@@ -6,6 +6,7 @@
       usage                        "<entries> <bytes>" of the whole root, so stats() and the size
                                    bound need no scan (exact after gc/verify, approximate between)
       gc.lock                      one collector at a time
+      events, events.1             what the drop-in did: a line per process that it served (at exit)
       engines/<memo>.engine        validated engine settings and their engine sections
       digests/<id>                 a file's digest by its identity (device, inode, size, mtime, ctime)
       quarantine/<key>.<ns>.<t>    bad entries moved aside (neither .cwasm nor .tmp)
@@ -32,11 +33,13 @@ MARKER_NAME: Final = "wasmcache-layout"
 CACHEDIR_TAG_NAME: Final = "CACHEDIR.TAG"
 USAGE_NAME: Final = "usage"
 GC_LOCK_NAME: Final = "gc.lock"
+EVENTS_NAME: Final = "events"
+EVENTS_OLD_NAME: Final = "events.1"
 ENGINES_DIR: Final = "engines"
 DIGESTS_DIR: Final = "digests"
 QUARANTINE_DIR: Final = "quarantine"
 SUBSTITUTERS_DIR: Final = "substituters"
-ROOT_FILES: Final = frozenset({MARKER_NAME, CACHEDIR_TAG_NAME, USAGE_NAME, GC_LOCK_NAME})
+ROOT_FILES: Final = frozenset({MARKER_NAME, CACHEDIR_TAG_NAME, USAGE_NAME, GC_LOCK_NAME, EVENTS_NAME, EVENTS_OLD_NAME})
 ROOT_DIRS: Final = frozenset({ENGINES_DIR, DIGESTS_DIR, QUARANTINE_DIR, SUBSTITUTERS_DIR})
 
 NAMESPACE_PREFIX: Final = "ns-"

@@ -37,13 +37,16 @@ DEFAULT_MAX_SIZE: Final = 4 << 30
 
 _SIZE_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _SIZE_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_TRUE_WORDS: Final = ("1", "true", "yes", "on")
 _ROOT_SETTINGS: Final = "root=, --cache-dir or $WASMCACHE_DIR"
 
 
 def disabled_by_environment() -> bool:
     """`$WASMCACHE_DISABLE`: compile every time, touch nothing anywhere."""
-    return os.environ.get("WASMCACHE_DISABLE", "").strip().lower() in _TRUE_WORDS
+    if "WASMCACHE_DISABLE" not in os.environ:
+        return False  # the common case, without loading the switches' reader
+    import _wasmcache_hook  # noqa: PLC0415 - the one reading of the switches' words, beside the package
+
+    return _wasmcache_hook.env_flag(os.environ, "WASMCACHE_DISABLE")
 
 
 # --- where -----------------------------------------------------------------------------------------

@@ -88,16 +88,24 @@ def _dispatch(args: list[str]) -> None:
 
 
 def _exec_fast_path(args: list[str]) -> None:
-    """`[--cache-dir DIR] exec [--cache-dir DIR] [--] CMD ...` becomes CMD without importing click.
+    """`[-v|--debug] [--cache-dir DIR] exec [--cache-dir DIR] [--] CMD ...` becomes CMD without importing click.
 
     A wrapped tool pays one exec, not the CLI's start-up (~30 ms of click). `exec --help` and a
     missing CMD go on to click, which prints the usual help and usage errors.
     """
     cache_dir = None
-    if args[:1] == ["--cache-dir"] and len(args) > 2:
-        cache_dir, args = args[1], args[2:]
-    elif args and args[0].startswith("--cache-dir="):
-        cache_dir, args = args[0].partition("=")[2], args[1:]
+    verbosity = 0
+    while args and args[0] != "exec":
+        if args[0] in ("-v", "--verbose"):
+            verbosity, args = max(verbosity, 1), args[1:]
+        elif args[0] == "--debug":
+            verbosity, args = 2, args[1:]
+        elif args[0] == "--cache-dir" and len(args) > 2:
+            cache_dir, args = args[1], args[2:]
+        elif args[0].startswith("--cache-dir="):
+            cache_dir, args = args[0].partition("=")[2], args[1:]
+        else:
+            return
     if args[:1] != ["exec"] or cache_dir == "":
         return
     from .._dropin_exec import exec_command, parse_exec_args  # noqa: PLC0415
@@ -106,7 +114,7 @@ def _exec_fast_path(args: list[str]) -> None:
     if parsed is None:
         return
     own_cache_dir, command = parsed
-    exec_command(command, cache_dir=own_cache_dir if own_cache_dir is not None else cache_dir)
+    exec_command(command, cache_dir=own_cache_dir if own_cache_dir is not None else cache_dir, verbosity=verbosity)
 
 
 def _error_line(message: str) -> None:

@@ -20,8 +20,14 @@ if TYPE_CHECKING:
 @cli.command("exec", context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
 @cache_dir_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_(cache_dir: Path | None, command: tuple[str, ...]) -> None:
-    """Run COMMAND with the drop-in active in every Python process under it (children too)."""
+@click.pass_context
+def exec_(ctx: click.Context, cache_dir: Path | None, command: tuple[str, ...]) -> None:
+    """Run COMMAND with the drop-in active in every Python process under it (children too).
+
+    With -v (--debug), every one of them prints what the drop-in does on stderr, as `wasmcache[PID]: ...`.
+    """
     from .._dropin_exec import exec_command  # noqa: PLC0415
 
-    exec_command(list(command), cache_dir=None if cache_dir is None else str(cache_dir))
+    options = ctx.obj or {}
+    verbosity = 2 if options.get("debug") else 1 if options.get("verbose") else 0
+    exec_command(list(command), cache_dir=None if cache_dir is None else str(cache_dir), verbosity=verbosity)

@@ -39,6 +39,11 @@ def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, t
     max_size = resolve_max_size(None)
     data: dict[str, object] = {"root": str(root), "entries": entries, "size_bytes": size, "max_size": max_size,
                                "namespaces": namespaces}
+    from .._events import read_totals  # noqa: PLC0415
+
+    events = read_totals(root)  # what the drop-in did in the processes it served (`wasmcache exec`)
+    if events.processes:
+        data["dropin"] = {"processes": events.processes, **events.counts}
     configured = resolve_remote_settings(remote, signing_key, list(trusted_keys) or None, require_trusted=False)
     if configured is not None:
         data["remote"] = {"url": configured.url, "signs_uploads": configured.signing_key is not None,
@@ -52,6 +57,11 @@ def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, t
     if configured is not None:
         say(f"remote          {configured.url} ({len(configured.trusted_keys)} trusted key(s), "
             f"{'signs and uploads' if configured.signing_key else 'download only'})")
+    if events.processes:
+        counted = events.counts
+        say(f"drop-in         {counted.get('hits', 0)} hits, {counted.get('misses', 0)} misses, "
+            f"{counted.get('compiles', 0)} compiles in {events.processes} process(es) since "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(events.since or 0))} ({root}/events)")
     say(f"namespaces      {len(namespaces)}")
     for name, ns in sorted(namespaces.items()):
         say(f"  {name}  {ns['entries']} entries")
@@ -166,7 +176,7 @@ def inspect(cache_dir: Path | None, as_json: bool, target: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
     """Find dangers in the cache root (or in a live process's mapped modules), each with its fix."""
-    from .._doctor import DANGER, diagnose_pid, diagnose_root  # noqa: PLC0415
+    from .._doctor import DANGER, diagnose_pid, diagnose_root, embedder_of  # noqa: PLC0415
 
     if pid is not None:
         try:
@@ -179,19 +189,23 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
         own = [m for m in mapped if m.origin == "foreign" and m.state != "modified-in-place"]
         if as_json:
             say(json.dumps([asdict(m) for m in mapped], indent=2))
-        else:
-            if not mapped:
-                say(f"process {pid} maps no Wasmtime compiled module")
-            for m in mapped:
-                say(f"{m.state:18} {m.origin:8} {m.path}  ({m.detail})")
-            if danger:
-                say("fix: restart the process; make the tool that rewrote the file publish by rename "
-                    "(or run it under `wasmcache exec`)")
-            elif own:
-                say(f"warning: process {pid} maps {len(own)} file(s) of a program's own cache; whoever rewrites "
-                    "one in place crashes it. fix: run the tool under `wasmcache exec` (or WASMCACHE_AUTO=1)")
+            sys.exit(1 if danger else 0)
+        if not mapped:
+            say(f"process {pid} maps no Wasmtime compiled module")
+        for m in mapped:
+            say(f"{m.state:18} {m.origin:8} {m.path}  ({m.detail})")
+        # `wasmcache exec` serves Python programs using wasmtime-py; a Rust or C embedder only its author can fix.
+        remedy = ("run the program under `wasmcache exec` (or WASMCACHE_AUTO=1): its own files are then loaded "
+                  "as private snapshots" if embedder_of(pid) == "wasmtime-py" else
+                  "this program embeds Wasmtime itself (not through wasmtime-py), so `wasmcache exec` cannot "
+                  "serve it: its cache must publish a new file by rename, never rewrite one in place")
+        if danger:
+            say(f"fix: restart the process; {remedy}")
+        elif own:
+            say(f"warning: process {pid} maps {len(own)} file(s) of a program's own cache; whoever rewrites "
+                f"one in place crashes it. fix: {remedy}")
         sys.exit(1 if danger else 0)
-    from .._dropin_exec import dropin_status  # noqa: PLC0415
+    from .._dropin_status import dropin_status  # noqa: PLC0415
 
     findings = diagnose_root(root_of(cache_dir))
     danger = any(f.severity == DANGER for f in findings)

