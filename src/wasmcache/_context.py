@@ -83,8 +83,8 @@ class CacheContext:
             initialize_root(self.root)
         except OSError as exc:
             if not has_marker(self.root):
-                log.warning("wasmcache: cannot create cache root %s (%s); compiling without a cache",
-                            self.root, exc.strerror or exc)
+                log.warning("wasmcache: cannot %s cache root %s (%s); compiling without a cache",
+                            "create" if existing is None else "initialize", self.root, exc.strerror or exc)
                 return
         if existing is None and not self.safe(self.root, os.stat(self.root)):
             return  # created just now (by us, or a racing process): check what is there
