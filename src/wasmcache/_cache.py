@@ -19,25 +19,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
-import weakref
+from _thread import allocate_lock
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from . import _native
-from ._context import DEFAULT_LOCK_TIMEOUT, CacheContext, Mode
+from ._context import DEFAULT_LOCK_TIMEOUT, CacheContext, Mode, Place
 from ._errors import CompileError, ConfigError, wasmtime_reason
 from ._fs import read_fd
 from ._key import Source, SourceDigests, artifact_fingerprint, cache_key, source_of, wasm_digest
 from ._layout import Kind
 from ._log import log
-from ._miss import MissPath, Place
 from ._native import EntryRefusedError
 from ._record import Identity
-from ._remote._settings import resolve_remote_settings
 from ._root import read_usage, resolve_max_size, unsafe_reason
 from ._stats import CacheStats
 from ._storage import CheckedEntry, Namespace, UntrustedEntryError
+from ._weak import WeakKeyMap
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -49,7 +47,9 @@ if TYPE_CHECKING:
     from ._engine import EngineSettings
     from ._fingerprint import EngineIdentity
     from ._maintenance import EntryInfo, GcReport
+    from ._miss import MissPath
     from ._public import SubstituterSettings
+    from ._remote._settings import RemoteSettings
     from ._verify import VerifyReport
 
 __all__ = ["CacheStats", "Kind", "Mode", "ModuleCache", "Source"]
@@ -94,10 +94,8 @@ class _Loaded(NamedTuple):
             return True  # collected or cleared: the mapping holds its inode, intact
 
 
-_loaded_by_engine: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, str, str], _Loaded]] = (
-    weakref.WeakKeyDictionary()
-)
-_loaded_guard = threading.Lock()
+_loaded_by_engine = WeakKeyMap()  # wasmtime.Engine -> {(root, mode, kind, key): _Loaded}
+_loaded_guard = allocate_lock()
 
 # Linux's /proc, else macOS and the BSDs' /dev/fd: a path that opens the very file behind an fd.
 _FD_DIR: Final = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
@@ -142,8 +140,29 @@ class ModuleCache:
                                        strict=strict, enabled=enabled)
         self._counters = ctx.counters
         self._digests = SourceDigests()
-        self._miss = MissPath(ctx, resolve_remote_settings(remote, signing_key, trusted_keys), load_entry,
-                              _substituter_settings(substituters, substituter_roots))
+        # Settings are checked now (a bad argument fails here, not at the first miss), but their modules are
+        # imported only when something is configured: a process that only hits pays for neither.
+        self._remote_settings: RemoteSettings | None = None
+        if remote is not False and (remote or os.environ.get("WASMCACHE_REMOTE")):
+            from ._remote._settings import resolve_remote_settings  # noqa: PLC0415
+
+            self._remote_settings = resolve_remote_settings(remote, signing_key, trusted_keys)
+        self._substituter_settings: SubstituterSettings | Literal["environment"] | None = "environment"
+        if substituters is not None or substituter_roots is not None or _substituters_in_environment():
+            self._substituter_settings = _substituter_settings(substituters, substituter_roots)
+        self._miss_path: MissPath | None = None
+
+    @property
+    def _miss(self) -> MissPath:
+        """The miss path, made at the first miss (its module is not imported by a process that only hits)."""
+        if self._miss_path is None:
+            from ._miss import MissPath  # noqa: PLC0415
+
+            settings = self._substituter_settings
+            if settings == "environment":  # nothing configured: what installed tools declare, if anything
+                settings = _substituter_settings(None, None)
+            self._miss_path = MissPath(self._ctx, self._remote_settings, load_entry, settings)
+        return self._miss_path
 
     # --- what the cache is ------------------------------------------------------------------------
 
@@ -298,11 +317,9 @@ class ModuleCache:
             return module
 
     def _loaded_modules(self) -> dict[tuple[str, str, str, str], _Loaded]:
-        with _loaded_guard:
-            loaded = _loaded_by_engine.get(self.engine)
-            if loaded is None:
-                loaded = _loaded_by_engine[self.engine] = {}
-            return loaded
+        loaded: dict[tuple[str, str, str, str], _Loaded] = (_loaded_by_engine.get(self.engine)
+                                                            or _loaded_by_engine.setdefault(self.engine, {}))
+        return loaded
 
     # --- sources and digests ----------------------------------------------------------------------
 
@@ -334,9 +351,13 @@ class ModuleCache:
     def stats(self) -> CacheStats:
         """This object's counters and the root's usage record (one small read: no scan)."""
         usage = None if self.disabled else read_usage(self.root)
+        return CacheStats.of(self._counts(), usage.entries if usage else 0, usage.size_bytes if usage else 0)
+
+    def _counts(self) -> dict[str, int]:
+        """This object's counters by name (`CacheStats`' fields without the root's usage: no file read)."""
         count = self._counters.snapshot()
-        count["rejected"] += self._miss.rejected
-        return CacheStats.of(count, usage.entries if usage else 0, usage.size_bytes if usage else 0)
+        count["rejected"] += self._miss_path.rejected if self._miss_path is not None else 0
+        return count
 
     def gc(self, max_size: int | str | None = None) -> GcReport:
         """Evict least recently used entries (whole root) down to `max_size`; reap dead writers' temp files."""
@@ -367,6 +388,11 @@ class ModuleCache:
 
     def __repr__(self) -> str:
         return f"ModuleCache(root={str(self.root)!r}, mode={self.mode!r}, max_size={self.max_size})"
+
+
+def _substituters_in_environment() -> bool:
+    return any(os.environ.get(name) for name in ("WASMCACHE_SUBSTITUTERS", "WASMCACHE_SUBSTITUTER_ROOTS",
+                                                  "WASMCACHE_SUBSTITUTER_CA"))
 
 
 def _substituter_settings(substituters: Sequence[str] | str | None,

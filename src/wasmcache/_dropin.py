@@ -65,8 +65,7 @@ class _EngineCache(ModuleCache):
 
     def counters(self) -> list[int]:
         # The counters alone (no read of the root's usage record): this also runs from __del__.
-        count = self._counters.snapshot()
-        count["rejected"] += self._miss.rejected
+        count = self._counts()
         return [count[name] for name in Counters.NAMES]
 
     def __del__(self) -> None:

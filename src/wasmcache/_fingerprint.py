@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
-import weakref
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 import blake3
@@ -25,6 +23,7 @@ from ._errors import ConfigError
 from ._fs import read_small_file, write_atomically
 from ._log import log
 from ._native import compile_wasm
+from ._weak import WeakKeyMap
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -242,8 +241,7 @@ class EngineIdentity(NamedTuple):
     fingerprint: str
 
 
-_identities: weakref.WeakKeyDictionary[wasmtime.Engine, EngineIdentity] = weakref.WeakKeyDictionary()
-_identities_lock = threading.Lock()
+_identities = WeakKeyMap()  # wasmtime.Engine -> EngineIdentity
 
 
 def engine_section(engine: wasmtime.Engine) -> bytes:
@@ -270,8 +268,7 @@ def fingerprint_of_section(section: bytes) -> str:
 
 def remember_fingerprint(engine: wasmtime.Engine, section: bytes) -> EngineIdentity:
     identity = EngineIdentity(section, fingerprint_of_section(section))
-    with _identities_lock:
-        _identities[engine] = identity
+    _identities.put(engine, identity)
     return identity
 
 
@@ -292,8 +289,7 @@ def default_engine(memo: EngineMemo | None) -> wasmtime.Engine:
 
 def engine_identity(engine: wasmtime.Engine) -> EngineIdentity:
     """The exact identity of `engine` (one probe compile per engine per process, ~1 ms)."""
-    with _identities_lock:
-        known = _identities.get(engine)
+    known: EngineIdentity | None = _identities.get(engine)
     if known is not None:
         return known
     return remember_fingerprint(engine, engine_section(engine))

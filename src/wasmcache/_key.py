@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
+from _thread import allocate_lock
 from typing import TYPE_CHECKING, Final
 
 import blake3
@@ -51,6 +51,8 @@ def wasm_digest(data: bytes | bytearray | memoryview) -> str:
             leaves[i] = blake3.blake3(chunks[i]).digest()
 
     workers = min(_DIGEST_THREADS, os.cpu_count() or 1, len(chunks))
+    import threading  # noqa: PLC0415 - only to hash a large input
+
     threads = [threading.Thread(target=hash_every, args=(i, workers), daemon=True) for i in range(1, workers)]
     for thread in threads:
         thread.start()
@@ -127,7 +129,7 @@ class SourceDigests:
 
     def __init__(self) -> None:
         self._known: dict[tuple[str, Identity], str] = {}
-        self._guard = threading.Lock()
+        self._guard = allocate_lock()
 
     @staticmethod
     def _memo_name(identity: Identity, tag: str) -> tuple[str, str]:

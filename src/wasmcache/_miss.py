@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from . import _native
 from ._elf import ENGINE_SECTION, find_section
@@ -25,31 +25,17 @@ from ._native import EntryRefusedError
 from ._record import Record
 
 if TYPE_CHECKING:
-    from ._context import CacheContext
+    from ._context import CacheContext, Place
     from ._layout import Kind
     from ._lock import KeyLock
     from ._public import PublicTier, SubstituterSettings
     from ._record import Identity
     from ._remote import RemoteTier
     from ._remote._settings import RemoteSettings
-    from ._storage import Namespace
 
 
 # A compile of this much wasm takes a second or more: a terminal is told it started, and why.
 _LONG_COMPILE_BYTES: Final = 4 << 20
-
-
-class Place(NamedTuple):
-    """Where a key's entry lives: its namespace, and the engine that namespace is for.
-
-    `section` None: not known yet (a snapshot found by its memo; the miss reads it from the artifact).
-    `serialized`: the entry is a snapshot of a serialized input (its namespace is the artifact's own engine).
-    """
-
-    namespace: Namespace
-    section: bytes | None
-    fingerprint: str
-    serialized: bool
 
 
 class LoadEntry(Protocol):

@@ -8,7 +8,7 @@ every call the core makes goes through this module.
 
 from __future__ import annotations
 
-import threading
+from _thread import allocate_lock
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CacheError
@@ -27,7 +27,7 @@ class EntryRefusedError(CacheError):
 
 
 _originals: dict[str, dict[str, Any]] = {}
-_guard = threading.Lock()
+_guard = allocate_lock()
 
 
 def compiled_class(kind: Kind) -> Any:

@@ -35,7 +35,7 @@ CACHEDIR_TAG: Final = (
 )
 DEFAULT_MAX_SIZE: Final = 4 << 30
 
-_SIZE_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_RE: Final = r"(?i)^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$"  # compiled by `re` when a size is parsed
 _SIZE_UNITS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _ROOT_SETTINGS: Final = "root=, --cache-dir or $WASMCACHE_DIR"
 
@@ -103,7 +103,7 @@ def parse_size(value: int | str) -> int:
         return value
     if not isinstance(value, str):
         raise ConfigError(f"size {value!r}: expected bytes or a string like 512M or 2G")
-    match = _SIZE_RE.match(value)
+    match = re.match(_SIZE_RE, value)
     if match is None:
         raise ConfigError(f"size {value!r}: expected bytes or a number with K, M, G or T (512M, 2G)")
     number, unit, _ = match.groups()
@@ -193,7 +193,7 @@ def _ours_while_initializing(name: str) -> bool:
     return name.endswith(TEMP_SUFFIX) and key_of(name) in (MARKER_NAME, key_of(CACHEDIR_TAG_NAME))
 
 
-_MEMO_RE: Final = re.compile(r"^[0-9a-f]{32}\.engine$")
+_MEMO_RE: Final = r"^[0-9a-f]{32}\.engine$"
 
 
 def _memos_of_old_versions(entry: os.DirEntry[str]) -> bool:
@@ -203,7 +203,7 @@ def _memos_of_old_versions(entry: os.DirEntry[str]) -> bool:
         return False
     try:
         with os.scandir(entry.path) as it:
-            return all(e.is_file(follow_symlinks=False) and (_MEMO_RE.match(e.name) or is_temp_name(e.name))
+            return all(e.is_file(follow_symlinks=False) and (re.match(_MEMO_RE, e.name) or is_temp_name(e.name))
                        for e in it)
     except OSError:
         return False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+from _thread import allocate_lock
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class Counters:
     NAMES: Final = ("hits", "misses", "compiles", "remote_hits", "remote_misses", "uploads", "rejected", "substituted")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._values = dict.fromkeys(self.NAMES, 0)
 
     def add(self, name: str, n: int = 1) -> None:

@@ -22,15 +22,13 @@ import contextlib
 import errno
 import os
 import stat
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import blake3
 
-from ._elf import ENGINE_SECTION, find_section
-from ._errors import CacheError
-from ._fs import (
+from .._elf import ENGINE_SECTION, find_section
+from .._fs import (
     READ_FLAGS,
     commit_temp,
     digest_fd,
@@ -41,85 +39,26 @@ from ._fs import (
     read_small_file,
     write_atomically,
 )
-from ._layout import (
+from .._layout import (
     ENTRY_SUFFIX,
     LOCK_SUFFIX,
     NAMESPACE_ENGINE_FILE,
-    QUARANTINE_DIR,
     RECORD_SUFFIX,
-    WHY_SUFFIX,
     is_keyed_name,
     is_namespace_name,
     is_temp_name,
     key_of,
     namespace_name,
 )
-from ._lock import KeyLock, try_lock
-from ._record import Identity, Record, read_record, write_record
+from .._lock import KeyLock, try_lock
+from .._record import Identity, Record, read_record, write_record
+from ._types import CheckedEntry, KeyFiles, Scan, TempFile, UntrustedEntryError, quarantine
+
+__all__ = ["CheckedEntry", "KeyFiles", "Namespace", "Scan", "TempFile", "UntrustedEntryError", "iter_entries",
+           "namespaces", "quarantine"]
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-
-class UntrustedEntryError(CacheError):
-    """An entry that must not be loaded: `problem` is corrupt | mismatched | orphan; `seen` the identity judged."""
-
-    def __init__(self, problem: str, detail: str, seen: Identity | None = None) -> None:
-        super().__init__(f"{problem}: {detail}")
-        self.problem = problem
-        self.detail = detail
-        self.seen = seen
-
-
-class CheckedEntry(NamedTuple):
-    """An open, checked entry: map `fd` (the checked inode), then `close()`."""
-
-    fd: int
-    stat: os.stat_result
-    record: Record
-    record_stat: os.stat_result
-    content_checked: bool  # the content was hashed (identity differed, or a full check was asked for)
-    data: bytearray | None  # the content, when asked for (push, verify)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-class TempFile(NamedTuple):
-    """A writer's temp file in a namespace: its path and the open fd that holds its flock."""
-
-    path: Path
-    fd: int
-
-    def discard(self) -> None:
-        discard_temp(self.path, self.fd)
-
-
-class KeyFiles(NamedTuple):
-    """The files one key has in a namespace, as one scan saw them."""
-
-    key: str
-    entry: os.DirEntry[str] | None
-    record: os.DirEntry[str] | None
-    temps: tuple[os.DirEntry[str], ...]
-
-    @property
-    def published(self) -> bool:
-        """An entry and its record, no writer's temp file: what loads, gc and `ls` count."""
-        return self.entry is not None and self.record is not None and not self.temps
-
-    @property
-    def interrupted(self) -> bool:
-        """A record without its entry: a writer killed between its record and its rename."""
-        return self.record is not None and self.entry is None
-
-
-class Scan(NamedTuple):
-    """A namespace's files: per key; temp files of no key (its `engine` file's writer); not ours."""
-
-    keys: list[KeyFiles]
-    other_temps: list[os.DirEntry[str]]
-    foreign: list[os.DirEntry[str]]
 
 
 class Namespace:
@@ -214,7 +153,7 @@ class Namespace:
         except BaseException:
             os.close(fd)
             raise
-        return CheckedEntry(fd, st, record, record_stat, check, data)
+        return CheckedEntry(fd, st, record, record_stat, content_checked=check, data=data)
 
     def rerecord(self, key: str, checked: CheckedEntry) -> None:
         """The entry's content checked out under a new identity (copied root, restore): record that identity."""
@@ -461,7 +400,7 @@ def _substitutes_for(record: Record, entry_section: bytes, section: bytes) -> bo
     may differ from the namespace's in ISA flags this host has (and nothing else)."""
     if record.origin != "substituted":
         return False
-    from ._compat import loadable  # noqa: PLC0415 - only for a substituted entry checked in full
+    from .._compat import loadable  # noqa: PLC0415 - only for a substituted entry checked in full
 
     return loadable(entry_section, section) is None
 
@@ -474,28 +413,6 @@ def namespaces(root: Path) -> list[Namespace]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     return [Namespace(root, path) for path in paths]
-
-
-def quarantine(root: Path, path: Path, reason: str) -> Path | None:
-    """Move `path` (never followed if a symlink) into ROOT/quarantine; unlink it if that fails.
-
-    Rename keeps the inode alive for any process that has it mapped. The new name keeps neither
-    the .cwasm nor the .tmp suffix, so nothing treats it as an entry again.
-    """
-    target_dir = root / QUARANTINE_DIR
-    target = target_dir / f"{path.name.replace('.', '-')}.{path.parent.name}.{int(time.time())}.{os.urandom(3).hex()}"
-    try:
-        target_dir.mkdir(mode=0o700, exist_ok=True)
-        os.rename(path, target)
-        with contextlib.suppress(OSError):
-            write_atomically(target_dir / (target.name + WHY_SUFFIX), (reason + "\n").encode("utf-8", "replace"))
-    except FileNotFoundError:
-        return None
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        return None
-    return target
 
 
 def iter_entries(root: Path) -> Iterator[tuple[Namespace, KeyFiles]]:
