@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 # Run in this order (the remote figure uses the miss figure's compile; every figure reuses the prepared modules).
-FIGURES = ("hit", "miss", "pss", "cold", "entries", "size", "remote", "run", "dropin", "guest")
+FIGURES = ("hit", "miss", "pss", "cold", "entries", "size", "remote", "substitute", "run", "dropin", "guest")
 DOCS = REPO / "docs"
 
 
