@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     import os
 
     from ._cache import ModuleCache
-    from ._dropin import DropIn, Mode
+    from ._context import Mode
+    from ._dropin import DropIn
     from ._engine import EngineSettings
     from ._fingerprint import engine_fingerprint
     from ._maintenance import EntryInfo, GcReport

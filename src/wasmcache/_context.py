@@ -11,8 +11,9 @@ import os
 from _thread import allocate_lock
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
+from ._engine_memo import EngineMemo
 from ._errors import ConfigError, UnsafeCacheError
-from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_identity
+from ._fingerprint import EngineIdentity, default_engine, engine_identity
 from ._layout import ENGINES_DIR
 from ._log import log
 from ._root import (

@@ -22,14 +22,13 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 import _wasmcache_hook
 
 from . import _log
 from ._cache import ModuleCache
 from ._dropin_patches import (
-    Kind,
     apply,
     record_configs,
     restore_all,
@@ -45,8 +44,10 @@ from ._stats import CacheStats, Counters
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from ._context import Mode
+    from ._layout import Kind
 
-Mode = Literal["mmap", "memory"]
+
 
 _ENGINE_ATTRIBUTE: Final = "_wasmcache_dropin_caches"
 _LEFT_TO_WASMTIME: Final = "_wasmcache_left_to_wasmtime"  # wasmtime's own cache, settings unknown: not served
@@ -205,7 +206,8 @@ class DropIn:
     def _own_cache_fingerprint(self, engine: Any) -> bool:
         """Fingerprint an engine that has wasmtime's own cache without compiling with it (our probe
         would write into that cache): False if its settings are not fully known."""
-        from ._fingerprint import EngineMemo, remember_fingerprint  # noqa: PLC0415
+        from ._engine_memo import EngineMemo  # noqa: PLC0415
+        from ._fingerprint import remember_fingerprint  # noqa: PLC0415
         from ._layout import ENGINES_DIR  # noqa: PLC0415
 
         cache = self._root_cache

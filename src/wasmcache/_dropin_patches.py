@@ -10,7 +10,7 @@ sets on each `Config` (the drop-in fingerprints an engine with wasmtime's own ca
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 from . import _native
 from ._log import log
@@ -18,9 +18,9 @@ from ._log import log
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._fingerprint import EngineMemo
+    from ._engine_memo import EngineMemo
+    from ._layout import Kind
 
-Kind = Literal["module", "component"]
 
 # The class attributes the drop-in replaces (each restored by identity on uninstall).
 _PATCHED: Final = ("__init__", "from_file", "deserialize_file")
@@ -48,7 +48,8 @@ def section_without_wasmtime_cache(engine: Any, memo: EngineMemo | None) -> byte
     settings = [(name, value) for name, value in engine.__dict__.get(SETTINGS, ()) if name != "cache"]
     if engine.__dict__.get(RAW) or not all(isinstance(v, (bool, int, str)) for _, v in settings):
         return None
-    from ._fingerprint import engine_section, memo_key_for, remembered_section  # noqa: PLC0415
+    from ._engine_memo import memo_key_for, remembered_section  # noqa: PLC0415
+    from ._fingerprint import engine_section  # noqa: PLC0415
 
     described = "wasmtime.Config(" + ", ".join(f"{name}={value!r}" for name, value in settings) + ")"
 
