@@ -225,4 +225,8 @@ MUTANTS: tuple[Mutant, ...] = (
        "a downloaded artifact whose own engine section this host cannot load never reaches wasmtime",
        [("_public/_client.py", "            why = loadable(section, host_section)", "            why = None")],
        ["tests/test_public.py::test_a_forged_above_host_variant_is_never_chosen_nor_loaded"]),
+    _m("publish-revoked-never-again",
+       "an artifact whose content was revoked is never published again (a rebuild of the same bytes, a re-run)",
+       [("_public/_publish.py", 'if entry["custom"].get("blake3") in revoked_digests:', "if False:")],
+       ["tests/test_public.py::test_a_revoked_artifact_never_comes_back_on_a_later_publish"]),
 )

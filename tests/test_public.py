@@ -681,3 +681,77 @@ def test_fetch_into_a_callers_write_only_temp_file_descriptor(published, tmp_pat
     finally:
         os.close(fd)
     assert runs(temp) == 42
+
+
+# --- what an outside reader found (each failed before its fix) -------------------------------------------
+
+
+def test_a_revoked_artifact_never_comes_back_on_a_later_publish(published, tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(published["work"] / "tree", tree)
+    top = published["levels"][0]
+    # Revoke and rebuild in one step (the README's fix for a miscompile), then publish the same build again.
+    for args in (["--revoke", f"level={top}", str(published["wasm"])], ["--level", top, str(published["wasm"])]):
+        proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], *args)
+        assert proc.returncode == 0, proc.stderr
+    dest = tmp_path / "entry.cwasm"
+    fetched, why = fetch(f"file://{tree}", tree / "root.json", dest, digest=published["digest"])
+    assert fetched is not None, why
+    assert fetched.level != top  # the same bytes as the revoked artifact: never published again
+
+
+def test_an_interrupted_publish_can_be_run_again(published, tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(published["work"] / "tree", tree)
+    version = json.loads((tree / "metadata" / "timestamp.json").read_text())["signed"]["version"]
+    # What a publish killed before its timestamp leaves: next versions' files no consumer has seen.
+    for name in (f"{version + 1}.targets.json", f"{version + 1}.snapshot.json"):
+        (tree / "metadata" / name).write_text('{"half": "written"}')
+    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"])
+    assert proc.returncode == 0, proc.stderr
+    dest = tmp_path / "entry.cwasm"
+    fetched, why = fetch(f"file://{tree}", tree / "root.json", dest, digest=published["digest"])
+    assert fetched is not None, why
+
+
+def test_publish_refuses_bad_arguments_before_compiling(published, tmp_path):
+    out = tmp_path / "tree"
+    shutil.copytree(published["work"] / "tree", out)
+    before = sorted(p.name for p in (out / "targets").iterdir())
+    odd = tmp_path / os.fsdecode(b"bad\xffname.wasm")
+    odd.write_bytes(published["wasm"].read_bytes())
+    public_key = Path(published["key"]).with_suffix(".pub")
+    for args, says in ((["--signing-key", str(public_key), str(published["wasm"])], "not a private key"),
+                       (["--signing-key", published["other_key"], str(published["wasm"])], "not a key of this tree"),
+                       (["--signing-key", published["key"], str(odd)], "not UTF-8"),
+                       (["--signing-key", published["key"], "--level", "", str(published["wasm"])], "--level")):
+        proc = run_cli("publish", "--out", str(out), *args)
+        assert proc.returncode == 2, proc.stderr
+        assert says in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stdout == ""  # nothing was compiled
+    assert sorted(p.name for p in (out / "targets").iterdir()) == before
+    file_out = tmp_path / "a-file"
+    file_out.write_text("")
+    proc = run_cli("publish", "--out", str(file_out), "--signing-key", published["key"], str(published["wasm"]))
+    assert proc.returncode == 2
+    assert "not a directory" in proc.stderr
+
+
+def test_bad_substituter_urls_and_roots_are_one_line_config_errors(published, monkeypatch):
+    from wasmcache import ConfigError
+
+    root = str(published["work"] / "tree" / "root.json")
+    for url in ("http://127.0.0.1:99999/tree", "http://[::1/tree", "file://tree", "https:///tree"):
+        with pytest.raises(ConfigError) as refused:
+            resolve_substituter_settings([url], [root])
+        assert url in str(refused.value)
+    # One root given as a string or as its bytes is one root, not a sequence of characters.
+    assert resolve_substituter_settings(["file:///t"], root).substituters[0].roots == (Path(root).read_bytes(),)
+    assert resolve_substituter_settings(["file:///t"], [Path(root).read_bytes()]).substituters[0].roots == (
+        Path(root).read_bytes(),)
+    monkeypatch.setenv("WASMCACHE_SUBSTITUTERS", "http://127.0.0.1:99999/tree")
+    monkeypatch.setenv("WASMCACHE_SUBSTITUTER_ROOTS", root)
+    doctor = run_cli("doctor")
+    assert "internal error" not in doctor.stderr + doctor.stdout
+    assert "99999" in doctor.stdout

@@ -224,3 +224,55 @@ module = cache.load(bytes.fromhex(sys.argv[2]))
 print(json.dumps({"compiles": cache.stats().compiles, "hits": cache.stats().hits}))
 """, str(tmp_path / "root"), wasm.hex())
     assert (run["compiles"], run["hits"]) == (1, 0)
+
+
+def test_compile_says_a_module_was_substituted_and_pull_exits_1_on_a_tampered_artifact(tree, caddy, tmp_path):
+    url = served(tree, caddy, "say")
+    env = environment(url, tree, caddy)
+    compiled = subprocess.run([sys.executable, "-m", "wasmcache.cli", "compile", "--json", "--cache-dir",
+                               str(tmp_path / "a"), str(tree["wasm"])], capture_output=True, text=True, env=env,
+                              timeout=120, check=False)
+    assert compiled.returncode == 0, compiled.stderr
+    said = json.loads(compiled.stdout)
+    assert (said["substituted"], said["compiled"]) == (True, False)
+    # The trusted state directory is as private as the rest of the root.
+    assert (tmp_path / "a" / "substituters").stat().st_mode & 0o777 == 0o700
+    for artifact in (caddy.root / "say" / "targets").iterdir():
+        data = bytearray(artifact.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        artifact.write_bytes(bytes(data))
+    pulled = subprocess.run([sys.executable, "-m", "wasmcache.cli", "pull", "--cache-dir", str(tmp_path / "b"),
+                             str(tree["wasm"])], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert pulled.returncode == 1, pulled.stdout + pulled.stderr  # compiled locally, but someone is tampering
+    assert "untrusted" in pulled.stderr
+
+
+def test_a_terminal_sees_one_line_for_a_download(tree, caddy, tmp_path):
+    import pty
+
+    url = served(tree, caddy, "tty")
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "run", "--cache-dir", str(tmp_path / "r"),
+                               "--invoke", "answer", str(tree["wasm"])], stdout=subprocess.PIPE, stderr=follower,
+                              text=True, env=environment(url, tree, caddy), timeout=120, check=False)
+        os.close(follower)
+        follower = -1
+        said = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            said += chunk
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+    assert proc.returncode == 0
+    assert proc.stdout == "73\n"
+    lines = said.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("wasmcache: fetching precompiled answer.wasm, ")

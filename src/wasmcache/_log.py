@@ -61,6 +61,16 @@ class _Guest:
 _guest: _Guest | None = None
 
 
+_progress_to_terminal = False
+
+
+def show_progress_on_terminal() -> None:
+    """The CLI's switch: progress records (a download, a long compile) go to stderr as one line each when
+    it is a terminal, whatever logging says; elsewhere they stay INFO records."""
+    global _progress_to_terminal  # noqa: PLW0603 - one switch per process
+    _progress_to_terminal = _stderr_is_a_terminal()
+
+
 def _stderr_is_a_terminal() -> bool:
     """A person may be watching: progress lines (a download, a long compile) are worth a line there."""
     try:
@@ -159,6 +169,13 @@ class _Log:
         guest = _guest
         if guest is not None:
             guest.emit(level, msg, args, progress=progress)
+            return
+        if progress and _progress_to_terminal:
+            try:
+                sys.stderr.write((msg % args if args else msg) + "\n")
+                sys.stderr.flush()
+            except (OSError, ValueError, TypeError, AttributeError):
+                pass
             return
         if "logging" not in sys.modules and level < _WARNING:
             return  # logging was never imported, so never configured: this record goes nowhere

@@ -9,6 +9,7 @@ checked load the hit path uses (`load_entry`). It never reaches back into the `M
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 # A compile of this much wasm takes a second or more: a terminal is told it started, and why.
 _LONG_COMPILE_BYTES: Final = 4 << 20
+# A substituter's answer that is an attack or a broken publication, not just a miss.
+_REJECTIONS: Final = ("untrusted", "refused", "rolled-back", "rolled back")
 
 
 class LoadEntry(Protocol):
@@ -282,6 +285,9 @@ class MissPath:
                 if self._public is None:
                     ctx = self._ctx
                     state = ctx.root / SUBSTITUTERS_DIR if ctx.stores else None
+                    if state is not None:
+                        with contextlib.suppress(OSError):  # trusted TUF state: as private as the root
+                            state.mkdir(mode=0o700, exist_ok=True)
                     self._public = PublicTier(settings, state_dir=state, progress=_announce_download)
         return self._public
 
@@ -302,6 +308,8 @@ class MissPath:
             raise
         if fetched is None:
             temp.discard()
+            if tier.last_reason and any(word in tier.last_reason for word in _REJECTIONS):
+                self._ctx.counters.add("rejected")  # someone may be tampering: `pull` exits 1
             return None, None
         record = Record(
             key=key, kind=kind, wasm_digest=digest, content_digest=fetched.blake3, size=fetched.size, identity=None,
@@ -319,13 +327,21 @@ class MissPath:
         if module is None:
             return None, None
         self._ctx.counters.add("substituted")
-        log.info("wasmcache: substituted %s from %s (%s, %d bytes) in %.2f s", name, fetched.url, fetched.level,
-                 fetched.size, fetched.seconds)
+        log.info("wasmcache: substituted %s from %s (%s, %s) in %.3f s", name, fetched.url, fetched.level,
+                 _size(fetched.size), fetched.seconds)
         return module, fetched.size
 
 
 def _announce_download(name: str, level: str, url: str, done: int, total: int) -> None:
     """The one line a terminal shows when a download starts (the client calls this as it goes)."""
     if done == 0:
-        log.progress("wasmcache: fetching precompiled %s, %s, %.0f MB from %s", os.path.basename(name), level,
-                     total / 1e6, url)
+        what = "a module given as bytes" if name.startswith("<") else os.path.basename(name)
+        log.progress("wasmcache: fetching precompiled %s, %s, %s from %s", what, level, _size(total), url)
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB"):
+        if n < 1000 or unit == "MB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"

@@ -53,12 +53,28 @@ class SubstituterSettings(NamedTuple):
 def _check_url(url: str, where: str) -> str:
     if not url.startswith(_SCHEMES) or any(c in url for c in "\0\r\n\t ") or len(url) <= len("file://"):
         raise ConfigError(f"{where}: substituter {url!r}: expected an https://, http:// or file:// URL")
+    from urllib.parse import urlsplit  # noqa: PLC0415 - only when a substituter is configured
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port out of range
+    except ValueError as exc:
+        raise ConfigError(f"{where}: substituter {url!r}: {exc}") from None
+    if parts.scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path.startswith("/")):
+        raise ConfigError(f"{where}: substituter {url!r}: a file:// URL takes an absolute path (file:///srv/tree)")
+    if parts.scheme != "file" and (not parts.hostname or port == 0):
+        raise ConfigError(f"{where}: substituter {url!r}: no host")
     return url.rstrip("/")
 
 
-def read_root(path: str | os.PathLike[str], where: str) -> bytes:
-    """A trusted root.json's bytes (checked to be TUF root metadata only when used)."""
-    name = os.fspath(path)
+def read_root(path: str | os.PathLike[str] | bytes, where: str) -> bytes:
+    """A trusted root.json's bytes (checked to be TUF root metadata only when used); `path` may be the
+    contents themselves (bytes that are a JSON object), as an entry point's `root` may."""
+    if isinstance(path, bytes) and path.lstrip()[:1] == b"{":
+        if len(path) > _MAX_ROOT or b'"_type"' not in path or b'"root"' not in path:
+            raise ConfigError(f"{where}: trusted root given as bytes: not a TUF root.json")
+        return path
+    name = os.fsdecode(path)
     try:
         with open(name, "rb") as f:
             data = f.read(_MAX_ROOT + 1)
@@ -84,13 +100,15 @@ def resolve_substituter_settings(
     count unless ``declared=False``); the single word ``none`` turns off the declared ones too.
     Bad values raise a one-line `ConfigError`.
     """
-    where = "argument"
+    where = "--substituter"
     if substituters is None:
         where = "$WASMCACHE_SUBSTITUTERS"
         urls = os.environ.get("WASMCACHE_SUBSTITUTERS", "").split()
     else:
         urls = substituters.split() if isinstance(substituters, str) else list(substituters)
-    root_where = "argument"
+    root_where = "--substituter-root"
+    if isinstance(roots, (str, bytes, os.PathLike)):
+        roots = [roots]  # one root, not a sequence of its characters
     if roots is None:
         root_where = "$WASMCACHE_SUBSTITUTER_ROOTS"
         roots = [p for p in os.environ.get("WASMCACHE_SUBSTITUTER_ROOTS", "").split(os.pathsep) if p]
@@ -98,9 +116,9 @@ def resolve_substituter_settings(
         return None
     checked = [_check_url(url, where) for url in urls]
     if checked and not roots:
-        raise ConfigError(f"{where}: substituters configured but no trusted root: a precompiled module is "
-                          "native code, loaded only when signed under a root you trust. Set "
-                          "$WASMCACHE_SUBSTITUTER_ROOTS to the publisher's root.json (or pass substituter_roots=)")
+        raise ConfigError("substituters configured but no trusted root: a precompiled module is native code, "
+                          "loaded only when signed under a root you trust. Give the publisher's root.json: "
+                          "--substituter-root FILE, $WASMCACHE_SUBSTITUTER_ROOTS, or substituter_roots=[...]")
     trusted = tuple(read_root(p, root_where) for p in roots)
     if ca_file is None:
         ca_file = os.environ.get("WASMCACHE_SUBSTITUTER_CA") or None
@@ -108,7 +126,7 @@ def resolve_substituter_settings(
         raise ConfigError(f"substituter CA file {os.fspath(ca_file)}: no such file")
     if not checked and not declared:
         return None
-    origin = "environment" if where != "argument" else "argument"
+    origin = "environment" if where.startswith("$") else "argument"
     return SubstituterSettings(tuple(Substituter(url, trusted, origin) for url in checked),
                                os.fspath(ca_file) if ca_file is not None else None, declared)
 

@@ -38,6 +38,7 @@ from .._compat import abi_hash, isa_flags
 from .._elf import ENGINE_SECTION, find_section
 from .._errors import CacheError, ConfigError
 from .._key import wasm_digest
+from .._lock import KeyLock
 from .._log import log
 from ._levels import METADATA_DIR, TARGETS_DIR, levels_for, target_path
 
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 UNSIGNED_FILE: Final = "wasmcache-unsigned.json"
 ROLES: Final = ("root", "targets", "snapshot", "timestamp")
 REVOKED_FIELD: Final = "x-wasmcache-revoked"
+PUBLISH_LOCK: Final = ".wasmcache-publish.lock"
 _ZSTD_LEVEL: Final = 9
 
 
@@ -271,6 +273,13 @@ def _create_only(final: Path, data: bytes) -> bool:
     return True
 
 
+def _write_versioned(final: Path, data: bytes) -> None:
+    """A versioned metadata file one version past what the tree's root.json and timestamp.json name: no
+    consumer can have seen it (timestamp.json and root.json are written last), so a leftover of an
+    interrupted publish is replaced."""
+    _replace(final, data)
+
+
 def _replace(final: Path, data: bytes) -> None:
     temp = final.with_name(f".{final.name}.{os.urandom(6).hex()}.tmp")
     with open(temp, "xb") as f:
@@ -439,9 +448,18 @@ class Tree:
 
         assert self.targets is not None
         targets = self.targets.signed.targets
+        revoked = self.targets.signed.unrecognized_fields.get(REVOKED_FIELD, [])
+        revoked_digests = {r.get("blake3") for r in revoked if isinstance(r, dict)} - {None}
         added = kept = 0
         for entry in entries:
             path = entry["path"]
+            if entry["custom"].get("blake3") in revoked_digests:
+                # Revoked once, never again: the same bytes (a rebuild with the same wasmtime, a publish job
+                # run twice) must not bring a miscompiled artifact back.
+                log.warning("wasmcache: %s has the content of a revoked artifact; not published again (rebuild "
+                            "it with a fixed wasmtime)", path)
+                kept += 1
+                continue
             if path in targets:
                 if targets[path].hashes != entry["hashes"]:
                     log.warning("wasmcache: %s is already published with other bytes; kept the published one "
@@ -480,12 +498,14 @@ class Tree:
         assert self.timestamp is not None
         expires = _now() + dt.timedelta(days=days)
         self.meta.mkdir(parents=True, exist_ok=True)
+        # Versioned files newer than what root.json and timestamp.json name were never published (a
+        # publish interrupted before its last step): they may be written again.
         if self.root_changed:
             self.root.signatures.clear()
             self.root.sign(keys.root, append=True)
             if new_signer is not None and new_signer.public_key.keyid in self.root.signed.roles["root"].keyids:
                 self.root.sign(new_signer, append=True)
-            _create_only(self.meta / f"{self.root.signed.version}.root.json", _serialize(self.root))
+            _write_versioned(self.meta / f"{self.root.signed.version}.root.json", _serialize(self.root))
         signer = new_signer or keys.signing
         step = 0 if self.fresh else 1
         self.targets.signed.version += step
@@ -493,14 +513,14 @@ class Tree:
         self.targets.signatures.clear()
         self.targets.sign(signer)
         targets_bytes = _serialize(self.targets)
-        _create_only(self.meta / f"{self.targets.signed.version}.targets.json", targets_bytes)
+        _write_versioned(self.meta / f"{self.targets.signed.version}.targets.json", targets_bytes)
         self.snapshot.signed.version += step
         self.snapshot.signed.expires = expires
         self.snapshot.signed.meta["targets.json"] = MetaFile(version=self.targets.signed.version)
         self.snapshot.signatures.clear()
         self.snapshot.sign(signer)
         snapshot_bytes = _serialize(self.snapshot)
-        _create_only(self.meta / f"{self.snapshot.signed.version}.snapshot.json", snapshot_bytes)
+        _write_versioned(self.meta / f"{self.snapshot.signed.version}.snapshot.json", snapshot_bytes)
         self.timestamp.signed.version += step
         self.timestamp.signed.expires = expires
         self.timestamp.signed.snapshot_meta = MetaFile(version=self.snapshot.signed.version,
@@ -532,6 +552,22 @@ class PublishResult(NamedTuple):
     version: int  # the new targets version (0 for an unsigned part)
 
 
+def check_before_compiling(out: str | os.PathLike[str], *, signing_key: str | None, root_key: str | None = None,
+                           rotate_to: str | None = None) -> None:
+    """What `publish` would refuse after the compiles, refused before them (a compile can take minutes)."""
+    target = Path(out)
+    if os.path.lexists(target) and not target.is_dir():
+        raise PublishError(f"--out {target}: not a directory")
+    if signing_key is None:
+        return
+    signing = load_signer(signing_key)
+    root = load_signer(root_key) if root_key else signing
+    if rotate_to:
+        load_signer(rotate_to)
+    if (target / "root.json").exists():
+        Tree(target).check_keys(Keys(signing, root))
+
+
 def publish(out: str | os.PathLike[str], built: Sequence[Built] = (), *, signing_key: str | None,
             root_key: str | None = None, merge: Sequence[str | os.PathLike[str]] = (),
             revoke: Sequence[str] = (), rotate_to: str | None = None, days: int = 30,
@@ -552,6 +588,17 @@ def publish(out: str | os.PathLike[str], built: Sequence[Built] = (), *, signing
     signing = load_signer(signing_key)
     keys = Keys(signing, load_signer(root_key) if root_key else signing)
     new_signer = load_signer(rotate_to) if rotate_to else None
+    target.mkdir(parents=True, exist_ok=True)
+    # One publisher at a time per tree on this machine: the next version's files are written before the
+    # timestamp that publishes them, and two writers of version N+1 must not interleave.
+    with KeyLock(target / PUBLISH_LOCK):
+        return _publish_locked(target, built, keys, signing, root_key, new_signer, merge, revoke, rotate_to, days,
+                               root_days)
+
+
+def _publish_locked(target: Path, built: Sequence[Built], keys: Keys, signing: Any, root_key: str | None,
+                    new_signer: Any, merge: Sequence[str | os.PathLike[str]], revoke: Sequence[str],
+                    rotate_to: str | None, days: int, root_days: int) -> PublishResult:
     entries = [put_target(target, item) for item in built]
     for part in merge:
         entries += _merge_part(target, Path(part))

@@ -68,8 +68,14 @@ def compile_(
             continue
         entry = cache.entry_path(key)
         cached = not cache.disabled and entry.exists()
+        substituted = after.substituted > before.substituted
         if after.remote_hits > before.remote_hits:
             state = "from the remote tier"
+        elif substituted:
+            entry_info = cache.entry_info(key)
+            level = entry_info.level if entry_info is not None else None
+            state = f"precompiled by its publisher ({level}), from {entry_info.substituter}" if entry_info and level \
+                else "precompiled by its publisher"
         elif after.compiles > before.compiles:
             state = "compiled"
         else:
@@ -85,7 +91,8 @@ def compile_(
             state = f"{'compiled' if after.compiles > before.compiles else 'loaded'}, not cached ({why})"
         if as_json:
             say(json.dumps({"file": str(file), "kind": kind, "key": key, "entry": str(entry) if cached else None,
-                            "compiled": after.compiles > before.compiles, "seconds": round(elapsed, 3),
+                            "compiled": after.compiles > before.compiles, "substituted": substituted,
+                            "seconds": round(elapsed, 3),
                             "cached": cached}))
         else:
             say(f"{key}  {entry if cached else '-'}")

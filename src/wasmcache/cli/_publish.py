@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -36,13 +37,21 @@ def publish(out: Path, signing_key: str | None, unsigned: bool, merge: tuple[Pat
             wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, ...], as_json: bool,
             files: tuple[Path, ...]) -> None:
     """Compile FILES for every CPU level and publish them, signed, into the static tree --out."""
-    from .._public._publish import PublishError, compile_at_levels  # noqa: PLC0415
+    from .._public._publish import PublishError, check_before_compiling, compile_at_levels  # noqa: PLC0415
     from .._public._publish import publish as publish_tree  # noqa: PLC0415
 
     if unsigned == (signing_key is not None):
         raise PublishError("pass --signing-key KEY.pem (sign now) or --unsigned (a part to --merge later)")
     settings = settings_of(wasm, codegen, optimize)
-    levels = [name.strip() for name in level.split(",") if name.strip()] if level else None
+    levels = [name.strip() for name in level.split(",") if name.strip()] if level is not None else None
+    if levels == []:
+        raise PublishError("--level: name at least one level (x86-64-v4, x86-64-v3, x86-64-v2, baseline)")
+    for file in files:
+        text = os.fsencode(file).decode("utf-8", "replace")
+        if "\ufffd" in text or not text.isprintable():
+            raise PublishError(f"{os.fsdecode(file).encode('utf-8', 'backslashreplace').decode()}: a file name "
+                               "that is not UTF-8 text cannot be named in the signed metadata; rename it")
+    check_before_compiling(out, signing_key=signing_key, root_key=root_key, rotate_to=rotate_to)
     built = []
     for file in files:
         items = compile_at_levels(str(file), settings, levels)
