@@ -276,3 +276,21 @@ def test_a_terminal_sees_one_line_for_a_download(tree, caddy, tmp_path):
     lines = said.decode().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("wasmcache: fetching precompiled answer.wasm, ")
+
+
+def test_doctor_names_a_local_entry_its_publisher_revoked(tree, caddy, tmp_path):
+    url = served(tree, caddy, "revoke")
+    root = tmp_path / "root"
+    env = environment(url, tree, caddy)
+    run_json(LOAD, str(root), str(tree["wasm"]), env=env)
+    (record,) = records(root)
+    key = next((tree["tree"].parent / "keys").glob("*.pem"))
+    revoked = subprocess.run([sys.executable, "-m", "wasmcache.cli", "publish", "--out", str(caddy.root / "revoke"),
+                              "--signing-key", str(key), "--revoke", f"level={record['level']}"],
+                             capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert revoked.returncode == 0, revoked.stderr
+    doctor = subprocess.run([sys.executable, "-m", "wasmcache.cli", "doctor", "--cache-dir", str(root)],
+                            capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert doctor.returncode == 1, doctor.stdout
+    assert "its publisher revoked this precompiled module" in doctor.stdout
+    assert "wasmcache compile --native answer.wasm" in doctor.stdout

@@ -25,7 +25,7 @@ import blake3
 from .._compat import abi_hash, isa_flags, loadable
 from .._elf import ENGINE_SECTION, artifact_kind, find_section
 from .._log import log
-from ._levels import METADATA_DIR, TARGETS_DIR, level_rank, target_path
+from ._levels import METADATA_DIR, REVOKED_FIELD, TARGETS_DIR, level_rank, target_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -67,6 +67,7 @@ class Check(NamedTuple):
     ok: bool
     detail: str  # "root v2, timestamp expires 2026-01-02 (in 29 days), 12 artifacts" or why not
     expires: str | None
+    revoked: frozenset[str] = frozenset()  # blake3 of the artifacts its publisher revoked
 
 
 class MissReason(Exception):  # noqa: N818 - a reason, raised to leave the fetch at any depth
@@ -236,11 +237,13 @@ def _make_fetcher(ca_file: str | None) -> Any:
 class _Repo:
     """A refreshed, verified view of one substituter's targets."""
 
-    def __init__(self, url: str, targets: dict[str, Any], root_version: int, expires: str) -> None:
+    def __init__(self, url: str, targets: dict[str, Any], root_version: int, expires: str,
+                 revoked: frozenset[str] = frozenset()) -> None:
         self.url = url
         self.targets = targets  # path -> tuf TargetFile
         self.root_version = root_version
         self.expires = expires
+        self.revoked = revoked  # blake3 of every artifact the publisher revoked (signed)
 
 
 def _state_name(sub: Substituter, root: bytes) -> str:
@@ -289,9 +292,11 @@ def _refresh_under(sub: Substituter, root: bytes, ca_file: str | None, state_dir
         updater.refresh()
         trusted = updater._trusted_set  # noqa: SLF001 - the verified targets; ngclient has no listing API
         targets = trusted["targets"].targets  # type: ignore[attr-defined]
+        revoked = trusted["targets"].unrecognized_fields.get(REVOKED_FIELD, [])
         timestamp = trusted.timestamp
         return _Repo(sub.url, dict(targets), trusted.root.version,
-                     timestamp.expires.strftime("%Y-%m-%d %H:%M UTC"))
+                     timestamp.expires.strftime("%Y-%m-%d %H:%M UTC"),
+                     frozenset(str(r.get("blake3")) for r in revoked if isinstance(r, dict) and r.get("blake3")))
     except MissReason:
         raise
     except exceptions.ExpiredMetadataError as exc:
@@ -667,7 +672,7 @@ def check_substituters(settings: SubstituterSettings, *,
             continue
         checks.append(Check(sub.url, sub.origin, ok=True,
                             detail=f"root v{repo.root_version}, metadata valid until {repo.expires}, "
-                                   f"{len(repo.targets)} artifact(s)", expires=repo.expires))
+                                   f"{len(repo.targets)} artifact(s)", expires=repo.expires, revoked=repo.revoked))
     del state_dir  # doctor never writes: it refreshes into a temporary directory
     return checks
 

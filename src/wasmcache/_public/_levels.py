@@ -42,3 +42,5 @@ TARGETS_DIR: Final = "targets"
 def target_path(kind: str, digest: str, abi: str, level: str) -> str:
     """The TUF target path of an artifact: the consumer computes it from what it loads and its engine."""
     return f"{kind}-{digest[:32]}-{abi[:32]}-{level}.cwasm.zst"
+
+REVOKED_FIELD: Final = "x-wasmcache-revoked"  # in targets metadata: what the publisher revoked

@@ -40,7 +40,7 @@ from .._errors import CacheError, ConfigError
 from .._key import wasm_digest
 from .._lock import KeyLock
 from .._log import log
-from ._levels import METADATA_DIR, TARGETS_DIR, levels_for, target_path
+from ._levels import METADATA_DIR, REVOKED_FIELD, TARGETS_DIR, levels_for, target_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 UNSIGNED_FILE: Final = "wasmcache-unsigned.json"
 ROLES: Final = ("root", "targets", "snapshot", "timestamp")
-REVOKED_FIELD: Final = "x-wasmcache-revoked"
 PUBLISH_LOCK: Final = ".wasmcache-publish.lock"
 _ZSTD_LEVEL: Final = 9
 

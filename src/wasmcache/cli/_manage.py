@@ -208,8 +208,8 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
     from .._dropin_status import dropin_status  # noqa: PLC0415
 
     findings = diagnose_root(root_of(cache_dir))
+    findings += _substituter_findings(root_of(cache_dir))  # writes nothing: checks refresh in a temporary directory
     danger = any(f.severity == DANGER for f in findings)
-    findings += _substituter_findings()  # doctor writes nothing: checks refresh into a temporary directory
     dropin = dropin_status()
     if as_json:
         # The drop-in's state as a last, informational item (what `wasmcache exec` / WASMCACHE_AUTO do here).
@@ -226,11 +226,12 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
     sys.exit(1 if danger else 0)
 
 
-def _substituter_findings() -> list[Any]:
+def _substituter_findings(root: Path) -> list[Any]:
     """One line per configured substituter: reachable, its root valid, when its metadata expires."""
-    from .._doctor import INFO, WARNING, Diagnosis  # noqa: PLC0415
+    from .._doctor import DANGER, INFO, WARNING, Diagnosis  # noqa: PLC0415
     from .._errors import ConfigError  # noqa: PLC0415
     from .._public import resolve_substituter_settings  # noqa: PLC0415
+    from .._record import read_record  # noqa: PLC0415
 
     try:
         settings = resolve_substituter_settings()
@@ -241,6 +242,27 @@ def _substituter_findings() -> list[Any]:
     from .._public._client import check_substituters  # noqa: PLC0415 - the client (and tuf): only to check
 
     checks = check_substituters(settings)
-    return [Diagnosis(INFO if check.ok else WARNING, check.url, f"substituter ({check.origin}): {check.detail}",
-                      "nothing to do" if check.ok else "a miss compiles locally until this is fixed")
-            for check in checks]
+    out = [Diagnosis(INFO if check.ok else WARNING, check.url, f"substituter ({check.origin}): {check.detail}",
+                     "nothing to do" if check.ok else _substituter_fix(check.detail))
+           for check in checks]
+    # Entries a publisher has since revoked (a miscompile fixed in a patch release ...): the cache keeps
+    # serving them until they are replaced, so say which, and how.
+    revoked = {check.url: check.revoked for check in checks if check.revoked}
+    if revoked:
+        from .._maintenance import list_entries  # noqa: PLC0415
+
+        for info in list_entries(root):
+            record = read_record(info.path.removesuffix(".cwasm") + ".rec")  # type: ignore[arg-type]
+            if info.substituter in revoked and record is not None and record[0].content_digest in revoked[
+                    info.substituter]:
+                out.append(Diagnosis(DANGER, info.path, f"{info.source}: its publisher revoked this precompiled "
+                                     f"module ({info.level}, from {info.substituter})",
+                                     f"`wasmcache compile --native {info.source}` replaces it (or `wasmcache clear`)"))
+    return out
+
+
+def _substituter_fix(detail: str) -> str:
+    if "certificate" in detail or "SSL" in detail or "unreachable" in detail:
+        return ("a miss compiles locally until this is fixed (a private CA: $WASMCACHE_SUBSTITUTER_CA or "
+                "$SSL_CERT_FILE)")
+    return "a miss compiles locally until this is fixed"

@@ -18,7 +18,8 @@ from ._group import cli, engine_options, say, settings_of
               help="Signs targets, snapshot and timestamp (and root, unless --root-key): `wasmcache keygen`.")
 @click.option("--unsigned", is_flag=True, help="Write an unsigned part (a CI matrix job); sign later with --merge.")
 @click.option("--merge", "merge", multiple=True, type=click.Path(path_type=Path), metavar="PART",
-              help="Add the artifacts of an unsigned part (repeatable).")
+              help="Add the artifacts of an unsigned part (repeatable). The signature vouches for whatever the "
+                   "part holds: build parts only on runners you trust as much as the key.")
 @click.option("--root-key", metavar="ROOT.pem", default=None,
               help="A separate (offline) key for the root role: at creation, rotation and root renewal.")
 @click.option("--rotate-to", metavar="NEW.pem", default=None,
