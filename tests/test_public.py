@@ -755,3 +755,14 @@ def test_bad_substituter_urls_and_roots_are_one_line_config_errors(published, mo
     doctor = run_cli("doctor")
     assert "internal error" not in doctor.stderr + doctor.stdout
     assert "99999" in doctor.stdout
+
+
+def test_keygen_with_stdout_closed_writes_no_key(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"'{sys.executable}' -m wasmcache.cli keygen --out '{tmp_path / 'keys'}' >&-", shell=True,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "standard output is closed" in proc.stderr
+    assert not (tmp_path / "keys").exists()  # a second run must not find half of what the first did

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -136,12 +137,15 @@ def _remote_tier(settings: RemoteSettings | None) -> RemoteTier:
 @click.option("--out", "out", required=True, type=str,
               help="Directory for wasmcache-signing.pem (private, 0600) and wasmcache-signing.pub.")
 def keygen(out: str) -> None:
-    """Create an Ed25519 signing key pair for the remote tier."""
+    """Create an Ed25519 signing key pair: for the remote tier (push/pull) and for `wasmcache publish`."""
     if not out.strip():
         raise RemoteCommandError("--out: empty; name the directory for the key pair")
+    if sys.stdout is None:  # say() would fail after the keys exist, and a second run refuses to overwrite them
+        raise RemoteCommandError("standard output is closed: nothing can be printed (run without >&-)")
     private_path, public_path, kid = write_keypair(Path(out))
     say(f"private key  {private_path}  (keep it secret: CI/publishers only)")
-    say(f"public key   {public_path}  (give it to every host: --trusted-key / $WASMCACHE_TRUSTED_KEYS)")
+    say(f"public key   {public_path}  (for the remote tier: --trusted-key / $WASMCACHE_TRUSTED_KEYS; "
+        "for publish: the tree's root.json is what consumers trust)")
     say(f"key id       {kid}")
 
 @cli.command()
@@ -223,7 +227,8 @@ def pull(wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, .
                                         settings.signing_key if settings else None,
                                         settings.trusted_keys if settings else (), substituters, substituter_roots))
     if cache.disabled or not cache.writable:
-        raise RemoteCommandError(f"{cache.root}: not a writable cache root; nothing to warm")
+        why = "$WASMCACHE_DISABLE is set" if cache.disabled else "not a writable cache root"
+        raise RemoteCommandError(f"{cache.root}: {why}; nothing to warm")
     rejected = 0
     for file in files:
         kind, before, after, elapsed = load_counted(cache, file)
