@@ -51,26 +51,33 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(3)
 
 
+def _leading_options(args: list[str]) -> tuple[int, str | None, list[str]] | None:
+    """The group's options before the subcommand, read without click: (verbosity: 1 for -v, 2 for --debug,
+    --cache-dir or None, the words from the subcommand on); None when click must judge a word."""
+    cache_dir = None
+    verbosity = 0
+    while args:
+        word = args[0]
+        if word in ("-v", "--verbose"):
+            verbosity, args = max(verbosity, 1), args[1:]
+        elif word == "--debug":
+            verbosity, args = 2, args[1:]
+        elif word == "--cache-dir" and len(args) > 1:
+            cache_dir, args = args[1], args[2:]
+        elif word.startswith("--cache-dir="):
+            cache_dir, args = word.partition("=")[2], args[1:]
+        else:
+            return verbosity, cache_dir, args
+    return None
+
+
 def _run_arguments(args: list[str]) -> tuple[list[str], str | None, bool] | None:
     """(words after `run`, a --cache-dir given before it, -v) when the command is `run`, else None."""
-    cache_dir = None
-    verbose = False
-    i = 0
-    while i < len(args):
-        word = args[i]
-        if word == "run":
-            return args[i + 1:], cache_dir, verbose
-        if word in ("-v", "--verbose"):
-            verbose = True
-        elif word == "--cache-dir" and i + 1 < len(args):
-            cache_dir = args[i + 1]
-            i += 1
-        elif word.startswith("--cache-dir="):
-            cache_dir = word.split("=", 1)[1]
-        elif word != "--debug":
-            return None  # another command, or an option click must judge
-        i += 1
-    return None
+    leading = _leading_options(args)
+    if leading is None or leading[2][:1] != ["run"]:
+        return None
+    verbosity, cache_dir, rest = leading
+    return rest[1:], cache_dir, verbosity >= 1  # with --debug, run logs at debug level anyway
 
 
 def _dispatch(args: list[str]) -> None:
@@ -96,21 +103,10 @@ def _exec_fast_path(args: list[str]) -> None:
     A wrapped tool pays one exec, not the CLI's start-up (~30 ms of click). `exec --help` and a
     missing CMD go on to click, which prints the usual help and usage errors.
     """
-    cache_dir = None
-    verbosity = 0
-    while args and args[0] != "exec":
-        if args[0] in ("-v", "--verbose"):
-            verbosity, args = max(verbosity, 1), args[1:]
-        elif args[0] == "--debug":
-            verbosity, args = 2, args[1:]
-        elif args[0] == "--cache-dir" and len(args) > 2:
-            cache_dir, args = args[1], args[2:]
-        elif args[0].startswith("--cache-dir="):
-            cache_dir, args = args[0].partition("=")[2], args[1:]
-        else:
-            return
-    if args[:1] != ["exec"] or cache_dir == "":
+    leading = _leading_options(args)
+    if leading is None or leading[2][:1] != ["exec"] or leading[1] == "":
         return
+    verbosity, cache_dir, args = leading
     from .._dropin_exec import exec_command, parse_exec_args  # noqa: PLC0415
 
     parsed = parse_exec_args(args[1:])
