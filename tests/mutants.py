@@ -51,7 +51,7 @@ MUTANTS: tuple[Mutant, ...] = (
        [G + "test_a_signed_artifact_that_inflates_to_a_gigabyte_is_rejected_within_tens_of_megabytes"]),
     _m("memo-still-valid",
        "an entry rewritten in place after it was loaded is not served again from the per-process memo",
-       [("_cache.py", "        if self.identity is None:\n            return True", "        return True")],
+       [("_loaded.py", "        if self.identity is None:\n            return True", "        return True")],
        [G + "test_an_entry_rewritten_in_place_after_its_load_is_not_served_again_from_the_process_memo"]),
     _m("exec-chain-sitecustomize",
        "exec runs the sitecustomize it shadows",

@@ -17,11 +17,9 @@ others clear, collect, quarantine or republish the key. A miss goes to `_miss.Mi
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from _thread import allocate_lock
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from . import _native
 from ._context import DEFAULT_LOCK_TIMEOUT, CacheContext, Mode, Place
@@ -29,13 +27,13 @@ from ._errors import CompileError, ConfigError, wasmtime_reason
 from ._fs import read_fd
 from ._key import Source, SourceDigests, artifact_fingerprint, cache_key, source_of, wasm_digest
 from ._layout import Kind
+from ._loaded import Loaded, loaded_by_engine, loaded_guard
 from ._log import log
 from ._native import EntryRefusedError
 from ._record import Identity
 from ._root import read_usage, resolve_max_size, unsafe_reason
 from ._stats import CacheStats
 from ._storage import CheckedEntry, Namespace, UntrustedEntryError
-from ._weak import WeakKeyMap
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -58,44 +56,6 @@ __all__ = ["CacheStats", "Kind", "Mode", "ModuleCache", "Source"]
 # per entry, not one metadata write per load.
 _TOUCH_INTERVAL: Final = 60.0
 
-
-# Modules already loaded in this process, per engine object, then (root, mode, kind, key): the
-# same key loaded twice through the same root and mode with the same Engine returns the same
-# module (a Module only works with its own Engine). Another root still gets its entry; "memory"
-# never returns a mapped module. Weak on the engine (never keeps one alive), strong on the
-# modules: they live as long as their engine, and are served again only while their entry is the
-# file they map (an in-place rewrite, which no writer of ours does, is loaded afresh). A weak
-# module here was handed out while wasmtime's __del__ was freeing its native handle in another
-# thread (the GIL is released in that C call, and the weak reference is cleared only after
-# __del__): a use-after-free that the drop-in's threads hit.
-class _Loaded(NamedTuple):
-    """A module of the per-process memo, and the identity of the entry it maps (None: a copy)."""
-
-    module: Any
-    entry: str
-    identity: Identity | None
-
-    @classmethod
-    def of(cls, module: Any, entry: Path, mode: str, mapped: Identity | None) -> _Loaded:
-        """`mapped`: the identity of the entry the hit mapped; None after a miss (one stat here)."""
-        identity = mapped if mode == "mmap" else None
-        if mode == "mmap" and identity is None:
-            with contextlib.suppress(OSError):
-                identity = Identity.of(os.stat(entry, follow_symlinks=False))
-        return cls(module, str(entry), identity)
-
-    def still_valid(self) -> bool:
-        """The entry it maps is still the file it was (one stat): a rewrite in place is not served again."""
-        if self.identity is None:
-            return True
-        try:
-            return Identity.of(os.stat(self.entry, follow_symlinks=False)) == self.identity
-        except OSError:
-            return True  # collected or cleared: the mapping holds its inode, intact
-
-
-_loaded_by_engine = WeakKeyMap()  # wasmtime.Engine -> {(root, mode, kind, key): _Loaded}
-_loaded_guard = allocate_lock()
 
 # Linux's /proc, else macOS and the BSDs' /dev/fd: a path that opens the very file behind an fd.
 _FD_DIR: Final = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
@@ -149,7 +109,9 @@ class ModuleCache:
             self._remote_settings = resolve_remote_settings(remote, signing_key, trusted_keys)
         self._substituter_settings: SubstituterSettings | Literal["environment"] | None = "environment"
         if substituters is not None or substituter_roots is not None or _substituters_in_environment():
-            self._substituter_settings = _substituter_settings(substituters, substituter_roots)
+            from ._public import settings_for_cache  # noqa: PLC0415
+
+            self._substituter_settings = settings_for_cache(substituters, substituter_roots)
         self._miss_path: MissPath | None = None
 
     @property
@@ -160,7 +122,9 @@ class ModuleCache:
 
             settings = self._substituter_settings
             if settings == "environment":  # nothing configured: what installed tools declare, if anything
-                settings = _substituter_settings(None, None)
+                from ._public import settings_for_cache  # noqa: PLC0415
+
+                settings = settings_for_cache(None, None)
             self._miss_path = MissPath(self._ctx, self._remote_settings, load_entry, settings)
         return self._miss_path
 
@@ -249,8 +213,8 @@ class ModuleCache:
         ctx.counters.add("misses")
         module = self._miss.load(name, path, data, place, key, kind, digest, replace=True)
         loaded = self._loaded_modules()
-        with _loaded_guard:
-            loaded[(str(ctx.root), ctx.mode, kind, key)] = _Loaded.of(module, place.namespace.entry_path(key),
+        with loaded_guard:
+            loaded[(str(ctx.root), ctx.mode, kind, key)] = Loaded.of(module, place.namespace.entry_path(key),
                                                                       ctx.mode, None)
         return module
 
@@ -293,7 +257,7 @@ class ModuleCache:
             return self._miss.load(name, path, data, place, key, kind, digest)
         memo_key = (str(ctx.root), ctx.mode, kind, key)
         loaded = self._loaded_modules()
-        with _loaded_guard:
+        with loaded_guard:
             remembered = loaded.get(memo_key)
         module = remembered.module if remembered is not None and remembered.still_valid() else None
         mapped: Identity | None = None
@@ -308,17 +272,17 @@ class ModuleCache:
                 module = self._miss.load(name, path, data, place, key, kind, digest)
         except EntryRefusedError as refused:  # a snapshot this engine may not load: as wasmtime says
             raise CompileError(name, str(refused), refused.wasmtime_error) from None
-        with _loaded_guard:
+        with loaded_guard:
             # Threads racing on one key all return the first module stored (one per engine and key).
             current = loaded.get(memo_key)
             if current is not None and current.module is not module and current.still_valid():
                 return current.module
-            loaded[memo_key] = _Loaded.of(module, place.namespace.entry_path(key), ctx.mode, mapped)
+            loaded[memo_key] = Loaded.of(module, place.namespace.entry_path(key), ctx.mode, mapped)
             return module
 
-    def _loaded_modules(self) -> dict[tuple[str, str, str, str], _Loaded]:
-        loaded: dict[tuple[str, str, str, str], _Loaded] = (_loaded_by_engine.get(self.engine)
-                                                            or _loaded_by_engine.setdefault(self.engine, {}))
+    def _loaded_modules(self) -> dict[tuple[str, str, str, str], Loaded]:
+        loaded: dict[tuple[str, str, str, str], Loaded] = (loaded_by_engine.get(self.engine)
+                                                            or loaded_by_engine.setdefault(self.engine, {}))
         return loaded
 
     # --- sources and digests ----------------------------------------------------------------------
@@ -370,8 +334,8 @@ class ModuleCache:
         """Remove every entry of every namespace; returns how many entries were removed."""
         from ._maintenance import clear_root  # noqa: PLC0415
 
-        with _loaded_guard:
-            _loaded_by_engine.clear()
+        with loaded_guard:
+            loaded_by_engine.clear()
         return clear_root(self.root)
 
     def verify(self, fix: bool = False) -> VerifyReport:
@@ -393,21 +357,6 @@ class ModuleCache:
 def _substituters_in_environment() -> bool:
     return any(os.environ.get(name) for name in ("WASMCACHE_SUBSTITUTERS", "WASMCACHE_SUBSTITUTER_ROOTS",
                                                   "WASMCACHE_SUBSTITUTER_CA"))
-
-
-def _substituter_settings(substituters: Sequence[str] | str | None,
-                          roots: Sequence[str | os.PathLike[str]] | None) -> SubstituterSettings | None:
-    """The substituters to ask on a local miss. Bad arguments raise ConfigError; a bad environment
-    ($WASMCACHE_SUBSTITUTERS & co., not this program's code) turns them off with one warning."""
-    from ._public import resolve_substituter_settings  # noqa: PLC0415 - stdlib only
-
-    if substituters is not None or roots is not None:
-        return resolve_substituter_settings(substituters, roots)
-    try:
-        return resolve_substituter_settings()
-    except ConfigError as exc:
-        log.warning("wasmcache: %s; no substituter is asked", exc)
-        return None
 
 
 # --- check -> map: the one way an entry becomes a module (hits, and the miss path's publications) ---

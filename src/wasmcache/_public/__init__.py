@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ._client import Check, Fetched, PublicTier
 
 __all__ = ["Check", "Fetched", "PublicTier", "Substituter", "SubstituterSettings", "check_substituters",
-           "declared_substituters", "resolve_substituter_settings"]
+           "declared_substituters", "resolve_substituter_settings", "settings_for_cache"]
 
 ENTRY_POINT_GROUP: Final = "wasmcache.substituters"
 _SCHEMES: Final = ("https://", "http://", "file://")
@@ -129,6 +129,21 @@ def resolve_substituter_settings(
     origin = "environment" if where.startswith("$") else "argument"
     return SubstituterSettings(tuple(Substituter(url, trusted, origin) for url in checked),
                                os.fspath(ca_file) if ca_file is not None else None, declared)
+
+
+def settings_for_cache(substituters: Sequence[str] | str | None,
+                       roots: Sequence[str | os.PathLike[str]] | None) -> SubstituterSettings | None:
+    """A `ModuleCache`'s substituters. Bad arguments raise ConfigError; a bad environment
+    ($WASMCACHE_SUBSTITUTERS & co., not the program's code) turns them off with one warning."""
+    if substituters is not None or roots is not None:
+        return resolve_substituter_settings(substituters, roots)
+    try:
+        return resolve_substituter_settings()
+    except ConfigError as exc:
+        from .._log import log  # noqa: PLC0415
+
+        log.warning("wasmcache: %s; no substituter is asked", exc)
+        return None
 
 
 def declared_substituters(log_problem: Callable[[str], None] | None = None) -> tuple[Substituter, ...]:
