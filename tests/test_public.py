@@ -26,8 +26,9 @@ from wasmcache._compat import isa_flags
 from wasmcache._fingerprint import engine_identity
 from wasmcache._key import wasm_digest
 from wasmcache._public import _client, resolve_substituter_settings
+from wasmcache._public._build import compile_at_levels
 from wasmcache._public._levels import TARGETS_DIR
-from wasmcache._public._publish import Tree, compile_at_levels, load_signer, publish
+from wasmcache._public._publish import Tree, load_signer, publish
 from wasmcache.cli._remote import write_keypair
 
 WAT = '(module (func (export "answer") (result i32) i32.const 42))'
@@ -294,8 +295,8 @@ def test_a_forged_above_host_variant_is_never_chosen_nor_loaded(published, caddy
 
     from test_public_compat import host_lacks, set_isa_flag
     from wasmcache._elf import ENGINE_SECTION, find_section
+    from wasmcache._public._build import Built, target_custom
     from wasmcache._public._levels import target_path
-    from wasmcache._public._publish import Built, target_custom
 
     missing = host_lacks()
     tree, url = serve(published, caddy, "forged")

@@ -7,8 +7,8 @@ import wasmtime
 from wasmcache._compat import abi_hash, abi_identity, isa_flags, loadable
 from wasmcache._elf import ENGINE_SECTION, find_section
 from wasmcache._engine import EngineSettings
+from wasmcache._public._build import level_config
 from wasmcache._public._levels import LEVELS
-from wasmcache._public._publish import level_config
 
 WAT = '(module (func (export "f") (result i32) i32.const 7))'
 

@@ -20,7 +20,8 @@ import wasmtime
 from caddy_server import caddy_fixture, free_port  # noqa: F401 - the `caddy` fixture
 from conftest import run_json
 from wasmcache._public import _client
-from wasmcache._public._publish import compile_at_levels, publish
+from wasmcache._public._build import compile_at_levels
+from wasmcache._public._publish import publish
 from wasmcache.cli._remote import write_keypair
 
 if TYPE_CHECKING:

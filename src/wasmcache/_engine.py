@@ -287,10 +287,10 @@ class EngineSettings:
             except ValueError:
                 pass
         raise ConfigError(f"wasmtime rejects these engine settings ({self.describe()}): "
-                          f"{_panic_message(proc.stderr) or f'exit code {proc.returncode}'}")
+                          f"{panic_message(proc.stderr) or f'exit code {proc.returncode}'}")
 
 
-def _panic_message(stderr: str) -> str:
+def panic_message(stderr: str) -> str:
     """The reason from a Rust panic (or the last line of a Python error) in a child's stderr."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for i, line in enumerate(lines):

@@ -15,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import threading
 import time
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
-from urllib.parse import unquote, urlsplit
 
 import blake3
 
@@ -26,15 +24,23 @@ from .._compat import abi_hash, isa_flags, loadable
 from .._elf import ENGINE_SECTION, artifact_kind, find_section
 from .._log import log
 from ._levels import METADATA_DIR, REVOKED_FIELD, TARGETS_DIR, level_rank, target_path
+from ._transport import (
+    STALL_TIMEOUT,
+    MissReason,
+    down_hosts,
+    host_of,
+    import_tuf,
+    lock,
+    make_fetcher,
+    open_stream,
+    short,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from . import Substituter, SubstituterSettings
 
-CONNECT_TIMEOUT: Final = 1.5  # seconds; a dead host costs this once per process
-METADATA_READ_TIMEOUT: Final = 4.0
-STALL_TIMEOUT: Final = 5.0  # no byte for this long: the download is abandoned
 DOWN_SECONDS: Final = 60.0  # a host that failed is skipped this long by other processes (state dir)
 NEGATIVE_SECONDS: Final = 300.0  # "not published" is remembered this long (state dir)
 # A download must beat a local compile: Cranelift writes ~5 MB of artifact per second of compile here
@@ -70,165 +76,11 @@ class Check(NamedTuple):
     revoked: frozenset[str] = frozenset()  # blake3 of the artifacts its publisher revoked
 
 
-class MissReason(Exception):  # noqa: N818 - a reason, raised to leave the fetch at any depth
-    """Why a substituter served nothing: one short line (none published, unreachable, expired ...)."""
-
-    def __init__(self, reason: str, *, warn: bool = False, host_down: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.warn = warn
-        self.host_down = host_down
-
-
 # --- process-wide state: one refresh per substituter, one timeout per host ---------------------------
 
-_lock = threading.Lock()
 _repos: dict[tuple[str, tuple[bytes, ...]], _Repo | MissReason] = {}  # by (url, trusted roots)
-_down_hosts: set[str] = set()
 _warned: set[tuple[str, str]] = set()
 _temp_dirs: list[Any] = []
-
-
-def _host_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}"
-
-
-def import_tuf() -> None:
-    """Import python-tuf, without securesystemslib's optional AWS signer pulling in boto3.
-
-    securesystemslib.signer imports boto3 when it is installed (for a KMS signer we never use):
-    137 ms of a 175 ms import, measured with the test extras. boto3/botocore are hidden while tuf
-    loads unless the program already imported them (then they cost nothing more).
-    """
-    import sys  # noqa: PLC0415
-
-    if "tuf.ngclient" in sys.modules:
-        return
-    hidden = [name for name in ("boto3", "botocore") if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]  # makes `import boto3` raise ImportError
-    try:
-        import tuf.api.metadata  # noqa: PLC0415
-        import tuf.ngclient  # noqa: F401, PLC0415
-    finally:
-        for name in hidden:
-            if sys.modules.get(name, 0) is None:
-                del sys.modules[name]
-
-
-# --- the fetcher -------------------------------------------------------------------------------------
-
-_pools: dict[str | None, Any] = {}
-
-
-def _pool(ca_file: str | None) -> Any:
-    import urllib3  # noqa: PLC0415
-
-    with _lock:
-        pool = _pools.get(ca_file)
-        if pool is None:
-            # No retries (connect=0: one timeout per host), redirects followed (release assets redirect).
-            retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5,
-                                    raise_on_redirect=True, raise_on_status=False)
-            pool = urllib3.PoolManager(retries=retries, ca_certs=ca_file, maxsize=4,
-                                       headers={"User-Agent": "wasmcache"})
-            _pools[ca_file] = pool
-        return pool
-
-
-def _http_error(url: str, status: int) -> Exception:
-    from tuf.api import exceptions  # noqa: PLC0415
-
-    return exceptions.DownloadHTTPError(f"HTTP {status} for {url}", status)
-
-
-def open_stream(url: str, ca_file: str | None, read_timeout: float) -> Iterator[bytes]:
-    """The body of `url` in chunks; DownloadHTTPError for an HTTP status >= 400 (and a missing file).
-
-    A connection failure or timeout marks the host down for this process and raises MissReason.
-    """
-    host = _host_of(url)
-    if host in _down_hosts:
-        raise MissReason("unreachable (failed earlier in this process)")
-    if url.startswith("file://"):
-        return _file_chunks(url)
-    import urllib3  # noqa: PLC0415
-
-    try:
-        response = _pool(ca_file).request(
-            "GET", url, preload_content=False,
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout))
-    except urllib3.exceptions.HTTPError as exc:
-        _down_hosts.add(host)
-        reason = getattr(exc, "reason", None) or exc
-        raise MissReason(f"unreachable: {_short(reason)}", warn=True, host_down=host) from None
-    if response.status >= 400:
-        with contextlib.suppress(Exception):
-            response.drain_conn()  # an error page is small; the connection stays usable
-        response.release_conn()
-        raise _http_error(url, response.status)
-    return _response_chunks(response, host)
-
-
-def _response_chunks(response: Any, host: str) -> Iterator[bytes]:
-    import urllib3  # noqa: PLC0415
-
-    complete = False
-    try:
-        # read1: whatever has arrived (up to _CHUNK), so a dribbling host meets the deadline check
-        # between reads; stream(n) would block until n bytes came.
-        while chunk := response.read1(_CHUNK, decode_content=False):  # the signed bytes, never decoded
-            yield chunk
-        complete = True
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        _down_hosts.add(host)
-        raise MissReason(f"unreachable: {_short(exc)}", warn=True, host_down=host) from None
-    finally:
-        if not complete:
-            response.close()  # unread bytes must not go back to the pool with the connection
-        response.release_conn()
-
-
-def _file_chunks(url: str) -> Iterator[bytes]:
-    path = unquote(urlsplit(url).path)
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the generator
-    except (FileNotFoundError, NotADirectoryError):
-        raise _http_error(url, 404) from None
-    except PermissionError:
-        raise _http_error(url, 403) from None
-    return _closing_chunks(f)
-
-
-def _closing_chunks(f: Any) -> Iterator[bytes]:
-    with f:
-        while chunk := f.read(_CHUNK):
-            yield chunk
-
-
-def _short(exc: object) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
-        return "timed out"
-    if "refused" in text.lower():
-        return "connection refused"
-    if "certificate" in text.lower() or "ssl" in text.lower():
-        return "TLS: " + text[-120:]
-    return text[-160:]
-
-
-def _make_fetcher(ca_file: str | None) -> Any:
-    from tuf.ngclient import FetcherInterface  # type: ignore[attr-defined]  # noqa: PLC0415
-
-    class _Fetcher(FetcherInterface):
-        def _fetch(self, url: str) -> Iterator[bytes]:
-            return open_stream(url, ca_file, METADATA_READ_TIMEOUT)
-
-        def fetch(self, url: str) -> Iterator[bytes]:
-            return self._fetch(url)  # MissReason passes through unwrapped
-
-    return _Fetcher()
 
 
 # --- one substituter's verified metadata ---------------------------------------------------------------
@@ -288,7 +140,7 @@ def _refresh_under(sub: Substituter, root: bytes, ca_file: str | None, state_dir
         os.makedirs(metadata_dir, mode=0o700, exist_ok=True)
     try:
         updater = _Updater(metadata_dir, f"{sub.url}/{METADATA_DIR}/", target_base_url=f"{sub.url}/{TARGETS_DIR}/",
-                           fetcher=_make_fetcher(ca_file), bootstrap=root)
+                           fetcher=make_fetcher(ca_file), bootstrap=root)
         updater.refresh()
         trusted = updater._trusted_set  # noqa: SLF001 - the verified targets; ngclient has no listing API
         targets = trusted["targets"].targets  # type: ignore[attr-defined]
@@ -300,20 +152,20 @@ def _refresh_under(sub: Substituter, root: bytes, ca_file: str | None, state_dir
     except MissReason:
         raise
     except exceptions.ExpiredMetadataError as exc:
-        raise MissReason(f"expired metadata ({_short(exc)}): the publisher must re-sign", warn=True) from None
+        raise MissReason(f"expired metadata ({short(exc)}): the publisher must re-sign", warn=True) from None
     except exceptions.BadVersionNumberError as exc:
-        raise MissReason(f"untrusted: rolled-back metadata ({_short(exc)})", warn=True) from None
+        raise MissReason(f"untrusted: rolled-back metadata ({short(exc)})", warn=True) from None
     except exceptions.UnsignedMetadataError as exc:
-        raise MissReason(f"untrusted: metadata not signed by a trusted key ({_short(exc)})", warn=True) from None
+        raise MissReason(f"untrusted: metadata not signed by a trusted key ({short(exc)})", warn=True) from None
     except exceptions.DownloadHTTPError:
         raise
     except exceptions.RepositoryError as exc:
-        raise MissReason(f"untrusted: {_short(exc)}", warn=True) from None
+        raise MissReason(f"untrusted: {short(exc)}", warn=True) from None
     except exceptions.DownloadError as exc:
         cause = exc.__cause__ or exc
-        raise MissReason(f"untrusted or unreachable: {_short(cause)}", warn=True) from None
+        raise MissReason(f"untrusted or unreachable: {short(cause)}", warn=True) from None
     except (ValueError, OSError) as exc:  # a bad trusted root, an unwritable state directory
-        raise MissReason(f"cannot use it: {_short(exc)}", warn=True) from None
+        raise MissReason(f"cannot use it: {short(exc)}", warn=True) from None
 
 
 # --- remembered briefly across processes (state directory) -----------------------------------------
@@ -397,7 +249,7 @@ class PublicTier:
                 self._note(sub, miss)
                 continue
             except Exception as exc:  # a miss, never an error: the caller compiles
-                failure = MissReason(f"failed: {type(exc).__name__}: {_short(exc)}", warn=True)
+                failure = MissReason(f"failed: {type(exc).__name__}: {short(exc)}", warn=True)
                 reasons.append(failure.reason)
                 self._note(sub, failure)
                 _empty(dest)
@@ -412,7 +264,7 @@ class PublicTier:
         if miss.host_down is not None:
             _remember(_memo_path(self.state_dir, "down", miss.host_down), miss.reason)
         key = (sub.url, miss.reason)
-        with _lock:
+        with lock:
             first = key not in _warned
             _warned.add(key)
         if first:
@@ -423,10 +275,10 @@ class PublicTier:
 
     def repo(self, sub: Substituter) -> _Repo:
         """`sub`'s verified metadata, refreshed at most once per process (a failure is remembered too)."""
-        with _lock:
+        with lock:
             known = _repos.get((sub.url, sub.roots))
         if known is None:
-            down = _remembered(_memo_path(self.state_dir, "down", _host_of(sub.url)), DOWN_SECONDS)
+            down = _remembered(_memo_path(self.state_dir, "down", host_of(sub.url)), DOWN_SECONDS)
             if down is not None and not sub.url.startswith("file://"):
                 known = MissReason(f"{down} (remembered for {DOWN_SECONDS:.0f} s)")
             else:
@@ -434,7 +286,7 @@ class PublicTier:
                     known = _refresh(sub, self.settings.ca_file, self.state_dir)
                 except MissReason as miss:
                     known = miss
-            with _lock:
+            with lock:
                 known = _repos.setdefault((sub.url, sub.roots), known)
         if isinstance(known, MissReason):
             raise known
@@ -663,7 +515,7 @@ def check_substituters(settings: SubstituterSettings, *,
     tier = PublicTier(settings, state_dir=None)
     checks: list[Check] = []
     for sub in tier.substituters():
-        with _lock:
+        with lock:
             _repos.pop((sub.url, sub.roots), None)
         try:
             repo = tier.repo(sub)
@@ -679,7 +531,7 @@ def check_substituters(settings: SubstituterSettings, *,
 
 def forget() -> None:
     """Forget what this process learnt about substituters (refreshed metadata, hosts down, warnings)."""
-    with _lock:
+    with lock:
         _repos.clear()
-        _down_hosts.clear()
+        down_hosts.clear()
         _warned.clear()

@@ -38,7 +38,8 @@ def publish(out: Path, signing_key: str | None, unsigned: bool, merge: tuple[Pat
             wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, ...], as_json: bool,
             files: tuple[Path, ...]) -> None:
     """Compile FILES for every CPU level and publish them, signed, into the static tree --out."""
-    from .._public._publish import PublishError, check_before_compiling, compile_at_levels  # noqa: PLC0415
+    from .._public._build import compile_at_levels  # noqa: PLC0415
+    from .._public._publish import PublishError, check_before_compiling  # noqa: PLC0415
     from .._public._publish import publish as publish_tree  # noqa: PLC0415
 
     if unsigned == (signing_key is not None):
