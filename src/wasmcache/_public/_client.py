@@ -26,18 +26,23 @@ from .._log import log
 from ._levels import METADATA_DIR, REVOKED_FIELD, TARGETS_DIR, level_rank, target_path
 from ._transport import (
     STALL_TIMEOUT,
+    CheckedReader,
     MissReason,
     down_hosts,
+    empty,
     host_of,
     import_tuf,
     lock,
     make_fetcher,
+    open_dest,
     open_stream,
+    readable,
     short,
+    write_all,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from . import Substituter, SubstituterSettings
 
@@ -252,12 +257,12 @@ class PublicTier:
                 failure = MissReason(f"failed: {type(exc).__name__}: {short(exc)}", warn=True)
                 reasons.append(failure.reason)
                 self._note(sub, failure)
-                _empty(dest)
+                empty(dest)
                 continue
             self.last_reason = None
             return fetched
         self.last_reason = "; ".join(reasons) if reasons else "no substituter configured"
-        _empty(dest)
+        empty(dest)
         return None
 
     def _note(self, sub: Substituter, miss: MissReason) -> None:
@@ -324,7 +329,7 @@ class PublicTier:
             chunks = open_stream(url, self.settings.ca_file, STALL_TIMEOUT)
         except exceptions.DownloadHTTPError as exc:
             raise MissReason(f"artifact missing on the host (HTTP {exc.status_code})", warn=True) from None
-        reader = _CheckedReader(chunks, info.length, deadline)
+        reader = CheckedReader(chunks, info.length, deadline)
         try:
             return self._write_checked(sub, reader, info, custom, host_section, dest, name, started)
         finally:
@@ -332,7 +337,7 @@ class PublicTier:
             if close is not None:
                 close()
 
-    def _write_checked(self, sub: Substituter, reader: _CheckedReader, info: Any, custom: dict[str, Any],
+    def _write_checked(self, sub: Substituter, reader: CheckedReader, info: Any, custom: dict[str, Any],
                        host_section: bytes, dest: int | str | os.PathLike[str], name: str,
                        started: float) -> Fetched:
         import zstandard  # noqa: PLC0415
@@ -340,7 +345,7 @@ class PublicTier:
         size = int(custom["size"])
         sha256 = info.hashes["sha256"]
         level = str(custom.get("level"))
-        fd, created = _open_dest(dest)
+        fd, created = open_dest(dest)
         try:
             content = blake3.blake3()
             written = 0
@@ -356,7 +361,7 @@ class PublicTier:
                     if written > size:
                         raise MissReason("untrusted: artifact larger than its signed size", warn=True)
                     content.update(block)
-                    _write_all(fd, block)
+                    write_all(fd, block)
                     if self.progress is not None:
                         self.progress(name, level, sub.url, reader.received, info.length)
             reader.drain()
@@ -365,7 +370,7 @@ class PublicTier:
                                  "or truncated)", warn=True)
             if written != size or content.hexdigest() != custom["blake3"]:
                 raise MissReason("untrusted: decompressed artifact does not match its signed digest", warn=True)
-            reading = _readable(fd)
+            reading = readable(fd)
             try:
                 if artifact_kind(reading) != custom["kind"]:
                     raise MissReason("untrusted: artifact is not a wasmtime " + str(custom["kind"]), warn=True)
@@ -378,7 +383,7 @@ class PublicTier:
                 raise MissReason(f"artifact refused: {why}", warn=True)
             os.fsync(fd)
         except BaseException:
-            _empty(fd)
+            empty(fd)
             if created is not None:
                 os.close(fd)
                 with contextlib.suppress(OSError):
@@ -424,89 +429,6 @@ def select(repo: _Repo, kind: str, digest: str, host_section: bytes) -> tuple[An
         raise MissReason("other CPU level (every published level needs CPU features this host lacks)")
     fitting.sort(key=lambda ic: (level_rank(triple, str(ic[1].get("level"))), -len(ic[1]["isa"]), ic[0].path))
     return fitting[0]
-
-
-class _CheckedReader:
-    """A file-like view of the body: counts and keeps what arrived, capped by the signed length, timed."""
-
-    def __init__(self, chunks: Iterator[bytes], length: int, deadline: float) -> None:
-        self._chunks = chunks
-        self._length = length
-        self._deadline = deadline
-        self._pending = b""
-        self.received = 0
-        self._hash = _sha()
-
-    def read(self, n: int = -1) -> bytes:
-        while not self._pending:
-            if time.monotonic() > self._deadline:
-                raise MissReason("download abandoned: slower than compiling locally", warn=True)
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return b""
-            self.received += len(chunk)
-            if self.received > self._length:
-                raise MissReason("untrusted: artifact longer than its signed length (endless data?)", warn=True)
-            self._hash.update(chunk)
-            self._pending = chunk
-        size = len(self._pending) if n < 0 else n
-        out, self._pending = self._pending[:size], self._pending[size:]
-        return out
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-    def sha256(self) -> str:
-        return str(self._hash.hexdigest())
-
-
-def _sha() -> Any:
-    import hashlib  # noqa: PLC0415
-
-    return hashlib.sha256()
-
-
-def _readable(fd: int) -> int:
-    """`fd` if it can be read; else a read-only descriptor of the same file (a caller's O_WRONLY temp file)."""
-    import fcntl  # noqa: PLC0415
-
-    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
-        return fd
-    for name in (f"/proc/self/fd/{fd}", f"/dev/fd/{fd}"):
-        try:
-            return os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            continue
-    raise MissReason("cannot read back the written artifact (pass an O_RDWR file descriptor)", warn=True)
-
-
-def _open_dest(dest: int | str | os.PathLike[str]) -> tuple[int, str | None]:
-    if isinstance(dest, int):
-        os.ftruncate(dest, 0)
-        os.lseek(dest, 0, os.SEEK_SET)
-        return dest, None
-    path = os.fspath(dest)
-    existed = os.path.lexists(path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
-    return fd, None if existed else path
-
-
-def _empty(dest: int | str | os.PathLike[str]) -> None:
-    with contextlib.suppress(OSError, TypeError):
-        if isinstance(dest, int):
-            os.ftruncate(dest, 0)
-        else:
-            os.truncate(os.fspath(dest), 0)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-# --- doctor ------------------------------------------------------------------------------------------------
 
 
 def check_substituters(settings: SubstituterSettings, *,

@@ -5,7 +5,9 @@ top of both. Every failure is a `MissReason`: one short line, never an exception
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlsplit
 
@@ -171,3 +173,89 @@ def make_fetcher(ca_file: str | None) -> Any:
             return self._fetch(url)  # MissReason passes through unwrapped
 
     return _Fetcher()
+
+
+# --- the caller's file: a capped, hashed stream into it -----------------------------------------------
+
+
+class CheckedReader:
+    """A file-like view of the body: counts and keeps what arrived, capped by the signed length, timed."""
+
+    def __init__(self, chunks: Iterator[bytes], length: int, deadline: float) -> None:
+        self._chunks = chunks
+        self._length = length
+        self._deadline = deadline
+        self._pending = b""
+        self.received = 0
+        self._hash = sha256_hasher()
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._pending:
+            if time.monotonic() > self._deadline:
+                raise MissReason("download abandoned: slower than compiling locally", warn=True)
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return b""
+            self.received += len(chunk)
+            if self.received > self._length:
+                raise MissReason("untrusted: artifact longer than its signed length (endless data?)", warn=True)
+            self._hash.update(chunk)
+            self._pending = chunk
+        size = len(self._pending) if n < 0 else n
+        out, self._pending = self._pending[:size], self._pending[size:]
+        return out
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+    def sha256(self) -> str:
+        return str(self._hash.hexdigest())
+
+
+def sha256_hasher() -> Any:
+    import hashlib  # noqa: PLC0415
+
+    return hashlib.sha256()
+
+
+def readable(fd: int) -> int:
+    """`fd` if it can be read; else a read-only descriptor of the same file (a caller's O_WRONLY temp file)."""
+    import fcntl  # noqa: PLC0415
+
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_WRONLY:
+        return fd
+    for name in (f"/proc/self/fd/{fd}", f"/dev/fd/{fd}"):
+        try:
+            return os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue
+    raise MissReason("cannot read back the written artifact (pass an O_RDWR file descriptor)", warn=True)
+
+
+def open_dest(dest: int | str | os.PathLike[str]) -> tuple[int, str | None]:
+    if isinstance(dest, int):
+        os.ftruncate(dest, 0)
+        os.lseek(dest, 0, os.SEEK_SET)
+        return dest, None
+    path = os.fspath(dest)
+    existed = os.path.lexists(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+    return fd, None if existed else path
+
+
+def empty(dest: int | str | os.PathLike[str]) -> None:
+    with contextlib.suppress(OSError, TypeError):
+        if isinstance(dest, int):
+            os.ftruncate(dest, 0)
+        else:
+            os.truncate(os.fspath(dest), 0)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# --- doctor ------------------------------------------------------------------------------------------------
