@@ -55,7 +55,7 @@ MUTANTS: tuple[Mutant, ...] = (
        [G + "test_an_entry_rewritten_in_place_after_its_load_is_not_served_again_from_the_process_memo"]),
     _m("exec-chain-sitecustomize",
        "exec runs the sitecustomize it shadows",
-       [("_hook/sitecustomize.py", "spec = importlib.machinery.PathFinder.find_spec(",
+       [("_hook/_wasmcache_site.py", "spec = importlib.machinery.PathFinder.find_spec(",
          "spec = None and importlib.machinery.PathFinder.find_spec(")],
        [G + "test_exec_runs_the_sitecustomize_it_shadows_in_the_program_and_its_children"]),
     _m("doctor-judge-ours",

@@ -227,4 +227,4 @@ def test_the_wheel_ships_the_startup_files(wheel_python: tuple[Path, Path]) -> N
 
     names = set(zipfile.ZipFile(wheel_python[1]).namelist())
     assert {"wasmcache-auto.pth", "_wasmcache_hook.py", "wasmcache/_hook/sitecustomize.py",
-            "wasmcache/_dropin.py"} <= names
+            "wasmcache/_hook/_wasmcache_site.py", "wasmcache/_dropin.py"} <= names

@@ -7,6 +7,7 @@ the same program unwrapped where that is the property.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -427,3 +428,22 @@ def test_doctor_pid_on_a_python_program_advises_exec(tmp_path: Path) -> None:
     text, _maps, mapped = _doctor_pid([sys.executable, "-c", hold], clean_env())
     assert [(m["origin"], m["state"]) for m in mapped] == [("foreign", "intact")]
     assert "under `wasmcache exec`" in text.split("fix:", 1)[1]
+
+
+OLD_PYTHONS = sorted(glob.glob("/root/.pyenv/versions/2.7*/bin/python")
+                     + glob.glob("/root/.pyenv/versions/3.6*/bin/python"))
+
+
+@pytest.mark.skipif(not OLD_PYTHONS, reason="no Python 2.7 or 3.6 on this machine")
+@pytest.mark.parametrize("python", OLD_PYTHONS)
+def test_a_python_wasmcache_does_not_serve_prints_exactly_what_it_prints_unwrapped(python, tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "sitecustomize.py").write_text("import os\nos.environ['THEIRS'] = 'ran'\n")
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(theirs)}
+    code = "import os, sys; print(os.environ.get('THEIRS')); sys.stderr.write('err\\n')"
+    plain = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, timeout=60, check=False)
+    wrapped = subprocess.run([sys.executable, "-m", "wasmcache.cli", "exec", python, "-c", code],
+                             capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert (wrapped.returncode, wrapped.stdout, wrapped.stderr) == (plain.returncode, plain.stdout, plain.stderr)
+    assert wrapped.stdout == "ran\n"  # the sitecustomize exec shadows still runs

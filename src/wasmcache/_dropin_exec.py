@@ -62,7 +62,7 @@ def hook_entry() -> str:
     be written (a read-only installation, where no bytecode can be written either) the
     directory serves.
     """
-    sources = (os.path.join(HOOK_DIR, "sitecustomize.py"), _HOOK_MODULE)
+    sources = (os.path.join(HOOK_DIR, "sitecustomize.py"), os.path.join(HOOK_DIR, "_wasmcache_site.py"), _HOOK_MODULE)
     try:
         made = os.stat(HOOK_ZIP).st_mtime_ns
         if all(os.stat(source).st_mtime_ns <= made for source in sources):
