@@ -229,4 +229,8 @@ MUTANTS: tuple[Mutant, ...] = (
        "an artifact whose content was revoked is never published again (a rebuild of the same bytes, a re-run)",
        [("_public/_publish.py", 'if entry["custom"].get("blake3") in revoked_digests:', "if False:")],
        ["tests/test_public.py::test_a_revoked_artifact_never_comes_back_on_a_later_publish"]),
+    _m("fork-closes-inherited-locks",
+       "a child forked while its parent holds a key's lock closes its copy (else it waits for itself)",
+       [("_lock.py", "    os.register_at_fork(after_in_child=_close_inherited)", "    pass")],
+       ["tests/test_guest.py::test_a_child_forked_while_its_parent_compiles_a_key_is_not_stuck_on_the_inherited_lock"]),
 )

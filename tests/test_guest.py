@@ -447,3 +447,42 @@ def test_a_python_wasmcache_does_not_serve_prints_exactly_what_it_prints_unwrapp
                              capture_output=True, text=True, env=env, timeout=60, check=False)
     assert (wrapped.returncode, wrapped.stdout, wrapped.stderr) == (plain.returncode, plain.stdout, plain.stderr)
     assert wrapped.stdout == "ran\n"  # the sitecustomize exec shadows still runs
+
+
+FORK_WHILE_COMPILING = """
+import os, sys, threading, time, wasmtime
+from wasmgen import heavy_module
+wasm = heavy_module(5, functions=int(sys.argv[1]))
+engine = wasmtime.Engine()
+compiling = threading.Thread(target=lambda: wasmtime.Module(engine, wasm))
+compiling.start()
+time.sleep(0.3)  # the thread holds the key's lock now (under the drop-in)
+pid = os.fork()
+if pid == 0:
+    started = time.monotonic()
+    wasmtime.Module(engine, wasm)  # the same key and engine, in the child: it waits, then maps the parent's entry
+    sys.stdout.write("child %.0f\\n" % (time.monotonic() - started))
+    sys.stdout.flush()
+    os._exit(0)
+compiling.join()
+os.waitpid(pid, 0)
+print("parent done")
+"""
+
+
+def test_a_child_forked_while_its_parent_compiles_a_key_is_not_stuck_on_the_inherited_lock(tmp_path):
+    # The child inherits the descriptor of the lock a parent thread holds: unless it closes its copy,
+    # the lock stays held after the parent releases it, and the child waits for itself (900 s).
+    # (A child that compiles while a parent thread was compiling hangs in wasmtime itself, wrapped
+    # or not: its compiler's thread pool does not survive a fork. This child only maps.)
+    program = tmp_path / "forker.py"
+    program.write_text(FORK_WHILE_COMPILING)
+    env = {**os.environ, "WASMCACHE_DIR": str(tmp_path / "root"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "exec", sys.executable, str(program), "80000"],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split()
+    assert "parent" in lines, proc.stdout
+    assert "child" in lines, proc.stdout
+    assert int(lines[lines.index("child") + 1]) < 60, proc.stdout

@@ -4,6 +4,10 @@ flock locks belong to an open file description, so two threads of one process ex
 too, and the kernel drops the lock when its holder dies: that is how a dead writer's temp file is
 told from a live one's, never by age. Lock files may be unlinked by gc or clear while held; after
 locking, `acquire` checks that the path still names its inode and retries if not.
+
+A forked child inherits the descriptors of the locks its parent holds, and with them the locks: the
+lock would stay held until the child exits, and a child waiting for that key would wait for itself.
+So a child closes its copies at once (`os.register_at_fork`); the parent's locks are untouched.
 """
 
 from __future__ import annotations
@@ -21,12 +25,27 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+_held: dict[int, int] = {}  # fd -> pid of every lock this process holds (a child closes its inherited copies)
+
+
+def _close_inherited() -> None:
+    for fd in list(_held):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited)
+
+
 class KeyLock:
     """An exclusive, cross-process lock held with flock on `path`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._pid = 0
 
     def acquire(self, *, blocking: bool = True, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -52,7 +71,8 @@ class KeyLock:
                 os.close(fd)
                 continue
             if (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
-                self._fd = fd
+                self._fd, self._pid = fd, os.getpid()
+                _held[fd] = self._pid
                 return True
             os.close(fd)  # the file was replaced after we opened it: lock the new one
 
@@ -66,15 +86,18 @@ class KeyLock:
     def release(self, *, unlink: bool = False) -> None:
         if self._fd is None:
             return
+        fd, self._fd = self._fd, None
+        if self._pid != os.getpid():
+            return  # taken by the parent before a fork: this process closed its copy then (its number may be reused)
+        _held.pop(fd, None)
         if unlink:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
-        os.close(self._fd)  # closing drops the flock
-        self._fd = None
+        os.close(fd)  # closing drops the flock
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._fd is not None and self._pid == os.getpid()
 
     def __enter__(self) -> KeyLock:  # noqa: PYI034 - final in practice; Self needs 3.11
         self.acquire()

@@ -5,7 +5,7 @@
 import sys
 
 if sys.version_info >= (3, 10):
-    import _wasmcache_site  # noqa: F401 - arms the drop-in, then chains the shadowed sitecustomize
+    import _wasmcache_site  # type: ignore[import-not-found]  # noqa: F401 - arms the drop-in, chains the shadowed one
 else:
     import os
 
