@@ -33,6 +33,16 @@ def env_flag(environ: Any, name: str) -> bool:
     return bool(environ.get(name, "").strip().lower() in TRUE_WORDS)
 
 
+def xdg_cache_root(environ: Any = os.environ) -> str | None:
+    """The default cache root on Linux: $XDG_CACHE_HOME/wasmcache if that is an absolute path, else
+    ~/.cache/wasmcache (the XDG base-directory rule, as platformdirs applies it); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    configured = environ.get("XDG_CACHE_HOME", "")
+    base = configured if os.path.isabs(configured) else os.path.expanduser("~/.cache")
+    return os.path.join(base, "wasmcache")
+
+
 def auto_enabled(environ: Any = os.environ) -> bool:
     """$WASMCACHE_AUTO asks for the drop-in (and $WASMCACHE_DISABLE does not forbid it)."""
     return env_flag(environ, "WASMCACHE_AUTO") and not env_flag(environ, "WASMCACHE_DISABLE")

@@ -486,3 +486,58 @@ def test_a_child_forked_while_its_parent_compiles_a_key_is_not_stuck_on_the_inhe
     assert "parent" in lines, proc.stdout
     assert "child" in lines, proc.stdout
     assert int(lines[lines.index("child") + 1]) < 60, proc.stdout
+
+
+def test_exec_pins_one_root_for_the_command_and_every_process_it_starts(tmp_path):
+    # A relative $WASMCACHE_DIR and a child that changes directory and $HOME still share one root.
+    (tmp_path / "sub").mkdir()
+    code = ("import os, wasmtime; os.chdir('sub'); os.environ['HOME'] = os.path.abspath('elsewhere'); "
+            "wasmtime.Module(wasmtime.Engine(), wasmtime.wat2wasm('(module)'))")
+    env = {**os.environ, "WASMCACHE_DIR": "relroot"}
+    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "exec", sys.executable, "-c", code], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "relroot").glob("ns-*/*.cwasm"))
+    assert not (tmp_path / "sub" / "relroot").exists()
+    env.pop("WASMCACHE_DIR")
+    env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME="")
+    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "exec", sys.executable, "-c", code], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "home" / ".cache" / "wasmcache").glob("ns-*/*.cwasm"))
+    assert not (tmp_path / "sub" / "elsewhere").exists()
+
+
+REWRITES_SOON = """
+import os, sys, time, wasmtime
+from wasmgen import answer_module
+engine = wasmtime.Engine()
+module = wasmtime.Module.deserialize_file(engine, sys.argv[1])
+other = wasmtime.Module(engine, answer_module(2)).serialize()
+size = os.path.getsize(sys.argv[1])
+other = other[:size].ljust(size, b"\0")  # the same size: only the file's times can tell
+time.sleep(0.3)
+with open(sys.argv[1], "r+b") as f:  # in place, a fraction of a second after start-up
+    f.write(other)
+    f.truncate()
+print("rewritten", flush=True)
+time.sleep(30)
+"""
+
+
+def test_doctor_pid_sees_a_rewrite_in_place_made_right_after_the_process_started(tmp_path):
+    own = tmp_path / "own.cwasm"
+    own.write_bytes(wasmtime.Module(wasmtime.Engine(), answer_module(1)).serialize())
+    os.utime(own, (1, 1))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.Popen([sys.executable, "-c", REWRITES_SOON, str(own)], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "rewritten\n"
+        doctor = run_cli("doctor", "--pid", str(proc.pid))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert doctor.returncode == 1, doctor.stdout
+    assert "modified-in-place" in doctor.stdout

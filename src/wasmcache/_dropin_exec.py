@@ -43,8 +43,17 @@ def exec_environment(environ: Mapping[str, str], *, cache_dir: str | None, verbo
         # Prepended, the rest kept byte for byte (an empty entry means the current directory).
         env["PYTHONPATH"] = hook_entry() + (os.pathsep + pythonpath if pythonpath else "")
     env["WASMCACHE_AUTO"] = "1"
-    if cache_dir is not None:
-        env["WASMCACHE_DIR"] = os.path.abspath(os.path.expanduser(cache_dir))
+    # One root for the command and everything it starts, pinned here: a child that changes directory
+    # or $HOME must not scatter roots (a relative $WASMCACHE_DIR, the default under ~/.cache).
+    pinned = cache_dir if cache_dir is not None else env.get("WASMCACHE_DIR")
+    if pinned:
+        env["WASMCACHE_DIR"] = os.path.abspath(os.path.expanduser(pinned))
+    else:
+        import _wasmcache_hook  # noqa: PLC0415 - stdlib only, the default root's one rule
+
+        default = _wasmcache_hook.xdg_cache_root(env)
+        if default is not None:
+            env["WASMCACHE_DIR"] = default
     if verbosity > 0:
         env[VERBOSE_VARIABLE] = str(min(verbosity, 2))
     return env

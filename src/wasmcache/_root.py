@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import sys
 import time
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -81,10 +80,11 @@ def user_cache_dir() -> str:
     the XDG base-directory spec's ($XDG_CACHE_HOME if it is an absolute path, else ~/.cache), and a
     test compares the two answers.
     """
-    if sys.platform.startswith("linux"):
-        configured = os.environ.get("XDG_CACHE_HOME", "")
-        base = configured if os.path.isabs(configured) else os.path.expanduser("~/.cache")
-        return os.path.join(base, "wasmcache")
+    import _wasmcache_hook  # noqa: PLC0415 - stdlib only: the rule's one home, which `exec` reads too
+
+    found = _wasmcache_hook.xdg_cache_root()
+    if found is not None:
+        return found
     import platformdirs  # noqa: PLC0415 - elsewhere the rules are platformdirs' to know
 
     return str(platformdirs.user_cache_dir("wasmcache", appauthor=False))
