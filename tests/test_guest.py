@@ -515,7 +515,7 @@ engine = wasmtime.Engine()
 module = wasmtime.Module.deserialize_file(engine, sys.argv[1])
 other = wasmtime.Module(engine, answer_module(2)).serialize()
 size = os.path.getsize(sys.argv[1])
-other = other[:size].ljust(size, b"\0")  # the same size: only the file's times can tell
+other = other[:size].ljust(size, b"\\0")  # the same size: only the file's times can tell
 time.sleep(0.3)
 with open(sys.argv[1], "r+b") as f:  # in place, a fraction of a second after start-up
     f.write(other)
