@@ -541,3 +541,16 @@ def test_doctor_pid_sees_a_rewrite_in_place_made_right_after_the_process_started
         proc.wait()
     assert doctor.returncode == 1, doctor.stdout
     assert "modified-in-place" in doctor.stdout
+
+
+def test_exec_takes_v_after_exec_too_and_event_lines_cannot_be_forged_by_a_file_name(tmp_path):
+    program = tmp_path / "a hits=999.py"
+    program.write_text("import wasmtime\nwasmtime.Module(wasmtime.Engine(), wasmtime.wat2wasm('(module)'))\n")
+    env = {**os.environ, "WASMCACHE_DIR": str(tmp_path / "root")}
+    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "exec", "-v", sys.executable, str(program)],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^wasmcache\[\d+\]: ", proc.stderr, re.MULTILINE), proc.stderr
+    stats = json.loads(run_cli("stats", "--json", "--cache-dir", str(tmp_path / "root")).stdout)
+    assert stats["dropin"]["processes"] == 1
+    assert stats["dropin"].get("hits", 0) < 999

@@ -54,6 +54,9 @@ class Place(NamedTuple):
     serialized: bool
 
 
+_said_read_only: set[str] = set()
+
+
 class CacheContext:
     """A cache's root, engine, settings and counters. `disabled`: compile every time, remember nothing."""
 
@@ -105,7 +108,8 @@ class CacheContext:
             return  # created just now (by us, or a racing process): check what is there
         self.initialized = True
         self.writable = os.access(self.root, os.W_OK)
-        if not self.writable:
+        if not self.writable and str(self.root) not in _said_read_only:
+            _said_read_only.add(str(self.root))  # once per process (the drop-in makes a cache per engine)
             log.info("wasmcache: %s is read-only: serving hits, compiling misses in memory", self.root)
 
     def safe(self, path: Path, st: os.stat_result) -> bool:

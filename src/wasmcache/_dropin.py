@@ -421,8 +421,9 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
             return dropin
         if dropin.unusable is not None:
             # Once per process, and what it means for this program (what the user should fix).
-            log.warning("wasmcache: drop-in cannot use its cache root %s; nothing is cached: wasmtime compiles as "
-                        "usual and programs' own .cwasm files are loaded as copies, never mapped", dropin.unusable)
+            log.warning("wasmcache: drop-in cannot use its cache root (%s); nothing is cached: wasmtime compiles as "
+                        "usual and programs' own .cwasm files are loaded as copies, never mapped",
+                        str(dropin.unusable).rstrip("."))
         dropin.active = True
         apply("module", _serving)
         record_configs()

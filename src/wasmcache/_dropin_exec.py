@@ -154,22 +154,26 @@ def _die(code: int, message: str) -> NoReturn:
     os._exit(code)  # nothing to clean up, and stderr may be closed
 
 
-def parse_exec_args(args: list[str]) -> tuple[str | None, list[str]] | None:
-    """`[--cache-dir DIR | --cache-dir=DIR] [--] CMD ...` as (cache_dir, CMD); None for anything
-    else (help, an unknown option, no CMD): the caller reports it."""
+def parse_exec_args(args: list[str]) -> tuple[str | None, list[str], int] | None:
+    """`[--cache-dir DIR | --cache-dir=DIR] [-v | --debug] [--] CMD ...` as (cache_dir, CMD, verbosity);
+    None for anything else (help, an unknown option, no CMD): the caller reports it."""
     cache_dir = None
+    verbosity = 0
     while args and args[0].startswith("-"):
         head = args[0]
         if head == "--":
             args = args[1:]
             break
+        if head in ("-v", "--verbose", "--debug"):
+            verbosity, args = max(verbosity, 2 if head == "--debug" else 1), args[1:]
+            continue
         if head == "--cache-dir" and len(args) >= 2 and args[1]:
             cache_dir, args = args[1], args[2:]
         elif head.startswith("--cache-dir=") and head.partition("=")[2]:
             cache_dir, args = head.partition("=")[2], args[1:]
         else:
             return None
-    return (cache_dir, args) if args else None
+    return (cache_dir, args, verbosity) if args else None
 
 
 def exec_main(args: list[str]) -> NoReturn:
@@ -180,8 +184,8 @@ def exec_main(args: list[str]) -> NoReturn:
             sys.stdout.write(f"{_USAGE}\n\nRun CMD with the drop-in active in every Python process under it\n")
             sys.exit(0)
         _die(2, f"wasmcache: exec: expected [--cache-dir DIR] CMD [ARGS]...\n{_USAGE}")
-    cache_dir, command = parsed
-    exec_command(command, cache_dir=cache_dir)
+    cache_dir, command, verbosity = parsed
+    exec_command(command, cache_dir=cache_dir, verbosity=verbosity)
 
 
 if __name__ == "__main__":  # `python -m wasmcache._dropin_exec CMD ...`: exec without the CLI's imports

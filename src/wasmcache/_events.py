@@ -30,6 +30,8 @@ _FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC"
 def append(root: Path, counts: dict[str, int]) -> None:
     """One line for this process (best effort: a full disk or a read-only root loses it silently)."""
     program = os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else sys.executable) or "?"
+    # One token that cannot pass for a counter: no spaces, no '=' (a file named "a hits=9.py" counts nothing).
+    program = "".join(c if c.isprintable() and not c.isspace() and c != "=" else "_" for c in program)
     fields = " ".join(f"{name}={value}" for name, value in counts.items())
     line = f"{int(time.time())} {os.getpid()} {fields} program={program}".replace("\n", " ") + "\n"
     path = os.path.join(root, EVENTS_NAME)

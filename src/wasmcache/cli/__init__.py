@@ -112,8 +112,9 @@ def _exec_fast_path(args: list[str]) -> None:
     parsed = parse_exec_args(args[1:])
     if parsed is None:
         return
-    own_cache_dir, command = parsed
-    exec_command(command, cache_dir=own_cache_dir if own_cache_dir is not None else cache_dir, verbosity=verbosity)
+    own_cache_dir, command, own_verbosity = parsed
+    exec_command(command, cache_dir=own_cache_dir if own_cache_dir is not None else cache_dir,
+                 verbosity=max(verbosity, own_verbosity))
 
 
 def _error_line(message: str) -> None:

@@ -24,10 +24,14 @@ if TYPE_CHECKING:
 def exec_(ctx: click.Context, cache_dir: Path | None, command: tuple[str, ...]) -> None:
     """Run COMMAND with the drop-in active in every Python process under it (children too).
 
-    With -v (--debug), every one of them prints what the drop-in does on stderr, as `wasmcache[PID]: ...`.
+    With -v or --debug (before or after `exec`), every one of them prints what the drop-in does on stderr,
+    as `wasmcache[PID]: ...`.
     """
     from .._dropin_exec import exec_command  # noqa: PLC0415
 
     options = ctx.obj or {}
     verbosity = 2 if options.get("debug") else 1 if options.get("verbose") else 0
-    exec_command(list(command), cache_dir=None if cache_dir is None else str(cache_dir), verbosity=verbosity)
+    words = list(command)
+    while words and words[0] in ("-v", "--verbose", "--debug"):
+        verbosity, words = max(verbosity, 2 if words[0] == "--debug" else 1), words[1:]
+    exec_command(words, cache_dir=None if cache_dir is None else str(cache_dir), verbosity=verbosity)
