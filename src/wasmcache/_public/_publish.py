@@ -315,19 +315,20 @@ class Tree:
             _write_versioned(self.meta / f"{self.root.signed.version}.root.json", _serialize(self.root))
         signer = new_signer or keys.signing
         step = 0 if self.fresh else 1
-        self.targets.signed.version += step
-        self.targets.signed.expires = expires
-        self.targets.signatures.clear()
-        self.targets.sign(signer)
-        targets_bytes = _serialize(self.targets)
-        _write_versioned(self.meta / f"{self.targets.signed.version}.targets.json", targets_bytes)
-        self.snapshot.signed.version += step
-        self.snapshot.signed.expires = expires
+
+        def next_version(md: Any, role: str) -> bytes:
+            """`md` one version on, expiring at `expires`, signed and written as N.<role>.json: its bytes."""
+            md.signed.version += step
+            md.signed.expires = expires
+            md.signatures.clear()
+            md.sign(signer)
+            data = _serialize(md)
+            _write_versioned(self.meta / f"{md.signed.version}.{role}.json", data)
+            return data
+
+        next_version(self.targets, "targets")
         self.snapshot.signed.meta["targets.json"] = MetaFile(version=self.targets.signed.version)
-        self.snapshot.signatures.clear()
-        self.snapshot.sign(signer)
-        snapshot_bytes = _serialize(self.snapshot)
-        _write_versioned(self.meta / f"{self.snapshot.signed.version}.snapshot.json", snapshot_bytes)
+        snapshot_bytes = next_version(self.snapshot, "snapshot")
         self.timestamp.signed.version += step
         self.timestamp.signed.expires = expires
         self.timestamp.signed.snapshot_meta = MetaFile(version=self.snapshot.signed.version,
