@@ -554,3 +554,30 @@ def test_exec_takes_v_after_exec_too_and_event_lines_cannot_be_forged_by_a_file_
     stats = json.loads(run_cli("stats", "--json", "--cache-dir", str(tmp_path / "root")).stdout)
     assert stats["dropin"]["processes"] == 1
     assert stats["dropin"].get("hits", 0) < 999
+
+
+INACTIVE_GUEST = """
+import sys, time
+sys.modules["blake3"] = None  # this Python lacks one of wasmcache's dependencies: the drop-in cannot run
+import wasmtime
+module = wasmtime.Module.deserialize_file(wasmtime.Engine(), sys.argv[1])
+print("mapped", flush=True)
+time.sleep(30)
+"""
+
+
+def test_doctor_pid_advice_for_a_process_where_the_switched_on_drop_in_did_not_activate(tmp_path):
+    own = tmp_path / "own.cwasm"
+    own.write_bytes(wasmtime.Module(wasmtime.Engine(), answer_module(3)).serialize())
+    env = {**os.environ, "WASMCACHE_AUTO": "1", "WASMCACHE_DIR": str(tmp_path / "root")}
+    proc = subprocess.Popen([sys.executable, "-c", INACTIVE_GUEST, str(own)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "mapped\n"
+        doctor = run_cli("doctor", "--pid", str(proc.pid))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "did not activate" in doctor.stdout, doctor.stdout
+    assert "pip install blake3 platformdirs" in doctor.stdout

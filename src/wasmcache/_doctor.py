@@ -218,7 +218,18 @@ def embedder_of(pid: int) -> str:
     except OSError:
         pass
     wasmtime_py = any(p.endswith("_libwasmtime.so") and f"{os.sep}wasmtime{os.sep}" in p for p in paths)
-    return "wasmtime-py" if python and wasmtime_py else "other"
+    if not (python and wasmtime_py):
+        return "other"
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            variables = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        words = (b"1", b"true", b"yes", b"on")
+        switched_on = (variables.get(b"WASMCACHE_AUTO", b"").strip().lower() in words
+                       and variables.get(b"WASMCACHE_DISABLE", b"").strip().lower() not in words)
+    except OSError:
+        switched_on = False
+    # The drop-in never maps a program's own file: one that does, with the switch on, never activated.
+    return "wasmtime-py, drop-in inactive" if switched_on else "wasmtime-py"
 
 
 def _changed_under(mapped: str, extent: int, started: float) -> bool:

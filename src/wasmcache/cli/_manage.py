@@ -195,10 +195,15 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
         for m in mapped:
             say(f"{m.state:18} {m.origin:8} {m.path}  ({m.detail})")
         # `wasmcache exec` serves Python programs using wasmtime-py; a Rust or C embedder only its author can fix.
-        remedy = ("run the program under `wasmcache exec` (or WASMCACHE_AUTO=1): its own files are then loaded "
-                  "as private snapshots" if embedder_of(pid) == "wasmtime-py" else
-                  "this program embeds Wasmtime itself (not through wasmtime-py), so `wasmcache exec` cannot "
-                  "serve it: its cache must publish a new file by rename, never rewrite one in place")
+        embedder = embedder_of(pid)
+        remedy = {
+            "wasmtime-py": "run the program under `wasmcache exec` (or WASMCACHE_AUTO=1): its own files are then "
+                           "loaded as private snapshots",
+            "wasmtime-py, drop-in inactive": "the drop-in is switched on for this process (`wasmcache exec` or "
+                           "WASMCACHE_AUTO) but did not activate in it: its Python needs wasmcache's dependencies "
+                           "(`pip install blake3 platformdirs` in that environment) and must not run with -S, -I or -E",
+        }.get(embedder, "this program embeds Wasmtime itself (not through wasmtime-py), so `wasmcache exec` cannot "
+                        "serve it: its cache must publish a new file by rename, never rewrite one in place")
         if danger:
             say(f"fix: restart the process; {remedy}")
         elif own:
