@@ -207,9 +207,7 @@ class ModuleCache:
         ctx = self._ctx
         name, path, data = source_of(source)
         digest, data = self._digest(name, path, data)
-        identity = ctx.engine_identity
-        place = Place(ctx.namespace, identity.section, identity.fingerprint, serialized=False)
-        key = cache_key(identity.fingerprint, kind, digest)
+        place, key = self._compiled_place(kind, digest)
         ctx.counters.add("misses")
         module = self._miss.load(name, path, data, place, key, kind, digest, replace=True)
         loaded = self._loaded_modules()
@@ -249,9 +247,7 @@ class ModuleCache:
             key = cache_key(fingerprint, f"{kind}:serialized", digest)
         else:
             digest, data = self._digest(name, path, data)
-            identity = ctx.engine_identity
-            place = Place(ctx.namespace, identity.section, identity.fingerprint, serialized=False)
-            key = cache_key(identity.fingerprint, kind, digest)
+            place, key = self._compiled_place(kind, digest)
         if ctx.disabled:  # $WASMCACHE_DISABLE: compile every time, remember nothing, not even here
             ctx.counters.add("misses")
             return self._miss.load(name, path, data, place, key, kind, digest)
@@ -280,6 +276,12 @@ class ModuleCache:
             loaded[memo_key] = Loaded.of(module, place.namespace.entry_path(key), ctx.mode, mapped)
             return module
 
+    def _compiled_place(self, kind: Kind, digest: str) -> tuple[Place, str]:
+        """Where this engine's compile of an input with `digest` lives, and its key."""
+        identity = self._ctx.engine_identity
+        return (Place(self._ctx.namespace, identity.section, identity.fingerprint, serialized=False),
+                cache_key(identity.fingerprint, kind, digest))
+
     def _loaded_modules(self) -> dict[tuple[str, str, str, str], Loaded]:
         loaded: dict[tuple[str, str, str, str], Loaded] = (loaded_by_engine.get(self.engine)
                                                             or loaded_by_engine.setdefault(self.engine, {}))
@@ -295,8 +297,7 @@ class ModuleCache:
                 raise TypeError("source: expected a path or bytes")
             return wasm_digest(data), data
         ctx = self._ctx
-        memo_root = ctx.root if ctx.initialized and not ctx.disabled else None
-        return self._digests.digest(name, path, memo_root, writable=ctx.stores)
+        return self._digests.digest(name, path, ctx.memo_root, writable=ctx.stores)
 
     def _artifact_digest(self, name: str, path: str | None, data: bytes | memoryview | None) -> tuple[
             str, str | None, bytes | memoryview | None]:
@@ -306,8 +307,7 @@ class ModuleCache:
                 raise TypeError("source: expected a path or bytes")
             return wasm_digest(data), artifact_fingerprint(data), data
         ctx = self._ctx
-        memo_root = ctx.root if ctx.initialized and not ctx.disabled else None
-        digest, data, fingerprint = self._digests.digest_and_fingerprint(name, path, memo_root, writable=ctx.stores)
+        digest, data, fingerprint = self._digests.digest_and_fingerprint(name, path, ctx.memo_root, writable=ctx.stores)
         return digest, fingerprint, data
 
     # --- management -------------------------------------------------------------------------------

@@ -89,6 +89,11 @@ class CacheContext:
         """Whether a miss may publish (lock, write): a writable root, not disabled."""
         return self.writable and not self.disabled
 
+    @property
+    def memo_root(self) -> Path | None:
+        """Where input digests are remembered: an initialized root, and only while caching."""
+        return self.root if self.initialized and not self.disabled else None
+
     def _open_root(self) -> None:
         """Create or adopt the root; a root we cannot write still serves hits (read-only mode)."""
         try:

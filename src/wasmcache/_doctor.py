@@ -220,14 +220,14 @@ def embedder_of(pid: int) -> str:
     wasmtime_py = any(p.endswith("_libwasmtime.so") and f"{os.sep}wasmtime{os.sep}" in p for p in paths)
     if not (python and wasmtime_py):
         return "other"
+    import _wasmcache_hook  # noqa: PLC0415 - the switches' one reading
+
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            variables = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
-        words = (b"1", b"true", b"yes", b"on")
-        switched_on = (variables.get(b"WASMCACHE_AUTO", b"").strip().lower() in words
-                       and variables.get(b"WASMCACHE_DISABLE", b"").strip().lower() not in words)
+            variables = dict(os.fsdecode(v).split("=", 1) for v in f.read().split(b"\0") if b"=" in v)
     except OSError:
-        switched_on = False
+        variables = {}
+    switched_on = _wasmcache_hook.auto_enabled(variables)
     # The drop-in never maps a program's own file: one that does, with the switch on, never activated.
     return "wasmtime-py, drop-in inactive" if switched_on else "wasmtime-py"
 

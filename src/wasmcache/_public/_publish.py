@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .._errors import CacheError, ConfigError
+from .._fs import write_atomically
 from .._lock import KeyLock
 from .._log import log
 from ._levels import METADATA_DIR, REVOKED_FIELD, TARGETS_DIR
@@ -88,12 +89,8 @@ def _write_versioned(final: Path, data: bytes) -> None:
 
 
 def _replace(final: Path, data: bytes) -> None:
-    temp = final.with_name(f".{final.name}.{os.urandom(6).hex()}.tmp")
-    with open(temp, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, final)
+    """A small tree file replaced durably, readable by the web server that serves the tree."""
+    write_atomically(final, data, mode=0o644, durable=True)
 
 
 def put_target(out: Path, built: Built) -> dict[str, Any]:
