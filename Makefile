@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: venv test test-fast lint demo bench mutants clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml src/wasmcache-launcher.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,s3,bench]'

@@ -59,7 +59,8 @@ def apply(mutant: Mutant, src: Path, marker: Path | None) -> str | None:
             return f"{edit.file}: anchor occurs {count} times: {edit.anchor.splitlines()[0]!r}"
         changed[path] = changed[path].replace(edit.anchor, edit.replacement)
     for path, text in changed.items():
-        path.write_text(text + (_MARKER.format(path=str(marker)) if marker is not None else ""))
+        python = marker is not None and path.suffix == ".py"  # the launcher is a shell script
+        path.write_text(text + (_MARKER.format(path=str(marker)) if python else ""))
     return None
 
 

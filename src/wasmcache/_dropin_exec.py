@@ -15,6 +15,7 @@ from __future__ import annotations
 # which only resets two handlers before it becomes CMD, has no use for (measured on the drop-in's
 # start-up figure). The same functions, the same numbers.
 import _signal as signal  # type: ignore[import-not-found]
+import errno
 import os
 import sys
 
@@ -71,7 +72,7 @@ def hook_entry() -> str:
     be written (a read-only installation, where no bytecode can be written either) the
     directory serves.
     """
-    sources = (os.path.join(HOOK_DIR, "sitecustomize.py"), os.path.join(HOOK_DIR, "_wasmcache_site.py"), _HOOK_MODULE)
+    sources = _hook_sources()
     try:
         made = os.stat(HOOK_ZIP).st_mtime_ns
         if all(os.stat(source).st_mtime_ns <= made for source in sources):
@@ -85,6 +86,10 @@ def hook_entry() -> str:
     except (OSError, SyntaxError, ValueError):
         return HOOK_DIR
     return HOOK_ZIP
+
+
+def _hook_sources() -> tuple[str, str, str]:
+    return os.path.join(HOOK_DIR, "sitecustomize.py"), os.path.join(HOOK_DIR, "_wasmcache_site.py"), _HOOK_MODULE
 
 
 _HOOK_MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_wasmcache_hook.py")
@@ -122,6 +127,7 @@ def exec_command(argv: list[str], *, cache_dir: str | None = None, verbosity: in
     if not argv:
         _die(2, _USAGE)
     env = exec_environment(os.environ, cache_dir=cache_dir, verbosity=verbosity)
+    _plan_for_launcher()
     # Python ignores SIGPIPE and SIGXFSZ; an ignored signal survives exec. CMD gets the defaults,
     # as from a shell (`wasmcache exec yes | head` ends by SIGPIPE, not with an EPIPE error).
     for name in ("SIGPIPE", "SIGXFSZ"):
@@ -133,16 +139,78 @@ def exec_command(argv: list[str], *, cache_dir: str | None = None, verbosity: in
             stream.flush()
         except (OSError, ValueError, AttributeError):
             pass
+    _become(argv, env)
+
+
+def _become(argv: list[str], env: dict[str, str]) -> NoReturn:
     try:
         os.execvpe(argv[0], argv, env)  # noqa: S606 - the point: become CMD, as a shell's exec does
     except FileNotFoundError:
         _die(127, f"wasmcache: exec: {argv[0]}: command not found")
     except PermissionError:
         _die(126, f"wasmcache: exec: {argv[0]}: permission denied")
-    except OSError as exc:  # ENOEXEC, a directory, ENAMETOOLONG ...
+    except OSError as exc:  # a directory, ENAMETOOLONG ...
+        if exc.errno == errno.ENOEXEC:
+            _exec_as_script(argv, env)
         _die(126, f"wasmcache: exec: {argv[0]}: {exc.strerror or exc}")
     except ValueError:  # a NUL byte in an argument
         _die(126, f"wasmcache: exec: {argv[0]!r}: an argument contains a NUL byte")
+
+
+def _exec_as_script(argv: list[str], env: dict[str, str]) -> None:
+    """An executable file without `#!`: /bin/sh runs it, as from a shell, `env` or execvp(3) (and as
+    under the shell launcher, whose `exec` does this). Returns only when there is no such file."""
+    path = argv[0]
+    if os.sep not in path:
+        for directory in os.get_exec_path(env):
+            candidate = os.path.join(directory, path)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                path = candidate
+                break
+        else:
+            return
+    try:
+        os.execve("/bin/sh", ["/bin/sh", path, *argv[1:]], env)  # noqa: S606 - what every shell does here
+    except OSError:
+        return
+
+
+LAUNCHER = "wasmcache"  # bin/wasmcache: the shell launcher (src/wasmcache-launcher.sh)
+PYTHON_CLI = "wasmcache-cli"  # bin/wasmcache-cli: this CLI, the launcher's fallback
+LAUNCHER_PLAN = ".wasmcache-exec"  # beside both: what the launcher reads to exec without Python
+
+
+def _plan_for_launcher() -> None:
+    """Leave beside the shell launcher what it needs to serve the next `exec` without Python.
+
+    Only when this process is the launcher's fallback (bin/wasmcache-cli, with bin/wasmcache beside
+    it) and the hook is the zip: its path, the platform and the zip's sources (the launcher falls
+    back here again when the zip is older than one of them). Best effort: a read-only bin directory
+    means every `exec` goes through Python, as before.
+    """
+    if not sys.argv or os.path.basename(sys.argv[0]) != PYTHON_CLI or hook_entry() != HOOK_ZIP:
+        return
+    bindir = os.path.dirname(os.path.realpath(sys.argv[0]))
+    plan = os.path.join(bindir, LAUNCHER_PLAN)
+    text = "\n".join((HOOK_ZIP, sys.platform, *_hook_sources())) + "\n"
+    try:
+        if not os.path.isfile(os.path.join(bindir, LAUNCHER)):
+            return
+        with open(plan, encoding="utf-8", errors="surrogateescape") as f:
+            if f.read() == text:
+                return
+    except OSError:
+        pass
+    temporary = f"{plan}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(text)
+        os.replace(temporary, plan)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
 
 
 def _die(code: int, message: str) -> NoReturn:
