@@ -5,8 +5,8 @@ Nothing here loads or publishes: the hit path (`_cache`), the miss path (`_miss`
 (`_storage`) do that, each reading this one object rather than reaching into one another.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: typing.NamedTuple makes each string annotation a ForwardRef
+# and compiles it (~0.15 ms a class in every process that loads a module: issue 14, item 7).
 import os
 from _thread import allocate_lock
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
@@ -60,7 +60,7 @@ _said_read_only: set[str] = set()
 class CacheContext:
     """A cache's root, engine, settings and counters. `disabled`: compile every time, remember nothing."""
 
-    def __init__(self, root: str | os.PathLike[str] | None, *, engine: wasmtime.Engine | EngineSettings | None,
+    def __init__(self, root: str | os.PathLike[str] | None, *, engine: "wasmtime.Engine | EngineSettings | None",
                  mode: Mode, max_size: int | str | None, lock_timeout: float, strict: bool, enabled: bool) -> None:
         if mode not in ("mmap", "memory"):
             raise ConfigError(f"mode={mode!r}: expected 'mmap' or 'memory'")
@@ -90,7 +90,7 @@ class CacheContext:
         return self.writable and not self.disabled
 
     @property
-    def memo_root(self) -> Path | None:
+    def memo_root(self) -> "Path | None":
         """Where input digests are remembered: an initialized root, and only while caching."""
         return self.root if self.initialized and not self.disabled else None
 
@@ -117,14 +117,14 @@ class CacheContext:
             _said_read_only.add(str(self.root))  # once per process (the drop-in makes a cache per engine)
             log.info("wasmcache: %s is read-only: serving hits, compiling misses in memory", self.root)
 
-    def safe(self, path: Path, st: os.stat_result) -> bool:
+    def safe(self, path: "Path", st: os.stat_result) -> bool:
         """Refuse (strict) or stop using (strict=False) a cache path that others could rewrite."""
         reason = unsafe_reason(st)
         if reason is None:
             return True
         return self.unsafe(path, reason)
 
-    def unsafe(self, path: Path, reason: str) -> bool:
+    def unsafe(self, path: "Path", reason: str) -> bool:
         message = (f"{path} {reason}: another user could plant native code that this process would run; "
                    f"fix: {unsafe_fix(path, reason)}")
         if self.strict:
@@ -150,14 +150,14 @@ class CacheContext:
     # --- the engine ---------------------------------------------------------------------------
 
     @property
-    def engine(self) -> wasmtime.Engine:
+    def engine(self) -> "wasmtime.Engine":
         if self._engine is None:
             with self._guard:
                 if self._engine is None:
                     self._engine = self._make_engine()
         return self._engine
 
-    def _make_engine(self) -> wasmtime.Engine:
+    def _make_engine(self) -> "wasmtime.Engine":
         import wasmtime  # noqa: PLC0415 - `import wasmcache` stays light
 
         arg = self._engine_arg

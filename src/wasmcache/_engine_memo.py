@@ -9,7 +9,6 @@ remembered anywhere else.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import TYPE_CHECKING, Final
@@ -99,6 +98,8 @@ class EngineMemo:
         if not self.writable:
             return
         # key, section length, section; then the settings as JSON for people reading the file.
+        import json  # noqa: PLC0415 - a miss's work: a hit only reads
+
         text = json.dumps(described).encode()
         record = f"{memo_key} {len(section)}\n".encode() + section + b"\n" + text + b"\n"
         path = self.path(memo_key)

@@ -6,8 +6,8 @@ version, target, every Cranelift and CPU flag, tunables, wasm features). That co
 fresh process, so the default engine's section is remembered across processes (`_engine_memo`).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: typing.NamedTuple makes each string annotation a ForwardRef
+# and compiles it (~0.15 ms a class in every process that loads a module: issue 14, item 7).
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 import blake3
@@ -61,7 +61,7 @@ class EngineIdentity(NamedTuple):
 _identities = WeakKeyMap()  # wasmtime.Engine -> EngineIdentity
 
 
-def engine_section(engine: wasmtime.Engine) -> bytes:
+def engine_section(engine: "wasmtime.Engine") -> bytes:
     """Compile and serialize the probe module with `engine` and return its engine section.
 
     An engine that cannot compile a function is a ConfigError: every load would fail, and the
@@ -83,13 +83,13 @@ def fingerprint_of_section(section: bytes) -> str:
     return blake3.blake3(b"wasmcache-engine-v1\0" + section).hexdigest()
 
 
-def remember_fingerprint(engine: wasmtime.Engine, section: bytes) -> EngineIdentity:
+def remember_fingerprint(engine: "wasmtime.Engine", section: bytes) -> EngineIdentity:
     identity = EngineIdentity(section, fingerprint_of_section(section))
     _identities.put(engine, identity)
     return identity
 
 
-def default_engine(memo: EngineMemo | None) -> wasmtime.Engine:
+def default_engine(memo: EngineMemo | None) -> "wasmtime.Engine":
     """`wasmtime.Engine()`, with its fingerprint remembered across processes in `memo`.
 
     The probe compile costs ~0.7 ms in a fresh process, as much as the whole mapped load; the
@@ -104,7 +104,7 @@ def default_engine(memo: EngineMemo | None) -> wasmtime.Engine:
     return engine
 
 
-def engine_identity(engine: wasmtime.Engine) -> EngineIdentity:
+def engine_identity(engine: "wasmtime.Engine") -> EngineIdentity:
     """The exact identity of `engine` (one probe compile per engine per process, ~1 ms)."""
     known: EngineIdentity | None = _identities.get(engine)
     if known is not None:
@@ -112,6 +112,6 @@ def engine_identity(engine: wasmtime.Engine) -> EngineIdentity:
     return remember_fingerprint(engine, engine_section(engine))
 
 
-def engine_fingerprint(engine: wasmtime.Engine) -> str:
+def engine_fingerprint(engine: "wasmtime.Engine") -> str:
     """A hex digest that differs for every engine configuration that changes compiled code."""
     return engine_identity(engine).fingerprint

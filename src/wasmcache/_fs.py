@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 from typing import TYPE_CHECKING, Final
 
@@ -67,6 +66,8 @@ def locked_temp(final: Path, mode: int = 0o600) -> tuple[Path, int]:
         temp = temp_path_for(final)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
         try:
+            import fcntl  # noqa: PLC0415 - not on a hit's path
+
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             held = os.fstat(fd)
             current = os.stat(temp, follow_symlinks=False)
@@ -159,6 +160,8 @@ def reap_if_dead(temp: str | Path) -> bool:
     except OSError:
         return False
     try:
+        import fcntl  # noqa: PLC0415 - not on a hit's path
+
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held = os.fstat(fd)
         current = os.stat(temp, follow_symlinks=False)

@@ -5,9 +5,8 @@ content. An entry whose open fd has that identity is the very file that was publ
 entry must prove itself by content (see `_storage.Namespace.check`).
 """
 
-from __future__ import annotations
-
-import json
+# No `from __future__ import annotations`: typing.NamedTuple makes each string annotation a ForwardRef
+# and compiles it (~0.15 ms a class in every process that loads a module: issue 14, item 7).
 import os
 import stat
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -23,6 +22,52 @@ _MAX_RECORD: Final = 64 << 10
 ORIGINS: Final = ("compiled", "snapshot", "remote", "substituted")
 
 
+class _ScannerContext:
+    """What json's C scanner reads from a `json.JSONDecoder`: the defaults, and no NaN or Infinity."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> Any:
+        raise ValueError(f"record holds {name}")
+
+
+_scan: Any = None
+
+
+def _loads(raw: bytes) -> Any:
+    """`json.loads` of a record, through the C scanner json.loads itself uses (`_json.make_scanner`).
+
+    Hand-written because of a measured cost: a hit reads one record, and `import json` costs a hit
+    process ~1.8 ms (its package imports the encoder too and compiles six regular expressions),
+    a sixth of what wasmcache may add to the process (issue 14, item 7). The same parser, the same
+    errors (ValueError); json itself where `_json` is missing (not CPython).
+    """
+    global _scan  # noqa: PLW0603 - made once per process
+    text = raw.decode("utf-8")
+    if _scan is None:
+        try:
+            from _json import make_scanner  # noqa: PLC0415
+
+            _scan = make_scanner(_ScannerContext())  # type: ignore[arg-type]  # duck-typed, as JSONDecoder
+        except ImportError:
+            import json  # noqa: PLC0415
+
+            _scan = json.JSONDecoder(parse_constant=_ScannerContext.parse_constant).scan_once  # type: ignore[attr-defined]
+    start = len(text) - len(text.lstrip(" \t\n\r"))
+    try:
+        value, end = _scan(text, start)
+    except StopIteration as exc:
+        raise ValueError(f"record is not JSON (at character {exc.value})") from None
+    if text[end:].strip(" \t\n\r"):
+        raise ValueError(f"record is not JSON (extra data at character {end})")
+    return value
+
+
 class Identity(NamedTuple):
     """What a stat says about a file; equal identities mean the very file that was published."""
 
@@ -33,7 +78,7 @@ class Identity(NamedTuple):
     ctime_ns: int
 
     @classmethod
-    def of(cls, st: os.stat_result) -> Identity:
+    def of(cls, st: os.stat_result) -> "Identity":
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -58,13 +103,15 @@ class Record(NamedTuple):
         fields: dict[str, Any] = self._asdict()
         fields["identity"] = self.identity._asdict() if self.identity is not None else None
         fields["version"] = RECORD_VERSION
+        import json  # noqa: PLC0415 - written on a miss only (see _loads)
+
         return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> Record:
+    def from_json(cls, raw: bytes) -> "Record":
         """Parse a record; anything malformed raises ValueError (records are files we did not lock)."""
         try:
-            fields = json.loads(raw)
+            fields = _loads(raw)
         except (UnicodeDecodeError, RecursionError) as exc:
             raise ValueError(f"record is not JSON: {exc}") from None
         if not isinstance(fields, dict) or fields.get("version") != RECORD_VERSION:
@@ -114,7 +161,7 @@ class Record(NamedTuple):
         )
 
 
-def read_record(path: Path) -> tuple[Record, os.stat_result] | None:
+def read_record(path: "Path") -> tuple[Record, os.stat_result] | None:
     """The record at `path` and its stat (its mtime is the entry's last use), or None if absent/bad."""
     try:
         fd = os.open(path, READ_FLAGS)
@@ -135,5 +182,5 @@ def read_record(path: Path) -> tuple[Record, os.stat_result] | None:
         return None
 
 
-def write_record(path: Path, record: Record) -> None:
+def write_record(path: "Path", record: Record) -> None:
     write_atomically(path, record.to_json(), mode=0o644, durable=True)

@@ -1,7 +1,7 @@
 """What a `ModuleCache` counts: its live counters and the `CacheStats` snapshot it hands out."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: typing.NamedTuple makes each string annotation a ForwardRef
+# and compiles it (~0.15 ms a class in every process that loads a module: issue 14, item 7).
 from _thread import allocate_lock
 from typing import TYPE_CHECKING, Final, NamedTuple
 
@@ -25,7 +25,7 @@ class CacheStats(NamedTuple):
     substituted: int = 0  # entries a substituter's signed, precompiled artifact filled (no compile here)
 
     @classmethod
-    def of(cls, counts: Mapping[str, int], entries: int, size_bytes: int) -> CacheStats:
+    def of(cls, counts: "Mapping[str, int]", entries: int, size_bytes: int) -> "CacheStats":
         """From `Counters` values (by name) and the root's usage."""
         return cls(counts["hits"], counts["misses"], counts["compiles"], entries, size_bytes, counts["remote_hits"],
                    counts["remote_misses"], counts["uploads"], counts["rejected"], counts["substituted"])

@@ -50,7 +50,6 @@ from .._layout import (
     key_of,
     namespace_name,
 )
-from .._lock import KeyLock, try_lock
 from .._record import Identity, Record, read_record, write_record
 from ._types import CheckedEntry, KeyFiles, Scan, TempFile, UntrustedEntryError, quarantine
 
@@ -59,6 +58,8 @@ __all__ = ["CheckedEntry", "KeyFiles", "Namespace", "Scan", "TempFile", "Untrust
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from .._lock import KeyLock
 
 
 class Namespace:
@@ -87,10 +88,14 @@ class Namespace:
         return self.path / f"{key}{RECORD_SUFFIX}"
 
     def lock(self, key: str) -> KeyLock:
+        from .._lock import KeyLock  # noqa: PLC0415 - a miss's (a hit takes no lock)
+
         return KeyLock(self.path / f"{key}{LOCK_SUFFIX}")
 
     def key_free(self, key: str) -> contextlib.AbstractContextManager[bool]:
         """Hold the key's lock while the block runs if nobody holds it (True), else False; never waits."""
+        from .._lock import try_lock  # noqa: PLC0415 - a miss's (a hit takes no lock)
+
         return try_lock(self.path / f"{key}{LOCK_SUFFIX}")
 
     def read_section(self) -> bytes | None:
