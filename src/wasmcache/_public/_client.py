@@ -81,7 +81,8 @@ class Check(NamedTuple):
     revoked: frozenset[str] = frozenset()  # blake3 of the artifacts its publisher revoked
     reachable: bool | None = None  # None: not known (the check stopped before)
     root_valid: bool | None = None  # the metadata verified under a trusted root
-    days_left: float | None = None  # until the first of timestamp/snapshot/targets expires (< 0: expired)
+    days_left: float | None = None  # until the first of timestamp/snapshot/targets expires
+    expired: bool = False  # the host's metadata has expired (a miss until the publisher re-signs)
     rolled_back: bool = False  # the host serves older metadata than this machine's consumer already trusts
     artifacts: int | None = None
     fitting: int | None = None  # of `artifacts`: those this host's engine loads (same ABI, ISA within the host's)
@@ -470,7 +471,7 @@ def _check_one(sub: Substituter, ca_file: str | None, state_copy: str, host_sect
     try:
         repo = _refresh(sub, ca_file, state_copy)
     except MissReason as miss:
-        return _failed_check(sub, miss.reason, _days_left(state_copy))
+        return _failed_check(sub, miss.reason)
     except Exception as exc:  # doctor reports a host's failure in one line, whatever it is
         return Check(sub.url, sub.origin, ok=False, detail=f"failed: {type(exc).__name__}: {short(exc)}",
                      expires=None)
@@ -488,22 +489,21 @@ def _check_one(sub: Substituter, ca_file: str | None, state_copy: str, host_sect
                "default engine settings)")
     left = f" ({days:.0f} days left)" if days is not None else ""
     rollback = "no rollback" if compared else "no rollback check (this cache root trusts none of its metadata yet)"
-    detail = (f"reachable, root v{repo.root_version} valid, metadata valid until {repo.expires}{left}, "
+    detail = (f"root v{repo.root_version} valid, reachable, metadata valid until {repo.expires}{left}, "
               f"{rollback}, {len(repo.targets)} artifact(s){fit}")
     return Check(sub.url, sub.origin, ok=True, detail=detail, expires=repo.expires, revoked=repo.revoked,
                  reachable=True, root_valid=True, days_left=days, artifacts=len(repo.targets), fitting=fitting)
 
 
-def _failed_check(sub: Substituter, reason: str, days: float | None) -> Check:
-    """A refresh's MissReason (see `_refresh_under`, whose words these are) as doctor's verdict."""
+def _failed_check(sub: Substituter, reason: str) -> Check:
+    """A refresh's MissReason (see `_refresh_under`, whose words these are) as doctor's verdict. (An
+    expired role is not persisted by ngclient, so how long ago it expired is not known verified.)"""
     check = Check(sub.url, sub.origin, ok=False, detail=reason, expires=None)
     if "unreachable" in reason:
         return check._replace(reachable=False)
     if reason.startswith("expired"):
-        ago = f" {-days:.0f} days ago" if days is not None and days < 0 else ""
-        return check._replace(reachable=True, root_valid=True, days_left=days,
-                              detail=f"reachable, root valid, metadata expired{ago}: the publisher must re-sign "
-                                     "(a frozen or stale host)")
+        return check._replace(reachable=True, root_valid=True, expired=True,
+                              detail=f"reachable, root valid, {reason} (a frozen or stale host)")
     if "rolled-back" in reason:
         return check._replace(reachable=True, root_valid=True, rolled_back=True,
                               detail="reachable, root valid, ROLLBACK: the host serves older metadata than this "
@@ -516,9 +516,8 @@ def _failed_check(sub: Substituter, reason: str, days: float | None) -> Check:
 
 
 def _days_left(state: str) -> float | None:
-    """Days until the first verified timestamp/snapshot/targets under `state` expires (ngclient persists
-    each role only once its signatures verified; an expired timestamp is persisted before the expiry
-    check fails the refresh). None if none is there."""
+    """Days until the first timestamp/snapshot/targets under `state` expires (after a successful refresh:
+    ngclient persists each role only once it verified). None if none is there."""
     import json  # noqa: PLC0415
     from datetime import datetime, timezone  # noqa: PLC0415
 

@@ -303,12 +303,11 @@ def _substituter_findings(root: Path) -> list[Any]:
 
     # The consumer's trusted metadata is copied, and refreshed only in the copy (see check_substituters).
     checks = check_substituters(settings, state_dir=root / SUBSTITUTERS_DIR, host_section=_default_host_section())
+    facts = ("ok", "reachable", "root_valid", "expires", "days_left", "expired", "rolled_back", "artifacts", "fitting")
     out: list[Any] = [
         SubstituterDiagnosis(INFO if check.ok else WARNING, check.url, f"substituter ({check.origin}): {check.detail}",
                              "nothing to do" if check.ok else _substituter_fix(check),
-                             {name: getattr(check, name) for name in ("ok", "reachable", "root_valid", "expires",
-                                                                      "days_left", "rolled_back", "artifacts",
-                                                                      "fitting")})
+                             {name: getattr(check, name) for name in facts})
         for check in checks]
     # Entries a publisher has since revoked (a miscompile fixed in a patch release ...): the cache keeps
     # serving them until they are replaced, so say which, and how.
@@ -343,7 +342,7 @@ def _substituter_fix(check: Any) -> str:
     if check.rolled_back:
         return ("the host (or a mirror, or someone in between) serves older signed metadata than this machine "
                 "saw: it is refused, and a miss compiles locally; ask the publisher, or use another mirror")
-    if check.days_left is not None and check.days_left < 0:
+    if check.expired:
         return "a miss compiles locally until the publisher re-signs (`wasmcache publish --out TREE` re-signs)"
     if "certificate" in detail or "SSL" in detail or "unreachable" in detail:
         return ("a miss compiles locally until this is fixed (a private CA: $WASMCACHE_SUBSTITUTER_CA or "
