@@ -451,7 +451,12 @@ def check_substituters(settings: SubstituterSettings, *, state_dir: str | os.Pat
 
     tier = PublicTier(settings, state_dir=None)
     checks: list[Check] = []
-    with tempfile.TemporaryDirectory(prefix="wasmcache-doctor-") as scratch:
+    try:
+        holder = tempfile.TemporaryDirectory(prefix="wasmcache-doctor-")
+    except OSError as exc:
+        return [Check(sub.url, sub.origin, ok=False, detail=f"not checked: no temporary directory: {short(exc)}",
+                      expires=None) for sub in tier.substituters()]
+    with holder as scratch:
         for number, sub in enumerate(tier.substituters()):
             copy = os.path.join(scratch, str(number))  # one copy per substituter: checks never mix states
             os.mkdir(copy, mode=0o700)
