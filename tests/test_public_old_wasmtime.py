@@ -1,8 +1,9 @@
 """Substituters with the older wasmtime-py majors wasmcache supports (>= 40; YoWASP pins 44-47).
 
 wasmtime-py < 45 has no `Config.target` nor the Cranelift flag setters, so the publisher's
-`level_config` reaches the C API. Here a throwaway virtualenv with an old wasmtime-py (from the
-package registry) runs wasmcache from this source tree: `wasmcache publish` at every level this
+`level_config` reaches the C API (47 takes `Config.target` and the C API for the flags; 50 is the
+suite's own venv). Here a throwaway virtualenv with an old wasmtime-py (from the package registry)
+runs wasmcache from this source tree: `wasmcache publish` at every level this
 runner can compile, then a consumer in the same venv, with a fresh HOME and only the substituter in
 its environment, loads the module substituted (its record says so, and the level) and runs it
 correctly; a second tree holding only the `baseline` level proves a lower level loads and runs too.
@@ -45,7 +46,7 @@ def pip_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("pip-cache")
 
 
-@pytest.fixture(scope="module", params=["44", "40"])
+@pytest.fixture(scope="module", params=["47", "44", "40"])
 def old_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                pip_cache: Path) -> tuple[str, str]:
     major: str = request.param
