@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from ._elf import ENGINE_SECTION, find_section
 from ._layout import (
@@ -44,6 +44,13 @@ class Diagnosis:
     path: str
     problem: str
     fix: str
+
+
+@dataclass(frozen=True)
+class SubstituterDiagnosis(Diagnosis):
+    """A configured substituter's check: the line above, and its facts for `--json` (`_client.Check`)."""
+
+    check: dict[str, Any] = field(default_factory=dict)  # reachable, root_valid, days_left, rolled_back ...
 
 
 def diagnose_root(root: Path) -> list[Diagnosis]:

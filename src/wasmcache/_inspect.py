@@ -76,5 +76,6 @@ def inspect_target(target: str, root: Path) -> dict[str, Any]:
         if found is not None:
             record = found[0]
             info.update(source=record.source, wasm_digest=record.wasm_digest, kind=record.kind,
-                        recorded_digest_matches=record.content_digest == digest)
+                        recorded_digest_matches=record.content_digest == digest, origin=record.origin,
+                        substituter=record.substituter, level=record.level)
     return info

@@ -79,6 +79,13 @@ class Check(NamedTuple):
     detail: str  # "root v2, timestamp expires 2026-01-02 (in 29 days), 12 artifacts" or why not
     expires: str | None
     revoked: frozenset[str] = frozenset()  # blake3 of the artifacts its publisher revoked
+    reachable: bool | None = None  # None: not known (the check stopped before)
+    root_valid: bool | None = None  # the metadata verified under a trusted root
+    days_left: float | None = None  # until the first of timestamp/snapshot/targets expires
+    expired: bool = False  # the host's metadata has expired (a miss until the publisher re-signs)
+    rolled_back: bool = False  # the host serves older metadata than this machine's consumer already trusts
+    artifacts: int | None = None
+    fitting: int | None = None  # of `artifacts`: those this host's engine loads (same ABI, ISA within the host's)
 
 
 # --- process-wide state: one refresh per substituter, one timeout per host ---------------------------
@@ -431,24 +438,105 @@ def select(repo: _Repo, kind: str, digest: str, host_section: bytes) -> tuple[An
     return fitting[0]
 
 
-def check_substituters(settings: SubstituterSettings, *,
-                       state_dir: str | os.PathLike[str] | None = None) -> list[Check]:
-    """For each configured substituter: reachable? root valid? metadata expiry? (fresh refresh, no memo)."""
+def check_substituters(settings: SubstituterSettings, *, state_dir: str | os.PathLike[str] | None = None,
+                       host_section: bytes | None = None) -> list[Check]:
+    """For each substituter: reachable? root valid? metadata expiry, rollback, artifacts fitting this host.
+
+    `state_dir`: the consumer's own trusted metadata (a cache root's `substituters/`). It is copied into
+    a temporary directory and the refresh happens there, so a rollback relative to what this machine
+    already trusts is seen and the consumer's state is never advanced nor written. `host_section`: the
+    engine section to count fitting artifacts for (none counted without it). Never raises for a host.
+    """
+    import shutil  # noqa: PLC0415
+
     tier = PublicTier(settings, state_dir=None)
     checks: list[Check] = []
-    for sub in tier.substituters():
-        with lock:
-            _repos.pop((sub.url, sub.roots), None)
-        try:
-            repo = tier.repo(sub)
-        except MissReason as miss:
-            checks.append(Check(sub.url, sub.origin, ok=False, detail=miss.reason, expires=None))
-            continue
-        checks.append(Check(sub.url, sub.origin, ok=True,
-                            detail=f"root v{repo.root_version}, metadata valid until {repo.expires}, "
-                                   f"{len(repo.targets)} artifact(s)", expires=repo.expires, revoked=repo.revoked))
-    del state_dir  # doctor never writes: it refreshes into a temporary directory
+    try:
+        holder = tempfile.TemporaryDirectory(prefix="wasmcache-doctor-")
+    except OSError as exc:
+        return [Check(sub.url, sub.origin, ok=False, detail=f"not checked: no temporary directory: {short(exc)}",
+                      expires=None) for sub in tier.substituters()]
+    with holder as scratch:
+        for number, sub in enumerate(tier.substituters()):
+            copy = os.path.join(scratch, str(number))  # one copy per substituter: checks never mix states
+            os.mkdir(copy, mode=0o700)
+            compared = False
+            for root in sub.roots:
+                trusted = os.path.join(os.fspath(state_dir), _state_name(sub, root)) if state_dir else None
+                if trusted is not None and os.path.isfile(os.path.join(trusted, "timestamp.json")):
+                    with contextlib.suppress(OSError, shutil.Error):
+                        shutil.copytree(trusted, os.path.join(copy, _state_name(sub, root)), symlinks=True)
+                        compared = True
+            checks.append(_check_one(sub, settings.ca_file, copy, host_section, compared=compared))
     return checks
+
+
+def _check_one(sub: Substituter, ca_file: str | None, state_copy: str, host_section: bytes | None, *,
+               compared: bool) -> Check:
+    try:
+        repo = _refresh(sub, ca_file, state_copy)
+    except MissReason as miss:
+        return _failed_check(sub, miss.reason)
+    except Exception as exc:  # doctor reports a host's failure in one line, whatever it is
+        return Check(sub.url, sub.origin, ok=False, detail=f"failed: {type(exc).__name__}: {short(exc)}",
+                     expires=None)
+    days = _days_left(state_copy)
+    fitting = None
+    fit = ""
+    if host_section is not None:
+        from .._engine_section import decode_engine_section  # noqa: PLC0415
+
+        abi, host_isa = abi_hash(host_section), isa_flags(host_section)
+        fitting = sum(1 for info in repo.targets.values() if isinstance(info.custom, dict)
+                      and info.custom.get("abi") == abi and isinstance(info.custom.get("isa"), list)
+                      and set(info.custom["isa"]) <= host_isa)
+        fit = (f", {fitting} of them fit this host (wasmtime {decode_engine_section(host_section).wasmtime_version}, "
+               "default engine settings)")
+    left = f" ({days:.0f} days left)" if days is not None else ""
+    rollback = "no rollback" if compared else "no rollback check (this cache root trusts none of its metadata yet)"
+    detail = (f"root v{repo.root_version} valid, reachable, metadata valid until {repo.expires}{left}, "
+              f"{rollback}, {len(repo.targets)} artifact(s){fit}")
+    return Check(sub.url, sub.origin, ok=True, detail=detail, expires=repo.expires, revoked=repo.revoked,
+                 reachable=True, root_valid=True, days_left=days, artifacts=len(repo.targets), fitting=fitting)
+
+
+def _failed_check(sub: Substituter, reason: str) -> Check:
+    """A refresh's MissReason (see `_refresh_under`, whose words these are) as doctor's verdict. (An
+    expired role is not persisted by ngclient, so how long ago it expired is not known verified.)"""
+    check = Check(sub.url, sub.origin, ok=False, detail=reason, expires=None)
+    if "unreachable" in reason:
+        return check._replace(reachable=False)
+    if reason.startswith("expired"):
+        return check._replace(reachable=True, root_valid=True, expired=True,
+                              detail=f"reachable, root valid, {reason} (a frozen or stale host)")
+    if "rolled-back" in reason:
+        return check._replace(reachable=True, root_valid=True, rolled_back=True,
+                              detail="reachable, root valid, ROLLBACK: the host serves older metadata than this "
+                                     f"machine already trusts ({reason.removeprefix('untrusted: ')})")
+    if reason.startswith("untrusted"):
+        return check._replace(reachable=True, root_valid=False, detail=f"reachable, but {reason}")
+    if reason.startswith("none published"):
+        return check._replace(reachable=True, detail=f"reachable, but no tree there: {reason}")
+    return check
+
+
+def _days_left(state: str) -> float | None:
+    """Days until the first timestamp/snapshot/targets under `state` expires (after a successful refresh:
+    ngclient persists each role only once it verified). None if none is there."""
+    import json  # noqa: PLC0415
+    from datetime import datetime, timezone  # noqa: PLC0415
+
+    expiries: list[datetime] = []
+    for directory, _dirs, files in os.walk(state):
+        for role in ("timestamp", "snapshot", "targets"):
+            if f"{role}.json" in files:
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    with open(os.path.join(directory, f"{role}.json"), "rb") as f:
+                        expires = json.loads(f.read(1 << 22))["signed"]["expires"]
+                    expiries.append(datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc))
+    if not expiries:
+        return None
+    return (min(expiries) - datetime.now(timezone.utc)).total_seconds() / 86400
 
 
 def forget() -> None:

@@ -41,6 +41,8 @@ def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, t
                                "namespaces": namespaces}
     from .._events import read_totals  # noqa: PLC0415
 
+    origins = _origins(root)
+    data["origins"] = origins
     events = read_totals(root)  # what the drop-in did in the processes it served (`wasmcache exec`)
     if events.processes:
         data["dropin"] = {"processes": events.processes, **events.counts}
@@ -62,9 +64,47 @@ def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, t
         say(f"drop-in         {counted.get('hits', 0)} hits, {counted.get('misses', 0)} misses, "
             f"{counted.get('compiles', 0)} compiles in {events.processes} process(es) since "
             f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(events.since or 0))} ({root}/events)")
+    if origins:
+        say("origins         " + ", ".join(f"{o['origin']} {o['entries']} ({human(o['size_bytes'])})"
+                                           for o in _by_origin(origins)))
+        for o in origins:
+            if o["origin"] == "substituted":
+                say(f"  substituted   {o['entries']} entries, {human(o['size_bytes'])}, {o['level']}, "
+                    f"from {o['substituter']}")
     say(f"namespaces      {len(namespaces)}")
     for name, ns in sorted(namespaces.items()):
         say(f"  {name}  {ns['entries']} entries")
+
+
+def _origin_of(info: Any) -> dict[str, Any]:
+    """Where an entry came from, as `ls`, `stats`, `verify` and `inspect` show it (its record's words)."""
+    return {"origin": info.origin, "substituter": info.substituter, "level": info.level}
+
+
+def _origins(root: Path) -> list[dict[str, Any]]:
+    """Entries and bytes by (origin, substituter, level), most entries first: the records `ls` reads."""
+    from .._maintenance import list_entries  # noqa: PLC0415
+
+    groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+    for info in list_entries(root):
+        counted = groups.setdefault((info.origin, info.substituter, info.level), [0, 0])
+        counted[0] += 1
+        counted[1] += info.size
+    rows: list[dict[str, Any]] = [
+        {"origin": origin, "substituter": substituter, "level": level, "entries": n, "size_bytes": size}
+        for (origin, substituter, level), (n, size) in groups.items()]
+    rows.sort(key=lambda row: (-row["entries"], row["origin"], row["substituter"] or "", row["level"] or ""))
+    return rows
+
+
+def _by_origin(origins: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`_origins` summed per origin alone (compiled, substituted, remote, snapshot)."""
+    totals: dict[str, dict[str, Any]] = {}
+    for row in origins:
+        total = totals.setdefault(row["origin"], {"origin": row["origin"], "entries": 0, "size_bytes": 0})
+        total["entries"] += row["entries"]
+        total["size_bytes"] += row["size_bytes"]
+    return sorted(totals.values(), key=lambda total: -total["entries"])
 
 
 @cli.command("ls")
@@ -117,17 +157,30 @@ def gc(cache_dir: Path | None, max_size: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify(cache_dir: Path | None, fix: bool, as_json: bool) -> None:
     """Check every entry's content and engine against its record; exit 1 if anything was found (also after --fix)."""
+    from .._maintenance import list_entries  # noqa: PLC0415
     from .._verify import verify_root  # noqa: PLC0415
 
-    report = verify_root(root_of(cache_dir), fix=fix)
+    root = root_of(cache_dir)
+    # Where each entry came from, read before verify (a --fix moves bad entries away).
+    known = {info.path: _origin_of(info) for info in list_entries(root)} if os.path.isdir(root) else {}
+    report = verify_root(root, fix=fix)
     if as_json:
-        say(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
+        data = asdict(report)
+        for finding in data["findings"]:
+            finding.update(known.get(finding["path"], {}))
+        say(json.dumps({**data, "ok": report.ok, "origins": _origins(root)}, indent=2))
     else:
         for f in report.findings:
-            say(f"{f.problem}: {f.path}: {f.detail}; fix: {f.fix}")
+            came = known.get(f.path)
+            where = (f" (substituted from {came['substituter']}, {came['level']})"
+                     if came is not None and came["origin"] == "substituted" else "")
+            say(f"{f.problem}: {f.path}{where}: {f.detail}; fix: {f.fix}")
         state = "ok" if report.ok else f"{len(report.findings)} problem(s)"
         fixed = f", {report.fixed} quarantined" if fix else ""
         say(f"checked {report.checked} entries: {report.intact} intact, {state}{fixed}")
+        for o in _origins(root):
+            if o["origin"] == "substituted":
+                say(f"  {o['entries']} substituted from {o['substituter']} ({o['level']})")
     if not report.ok:
         sys.exit(1)
 
@@ -159,7 +212,7 @@ def inspect(cache_dir: Path | None, as_json: bool, target: str) -> None:
         say(json.dumps(info, indent=2, default=str))
         return
     for name in ("path", "kind", "size", "content_digest", "wasmtime_version", "target", "compiler",
-                 "opt_level", "namespace", "key", "source", "wasm_digest", "origin"):
+                 "opt_level", "namespace", "key", "source", "wasm_digest", "origin", "substituter", "level"):
         if info.get(name) is not None:
             say(f"{name.replace('_', ' '):18}{info[name]}")
     for group in ("tunables", "shared_flags", "isa_flags"):
@@ -213,7 +266,7 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
     from .._dropin_status import dropin_status  # noqa: PLC0415
 
     findings = diagnose_root(root_of(cache_dir))
-    findings += _substituter_findings(root_of(cache_dir))  # writes nothing: checks refresh in a temporary directory
+    findings += _substituter_findings(root_of(cache_dir))  # writes nothing: checks refresh in a temporary copy
     danger = any(f.severity == DANGER for f in findings)
     dropin = dropin_status()
     if as_json:
@@ -232,9 +285,11 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
 
 
 def _substituter_findings(root: Path) -> list[Any]:
-    """One line per configured substituter: reachable, its root valid, when its metadata expires."""
-    from .._doctor import DANGER, INFO, WARNING, Diagnosis  # noqa: PLC0415
+    """One line per configured substituter: reachable, root valid, metadata expiry, rollback relative to
+    what this root's consumer already trusts, artifacts fitting this host. Writes nothing anywhere."""
+    from .._doctor import DANGER, INFO, WARNING, Diagnosis, SubstituterDiagnosis  # noqa: PLC0415
     from .._errors import ConfigError  # noqa: PLC0415
+    from .._layout import SUBSTITUTERS_DIR  # noqa: PLC0415
     from .._public import resolve_substituter_settings  # noqa: PLC0415
     from .._record import read_record  # noqa: PLC0415
 
@@ -246,10 +301,14 @@ def _substituter_findings(root: Path) -> list[Any]:
         return []
     from .._public._client import check_substituters  # noqa: PLC0415 - the client (and tuf): only to check
 
-    checks = check_substituters(settings)
-    out = [Diagnosis(INFO if check.ok else WARNING, check.url, f"substituter ({check.origin}): {check.detail}",
-                     "nothing to do" if check.ok else _substituter_fix(check.detail))
-           for check in checks]
+    # The consumer's trusted metadata is copied, and refreshed only in the copy (see check_substituters).
+    checks = check_substituters(settings, state_dir=root / SUBSTITUTERS_DIR, host_section=_default_host_section())
+    facts = ("ok", "reachable", "root_valid", "expires", "days_left", "expired", "rolled_back", "artifacts", "fitting")
+    out: list[Any] = [
+        SubstituterDiagnosis(INFO if check.ok else WARNING, check.url, f"substituter ({check.origin}): {check.detail}",
+                             "nothing to do" if check.ok else _substituter_fix(check),
+                             {name: getattr(check, name) for name in facts})
+        for check in checks]
     # Entries a publisher has since revoked (a miscompile fixed in a patch release ...): the cache keeps
     # serving them until they are replaced, so say which, and how.
     revoked = {check.url: check.revoked for check in checks if check.revoked}
@@ -266,7 +325,25 @@ def _substituter_findings(root: Path) -> list[Any]:
     return out
 
 
-def _substituter_fix(detail: str) -> str:
+def _default_host_section() -> bytes | None:
+    """This host's engine section with wasmtime's default settings (what fits is counted for it)."""
+    try:
+        import wasmtime  # noqa: PLC0415
+
+        from .._fingerprint import engine_identity  # noqa: PLC0415
+
+        return engine_identity(wasmtime.Engine()).section
+    except Exception:  # doctor still checks the hosts without this count
+        return None
+
+
+def _substituter_fix(check: Any) -> str:
+    detail = check.detail
+    if check.rolled_back:
+        return ("the host (or a mirror, or someone in between) serves older signed metadata than this machine "
+                "saw: it is refused, and a miss compiles locally; ask the publisher, or use another mirror")
+    if check.expired:
+        return "a miss compiles locally until the publisher re-signs (`wasmcache publish --out TREE` re-signs)"
     if "certificate" in detail or "SSL" in detail or "unreachable" in detail:
         return ("a miss compiles locally until this is fixed (a private CA: $WASMCACHE_SUBSTITUTER_CA or "
                 "$SSL_CERT_FILE)")
