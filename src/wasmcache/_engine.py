@@ -10,7 +10,6 @@ neither fork nor probe.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -127,7 +126,9 @@ class EngineSettings:
         return isinstance(other, EngineSettings) and self.as_dict() == other.as_dict()
 
     def __hash__(self) -> int:
-        return hash(json.dumps(self.as_dict(), sort_keys=True))
+        settings = self.as_dict()
+        settings["features"] = sorted(settings["features"].items())  # as __eq__: order-blind
+        return hash(repr(sorted(settings.items())))
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
@@ -267,7 +268,8 @@ class EngineSettings:
         return memo_key_for(self.describe())
 
     def _validate_in_child(self) -> bytes:
-        import subprocess  # noqa: PLC0415 - only for settings never seen before
+        import json  # noqa: PLC0415 - only for settings never seen before (a loading process has no use for json)
+        import subprocess  # noqa: PLC0415
 
         package_parent = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
@@ -302,6 +304,8 @@ def panic_message(stderr: str) -> str:
 
 def _child_probe() -> None:
     """Run in a child process by `EngineSettings.build`: build the engine, print its section."""
+    import json  # noqa: PLC0415
+
     import wasmtime  # noqa: PLC0415
 
     raw = json.loads(sys.argv[1])
