@@ -165,13 +165,13 @@ class CacheContext:
         memo = EngineMemo(self.root / ENGINES_DIR, writable=self.writable) if self.initialized else None
         if arg is None:
             return default_engine(memo)
-        from ._engine import EngineSettings  # noqa: PLC0415 - ~0.3 ms a process that loads with the default engine
+        if isinstance(arg, wasmtime.Engine):  # the program's own (the drop-in's case)
+            return arg
+        from ._engine import EngineSettings  # noqa: PLC0415 - a process that loads with a given engine has no use for it
 
         if isinstance(arg, EngineSettings):
             return arg.build_with_memo(memo)
-        if not isinstance(arg, wasmtime.Engine):
-            raise ConfigError(f"engine: expected a wasmtime.Engine or EngineSettings, got {type(arg).__name__}")
-        return arg
+        raise ConfigError(f"engine: expected a wasmtime.Engine or EngineSettings, got {type(arg).__name__}")
 
     @property
     def engine_identity(self) -> EngineIdentity:

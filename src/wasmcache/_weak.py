@@ -49,6 +49,12 @@ class WeakKeyMap:
             self._entries.pop(id(key), None)
         self.setdefault(key, value)
 
+    def alive(self) -> list[Any]:
+        """The keys still alive (a snapshot)."""
+        with self._lock:
+            found = list(self._entries.values())
+        return [key for key in (reference() for reference, _value in found) if key is not None]
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
