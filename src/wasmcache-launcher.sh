@@ -53,16 +53,21 @@ done
 [ "$at" = cmd ] && [ -z "$value" ] || python_cli "$@"
 
 plan=$here/.wasmcache-exec
-[ -f "$plan" ] && [ -r "$plan" ] && [ -r /proc/$$/status ] || python_cli "$@"
+[ -f "$plan" ] && [ -r "$plan" ] && [ -r /proc/$$/stat ] || python_cli "$@"
 { IFS= read -r hook && IFS= read -r platform && IFS= read -r source1 && IFS= read -r source2 &&
     IFS= read -r source3; } < "$plan" || python_cli "$@"
 # The zip the Python CLI made, newer than each source it was made from (an upgrade makes it stale).
 [ "$hook" -nt "$source1" ] && [ "$hook" -nt "$source2" ] && [ "$hook" -nt "$source3" ] || python_cli "$@"
 
-while IFS=':	' read -r field mask; do  # Python resets these two for CMD; a shell cannot, if inherited
-    case $field in SigIgn) break ;; esac
-done < /proc/$$/status
-[ "$((0x${mask:-1} & 0x1001000))" = 0 ] || python_cli "$@"  # bits of SIGPIPE (13) and SIGXFSZ (25)
+# Python resets SIGPIPE and SIGXFSZ for CMD; a shell cannot, if the caller left them ignored. The mask of
+# ignored signals is field 33 of /proc/PID/stat (one short line: dash reads byte by byte), after "(comm) ".
+ignored_mask() {
+    shift 30
+    mask=${1:-1}
+}
+IFS= read -r stat < /proc/$$/stat || python_cli "$@"
+ignored_mask ${stat##*) }
+[ "$((mask & 0x1001000))" = 0 ] || python_cli "$@"  # bits of SIGPIPE (13) and SIGXFSZ (25)
 
 # The root: --cache-dir, else $WASMCACHE_DIR, made absolute (os.path.abspath(os.path.expanduser(...)));
 # else, on Linux, the XDG rule (`_wasmcache_hook.xdg_cache_root`).

@@ -55,8 +55,7 @@ MUTANTS: tuple[Mutant, ...] = (
        [G + "test_an_entry_rewritten_in_place_after_its_load_is_not_served_again_from_the_process_memo"]),
     _m("exec-chain-sitecustomize",
        "exec runs the sitecustomize it shadows",
-       [("_hook/_wasmcache_site.py", "spec = importlib.machinery.PathFinder.find_spec(",
-         "spec = None and importlib.machinery.PathFinder.find_spec(")],
+       [("_hook/_wasmcache_site.py", "spec = finder.find_spec(", "spec = None and finder.find_spec(")],
        [G + "test_exec_runs_the_sitecustomize_it_shadows_in_the_program_and_its_children"]),
     _m("doctor-judge-ours",
        "doctor --pid reports our entry rewritten in place under a live mapping, even with identical bytes",
@@ -239,6 +238,6 @@ MUTANTS: tuple[Mutant, ...] = (
        ["tests/test_launcher.py::test_cmd_sees_the_same_environment_through_the_launcher_and_the_python_cli"]),
     _m("launcher-keeps-ignored-sigpipe",
        "CMD gets SIGPIPE and SIGXFSZ back even when the caller ignores them, through the launcher too",
-       [("../wasmcache-launcher.sh", '[ "$((0x${mask:-1} & 0x1001000))" = 0 ] || python_cli "$@"', ":")],
+       [("../wasmcache-launcher.sh", '[ "$((mask & 0x1001000))" = 0 ] || python_cli "$@"', ":")],
        ["tests/test_launcher.py::test_cmd_gets_sigpipe_and_sigxfsz_back_even_when_the_caller_ignores_them"]),
 )
