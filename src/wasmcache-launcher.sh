@@ -1,19 +1,20 @@
 #!/bin/sh
-# `wasmcache`, the command (installed as bin/wasmcache; the Python CLI is bin/wasmcache-cli beside it).
+# `wasmcache-exec CMD ...`: `wasmcache exec CMD ...` without starting Python (installed as bin/wasmcache-exec,
+# beside the Python CLI bin/wasmcache).
 #
-# `wasmcache exec CMD ...` is served here without starting Python: a Python start costs ~11 ms on
-# every wrapped command, this path ~1 ms (issue 14, item 7; `make bench` figure "guest"). Hand-written
-# shell because that measured cost forces it, and kept to the plain case: the environment that
-# `exec` gives CMD is the one wasmcache/_dropin_exec.py builds (the rules' home; this mirrors them, and
-# tests/test_launcher.py runs both on the same cases and compares what CMD sees), from a plan that
-# the Python CLI writes beside this file (.wasmcache-exec: the hook zip, the platform, the zip's
-# sources). Everything else goes to the Python CLI: other commands, `--help`, an option this does not
-# know, no plan or a stale one, a root spelled with `~user`, `.` or `..`, a CMD that is not an
-# executable file found as os.execvpe finds it (its errors are Python's to report), SIGPIPE or SIGXFSZ
-# ignored by the caller (a shell cannot restore them for CMD), or a system without /proc.
+# A Python start costs every wrapped command ~11 ms; this path ~1 ms (issue 14, item 7; `make bench` figure
+# "guest"). Hand-written shell because that measured cost forces it, and opt-in because a POSIX shell cannot
+# pass every environment on unchanged: it drops variables whose names it cannot hold (`foo.bar`, bash's
+# exported functions `BASH_FUNC_f%%`), resets IFS, OPTIND and PPID, and sets or corrects PWD. `wasmcache
+# exec` (Python) passes the caller's environment byte for byte; this is for wrapping many short commands.
 #
-# One difference, documented: like any POSIX shell, this one sets $PWD for CMD when the caller's
-# environment lacks it or holds a stale one.
+# The environment CMD gets is the one wasmcache/_dropin_exec.py builds (the rules' home; this mirrors them,
+# and tests/test_launcher.py runs both on the same cases and compares what CMD sees), from a plan the Python
+# CLI writes beside this file (.wasmcache-exec: the hook zip, the platform, the zip's sources). Everything
+# else goes to `wasmcache exec`: `--help`, an option this does not know, no plan or a stale one, a root
+# spelled with `~user`, `.` or `..`, a relative $HOME, a CMD that is not an executable file found as
+# os.execvpe finds it (its errors are Python's to report), SIGPIPE or SIGXFSZ ignored by the caller (a
+# shell cannot restore them for CMD), or a system without /proc.
 
 self=$0
 if [ -L "$self" ]; then  # a link from another bin directory (pipx, uv tool): the plan is beside the file
@@ -23,34 +24,31 @@ here=${self%/*}
 [ "$here" != "$self" ] || here=.
 
 python_cli() {
-    exec "$here/wasmcache-cli" "$@"
+    exec "$here/wasmcache" exec "$@"
 }
 
-# [-v|--verbose|--debug|--cache-dir DIR|--cache-dir=DIR]... exec [the same, again]... [--] CMD ARGS...
-# (`wasmcache.cli._leading_options` and `_dropin_exec.parse_exec_args`).
-n=0 at=lead verbosity=0 lead_dir= exec_dir= value=
+# [-v|--verbose|--debug|--cache-dir DIR|--cache-dir=DIR]... [--] CMD ARGS... (`_dropin_exec.parse_exec_args`)
+n=0 verbosity=0 exec_dir= value=
 for word do
-    n=$((n + 1))
     if [ -n "$value" ]; then
         [ -n "$word" ] || python_cli "$@"
-        if [ "$at" = lead ]; then lead_dir=$word; else exec_dir=$word; fi
+        exec_dir=$word
         value=
+        n=$((n + 1))
         continue
     fi
-    case $at:$word in
-        *:-v | *:--verbose) [ "$verbosity" -ge 1 ] || verbosity=1 ;;
-        *:--debug) verbosity=2 ;;
-        *:--cache-dir) value=1 ;;
-        lead:--cache-dir=?*) lead_dir=${word#--cache-dir=} ;;
-        exec:--cache-dir=?*) exec_dir=${word#--cache-dir=} ;;
-        lead:exec) at=exec ;;
-        exec:--) at=cmd; break ;;
-        exec:-*) python_cli "$@" ;;
-        exec:*) n=$((n - 1)); at=cmd; break ;;
-        *) python_cli "$@" ;;
+    case $word in
+        -v | --verbose) [ "$verbosity" -ge 1 ] || verbosity=1 ;;
+        --debug) verbosity=2 ;;
+        --cache-dir) value=1 ;;
+        --cache-dir=?*) exec_dir=${word#--cache-dir=} ;;
+        --) n=$((n + 1)); break ;;
+        -*) python_cli "$@" ;;
+        *) break ;;
     esac
+    n=$((n + 1))
 done
-[ "$at" = cmd ] && [ -z "$value" ] || python_cli "$@"
+[ -z "$value" ] || python_cli "$@"
 
 plan=$here/.wasmcache-exec
 [ -f "$plan" ] && [ -r "$plan" ] && [ -r /proc/$$/stat ] || python_cli "$@"
@@ -71,7 +69,7 @@ ignored_mask ${stat##*) }
 
 # The root: --cache-dir, else $WASMCACHE_DIR, made absolute (os.path.abspath(os.path.expanduser(...)));
 # else, on Linux, the XDG rule (`_wasmcache_hook.xdg_cache_root`).
-root=${exec_dir:-${lead_dir:-${WASMCACHE_DIR-}}}
+root=${exec_dir:-${WASMCACHE_DIR-}}
 if [ -n "$root" ]; then
     case $root in
         "~" | "~/"*) [ -n "${HOME-}" ] || python_cli "$@"; root=$HOME${root#"~"} ;;

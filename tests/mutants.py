@@ -231,13 +231,13 @@ MUTANTS: tuple[Mutant, ...] = (
        "a child forked while its parent holds a key's lock closes its copy (else it waits for itself)",
        [("_lock.py", "    os.register_at_fork(after_in_child=_close_inherited)", "    pass")],
        ["tests/test_guest.py::test_a_child_forked_while_its_parent_compiles_a_key_is_not_stuck_on_the_inherited_lock"]),
-    # --- the shell launcher (bin/wasmcache) serves `exec` as the Python CLI does (tests/test_launcher.py) ---
+    # --- the shell launcher (bin/wasmcache-exec) serves `exec` as the Python CLI does (tests/test_launcher.py) -
     _m("launcher-root-not-pinned",
-       "exec pins one root for CMD and everything it starts, through the launcher too",
+       "exec pins one root for CMD and everything it starts, through wasmcache-exec too",
        [("../wasmcache-launcher.sh", "case $base in */) WASMCACHE_DIR=${base}wasmcache ;;", "case $base in */) ;;")],
        ["tests/test_launcher.py::test_cmd_sees_the_same_environment_through_the_launcher_and_the_python_cli"]),
     _m("launcher-keeps-ignored-sigpipe",
-       "CMD gets SIGPIPE and SIGXFSZ back even when the caller ignores them, through the launcher too",
+       "CMD gets SIGPIPE and SIGXFSZ back even when the caller ignores them, through wasmcache-exec too",
        [("../wasmcache-launcher.sh", '[ "$((mask & 0x1001000))" = 0 ] || python_cli "$@"', ":")],
        ["tests/test_launcher.py::test_cmd_gets_sigpipe_and_sigxfsz_back_even_when_the_caller_ignores_them"]),
 )

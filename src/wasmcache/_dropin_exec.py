@@ -47,14 +47,12 @@ def exec_environment(environ: Mapping[str, str], *, cache_dir: str | None, verbo
     # One root for the command and everything it starts, pinned here: a child that changes directory
     # or $HOME must not scatter roots (a relative $WASMCACHE_DIR, the default under ~/.cache).
     pinned = cache_dir if cache_dir is not None else env.get("WASMCACHE_DIR")
-    if pinned:
-        env["WASMCACHE_DIR"] = os.path.abspath(os.path.expanduser(pinned))
-    else:
+    if not pinned:
         import _wasmcache_hook  # noqa: PLC0415 - stdlib only, the default root's one rule
 
-        default = _wasmcache_hook.xdg_cache_root(env)
-        if default is not None:
-            env["WASMCACHE_DIR"] = default
+        pinned = _wasmcache_hook.xdg_cache_root(env)  # relative with a relative $HOME: made absolute below
+    if pinned:
+        env["WASMCACHE_DIR"] = os.path.abspath(os.path.expanduser(pinned))
     if verbosity > 0:
         env[VERBOSE_VARIABLE] = str(min(verbosity, 2))
     return env
@@ -126,7 +124,12 @@ def exec_command(argv: list[str], *, cache_dir: str | None = None, verbosity: in
     """Become `argv` with the drop-in active in it and every Python process it starts."""
     if not argv:
         _die(2, _USAGE)
-    env = exec_environment(os.environ, cache_dir=cache_dir, verbosity=verbosity)
+    if not argv[0]:
+        _die(127, "wasmcache: exec: '': command not found")
+    try:
+        env = exec_environment(caller_environment(), cache_dir=cache_dir, verbosity=verbosity)
+    except FileNotFoundError:  # os.path.abspath of a relative root
+        _die(2, "wasmcache: exec: the current directory no longer exists: give the cache root as an absolute path")
     _plan_for_launcher()
     # Python ignores SIGPIPE and SIGXFSZ; an ignored signal survives exec. CMD gets the defaults,
     # as from a shell (`wasmcache exec yes | head` ends by SIGPIPE, not with an EPIPE error).
@@ -140,6 +143,24 @@ def exec_command(argv: list[str], *, cache_dir: str | None = None, verbosity: in
         except (OSError, ValueError, AttributeError):
             pass
     _become(argv, env)
+
+
+def caller_environment() -> dict[str, str]:
+    """The environment this process was started with, which CMD must get: not `os.environ`, which
+    Python's own start-up may have changed (PEP 538 adds LC_CTYPE=C.UTF-8 when it coerces a C or
+    POSIX locale). Read from /proc/self/environ where there is one; entries execve cannot take
+    (no name, no `=`) are left out there as Python leaves them out of `os.environ`."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return dict(os.environ)
+    env: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        name, sep, value = item.partition(b"=")
+        if sep and name:
+            env[os.fsdecode(name)] = os.fsdecode(value)
+    return env
 
 
 def _become(argv: list[str], env: dict[str, str]) -> NoReturn:
@@ -170,21 +191,24 @@ def _exec_as_script(argv: list[str], env: dict[str, str]) -> None:
         else:
             return
     try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"\x7fELF":  # a binary for another machine: its error stands, as in dash
+                return
         os.execve("/bin/sh", ["/bin/sh", path, *argv[1:]], env)  # noqa: S606 - what every shell does here
     except OSError:
         return
 
 
-LAUNCHER = "wasmcache"  # bin/wasmcache: the shell launcher (src/wasmcache-launcher.sh)
-PYTHON_CLI = "wasmcache-cli"  # bin/wasmcache-cli: this CLI, the launcher's fallback
+LAUNCHER = "wasmcache-exec"  # bin/wasmcache-exec: the shell launcher (src/wasmcache-launcher.sh)
+PYTHON_CLI = "wasmcache"  # bin/wasmcache: this CLI, the launcher's fallback
 LAUNCHER_PLAN = ".wasmcache-exec"  # beside both: what the launcher reads to exec without Python
 
 
 def _plan_for_launcher() -> None:
     """Leave beside the shell launcher what it needs to serve the next `exec` without Python.
 
-    Only when this process is the launcher's fallback (bin/wasmcache-cli, with bin/wasmcache beside
-    it) and the hook is the zip: its path, the platform and the zip's sources (the launcher falls
+    Only when this process is the console script (bin/wasmcache) with the launcher (bin/wasmcache-exec)
+    beside it, and the hook is the zip: its path, the platform and the zip's sources (the launcher falls
     back here again when the zip is older than one of them). Best effort: a read-only bin directory
     means every `exec` goes through Python, as before.
     """

@@ -83,8 +83,21 @@ def _cache_dir_or_group(ctx: click.Context, _param: click.Parameter, value: Path
 _CACHE_DIR_HELP = "Cache root (default: $WASMCACHE_DIR, else the platform user cache directory)."
 
 
+class _RootPath(click.Path):
+    """click's Path, refusing an empty value: `--cache-dir=` (an unset variable in a script) would
+    otherwise make the current directory the cache root."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value in ("", b""):
+            self.fail("an empty path (an unset variable?)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+_CACHE_DIR_TYPE = _RootPath(path_type=Path)
+
+
 def cache_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--cache-dir", type=click.Path(path_type=Path), default=None, callback=_cache_dir_or_group,
+    return click.option("--cache-dir", type=_CACHE_DIR_TYPE, default=None, callback=_cache_dir_or_group,
                         expose_value=True, help=_CACHE_DIR_HELP)(f)
 
 
@@ -201,7 +214,7 @@ def load_counted(cache: ModuleCache, file: Path) -> tuple[str, CacheStats, Cache
 @click.version_option(__version__, prog_name="wasmcache")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the cache does (hits, compiles, repairs).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help=_CACHE_DIR_HELP)
+@click.option("--cache-dir", type=_CACHE_DIR_TYPE, default=None, help=_CACHE_DIR_HELP)
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, verbose: bool, cache_dir: Path | None) -> None:
     """A crash-safe cache of precompiled WebAssembly modules for Wasmtime."""
