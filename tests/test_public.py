@@ -387,6 +387,74 @@ def test_a_host_that_never_answers_costs_at_most_one_timeout_per_process(publish
                     "failed earlier in this process")
 
 
+class MisbehavingHost:
+    """A raw TCP server on 127.0.0.1 that answers every connection one bad way: "reset" (accepts, then
+    aborts with RST) or "short" (announces 1000 bytes of body, sends 10, closes)."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import struct
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                if self.how == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    continue
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"{" * 10)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize(("how", "says"), [("reset", "connection reset"),
+                                           ("short", "connection broken mid-transfer")])
+def test_a_host_that_breaks_the_connection_is_a_miss_that_says_how(published, tmp_path, how, says):
+    host = MisbehavingHost(how)
+    try:
+        dest = tmp_path / "entry.cwasm"
+        assert_miss(fetch(host.url, published["work"] / "tree" / "root.json", dest, digest=published["digest"]),
+                    dest, says, rejected=False)
+    finally:
+        host.close()
+
+
+def test_a_host_whose_backlog_is_full_costs_one_connect_timeout_that_says_so(published, tmp_path):
+    """A SYN to a listener whose accept queue is full is dropped: the connect itself times out."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        fillers = []
+        try:
+            for _ in range(8):  # fill the accept queue (nothing accepts), so further SYNs are dropped
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(address)
+                fillers.append(filler)
+            time.sleep(0.2)
+            dest = tmp_path / "entry.cwasm"
+            started = time.monotonic()
+            assert_miss(fetch(f"http://127.0.0.1:{address[1]}", published["work"] / "tree" / "root.json", dest,
+                              digest=published["digest"]), dest,
+                        f"unreachable: connect timed out after {_transport.CONNECT_TIMEOUT:g} s", rejected=False)
+            assert time.monotonic() - started < _transport.CONNECT_TIMEOUT + 3  # one timeout, no retry
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
 def test_a_stalled_download_is_abandoned_and_nothing_partial_is_left(published, tmp_path):
     """A real HTTP server that serves the metadata and stalls halfway through every artifact."""
     import http.server

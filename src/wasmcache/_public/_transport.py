@@ -207,7 +207,7 @@ def _cause(exc: BaseException) -> BaseException:
     import urllib3  # noqa: PLC0415
 
     errors = urllib3.exceptions
-    while True:
+    for _ in range(8):  # a few wrappers deep at most (and never a loop)
         inner: object = None
         if isinstance(exc, errors.MaxRetryError):
             inner = exc.reason
@@ -216,8 +216,9 @@ def _cause(exc: BaseException) -> BaseException:
         elif isinstance(exc, errors.SSLError) and exc.args:
             inner = exc.args[0]
         if not isinstance(inner, BaseException):
-            return exc
+            break
         exc = inner
+    return exc
 
 
 def make_fetcher(ca_file: str | None) -> Any:
