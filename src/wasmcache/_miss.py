@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 # A compile of this much wasm takes a second or more: a terminal is told it started, and why.
 _LONG_COMPILE_BYTES: Final = 4 << 20
-# A substituter's answer that is an attack or a broken publication, not just a miss.
-_REJECTIONS: Final = ("untrusted", "refused", "rolled-back", "rolled back")
 
 
 class LoadEntry(Protocol):
@@ -308,8 +306,8 @@ class MissPath:
             raise
         if fetched is None:
             temp.discard()
-            if tier.last_reason and any(word in tier.last_reason for word in _REJECTIONS):
-                self._ctx.counters.add("rejected")  # someone may be tampering: `pull` exits 1
+            if tier.last_rejected:  # a substituter's answer failed verification: someone may be tampering
+                self._ctx.counters.add("rejected")  # `pull` exits 1
             return None, None
         record = Record(
             key=key, kind=kind, wasm_digest=digest, content_digest=fetched.blake3, size=fetched.size, identity=None,

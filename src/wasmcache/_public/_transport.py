@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 CONNECT_TIMEOUT: Final = 1.5  # seconds; a dead host costs this once per process
 METADATA_READ_TIMEOUT: Final = 4.0
@@ -24,13 +24,22 @@ down_hosts: set[str] = set()
 
 
 class MissReason(Exception):  # noqa: N818 - a reason, raised to leave the fetch at any depth
-    """Why a substituter served nothing: one short line (none published, unreachable, expired ...)."""
+    """Why a substituter served nothing: one short line in plain words (none published, connection
+    refused, metadata expired on ...), never a library's raw exception text.
 
-    def __init__(self, reason: str, *, warn: bool = False, host_down: str | None = None) -> None:
+    `rejected`: the substituter answered with something that failed verification (a signature, a
+    rolled-back or mixed version, bytes that do not match their signed length and hash, an artifact
+    this host must not load): an attack or a broken publication, not just a miss. Counted apart
+    (`pull` exits 1) and, for metadata, the next trusted root is tried.
+    """
+
+    def __init__(self, reason: str, *, warn: bool = False, host_down: str | None = None,
+                 rejected: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.warn = warn
         self.host_down = host_down
+        self.rejected = rejected
 
 
 def host_of(url: str) -> str:
@@ -105,17 +114,16 @@ def open_stream(url: str, ca_file: str | None, read_timeout: float) -> Iterator[
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout))
     except urllib3.exceptions.HTTPError as exc:
         down_hosts.add(host)
-        reason = getattr(exc, "reason", None) or exc
-        raise MissReason(f"unreachable: {short(reason)}", warn=True, host_down=host) from None
+        raise MissReason(network_reason(exc, read_timeout), warn=True, host_down=host) from None
     if response.status >= 400:
         with contextlib.suppress(Exception):
             response.drain_conn()  # an error page is small; the connection stays usable
         response.release_conn()
         raise http_error(url, response.status)
-    return _response_chunks(response, host)
+    return _response_chunks(response, host, read_timeout)
 
 
-def _response_chunks(response: Any, host: str) -> Iterator[bytes]:
+def _response_chunks(response: Any, host: str, read_timeout: float) -> Iterator[bytes]:
     import urllib3  # noqa: PLC0415
 
     complete = False
@@ -127,7 +135,7 @@ def _response_chunks(response: Any, host: str) -> Iterator[bytes]:
         complete = True
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         down_hosts.add(host)
-        raise MissReason(f"unreachable: {short(exc)}", warn=True, host_down=host) from None
+        raise MissReason(network_reason(exc, read_timeout), warn=True, host_down=host) from None
     finally:
         if not complete:
             response.close()  # unread bytes must not go back to the pool with the connection
@@ -152,14 +160,65 @@ def _closing_chunks(f: Any) -> Iterator[bytes]:
 
 
 def short(exc: object) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
-        return "timed out"
-    if "refused" in text.lower():
-        return "connection refused"
-    if "certificate" in text.lower() or "ssl" in text.lower():
-        return "TLS: " + text[-120:]
-    return text[-160:]
+    """An exception's first line, at most 160 characters (for what has no plainer wording)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][-160:] if text else type(exc).__name__
+
+
+def network_reason(exc: BaseException, read_timeout: float) -> str:
+    """A failed connection or transfer in plain words: "unreachable: connection refused", "timed out
+    after 5 s without data", "unreachable: TLS certificate not trusted (...)"."""
+    import http.client  # noqa: PLC0415
+    import ssl  # noqa: PLC0415
+
+    import urllib3  # noqa: PLC0415
+
+    errors = urllib3.exceptions
+    cause = _cause(exc)
+    connect_timeout = f"unreachable: connect timed out after {CONNECT_TIMEOUT:g} s"
+    words: list[tuple[type[BaseException] | tuple[type[BaseException], ...], Callable[[Any], str]]] = [
+        (errors.NameResolutionError, lambda _: "unreachable: host name not found"),
+        # NewConnectionError is a ConnectTimeoutError (urllib3 2): tested first
+        (errors.NewConnectionError, lambda e: connect_timeout if "timed out" in str(e) else _os_words(e)),
+        (errors.ConnectTimeoutError, lambda _: connect_timeout),
+        ((errors.ReadTimeoutError, TimeoutError), lambda _: f"timed out after {read_timeout:g} s without data"),
+        (ssl.SSLCertVerificationError, lambda e: f"unreachable: TLS certificate not trusted ({e.verify_message}); "
+                                                 "give the host's CA with $WASMCACHE_SUBSTITUTER_CA"),
+        ((ssl.SSLError, errors.SSLError), lambda e: f"unreachable: TLS failed ({getattr(e, 'reason', 0) or short(e)})"),
+        ((ConnectionResetError, ConnectionAbortedError, BrokenPipeError), lambda _: "connection reset by the host"),
+        ((errors.ProtocolError, errors.IncompleteRead, http.client.IncompleteRead),
+         lambda _: "connection broken mid-transfer (the host sent less than it announced)"),
+        (OSError, _os_words),
+    ]
+    return next((say(cause) for types, say in words if isinstance(cause, types)), f"unreachable: {short(cause)}")
+
+
+def _os_words(exc: BaseException) -> str:
+    """ "unreachable: connection refused" from an OSError, or from urllib3's text that embeds one
+    ("...: Failed to establish a new connection: [Errno 111] Connection refused")."""
+    text = getattr(exc, "strerror", None)
+    if not text:
+        text = str(exc).rsplit("] ", 1)[-1] if "[Errno" in str(exc) else short(exc)
+    return f"unreachable: {text.strip().lower()}"
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """What urllib3's wrappers (MaxRetryError, ProtocolError, SSLError) carry: the cause decides the words."""
+    import urllib3  # noqa: PLC0415
+
+    errors = urllib3.exceptions
+    for _ in range(8):  # a few wrappers deep at most (and never a loop)
+        inner: object = None
+        if isinstance(exc, errors.MaxRetryError):
+            inner = exc.reason
+        elif isinstance(exc, errors.ProtocolError) and len(exc.args) > 1:
+            inner = exc.args[1]
+        elif isinstance(exc, errors.SSLError) and exc.args:
+            inner = exc.args[0]
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    return exc
 
 
 def make_fetcher(ca_file: str | None) -> Any:
@@ -198,7 +257,8 @@ class CheckedReader:
                 return b""
             self.received += len(chunk)
             if self.received > self._length:
-                raise MissReason("untrusted: artifact longer than its signed length (endless data?)", warn=True)
+                raise MissReason("untrusted: artifact longer than its signed length (endless data?)", warn=True,
+                                 rejected=True)
             self._hash.update(chunk)
             self._pending = chunk
         size = len(self._pending) if n < 0 else n
@@ -252,7 +312,7 @@ def empty(dest: int | str | os.PathLike[str]) -> None:
             os.truncate(os.fspath(dest), 0)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
