@@ -249,4 +249,9 @@ MUTANTS: tuple[Mutant, ...] = (
        "CMD gets SIGPIPE and SIGXFSZ back even when the caller ignores them, through wasmcache-exec too",
        [("../wasmcache-launcher.sh", '[ "$((mask & 0x1001000))" = 0 ] || python_cli "$@"', ":")],
        ["tests/test_launcher.py::test_cmd_gets_sigpipe_and_sigxfsz_back_even_when_the_caller_ignores_them"]),
+    _m("share-across-namespaces",
+       "a program's copy of a substituted entry is stored once, though its section puts it in another namespace",
+       [("_storage/__init__.py", "            if other.path != self.path and (found := other._identical_entry(record))",
+         "            if False and (found := other._identical_entry(record))")],
+       ["tests/test_substituted.py::test_a_programs_copy_of_a_substituted_entry_is_stored_once"]),
 )

@@ -295,3 +295,34 @@ def test_doctor_names_a_local_entry_its_publisher_revoked(tree, caddy, tmp_path)
     assert doctor.returncode == 1, doctor.stdout
     assert "its publisher revoked this precompiled module" in doctor.stdout
     assert "wasmcache compile --native answer.wasm" in doctor.stdout
+
+
+def test_a_programs_copy_of_a_substituted_entry_is_stored_once(tree, caddy, tmp_path):
+    """YoWASP's second start: it wrote the substituted module's bytes into its own file, which the drop-in
+    snapshots into the namespace of the artifact's own section (the host engine's namespace holds the
+    substituted entry when the two sections differ in CPU features). The snapshot becomes a second name of
+    the entry's inode, wherever it lives, instead of a second copy of a module that can be 220 MB."""
+    url = served(tree, caddy, "shared")
+    root = tmp_path / "root"
+    first = run_json(LOAD, str(root), str(tree["wasm"]), env=environment(url, tree, caddy))
+    assert first["substituted"] == 1
+    (entry,) = root.glob("ns-*/*.cwasm")
+    own = tmp_path / "own cache" / "answer.cwasm"
+    own.parent.mkdir()
+    own.write_bytes(entry.read_bytes())
+    code = ("import sys, wasmcache; c = wasmcache.ModuleCache(sys.argv[1]); c.load_precompiled(sys.argv[2]); "
+            "print(c.stats().compiles)")
+    out = subprocess.run([sys.executable, "-c", code, str(root), str(own)], capture_output=True, text=True,
+                         env=environment(None, tree, caddy), check=True, timeout=120).stdout
+    assert out.strip() == "0"
+    entries = sorted(root.glob("ns-*/*.cwasm"))
+    assert len(entries) == 2
+    first_stat, second_stat = (e.stat() for e in entries)
+    assert first_stat.st_ino == second_stat.st_ino
+    assert first_stat.st_nlink == 2
+    verify = subprocess.run([sys.executable, "-m", "wasmcache.cli", "verify", "--cache-dir", str(root)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    stats = json.loads(subprocess.run([sys.executable, "-m", "wasmcache.cli", "stats", "--json", "--cache-dir",
+                                       str(root)], capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert stats["size_bytes"] < 2 * first_stat.st_size

@@ -191,7 +191,7 @@ def metadata_reason(exc: Exception, updater: Any) -> MissReason:
     what = f"{role} metadata" if role else "metadata"
     if isinstance(exc, exceptions.ExpiredMetadataError):
         return MissReason(f"{what} expired{_expired_on(updater, role)}: the publisher must re-sign it (a frozen "
-                          "or stale mirror)", warn=True)
+                          "or stale mirror)", warn=True, expired=True)
     if isinstance(exc, exceptions.DownloadError) and not isinstance(exc, exceptions.DownloadLengthMismatchError):
         return MissReason(f"cannot download its metadata: {short(exc.__cause__ or exc)}", warn=True)
     if isinstance(exc, exceptions.UnsignedMetadataError):
@@ -200,6 +200,8 @@ def metadata_reason(exc: Exception, updater: Any) -> MissReason:
         why = f"{what} is not signed by a key of the trusted root{detail}"
     elif isinstance(exc, exceptions.BadVersionNumberError):
         why = _version_words(text, what, exc)
+        if why.startswith("rolled-back"):
+            return MissReason(f"untrusted: {why}", warn=True, rejected=True, rolled_back=True)
     elif isinstance(exc, exceptions.LengthOrHashMismatchError):
         why = f"{what} does not match the length and hash its signed parent gives (tampered or mixed versions)"
     elif isinstance(exc, exceptions.DownloadLengthMismatchError):
@@ -550,7 +552,7 @@ def _check_one(sub: Substituter, ca_file: str | None, state_copy: str, host_sect
     try:
         repo = _refresh(sub, ca_file, state_copy)
     except MissReason as miss:
-        return _failed_check(sub, miss.reason)
+        return _failed_check(sub, miss)
     except Exception as exc:  # doctor reports a host's failure in one line, whatever it is
         return Check(sub.url, sub.origin, ok=False, detail=f"failed: {type(exc).__name__}: {short(exc)}",
                      expires=None)
@@ -574,20 +576,21 @@ def _check_one(sub: Substituter, ca_file: str | None, state_copy: str, host_sect
                  reachable=True, root_valid=True, days_left=days, artifacts=len(repo.targets), fitting=fitting)
 
 
-def _failed_check(sub: Substituter, reason: str) -> Check:
-    """A refresh's MissReason (see `_refresh_under`, whose words these are) as doctor's verdict. (An
-    expired role is not persisted by ngclient, so how long ago it expired is not known verified.)"""
+def _failed_check(sub: Substituter, miss: MissReason) -> Check:
+    """A refresh's MissReason as doctor's verdict, by its flags. (An expired role is not persisted by
+    ngclient, so how long ago it expired is not known verified.)"""
+    reason = miss.reason
     check = Check(sub.url, sub.origin, ok=False, detail=reason, expires=None)
-    if "unreachable" in reason:
+    if miss.host_down:
         return check._replace(reachable=False)
-    if reason.startswith("expired"):
+    if miss.expired:
         return check._replace(reachable=True, root_valid=True, expired=True,
-                              detail=f"reachable, root valid, {reason} (a frozen or stale host)")
-    if "rolled-back" in reason:
+                              detail=f"reachable, root valid, expired metadata: {reason}")
+    if miss.rolled_back:
         return check._replace(reachable=True, root_valid=True, rolled_back=True,
                               detail="reachable, root valid, ROLLBACK: the host serves older metadata than this "
                                      f"machine already trusts ({reason.removeprefix('untrusted: ')})")
-    if reason.startswith("untrusted"):
+    if miss.rejected:
         return check._replace(reachable=True, root_valid=False, detail=f"reachable, but {reason}")
     if reason.startswith("none published"):
         return check._replace(reachable=True, detail=f"reachable, but no tree there: {reason}")

@@ -34,12 +34,14 @@ class MissReason(Exception):  # noqa: N818 - a reason, raised to leave the fetch
     """
 
     def __init__(self, reason: str, *, warn: bool = False, host_down: str | None = None,
-                 rejected: bool = False) -> None:
+                 rejected: bool = False, expired: bool = False, rolled_back: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.warn = warn
         self.host_down = host_down
         self.rejected = rejected
+        self.expired = expired  # signed metadata past its expiry (a frozen or stale mirror)
+        self.rolled_back = rolled_back  # older metadata than this machine already trusts (rejected too)
 
 
 def host_of(url: str) -> str:

@@ -189,8 +189,8 @@ class Namespace:
             if os.path.lexists(entry):
                 quarantine(self.root, entry, "replaced by a fresh compile")
             write_record(self.record_path(key), record)
-            twin = self._identical_entry(record) if share else None
-            published = self._link(twin, key, record) if twin is not None else None
+            twin = self._find_identical(record) if share else None
+            published = self._link(*twin, key, record) if twin is not None else None
             shared = published is not None
             if isinstance(content, TempFile):
                 temp, content = content, b""  # consumed here, whatever happens next
@@ -216,6 +216,21 @@ class Namespace:
         self.path.mkdir(mode=0o700, exist_ok=True)
         return TempFile(*locked_temp(self.entry_path(key)))
 
+    def _find_identical(self, record: Record) -> tuple[Namespace, str] | None:
+        """A published entry with exactly `record`'s content: in this namespace, else in the root's others.
+
+        A substituted artifact lives in the host engine's namespace while a program's copy of its bytes
+        (YoWASP writes `serialize()` into its own file) is snapshotted into the namespace of the
+        artifact's own section, which differs from the host's in CPU features: the same bytes.
+        """
+        found = self._identical_entry(record)
+        if found is not None:
+            return self, found
+        for other in namespaces(self.root):
+            if other.path != self.path and (found := other._identical_entry(record)) is not None:  # noqa: SLF001
+                return other, found
+        return None
+
     def _identical_entry(self, record: Record) -> str | None:
         """A published entry here whose content is `record`'s (same size, same recorded digest).
 
@@ -235,17 +250,18 @@ class Namespace:
                     return key_of(e.name)
         return None
 
-    def _link(self, twin: str, key: str, record: Record) -> Identity | None:
-        """Make `key`'s entry a second name of `twin`'s inode, under `twin`'s lock; None if it cannot be.
+    def _link(self, owner: Namespace, twin: str, key: str, record: Record) -> Identity | None:
+        """Make `key`'s entry a second name of the inode of `owner`'s entry `twin` (this namespace or
+        another of the root), under `twin`'s lock; None if it cannot be.
 
         A link changes the inode's ctime, so both records get the identity stat'ed after it.
         """
-        lock = self.lock(twin)
+        lock = owner.lock(twin)
         if not lock.try_acquire():
             return None  # being published, evicted or repaired right now: write our own copy
         try:
             try:
-                checked = self.check(twin, kind=None, section=None)
+                checked = owner.check(twin, kind=None, section=None)
             except UntrustedEntryError:
                 return None
             if checked is None:
@@ -254,7 +270,7 @@ class Namespace:
             if checked.content_checked or checked.record.content_digest != record.content_digest:
                 return None  # not the very file that was published: never share what was not checked
             try:
-                os.link(self.entry_path(twin), self.entry_path(key), follow_symlinks=False)
+                os.link(owner.entry_path(twin), self.entry_path(key), follow_symlinks=False)
             except OSError:
                 return None
             fsync_directory(self.path)
@@ -264,7 +280,7 @@ class Namespace:
                                       str(self.entry_path(key)))
             identity = Identity.of(st)
             with contextlib.suppress(OSError):
-                write_record(self.record_path(twin), checked.record._replace(identity=identity))
+                write_record(owner.record_path(twin), checked.record._replace(identity=identity))
             return identity
         finally:
             lock.release()
