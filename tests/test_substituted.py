@@ -326,3 +326,43 @@ def test_a_programs_copy_of_a_substituted_entry_is_stored_once(tree, caddy, tmp_
     stats = json.loads(subprocess.run([sys.executable, "-m", "wasmcache.cli", "stats", "--json", "--cache-dir",
                                        str(root)], capture_output=True, text=True, timeout=60, check=True).stdout)
     assert stats["size_bytes"] < 2 * first_stat.st_size
+
+
+@pytest.fixture
+def read_only_root(tmp_path: Path) -> Any:
+    """A cache root on a real read-only filesystem (a tmpfs remounted read-only), initialized empty."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        (mount / "cache").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield mount / "cache"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_read_only_root_gets_the_substitute_in_memory_and_stores_nothing(tree, caddy, tmp_path, read_only_root):
+    url = served(tree, caddy, "read-only")
+    first = run_json(LOAD, str(read_only_root), str(tree["wasm"]), env=environment(url, tree, caddy))
+    assert (first["answer"], first["compiles"], first["substituted"]) == (73, 0, 1)
+    warnings = [line[1] for line in first["log"] if line[0] == "WARNING"]
+    assert len(warnings) == 1
+    assert "Read-only file system" in warnings[0]  # the root's one line, as for any read-only root
+    assert list(read_only_root.iterdir()) == []
+    # The control: the same read-only root without a substituter compiles.
+    control = run_json(LOAD, str(read_only_root), str(tree["wasm"]), env=environment(None, tree, caddy))
+    assert (control["answer"], control["compiles"], control["substituted"]) == (73, 1, 0)
+    # A tampered artifact is refused as on any root: a compile, and nothing reaches wasmtime.
+    served_tree = caddy.root / "read-only"
+    for artifact in served_tree.rglob("*.zst"):
+        data = bytearray(artifact.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        artifact.write_bytes(bytes(data))
+    tampered = run_json(LOAD, str(read_only_root), str(tree["wasm"]), env=environment(url, tree, caddy))
+    assert (tampered["answer"], tampered["compiles"], tampered["substituted"]) == (73, 1, 0)

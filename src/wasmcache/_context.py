@@ -106,7 +106,7 @@ class CacheContext:
             initialize_root(self.root)
         except OSError as exc:
             if not has_marker(self.root):
-                log.warning("wasmcache: cannot %s cache root %s (%s); compiling without a cache",
+                log.warning("wasmcache: cannot %s cache root %s (%s); nothing will be cached",
                             "create" if existing is None else "initialize", self.root, exc.strerror or exc)
                 return
         if existing is None and not self.safe(self.root, os.stat(self.root)):

@@ -138,6 +138,11 @@ class MissPath:
             blob: bytes | bytearray = own
             compiled = None
         else:
+            if not locked and not replace and not self._ctx.disabled:
+                module = self._substitute_unstored(place, kind, digest, name)
+                if module is not None:
+                    return module, None, None
+                why = self._public.last_reason if self._public is not None else None
             compiled = self._compile(name, own, kind, why)
             if not locked:
                 return compiled, None, None
@@ -328,6 +333,42 @@ class MissPath:
         log.info("wasmcache: substituted %s from %s (%s, %s) in %.3f s", name, fetched.url, fetched.level,
                  _size(fetched.size), fetched.seconds)
         return module, fetched.size
+
+
+    def _substitute_unstored(self, place: Place, kind: Kind, digest: str, name: str) -> Any:
+        """Where nothing can be stored (a read-only root): the first substituter's artifact, verified as
+        always, into a sealed memfd (no shrink, no growth, no write: immutable, so mapping it is as safe as
+        mapping an entry), mapped from there; nothing is written anywhere. None on any failure (compile)."""
+        tier = self.public_tier()
+        memfd_create = getattr(os, "memfd_create", None)
+        if tier is None or place.section is None or memfd_create is None or not tier.substituters():
+            return None
+        import fcntl  # noqa: PLC0415
+
+        import wasmtime  # noqa: PLC0415
+
+        try:
+            fd = memfd_create(f"wasmcache-{digest[:16]}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        except OSError:
+            return None
+        try:
+            fetched = tier.fetch(kind=kind, wasm_digest=digest, host_section=place.section, dest=fd, name=name)
+            if fetched is None:
+                if tier.last_rejected:
+                    self._ctx.counters.add("rejected")
+                return None
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE |
+                        fcntl.F_SEAL_SEAL)
+            module = _native.deserialize_file(kind, self._ctx.engine, f"/proc/self/fd/{fd}")
+        except (OSError, wasmtime.WasmtimeError) as exc:
+            log.info("wasmcache: the substitute for %s could not be mapped from memory (%s); compiling it", name, exc)
+            return None
+        finally:
+            os.close(fd)  # wasmtime holds its own mapping
+        self._ctx.counters.add("substituted")
+        log.info("wasmcache: substituted %s from %s (%s, %s) in %.3f s, in memory (the root is not writable)", name,
+                 fetched.url, fetched.level, _size(fetched.size), fetched.seconds)
+        return module
 
 
 def _announce_download(name: str, level: str, url: str, done: int, total: int) -> None:
