@@ -51,6 +51,9 @@ class SubstituterSettings(NamedTuple):
 
 
 def _check_url(url: str, where: str) -> str:
+    if url.startswith(_SCHEMES) and any(c in url for c in "\t ") and not any(c in url for c in "\0\r\n"):
+        raise ConfigError(f"{where}: substituter {url!r}: a URL has no spaces: write a space as %20 "
+                          f"({url.replace(' ', '%20').replace(chr(9), '%09')})")
     if not url.startswith(_SCHEMES) or any(c in url for c in "\0\r\n\t ") or len(url) <= len("file://"):
         raise ConfigError(f"{where}: substituter {url!r}: expected an https://, http:// or file:// URL")
     from urllib.parse import urlsplit  # noqa: PLC0415 - only when a substituter is configured
@@ -171,7 +174,7 @@ def declared_substituters(log_problem: Callable[[str], None] | None = None) -> t
                       for url in urls]
         except Exception as exc:  # another package's code: whatever it raises is its problem
             if log_problem is not None:
-                log_problem(f"{where}: ignored: {exc}")
+                log_problem(f"{where}: ignored: {str(exc).removeprefix(f'{where}: ')}")
     return tuple(found)
 
 

@@ -185,6 +185,7 @@ def _when(moment: Any) -> str:
 def metadata_reason(exc: Exception, updater: Any) -> MissReason:
     """What python-tuf refused, in plain words: which metadata, and what is wrong with it."""
     from tuf.api import exceptions  # noqa: PLC0415
+    from tuf.api.serialization import DeserializationError  # noqa: PLC0415
 
     text = str(exc)
     role = next((r for r in _ROLES if r in text), None)
@@ -202,6 +203,9 @@ def metadata_reason(exc: Exception, updater: Any) -> MissReason:
         why = _version_words(text, what, exc)
         if why.startswith("rolled-back"):
             return MissReason(f"untrusted: {why}", warn=True, rejected=True, rolled_back=True)
+    elif isinstance(exc, DeserializationError):
+        why = (f"{what} is not JSON: does the host answer a file it lacks (such as the next root version, "
+               "metadata/N.root.json) with a page instead of 404?")
     elif isinstance(exc, exceptions.LengthOrHashMismatchError):
         why = f"{what} does not match the length and hash its signed parent gives (tampered or mixed versions)"
     elif isinstance(exc, exceptions.DownloadLengthMismatchError):

@@ -361,8 +361,10 @@ def check_before_compiling(out: str | os.PathLike[str], *, signing_key: str | No
                            rotate_to: str | None = None) -> None:
     """What `publish` would refuse after the compiles, refused before them (a compile can take minutes)."""
     target = Path(out)
-    if os.path.lexists(target) and not target.is_dir():
-        raise PublishError(f"--out {target}: not a directory")
+    existing = next((p for p in (target, *target.parents) if os.path.lexists(p)), None)
+    if existing is not None and not existing.is_dir():
+        raise PublishError(f"--out {target}: " + ("not a directory" if existing == target else
+                                                   f"{existing} is not a directory"))
     if signing_key is None:
         return
     signing = load_signer(signing_key)
@@ -371,6 +373,21 @@ def check_before_compiling(out: str | os.PathLike[str], *, signing_key: str | No
         load_signer(rotate_to)
     if (target / "root.json").exists():
         Tree(target).check_keys(Keys(signing, root))
+
+
+def check_inputs(files: Sequence[str | os.PathLike[str]]) -> None:
+    """Every input a readable wasm binary (module or component), before the first compile: consumers key a
+    module by the digest of the binary they load, so WAT text would be published under a key no `run` asks."""
+    for file in files:
+        name = os.fsdecode(file)
+        try:
+            with open(file, "rb") as f:
+                head = f.read(4)
+        except OSError as exc:
+            raise PublishError(f"{name}: cannot read it ({exc.strerror or exc})") from None
+        if head != b"\0asm":
+            raise PublishError(f"{name}: not a wasm binary (publish the .wasm file your tool loads; "
+                               "for WAT text, convert it first)")
 
 
 def publish(out: str | os.PathLike[str], built: Sequence[Built] = (), *, signing_key: str | None,

@@ -299,7 +299,13 @@ def _substituter_findings(root: Path) -> list[Any]:
         return [Diagnosis(WARNING, "$WASMCACHE_SUBSTITUTERS", str(exc), "fix the environment variable")]
     if settings is None:
         return []
+    from .._public import declared_substituters  # noqa: PLC0415
     from .._public._client import check_substituters  # noqa: PLC0415 - the client (and tuf): only to check
+
+    broken: list[str] = []  # a tool's package that declares one wasmcache cannot use: a finding, said once
+    if settings.declared:
+        declared = declared_substituters(log_problem=broken.append)
+        settings = settings._replace(substituters=(*settings.substituters, *declared), declared=False)
 
     # The consumer's trusted metadata is copied, and refreshed only in the copy (see check_substituters).
     checks = check_substituters(settings, state_dir=root / SUBSTITUTERS_DIR, host_section=_default_host_section())
@@ -309,6 +315,9 @@ def _substituter_findings(root: Path) -> list[Any]:
                              "nothing to do" if check.ok else _substituter_fix(check),
                              {name: getattr(check, name) for name in facts})
         for check in checks]
+    out += [Diagnosis(WARNING, where, f"substituter not used: {why}", "its package declares a substituter wasmcache "
+                      "cannot use: a miss of its modules compiles locally; tell the tool's author")
+            for where, _, why in (problem.partition(": ignored: ") for problem in broken)]
     # Entries a publisher has since revoked (a miscompile fixed in a patch release ...): the cache keeps
     # serving them until they are replaced, so say which, and how.
     revoked = {check.url: check.revoked for check in checks if check.revoked}
@@ -343,7 +352,8 @@ def _substituter_fix(check: Any) -> str:
         return ("the host (or a mirror, or someone in between) serves older signed metadata than this machine "
                 "saw: it is refused, and a miss compiles locally; ask the publisher, or use another mirror")
     if check.expired:
-        return "a miss compiles locally until the publisher re-signs (`wasmcache publish --out TREE` re-signs)"
+        return ("a miss compiles locally until the publisher re-signs "
+                "(`wasmcache publish --out TREE --signing-key KEY.pem` re-signs)")
     if "certificate" in detail or "SSL" in detail or "unreachable" in detail:
         return ("a miss compiles locally until this is fixed (a private CA: $WASMCACHE_SUBSTITUTER_CA or "
                 "$SSL_CERT_FILE)")

@@ -248,8 +248,8 @@ def pull(wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, .
         else:
             say(f"{file}: {outcome} in {elapsed:.2f} s")
     if rejected:
-        say(f"wasmcache: {rejected} remote artifact(s) rejected (see the warnings): compiled locally "
-                   "instead; check who can write to the bucket", err=True)
+        say(f"wasmcache: {rejected} artifact(s) rejected (see the warnings): compiled locally instead; check who "
+            "can write to the bucket or the substituter's tree", err=True)
         raise SystemExit(1)
 
 
