@@ -25,7 +25,9 @@ def main(argv: list[str], *, cache_dir: str | None = None, debug: bool = False, 
     if debug or verbose:
         import logging  # noqa: PLC0415 - already imported by wasmcache; configured only when asked
 
-        logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
+        # -v: wasmcache's own lines, not those of the libraries underneath (tuf, urllib3); --debug: all.
+        logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s")
+        logging.getLogger("wasmcache").setLevel(logging.DEBUG if debug else logging.INFO)
     try:
         return _main(argv, cache_dir)
     except RunError as exc:

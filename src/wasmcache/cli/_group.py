@@ -223,5 +223,7 @@ def cli(ctx: click.Context, debug: bool, verbose: bool, cache_dir: Path | None) 
 
 
 def configure_logging(*, debug: bool, verbose: bool) -> None:
+    """`-v`: wasmcache's own info lines (not those of tuf, urllib3 ... underneath); `--debug`: everything."""
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=level if debug else logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("wasmcache").setLevel(level)
