@@ -429,7 +429,7 @@ def _deserialize(ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any:
 def _repair(ctx: CacheContext, namespace: Namespace, key: str, seen: Identity | None, reason: str, *,
             locked: bool = False) -> None:
     """One warning, then quarantine the entry if it is still the file judged bad (see `_storage`)."""
-    log.warning("wasmcache: bad cache entry %s: %s; setting it aside and recompiling", namespace.entry_path(key),
+    log.warning("wasmcache: bad cache entry %s: %s; setting it aside and loading it anew", namespace.entry_path(key),
                 reason)
     if ctx.writable:
         namespace.quarantine_if_unchanged(key, seen, reason, lock_held=locked)

@@ -246,15 +246,16 @@ class Tree:
         if self.root.signed.expires - _now() < dt.timedelta(days=root_days) / 4:
             self._bump_root(root_days)
 
-    def add(self, entries: Iterable[dict[str, Any]]) -> tuple[int, int]:
-        """Add unsigned entries to targets: (added, already there). An existing path is never replaced."""
+    def add(self, entries: Iterable[dict[str, Any]]) -> tuple[int, int, int]:
+        """Add unsigned entries to targets: (added, already there, refused as revoked content). An existing
+        path is never replaced."""
         from tuf.api.metadata import TargetFile  # type: ignore[attr-defined]  # noqa: PLC0415
 
         assert self.targets is not None
         targets = self.targets.signed.targets
         revoked = self.targets.signed.unrecognized_fields.get(REVOKED_FIELD, [])
         revoked_digests = {r.get("blake3") for r in revoked if isinstance(r, dict)} - {None}
-        added = kept = 0
+        added = kept = refused = 0
         for entry in entries:
             path = entry["path"]
             if entry["custom"].get("blake3") in revoked_digests:
@@ -262,7 +263,7 @@ class Tree:
                 # run twice) must not bring a miscompiled artifact back.
                 log.warning("wasmcache: %s has the content of a revoked artifact; not published again (rebuild "
                             "it with a fixed wasmtime)", path)
-                kept += 1
+                refused += 1
                 continue
             if path in targets:
                 if targets[path].hashes != entry["hashes"]:
@@ -273,7 +274,7 @@ class Tree:
             targets[path] = TargetFile(entry["length"], dict(entry["hashes"]), path,
                                        unrecognized_fields={"custom": entry["custom"]})
             added += 1
-        return added, kept
+        return added, kept, refused
 
     def revoke(self, specs: Sequence[str]) -> list[str]:
         """Remove the targets matching any SPEC (``field=value[,field=value]``, all must match); record them."""
@@ -355,6 +356,7 @@ class PublishResult(NamedTuple):
     kept: int
     revoked: tuple[str, ...]
     version: int  # the new targets version (0 for an unsigned part)
+    refused: int = 0  # artifacts with the content of a revoked one: never published again
 
 
 def check_before_compiling(out: str | os.PathLike[str], *, signing_key: str | None, root_key: str | None = None,
@@ -440,7 +442,7 @@ def _publish_locked(target: Path, built: Sequence[Built], keys: Keys, signing: A
         elif keys.root is not None:
             tree.refresh_root_if_expiring(root_days)
     revoked = tree.revoke(revoke) if revoke else []
-    added, kept = tree.add(entries)
+    added, kept, refused = tree.add(entries)
     tree.write(keys, new_signer, days)
     assert tree.targets is not None
-    return PublishResult(added, kept, tuple(revoked), tree.targets.signed.version)
+    return PublishResult(added, kept, tuple(revoked), tree.targets.signed.version, refused)

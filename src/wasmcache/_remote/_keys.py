@@ -65,9 +65,13 @@ def load_signing_key(path: str) -> Ed25519PrivateKey:
         mode = os.stat(path).st_mode
     except OSError:
         mode = 0
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode & (stat.S_IRWXG | stat.S_IRWXO) and os.fspath(path) not in _said_readable:
+        _said_readable.add(os.fspath(path))  # a key loaded twice (checked before compiling, then used) says it once
         log.warning("wasmcache: signing key %s is readable by others (mode %o); chmod 600 it", path, mode & 0o777)
     return key
+
+
+_said_readable: set[str] = set()
 
 
 def load_trusted_key(path: str) -> Ed25519PublicKey:

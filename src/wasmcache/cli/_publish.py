@@ -71,10 +71,11 @@ def publish(out: Path, signing_key: str | None, unsigned: bool, merge: tuple[Pat
     for path in result.revoked:
         say(f"revoked {path}")
     summary = (f"{out}: {result.added} artifact(s) added, {result.kept} already published"
+               + (f", {result.refused} refused (the content of a revoked artifact)" if result.refused else "")
                + (f", {len(result.revoked)} revoked" if result.revoked else "")
                + (f", targets v{result.version}" if result.version else " (unsigned part)"))
     if as_json:
-        say(json.dumps({"out": str(out), "added": result.added, "kept": result.kept,
+        say(json.dumps({"out": str(out), "added": result.added, "kept": result.kept, "refused": result.refused,
                         "revoked": list(result.revoked), "targets_version": result.version}))
     else:
         say(summary, err=True)
