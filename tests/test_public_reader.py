@@ -11,10 +11,11 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import shutil
 import subprocess
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import pytest
 import wasmtime
@@ -130,3 +131,41 @@ def test_doctor_reports_a_tool_packages_broken_substituter_declaration_once(work
     assert out.count("entry point broken") == 1
     assert "substituter not used" in out
     assert "no problems found" not in out
+
+
+class _Counting(http.server.SimpleHTTPRequestHandler):
+    requests: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        _Counting.requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_a_host_without_a_tree_is_asked_once_per_module_not_by_every_process(work: Path) -> None:
+    (work / "empty").mkdir()
+    assert publish(work, "--out", "tree", "--level", "baseline", "add.wasm").returncode == 0
+    _Counting.requests = []
+    handler = functools.partial(_Counting, directory=str(work / "empty"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        env = fresh_env(work / "home")
+        words = ["--substituter", url, "--substituter-root", "tree/root.json", "--invoke", "add", "add.wasm", "1", "2"]
+        first = cli("-v", "run", *words, env=env, cwd=work)
+        asked = len(_Counting.requests)
+        for namespace in (work / "home" / ".cache" / "wasmcache").glob("ns-*"):
+            shutil.rmtree(namespace)  # the second process misses locally too (its trusted state stays)
+        second = cli("-v", "run", *words, env=env, cwd=work)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert first.returncode == second.returncode == 0
+    assert first.stdout.strip() == second.stdout.strip() == "3"
+    assert "none published" in first.stderr
+    assert asked >= 1
+    assert "compiled" in second.stderr
+    assert len(_Counting.requests) == asked  # "none published" remembered: the second process asks nothing

@@ -372,7 +372,12 @@ class PublicTier:
         remembered = _remembered(negative, NEGATIVE_SECONDS)
         if remembered is not None:
             raise MissReason(remembered)
-        repo = self.repo(sub)
+        try:
+            repo = self.repo(sub)
+        except MissReason as miss:
+            if not (miss.warn or miss.host_down or miss.rejected):  # a host with no tree (404/403): a plain miss
+                _remember(negative, miss.reason)
+            raise
         try:
             info, custom = select(repo, kind, digest, host_section)
         except MissReason as miss:
