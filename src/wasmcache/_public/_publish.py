@@ -378,18 +378,18 @@ def check_before_compiling(out: str | os.PathLike[str], *, signing_key: str | No
 
 
 def check_inputs(files: Sequence[str | os.PathLike[str]]) -> None:
-    """Every input a readable wasm binary (module or component), before the first compile: consumers key a
-    module by the digest of the binary they load, so WAT text would be published under a key no `run` asks."""
+    """Every input readable, and a wasm binary or WAT text, before the first compile (a typo among the
+    inputs must not cost every level's compile of the others first)."""
     for file in files:
         name = os.fsdecode(file)
         try:
             with open(file, "rb") as f:
-                head = f.read(4)
+                head = f.read(4096)
         except OSError as exc:
             raise PublishError(f"{name}: cannot read it ({exc.strerror or exc})") from None
-        if head != b"\0asm":
-            raise PublishError(f"{name}: not a wasm binary (publish the .wasm file your tool loads; "
-                               "for WAT text, convert it first)")
+        text = head.lstrip()
+        if not head.startswith(b"\0asm") and not text.startswith((b"(", b";;")):
+            raise PublishError(f"{name}: neither a wasm binary nor WAT text")
 
 
 def publish(out: str | os.PathLike[str], built: Sequence[Built] = (), *, signing_key: str | None,
