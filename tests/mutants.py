@@ -225,7 +225,7 @@ MUTANTS: tuple[Mutant, ...] = (
        ["tests/test_public.py::test_a_forged_above_host_variant_is_never_chosen_nor_loaded"]),
     _m("substitute-rejection-is-counted",
        "a substituter's answer that fails verification is counted as a rejection (pull exits 1), by the client's flag",
-       [("_miss.py", "if tier.last_rejected:  # a substituter's answer failed verification", "if False:  #")],
+       [("_miss.py", "if fetched is None and tier.last_rejected:", "if False:")],
        ["tests/test_substituted.py::test_compile_says_a_module_was_substituted_and_pull_exits_1_on_a_tampered_artifact"]),
     _m("dropin-serialize-identity",
        "serialize() of a served object never returns the bytes of a file that replaced its entry",

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._layout import Kind
     from ._lock import KeyLock
     from ._public import PublicTier, SubstituterSettings
+    from ._public._client import Fetched
     from ._record import Identity
     from ._remote import RemoteTier
     from ._remote._settings import RemoteSettings
@@ -297,22 +298,20 @@ class MissPath:
     def _load_substitute(self, place: Place, key: str, kind: Kind, digest: str, name: str) -> tuple[Any, int | None]:
         """Fill `key` from the first substituter that has an artifact this host's engine loads (we hold its
         lock); (None, None) on any failure: the caller compiles."""
-        tier = self.public_tier()
-        if tier is None or place.section is None or not tier.substituters():
+        asked = self._substituters_for(place)
+        if asked is None:
             return None, None
         try:
             temp = place.namespace.new_temp(key)
         except OSError:
             return None, None
         try:
-            fetched = tier.fetch(kind=kind, wasm_digest=digest, host_section=place.section, dest=temp.fd, name=name)
+            fetched = self._fetch(*asked, kind, digest, name, temp.fd)
         except BaseException:
             temp.discard()
             raise
         if fetched is None:
             temp.discard()
-            if tier.last_rejected:  # a substituter's answer failed verification: someone may be tampering
-                self._ctx.counters.add("rejected")  # `pull` exits 1
             return None, None
         record = Record(
             key=key, kind=kind, wasm_digest=digest, content_digest=fetched.blake3, size=fetched.size, identity=None,
@@ -329,33 +328,27 @@ class MissPath:
         module, _ = self._load_entry(self._ctx, place, key, kind, locked=True)
         if module is None:
             return None, None
-        self._ctx.counters.add("substituted")
-        log.info("wasmcache: substituted %s from %s (%s, %s) in %.3f s", name, fetched.url, fetched.level,
-                 _size(fetched.size), fetched.seconds)
+        self._substituted(name, fetched, "")
         return module, fetched.size
-
 
     def _substitute_unstored(self, place: Place, kind: Kind, digest: str, name: str) -> Any:
         """Where nothing can be stored (a read-only root): the first substituter's artifact, verified as
         always, into a sealed memfd (no shrink, no growth, no write: immutable, so mapping it is as safe as
         mapping an entry), mapped from there; nothing is written anywhere. None on any failure (compile)."""
-        tier = self.public_tier()
-        memfd_create = getattr(os, "memfd_create", None)
-        if tier is None or place.section is None or memfd_create is None or not tier.substituters():
+        asked = self._substituters_for(place) if hasattr(os, "memfd_create") else None  # memfd: Linux
+        if asked is None:
             return None
         import fcntl  # noqa: PLC0415
 
         import wasmtime  # noqa: PLC0415
 
         try:
-            fd = memfd_create(f"wasmcache-{digest[:16]}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            fd = os.memfd_create(f"wasmcache-{digest[:16]}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         except OSError:
             return None
         try:
-            fetched = tier.fetch(kind=kind, wasm_digest=digest, host_section=place.section, dest=fd, name=name)
+            fetched = self._fetch(*asked, kind, digest, name, fd)
             if fetched is None:
-                if tier.last_rejected:
-                    self._ctx.counters.add("rejected")
                 return None
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE |
                         fcntl.F_SEAL_SEAL)
@@ -365,10 +358,27 @@ class MissPath:
             return None
         finally:
             os.close(fd)  # wasmtime holds its own mapping
-        self._ctx.counters.add("substituted")
-        log.info("wasmcache: substituted %s from %s (%s, %s) in %.3f s, in memory (the root is not writable)", name,
-                 fetched.url, fetched.level, _size(fetched.size), fetched.seconds)
+        self._substituted(name, fetched, ", in memory (the root is not writable)")
         return module
+
+    def _substituters_for(self, place: Place) -> tuple[PublicTier, bytes] | None:
+        """The substituters to ask and the engine section they serve, or None (none configured, no section)."""
+        tier = self.public_tier()
+        if tier is None or place.section is None or not tier.substituters():
+            return None
+        return tier, place.section
+
+    def _fetch(self, tier: PublicTier, section: bytes, kind: Kind, digest: str, name: str, dest: int) -> Fetched | None:
+        """The verified artifact for (kind, digest) into `dest`, or None; a rejection is counted."""
+        fetched = tier.fetch(kind=kind, wasm_digest=digest, host_section=section, dest=dest, name=name)
+        if fetched is None and tier.last_rejected:  # an answer that failed verification: someone may be tampering
+            self._ctx.counters.add("rejected")  # `pull` exits 1
+        return fetched
+
+    def _substituted(self, name: str, fetched: Fetched, where: str) -> None:
+        self._ctx.counters.add("substituted")
+        log.info("wasmcache: substituted %s from %s (%s, %s) in %.3f s%s", name, fetched.url, fetched.level,
+                 _size(fetched.size), fetched.seconds, where)
 
 
 def _announce_download(name: str, level: str, url: str, done: int, total: int) -> None:
