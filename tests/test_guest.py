@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from conftest import run_cli
+from conftest import remount_read_only, run_cli
 from naive import naive_load
 from wasmgen import answer_module
 
@@ -97,22 +97,6 @@ def test_a_warning_that_matters_reaches_stderr_once_and_never_the_programs_loggi
 # --- 4. a read-only root: one true line ----------------------------------------------------------
 
 
-@pytest.fixture
-def read_only_mount(tmp_path: Path) -> object:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
-                          check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 # A YoWASP-style program: it deserializes its own cache file (no compile in this run).
 OWN_CACHE = """
 import os, sys, wasmtime
@@ -127,10 +111,10 @@ print(wasmtime.Instance(store, module, []).exports(store)["f"](store))
 """
 
 
-def test_a_read_only_root_is_reported_once_and_truly(read_only_mount: Path, tmp_path: Path) -> None:
-    root = read_only_mount / "cache"
+def test_a_read_only_root_is_reported_once_and_truly(tmpfs: Path, tmp_path: Path) -> None:
+    root = tmpfs / "cache"
     root.mkdir()  # it exists (empty): nothing has to be created, only initialized
-    subprocess.run(["mount", "-o", "remount,ro", str(read_only_mount)], check=True)
+    remount_read_only(tmpfs)
     program = tmp_path / "own.py"
     program.write_text(OWN_CACHE)
     own = tmp_path / "own.cwasm"

@@ -3,13 +3,13 @@ process verifies its entries by content and says so truly, instead of claiming t
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-import pytest
 import wasmtime
+
+from conftest import remount_read_only
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -23,29 +23,18 @@ print(cache.stats().hits, cache.stats().compiles)
 """
 
 
-def test_a_copied_read_only_root_is_verified_by_content_and_says_it_cannot_record(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "image"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True,
-                          check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        wasm = tmp_path / "f.wasm"
-        wasm.write_bytes(wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 5))'))
-        built = tmp_path / "built"
-        first = subprocess.run([sys.executable, "-c", LOAD, str(built), str(wasm)], capture_output=True, text=True,
-                               check=True, timeout=120)
-        assert first.stdout.split() == ["0", "1"]
-        subprocess.run(["cp", "-a", str(built), str(mount / "cache")], check=True)  # an image layer: new inodes
-        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-        for _ in range(2):
-            again = subprocess.run([sys.executable, "-c", LOAD, str(mount / "cache"), str(wasm)], capture_output=True,
-                                   text=True, check=True, timeout=120)
-            assert again.stdout.split() == ["1", "0"], again.stderr
-            assert "content verified (a read-only root cannot record" in again.stderr
-            assert "re-recorded" not in again.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+def test_a_copied_read_only_root_is_verified_by_content_and_says_it_cannot_record(tmpfs: Path, tmp_path: Path) -> None:
+    wasm = tmp_path / "f.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm('(module (func (export "f") (result i32) i32.const 5))'))
+    built = tmp_path / "built"
+    first = subprocess.run([sys.executable, "-c", LOAD, str(built), str(wasm)], capture_output=True, text=True,
+                           check=True, timeout=120)
+    assert first.stdout.split() == ["0", "1"]
+    subprocess.run(["cp", "-a", str(built), str(tmpfs / "cache")], check=True)  # an image layer: new inodes
+    remount_read_only(tmpfs)
+    for _ in range(2):
+        again = subprocess.run([sys.executable, "-c", LOAD, str(tmpfs / "cache"), str(wasm)], capture_output=True,
+                               text=True, check=True, timeout=120)
+        assert again.stdout.split() == ["1", "0"], again.stderr
+        assert "content verified (a read-only root cannot record" in again.stderr
+        assert "re-recorded" not in again.stderr

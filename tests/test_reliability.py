@@ -16,7 +16,7 @@ import pytest
 import wasmtime
 
 import wasmcache
-from conftest import run_cli, run_json, run_python
+from conftest import mounted_tmpfs, remount_read_only, run_cli, run_json, run_python
 from naive import winch_engine
 from wasmgen import answer_module, call_answer
 
@@ -176,18 +176,8 @@ def test_directories_are_created_private(root: Path) -> None:
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "size=1m,mode=0700") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _no_partial_files(root: Path) -> None:
@@ -215,7 +205,7 @@ def test_disk_full_still_returns_a_working_module(tiny_tmpfs: Path, caplog: pyte
 def test_read_only_filesystem_serves_hits_and_compiles_misses(tiny_tmpfs: Path) -> None:
     root = tiny_tmpfs / "cache"
     wasmcache.ModuleCache(root).load(answer_module(8))
-    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+    remount_read_only(tiny_tmpfs)
     result = run_json(FRESH_LOAD, str(root), "8")
     assert (result["answer"], result["compiles"], result["warnings"]) == (8, 0, [])
     result = run_json(FRESH_LOAD, str(root), "9")

@@ -18,7 +18,7 @@ import pytest
 import wasmtime
 
 from caddy_server import caddy_fixture, free_port  # noqa: F401 - the `caddy` fixture
-from conftest import run_json
+from conftest import remount_read_only, run_json
 from wasmcache._public import _client
 from wasmcache._public._build import compile_at_levels
 from wasmcache._public._publish import publish
@@ -329,22 +329,11 @@ def test_a_programs_copy_of_a_substituted_entry_is_stored_once(tree, caddy, tmp_
 
 
 @pytest.fixture
-def read_only_root(tmp_path: Path) -> Any:
-    """A cache root on a real read-only filesystem (a tmpfs remounted read-only), initialized empty."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
-                          check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        (mount / "cache").mkdir()
-        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-        yield mount / "cache"
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+def read_only_root(tmpfs: Path) -> Path:
+    """A cache root on a real read-only filesystem (a tmpfs remounted read-only), existing and empty."""
+    (tmpfs / "cache").mkdir()
+    remount_read_only(tmpfs)
+    return tmpfs / "cache"
 
 
 def test_a_read_only_root_gets_the_substitute_in_memory_and_stores_nothing(tree, caddy, tmp_path, read_only_root):
