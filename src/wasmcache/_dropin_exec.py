@@ -181,15 +181,11 @@ def _become(argv: list[str], env: dict[str, str]) -> NoReturn:
 def _exec_as_script(argv: list[str], env: dict[str, str]) -> None:
     """An executable file without `#!`: /bin/sh runs it, as from a shell, `env` or execvp(3) (and as
     under the shell launcher, whose `exec` does this). Returns only when there is no such file."""
-    path = argv[0]
-    if os.sep not in path:
-        for directory in os.get_exec_path(env):
-            candidate = os.path.join(directory, path)
-            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                path = candidate
-                break
-        else:
-            return
+    import shutil  # noqa: PLC0415 - only on this error path
+
+    path = shutil.which(argv[0], path=os.pathsep.join(os.get_exec_path(env)))  # what execvpe found, as a path
+    if path is None:
+        return
     try:
         with open(path, "rb") as f:
             if f.read(4) == b"\x7fELF":  # a binary for another machine: its error stands, as in dash
