@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: venv test test-fast lint demo bench mutants clean
 
-$(STAMP): pyproject.toml src/wasmcache-launcher.sh
+$(STAMP): pyproject.toml hatch_build.py src/wasmcache-launcher.c src/wasmcache-cli.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,s3,bench]'
@@ -24,7 +24,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts hatch_build.py
 	$(BIN)/mypy
 
 ## make demo: compile and run Yosys (49 MB of wasm) twice through the cache, then show stats

@@ -79,7 +79,8 @@ def child(action: str, *args: object) -> list[str]:
 
 
 def wasmcache_cli() -> list[str]:
-    """The console script a user runs (`python -m wasmcache.cli` if it is missing)."""
+    """The command a user runs, bin/wasmcache (the native launcher: `exec` without a Python start; the
+    Python CLI where the wheel was built without a C compiler), or `python -m wasmcache.cli` if it is missing."""
     script = Path(sys.executable).with_name("wasmcache")
     return [str(script)] if script.exists() else [sys.executable, "-m", "wasmcache.cli"]
 

@@ -59,7 +59,7 @@ def apply(mutant: Mutant, src: Path, marker: Path | None) -> str | None:
             return f"{edit.file}: anchor occurs {count} times: {edit.anchor.splitlines()[0]!r}"
         changed[path] = changed[path].replace(edit.anchor, edit.replacement)
     for path, text in changed.items():
-        python = marker is not None and path.suffix == ".py"  # the launcher is a shell script
+        python = marker is not None and path.suffix == ".py"  # the launcher is C
         path.write_text(text + (_MARKER.format(path=str(marker)) if python else ""))
     return None
 

@@ -1,10 +1,9 @@
-"""bin/wasmcache-exec, the shell launcher that serves `wasmcache exec` without starting Python (opt-in).
+"""bin/wasmcache, the native launcher that serves `wasmcache exec` without starting Python.
 
-Differential: the same command through the launcher (its first run falls back to `wasmcache exec`, which
-leaves the plan; the second is served by the shell alone) and through the Python CLI, on the same cases;
-CMD (`env -0`, or a small probe) must see the same environment, the same arguments, the same signal
-dispositions, and errors must read the same. The documented differences (a POSIX shell's: names it cannot
-hold, IFS, OPTIND, PPID, PWD) are asserted as such, so a change in them is seen.
+Differential: the same command through the launcher (its first run hands `exec` to the Python CLI, which
+leaves the plan; the second is served by the launcher alone) and through the Python CLI, on the same cases;
+CMD (`env -0`, or a small probe) must see the same environment, byte for byte, the same arguments, the same
+signal dispositions, and errors must read the same.
 """
 
 from __future__ import annotations
@@ -15,34 +14,45 @@ import signal
 import stat
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
 import wasmcache
 from wasmcache._dropin_exec import HOOK_DIR, HOOK_ZIP, LAUNCHER_PLAN, hook_entry
+from wasmcache._dropin_exec import PYTHON_CLI as CLI_NAME
 
 SRC = Path(wasmcache.__file__).resolve().parents[1]  # this checkout's, or the copy `make mutants` made
-LAUNCHER = SRC / "wasmcache-launcher.sh"
+LAUNCHER_SOURCE = SRC / "wasmcache-launcher.c"
 # The Python CLI from SRC, whatever the environment of a case says (PYTHONPATH is one of the cases).
 PYTHON_CLI = [sys.executable, "-c",
               f"import sys; sys.path.insert(0, {str(SRC)!r}); from wasmcache.cli import main; main()"]
 ENV = shutil.which("env") or "/usr/bin/env"
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the launcher's fast path needs /proc")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's /proc for the probes")
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The launcher compiled from SRC, as hatch_build.py compiles it (a C compiler is on every machine we test)."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    assert compiler, "no C compiler: the launcher's tests need one (Debian: gcc)"
+    output = tmp_path_factory.mktemp("launcher") / "wasmcache"
+    subprocess.run([compiler, "-O2", "-Wall", "-Werror", "-o", str(output), str(LAUNCHER_SOURCE)], check=True)
+    return output
 
 
 @pytest.fixture
-def bindir(tmp_path: Path) -> Path:
-    """A bin directory as pip makes one: the console script `wasmcache`, the launcher `wasmcache-exec`."""
+def bindir(tmp_path: Path, compiled: Path) -> Path:
+    """A bin directory as an install makes one: the launcher `wasmcache`, the Python CLI `.wasmcache-python`."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    shutil.copy(LAUNCHER, bindir / "wasmcache-exec")
-    cli = bindir / "wasmcache"
+    shutil.copy(compiled, bindir / "wasmcache")
+    cli = bindir / CLI_NAME
     cli.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(SRC)!r})\n"
                    "from wasmcache.cli import main\nsys.exit(main())\n")
-    for script in (bindir / "wasmcache-exec", cli):
-        script.chmod(0o755)
+    cli.chmod(0o755)
     return bindir
 
 
@@ -53,45 +63,65 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run(argv: list[str], env: dict[str, str], cwd: Path, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+def run(argv: list[str], env: dict[str, str] | dict[bytes, bytes], cwd: Path,
+        **kwargs: object) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=60, check=False, **kwargs)  # type: ignore[call-overload, no-any-return]
 
 
-def seen(proc: subprocess.CompletedProcess[bytes]) -> dict[str, str]:
+def raw(proc: subprocess.CompletedProcess[bytes]) -> list[bytes]:
+    """CMD's environment as `env -0` printed it: every entry, in order, as bytes."""
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    pairs = [item.split(b"=", 1) for item in proc.stdout.split(b"\0") if item]
-    env = {os.fsdecode(k): os.fsdecode(v) for k, v in pairs}
-    env.pop("PWD", None)  # the documented difference (see the module's text)
-    return env
+    return [item for item in proc.stdout.split(b"\0") if item]
 
 
-def both(bindir: Path, words: list[str], env: dict[str, str], cwd: Path) -> tuple[dict[str, str], ...]:
-    """What CMD sees: launcher (fallback run), launcher (shell alone), Python CLI."""
-    launcher = [str(bindir / "wasmcache-exec"), *words]
-    first = seen(run(launcher, env, cwd))
-    assert (bindir / LAUNCHER_PLAN).is_file(), "the fallback run left no plan for the launcher"
-    fast = seen(run(launcher, env, cwd))
-    python = seen(run([*PYTHON_CLI, "exec", *words], env, cwd))
+def seen(proc: subprocess.CompletedProcess[bytes]) -> dict[str, str]:
+    pairs = [item.split(b"=", 1) for item in raw(proc)]
+    return {os.fsdecode(k): os.fsdecode(v) for k, v in pairs}
+
+
+def launcher(bindir: Path, *words: str) -> list[str]:
+    return [str(bindir / "wasmcache"), "exec", *words]
+
+
+def both(bindir: Path, words: list[str], env: dict[str, str] | dict[bytes, bytes],
+         cwd: Path) -> tuple[list[bytes], ...]:
+    """What CMD sees, entry by entry: launcher (handed to Python), launcher (alone), Python CLI."""
+    first = raw(run(launcher(bindir, *words), env, cwd))
+    assert (bindir / LAUNCHER_PLAN).is_file(), "the Python CLI left no plan for the launcher"
+    fast = raw(run(launcher(bindir, *words), env, cwd))
+    python = raw(run([*PYTHON_CLI, "exec", *words], env, cwd))
     return first, fast, python
 
 
-CASES = {
+CASES: dict[str, tuple[list[str], dict[str, str]]] = {
     "plain": ([], {}),
     "xdg": ([], {"XDG_CACHE_HOME": "/srv/cache dir"}),
     "xdg-trailing-slash": ([], {"XDG_CACHE_HOME": "/srv/cache/"}),
+    "xdg-root": ([], {"XDG_CACHE_HOME": "/"}),
     "xdg-relative-ignored": ([], {"XDG_CACHE_HOME": "relative/cache"}),
     "wasmcache-dir-relative": ([], {"WASMCACHE_DIR": "some root"}),
     "wasmcache-dir-empty": ([], {"WASMCACHE_DIR": ""}),
+    "wasmcache-dir-double-slash": ([], {"WASMCACHE_DIR": "//srv//./a/../b/"}),
+    "wasmcache-dir-triple-slash": ([], {"WASMCACHE_DIR": "///srv/.."}),
     "cache-dir-tilde": (["--cache-dir=~/roots/[a]"], {}),
+    "cache-dir-tilde-alone": (["--cache-dir", "~"], {}),
+    "cache-dir-tilde-user": (["--cache-dir", "~root/x"], {}),
     "cache-dir-dotdot": (["--cache-dir", "a/../b"], {}),
+    "cache-dir-dotdot-above-root": (["--cache-dir", "/../../x/./"], {}),
     "cache-dir-twice": (["--cache-dir", "first", "--cache-dir", "second"], {}),
     "verbose-debug": (["-v", "--debug"], {}),
     "verbose": (["-v"], {}),
     "pythonpath-empty": ([], {"PYTHONPATH": ""}),
     "pythonpath-kept": ([], {"PYTHONPATH": "/a b::/c"}),
     "pythonpath-has-hook-dir": ([], {"PYTHONPATH": f"/x:{HOOK_DIR}"}),
+    "pythonpath-has-hook-zip": ([], {"PYTHONPATH": f"{HOOK_ZIP}:/y"}),
     "double-dash": (["--"], {}),
     "no-home": ([], {"HOME": ""}),
+    "empty-home": ([], {"HOME": "="}),
+    "home-slash": ([], {"HOME": "/"}),
+    "relative-home": ([], {"HOME": "rel home"}),
+    "names-a-shell-cannot-hold": ([], {"foo.bar": "1", "BASH_FUNC_f%%": "() {  echo hi\n}", "IFS": ":",
+                                       "OPTIND": "7", "PPID": "1", "PWD": "/nowhere", "": ""}),
 }
 
 
@@ -104,13 +134,40 @@ def test_cmd_sees_the_same_environment_through_the_launcher_and_the_python_cli(
     env = clean_env(home, **extra)
     if case == "no-home":
         del env["HOME"]
+    elif case == "empty-home":
+        env["HOME"] = ""
+    env.pop("", None)  # subprocess cannot pass an entry without a name
     work = tmp_path / "work"
     work.mkdir()
     first, fast, python = both(bindir, [*words, ENV, "-0"], env, work)
     assert first == python
     assert fast == python
-    assert python["WASMCACHE_AUTO"] == "1"
-    assert {HOOK_ZIP, HOOK_DIR} & set(python["PYTHONPATH"].split(os.pathsep))
+    wrapped = seen(run([*PYTHON_CLI, "exec", ENV, "-0"], env, work))
+    assert wrapped["WASMCACHE_AUTO"] == "1"
+    assert {HOOK_ZIP, HOOK_DIR} & set(wrapped["PYTHONPATH"].split(os.pathsep))
+    for name, value in env.items():  # everything else passes through untouched
+        if name not in ("PYTHONPATH", "WASMCACHE_DIR"):
+            assert wrapped[name] == value
+
+
+def test_bytes_that_are_not_utf8_pass_through_either_way(bindir: Path, tmp_path: Path) -> None:
+    env = {b"PATH": os.environb[b"PATH"], b"HOME": os.fsencode(tmp_path) + b"/h\xff\xfe",
+           b"NAME\xe9": b"value \xff\x80", b"PYTHONPATH": b"/p\xff:/q"}
+    first, fast, python = both(bindir, [ENV, "-0"], env, tmp_path)
+    assert fast == python == first
+    assert b"NAME\xe9=value \xff\x80" in fast
+    assert b"WASMCACHE_DIR=" + os.fsencode(tmp_path) + b"/h\xff\xfe/.cache/wasmcache" in fast
+
+
+def test_a_duplicated_variable_is_passed_once_with_its_last_value_either_way(bindir: Path, tmp_path: Path) -> None:
+    """A name twice in the environment (`env A=2` appends to an inherited A=1): the launcher and
+    `wasmcache exec` agree: one entry, the last value, in the first one's place."""
+    env = clean_env(tmp_path, A="1")
+    run(launcher(bindir, "true"), env, tmp_path)  # the plan: the launcher serves the next one
+    ours = raw(run([ENV, "A=2", *launcher(bindir, ENV, "-0")], env, tmp_path))
+    python = raw(run([ENV, "A=2", *PYTHON_CLI, "exec", ENV, "-0"], env, tmp_path))
+    assert ours == python
+    assert [e for e in ours if e.startswith(b"A=")] == [b"A=2"]
 
 
 def test_a_relative_root_is_made_absolute_from_the_physical_directory(bindir: Path, tmp_path: Path) -> None:
@@ -120,28 +177,29 @@ def test_a_relative_root_is_made_absolute_from_the_physical_directory(bindir: Pa
     link.symlink_to(real)
     env = clean_env(tmp_path, PWD=str(link))
     _first, fast, python = both(bindir, ["--cache-dir", "r", ENV, "-0"], env, link)
-    assert fast["WASMCACHE_DIR"] == python["WASMCACHE_DIR"] == os.path.join(os.path.realpath(link), "r")
-
-
-def launcher(bindir: Path, *words: str) -> list[str]:
-    return [str(bindir / "wasmcache-exec"), *words]
+    assert fast == python
+    assert b"WASMCACHE_DIR=" + os.fsencode(os.path.join(os.path.realpath(link), "r")) in fast
 
 
 def test_the_launcher_is_served_without_python_once_the_plan_exists_and_falls_back_when_it_must(
         bindir: Path, tmp_path: Path) -> None:
     env = clean_env(tmp_path)
-    assert run(launcher(bindir, "true"), env, tmp_path).returncode == 0  # the fallback leaves the plan
-    cli = bindir / "wasmcache"
+    assert run(launcher(bindir, "true"), env, tmp_path).returncode == 0  # handed to Python, which leaves the plan
+    cli = bindir / CLI_NAME
     real_cli = cli.read_text()
     cli.write_text('#!/bin/sh\necho fell back: "$@" >&2\nexit 99\n')
-    served = run(launcher(bindir, ENV, "-0"), env, tmp_path)
-    assert served.returncode == 0
-    assert served.stderr == b""
-    for words in ([], ["--help"], ["--unknown", "true"], ["no-such-command-here"], ["--cache-dir=", "true"],
-                  ["--cache-dir", "", "true"], ["--cache-dir", "~nobody/x", "true"], ["--cache-dir"]):
-        proc = run(launcher(bindir, *words), env, tmp_path)
+    for words in (["-v", "exec", ENV, "-0"], ["--cache-dir", "r", "exec", "--debug", "--", ENV, "-0"]):
+        served = run([str(bindir / "wasmcache"), *words], env, tmp_path)
+        assert served.returncode == 0, words
+        assert served.stderr == b"", words
+    for words in ([], ["--help"], ["stats"], ["--cache-dir=", "exec", "true"], ["-v", "stats"], ["exec"],
+                  ["exec", "--help"], ["exec", "--unknown", "true"], ["exec", "no-such-command-here"],
+                  ["exec", "--cache-dir=", "true"], ["exec", "--cache-dir", "", "true"],
+                  ["exec", "--cache-dir", "~nobody/x", "true"], ["exec", "--cache-dir"], ["exec", ""],
+                  ["exec", str(tmp_path)]):
+        proc = run([str(bindir / "wasmcache"), *words], env, tmp_path)
         assert proc.returncode == 99, words
-        assert proc.stderr == ("fell back: " + " ".join(["exec", *words]) + "\n").encode(), words
+        assert proc.stderr == (" ".join(["fell back:", *words]) + "\n").encode(), words
     # A stale plan (a source newer than the zip, as after an upgrade) goes to Python, which writes it anew.
     plan = (bindir / LAUNCHER_PLAN).read_text().splitlines()
     fake = tmp_path / "fake"
@@ -153,6 +211,9 @@ def test_the_launcher_is_served_without_python_once_the_plan_exists_and_falls_ba
     (bindir / LAUNCHER_PLAN).write_text("\n".join([str(fake / "hook.zip"), plan[1], *(str(fake / n) for n in
                                                                                     ("a.py", "b.py", "c.py"))]) + "\n")
     assert run(launcher(bindir, "true"), env, tmp_path).returncode == 99
+    for broken in ("", "only one line\n", plan[0] + "\n"):  # a truncated plan is no plan
+        (bindir / LAUNCHER_PLAN).write_text(broken)
+        assert run(launcher(bindir, "true"), env, tmp_path).returncode == 99
     cli.write_text(real_cli)
     assert run(launcher(bindir, "true"), env, tmp_path).returncode == 0
     assert (bindir / LAUNCHER_PLAN).read_text().splitlines()[0] == hook_entry()
@@ -161,24 +222,40 @@ def test_the_launcher_is_served_without_python_once_the_plan_exists_and_falls_ba
 def test_a_launcher_reached_through_a_symlink_reads_the_plan_beside_its_file(bindir: Path, tmp_path: Path) -> None:
     links = tmp_path / "links"
     links.mkdir()
-    (links / "wasmcache-exec").symlink_to(bindir / "wasmcache-exec")
+    (links / "wasmcache").symlink_to(bindir / "wasmcache")
     env = clean_env(tmp_path)
-    first = seen(run([str(links / "wasmcache-exec"), ENV, "-0"], env, tmp_path))
+    first = raw(run([str(links / "wasmcache"), "exec", ENV, "-0"], env, tmp_path))
     assert (bindir / LAUNCHER_PLAN).is_file()
     assert not (links / LAUNCHER_PLAN).exists()
-    assert seen(run([str(links / "wasmcache-exec"), ENV, "-0"], env, tmp_path)) == first
+    assert raw(run([str(links / "wasmcache"), "exec", ENV, "-0"], env, tmp_path)) == first
+    # Found on PATH through the link, under its own name: the same.
+    on_path = clean_env(tmp_path, PATH=f"{links}:{os.environ['PATH']}")
+    assert seen(run(["wasmcache", "exec", ENV, "-0"], on_path, tmp_path))["WASMCACHE_AUTO"] == "1"
 
 
 def test_errors_read_the_same_through_the_launcher_and_the_python_cli(bindir: Path, tmp_path: Path) -> None:
     env = clean_env(tmp_path)
-    run(launcher(bindir, "true"), env, tmp_path)  # the plan exists: the shell serves
+    run(launcher(bindir, "true"), env, tmp_path)  # the plan exists: the launcher serves
     not_executable = tmp_path / "data file"
     not_executable.write_text("#!/bin/sh\necho no\n")
-    for words in (["no-such-command-here"], [str(not_executable)], [str(tmp_path)], [], ["--bogus", "true"], [""]):
+    foreign = tmp_path / "foreign"
+    foreign.write_bytes(b"\x7fELF" + bytes(60))
+    foreign.chmod(0o755)
+    for words in (["no-such-command-here"], [str(not_executable)], [str(tmp_path)], [], ["--bogus", "true"], [""],
+                  [str(foreign)], ["x" * 5000]):
         ours = run(launcher(bindir, *words), env, tmp_path)
         python = run([*PYTHON_CLI, "exec", *words], env, tmp_path)
         assert (ours.returncode, ours.stdout, ours.stderr) == (python.returncode, python.stdout, python.stderr), words
         assert ours.returncode != 0
+
+
+def test_arguments_reach_cmd_unchanged(bindir: Path, tmp_path: Path) -> None:
+    env = clean_env(tmp_path)
+    run(launcher(bindir, "true"), env, tmp_path)
+    words = ["printf", "[%s]\\n", "a b", "", "-v", "--", "exec", "\u00e9", "*", "$HOME"]
+    ours = run(launcher(bindir, *words), env, tmp_path)
+    python = run([*PYTHON_CLI, "exec", *words], env, tmp_path)
+    assert ours.stdout == python.stdout == "".join(f"[{w}]\n" for w in words[2:]).encode()
 
 
 def test_an_executable_file_without_a_shebang_runs_as_a_shell_script_either_way(bindir: Path, tmp_path: Path) -> None:
@@ -193,8 +270,8 @@ def test_an_executable_file_without_a_shebang_runs_as_a_shell_script_either_way(
     assert ours.stdout == python.stdout == f"ran as a script: {script} x y\n".encode()
 
 
-def _ignored_signals(proc: subprocess.CompletedProcess[bytes]) -> int:
-    line = next(x for x in proc.stdout.decode().splitlines() if x.startswith("SigIgn:"))
+def _signals(proc: subprocess.CompletedProcess[bytes], field: str) -> int:
+    line = next(x for x in proc.stdout.decode().splitlines() if x.startswith(field + ":"))
     return int(line.split()[1], 16)
 
 
@@ -206,42 +283,63 @@ def test_cmd_gets_sigpipe_and_sigxfsz_back_even_when_the_caller_ignores_them(bin
     def ignoring() -> None:
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup's: kept, by both
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 
     bits = (1 << (signal.SIGPIPE - 1)) | (1 << (signal.SIGXFSZ - 1))
+    hup, usr1 = 1 << (signal.SIGHUP - 1), 1 << (signal.SIGUSR1 - 1)
+    seen_by = []
     for argv in (launcher(bindir, *probe), [*PYTHON_CLI, "exec", *probe]):
         plain = run(argv, env, tmp_path)
         ignored = run(argv, env, tmp_path, preexec_fn=ignoring, restore_signals=False)
-        assert _ignored_signals(plain) & bits == 0
-        assert _ignored_signals(ignored) & bits == 0, argv
+        assert _signals(plain, "SigIgn") & bits == 0
+        assert _signals(ignored, "SigIgn") & bits == 0, argv
+        seen_by.append((_signals(ignored, "SigIgn") & hup, _signals(ignored, "SigBlk") & usr1))
+    assert seen_by[0] == seen_by[1] == (hup, usr1)
     # The control: without exec's reset, CMD inherits the caller's ignored SIGPIPE.
     bare = run(["cat", "/proc/self/status"], env, tmp_path, preexec_fn=ignoring, restore_signals=False)
-    assert _ignored_signals(bare) & bits == bits
+    assert _signals(bare, "SigIgn") & bits == bits
 
 
-def test_what_a_shell_cannot_pass_on_is_what_the_readme_says(bindir: Path, tmp_path: Path) -> None:
-    """The launcher's documented differences, asserted, with `wasmcache exec` passing everything on."""
-    env = clean_env(tmp_path, **{"foo.bar": "1", "BASH_FUNC_f%%": "() {  echo hi\n}", "IFS": ":"})
-    run(launcher(bindir, "true"), env, tmp_path)
-    ours = seen(run(launcher(bindir, ENV, "-0"), env, tmp_path))
-    python = seen(run([*PYTHON_CLI, "exec", ENV, "-0"], env, tmp_path))
-    for name in ("foo.bar", "BASH_FUNC_f%%", "IFS"):
-        assert python[name] == env[name]
-    assert "foo.bar" not in ours
-    assert "BASH_FUNC_f%%" not in ours
-    assert ours.get("IFS") != ":"
-    same = {k: v for k, v in python.items() if k not in ("foo.bar", "BASH_FUNC_f%%", "IFS")}
-    assert {k: v for k, v in ours.items() if k != "IFS"} == same
-
-
-def test_the_installed_commands_are_the_python_cli_and_the_launcher_beside_it() -> None:
-    installed = Path(sys.executable).with_name("wasmcache-exec")
+def test_the_installed_commands_are_the_launcher_and_the_python_cli_beside_it(tmp_path: Path) -> None:
+    installed = Path(sys.executable).with_name("wasmcache")
     if not installed.exists():
-        pytest.skip("no console scripts beside this Python (not installed with pip)")
-    assert installed.read_bytes() == LAUNCHER.read_bytes(), "bin/wasmcache-exec is stale: reinstall (make venv)"
-    cli = Path(sys.executable).with_name("wasmcache")
-    assert cli.read_text().startswith("#!")
-    help_text = subprocess.run([str(cli), "--help"], capture_output=True, text=True, check=True).stdout
+        pytest.skip("no commands beside this Python (not installed with pip)")
+    assert installed.read_bytes()[:4] == b"\x7fELF", "bin/wasmcache is not the native launcher: reinstall (make venv)"
+    cli = installed.with_name(CLI_NAME)
+    assert cli.read_text().startswith(f"#!{sys.executable}")
+    help_text = subprocess.run([str(installed), "--help"], capture_output=True, text=True, check=True).stdout
     assert "Usage: wasmcache" in help_text
+    env = clean_env(tmp_path)
+    assert run([str(installed), "exec", "true"], env, tmp_path).returncode == 0
+    assert (installed.parent / LAUNCHER_PLAN).read_text().splitlines()[0] == hook_entry()
+
+
+def _wheel(tmp_path: Path, **extra: str) -> zipfile.ZipFile:
+    out = tmp_path / "dist"
+    env = {**os.environ, **extra}
+    env.pop("PYTHONPATH", None)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                    str(SRC.parent)], check=True, env=env, capture_output=True, timeout=300)
+    (wheel,) = out.glob("*.whl")
+    return zipfile.ZipFile(wheel)
+
+
+def test_a_wheel_carries_the_launcher_and_without_a_compiler_the_python_cli_in_its_place(tmp_path: Path) -> None:
+    pytest.importorskip("hatchling")
+    if not (SRC.parent / "hatch_build.py").is_file():
+        pytest.skip("not a checkout")
+    native = _wheel(tmp_path / "native")
+    scripts = {Path(n).name: n for n in native.namelist() if "/scripts/" in n}
+    assert sorted(scripts) == [CLI_NAME, "wasmcache"]
+    assert native.read(scripts["wasmcache"])[:4] == b"\x7fELF"
+    assert native.read(scripts[CLI_NAME]).startswith(b"#!python\n")
+    assert "-py3-none-linux_" in Path(native.filename or "").name
+    plain = _wheel(tmp_path / "plain", WASMCACHE_NO_LAUNCHER="1")
+    scripts = {Path(n).name: n for n in plain.namelist() if "/scripts/" in n}
+    assert plain.read(scripts["wasmcache"]) == plain.read(scripts[CLI_NAME])
+    assert plain.read(scripts["wasmcache"]).startswith(b"#!python\n")
+    assert Path(plain.filename or "").name.endswith("-py3-none-any.whl")
 
 
 # --- `wasmcache exec` itself, from an outside reader's findings ----------------------------------------------

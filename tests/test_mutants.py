@@ -7,6 +7,7 @@ retargeted, so `make mutants` keeps checking what it claims to check.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -27,9 +28,12 @@ def test_every_anchor_occurs_exactly_once(mutant: Mutant) -> None:
         assert texts[edit.file].count(edit.anchor) == 1, f"{mutant.id}: stale anchor in {edit.file}: {edit.anchor!r}"
         assert edit.anchor != edit.replacement
         texts[edit.file] = texts[edit.file].replace(edit.anchor, edit.replacement)
-    for name, text in texts.items():  # the mutated file still parses: the tests, not a SyntaxError, kill it
-        if name.endswith(".sh"):
-            subprocess.run(["/bin/sh", "-n"], input=text, text=True, check=True)
+    for name, text in texts.items():  # the mutated file still builds: the tests, not a SyntaxError, kill it
+        if name.endswith(".c"):
+            compiler = shutil.which("cc") or shutil.which("gcc")
+            assert compiler, "no C compiler"
+            subprocess.run([compiler, "-fsyntax-only", "-Wall", "-Werror", "-x", "c", "-"], input=text, text=True,
+                           check=True)
         else:
             compile(text, name, "exec")
 

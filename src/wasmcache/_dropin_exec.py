@@ -6,7 +6,9 @@ PYTHONPATH starts with a directory holding a `sitecustomize` (which chains the o
 and $WASMCACHE_AUTO=1 arms the hook that installs the drop-in when wasmtime is first imported.
 
 This module imports only the standard library at its top (no pathlib, click or wasmtime), so a
-launcher can load it by path and exec without importing the package.
+launcher can load it by path and exec without importing the package. bin/wasmcache, the native
+launcher (src/wasmcache-launcher.c), mirrors `exec_environment` for the plain case without starting
+Python at all, from the plan `_plan_for_launcher` leaves beside it.
 """
 
 from __future__ import annotations
@@ -179,8 +181,8 @@ def _become(argv: list[str], env: dict[str, str]) -> NoReturn:
 
 
 def _exec_as_script(argv: list[str], env: dict[str, str]) -> None:
-    """An executable file without `#!`: /bin/sh runs it, as from a shell, `env` or execvp(3) (and as
-    under the shell launcher, whose `exec` does this). Returns only when there is no such file."""
+    """An executable file without `#!`: /bin/sh runs it, as from a shell, `env` or execvp(3) (the native
+    launcher hands such a file here). Returns only when there is no such file."""
     import shutil  # noqa: PLC0415 - only on this error path
 
     path = shutil.which(argv[0], path=os.pathsep.join(os.get_exec_path(env)))  # what execvpe found, as a path
@@ -195,18 +197,18 @@ def _exec_as_script(argv: list[str], env: dict[str, str]) -> None:
         return
 
 
-LAUNCHER = "wasmcache-exec"  # bin/wasmcache-exec: the shell launcher (src/wasmcache-launcher.sh)
-PYTHON_CLI = "wasmcache"  # bin/wasmcache: this CLI, the launcher's fallback
-LAUNCHER_PLAN = ".wasmcache-exec"  # beside both: what the launcher reads to exec without Python
+LAUNCHER = "wasmcache"  # bin/wasmcache: the native launcher (src/wasmcache-launcher.c, built by hatch_build.py)
+PYTHON_CLI = ".wasmcache-python"  # beside it: this CLI, where the launcher sends all it does not serve
+LAUNCHER_PLAN = ".wasmcache-exec-plan"  # beside both: what the launcher reads to exec without Python
 
 
 def _plan_for_launcher() -> None:
-    """Leave beside the shell launcher what it needs to serve the next `exec` without Python.
+    """Leave beside the native launcher what it needs to serve the next `exec` without Python.
 
-    Only when this process is the console script (bin/wasmcache) with the launcher (bin/wasmcache-exec)
-    beside it, and the hook is the zip: its path, the platform and the zip's sources (the launcher falls
-    back here again when the zip is older than one of them). Best effort: a read-only bin directory
-    means every `exec` goes through Python, as before.
+    Only when this process is the Python CLI the launcher handed `exec` to (bin/.wasmcache-python,
+    with a compiled bin/wasmcache beside it), and the hook is the zip: its path, the platform and the
+    zip's sources (the launcher hands `exec` back here when the zip is older than one of them). Best
+    effort: a read-only bin directory means every `exec` goes through Python, as before.
     """
     if not sys.argv or os.path.basename(sys.argv[0]) != PYTHON_CLI or hook_entry() != HOOK_ZIP:
         return
@@ -214,8 +216,12 @@ def _plan_for_launcher() -> None:
     plan = os.path.join(bindir, LAUNCHER_PLAN)
     text = "\n".join((HOOK_ZIP, sys.platform, *_hook_sources())) + "\n"
     try:
-        if not os.path.isfile(os.path.join(bindir, LAUNCHER)):
-            return
+        with open(os.path.join(bindir, LAUNCHER), "rb") as f:
+            if f.read(2) == b"#!":  # built without a C compiler: bin/wasmcache is this CLI, no plan to read
+                return
+    except OSError:
+        return
+    try:
         with open(plan, encoding="utf-8", errors="surrogateescape") as f:
             if f.read() == text:
                 return

@@ -25,8 +25,7 @@ def exec_(ctx: click.Context, cache_dir: Path | None, command: tuple[str, ...]) 
     """Run COMMAND with the drop-in active in every Python process under it (children too).
 
     With -v or --debug (before or after `exec`), every one of them prints what the drop-in does on stderr,
-    as `wasmcache[PID]: ...`. `wasmcache-exec COMMAND` does the same without starting Python (~1 ms instead
-    of ~11), but as a POSIX shell it drops variables whose names a shell cannot hold (see the README).
+    as `wasmcache[PID]: ...`.
     """
     from .._dropin_exec import exec_command  # noqa: PLC0415
 
