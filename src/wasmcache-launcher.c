@@ -54,6 +54,8 @@ static void python_cli(void) {
         fputs("wasmcache: cannot find the directory it is installed in: reinstall wasmcache\n", stderr);
         _exit(127);
     }
+    char *alone[] = {path, NULL};
+    if (arguments[0] == NULL) arguments = alone;  /* started with no argv[0] at all (execve can do that) */
     arguments[0] = path;
     execv(path, arguments);
     fprintf(stderr, "wasmcache: cannot start the Python CLI %s: %s: reinstall wasmcache\n", path, strerror(errno));
@@ -237,7 +239,8 @@ static int read_plan(void) {
     if (snprintf(path, sizeof path, "%s/%s", here, PLAN) >= (int)sizeof path) return 0;
     FILE *plan = fopen(path, "r");
     if (plan == NULL) return 0;
-    int fresh = read_line(plan, hook, sizeof hook) && read_line(plan, platform, sizeof platform) &&
+    int fresh = read_line(plan, hook, sizeof hook) && strlen(hook) > 4 &&
+                strcmp(hook + strlen(hook) - 4, ".zip") == 0 && read_line(plan, platform, sizeof platform) &&
                 stat(hook, &zip) == 0;
     for (int i = 0; fresh && i < 3; i++) {
         fresh = read_line(plan, source, sizeof source) && stat(source, &file) == 0 &&
