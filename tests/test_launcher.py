@@ -390,7 +390,8 @@ def test_a_launcher_started_with_no_argv_at_all_hands_over_to_the_python_cli(bin
     """execve(path, {NULL}, env) is legal: no argv[0] to reuse, no crash, the CLI's usage."""
     start = ("import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); "
              "argv = (ctypes.c_char_p * 1)(None); "
-             "envp = (ctypes.c_char_p * 3)(b'PATH=' + os.environb[b'PATH'], b'HOME=' + os.fsencode(sys.argv[2]), None); "
+             "envp = (ctypes.c_char_p * 3)(b'PATH=' + os.environb[b'PATH'], "
+             "b'HOME=' + os.fsencode(sys.argv[2]), None); "
              "libc.execve(os.fsencode(sys.argv[1]), argv, envp); sys.exit(99)")
     proc = run([sys.executable, "-c", start, str(bindir / "wasmcache"), str(tmp_path)], clean_env(tmp_path), tmp_path)
     assert proc.returncode in (0, 2), proc
