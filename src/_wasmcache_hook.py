@@ -43,6 +43,16 @@ def xdg_cache_root(environ: Any = os.environ) -> str | None:
     return os.path.join(base, "wasmcache")
 
 
+def expand_user(path: str) -> str:
+    """os.path.expanduser, refusing what it leaves unexpanded (`~nosuchuser`, `~` with no $HOME and no
+    password entry): a root spelled so must not become a directory named `~...` under the current one."""
+    expanded = os.path.expanduser(path)
+    if expanded.startswith("~"):
+        user = expanded.split("/", 1)[0]
+        raise ValueError(f"{path!r}: cannot expand {user!r}: no such user's home directory")
+    return expanded
+
+
 def auto_enabled(environ: Any = os.environ) -> bool:
     """$WASMCACHE_AUTO asks for the drop-in (and $WASMCACHE_DISABLE does not forbid it)."""
     return env_flag(environ, "WASMCACHE_AUTO") and not env_flag(environ, "WASMCACHE_DISABLE")

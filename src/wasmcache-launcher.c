@@ -58,7 +58,8 @@ static void python_cli(void) {
     if (arguments[0] == NULL) arguments = alone;  /* started with no argv[0] at all (execve can do that) */
     arguments[0] = path;
     execv(path, arguments);
-    fprintf(stderr, "wasmcache: cannot start the Python CLI %s: %s: reinstall wasmcache\n", path, strerror(errno));
+    fprintf(stderr, "wasmcache: cannot start the Python CLI %s: %s (this program serves only `exec` itself and "
+            "must stay beside it: link it elsewhere with `ln -s`, do not copy it)\n", path, strerror(errno));
     _exit(127);
 }
 
@@ -120,8 +121,8 @@ static const char *lookup(const char *name) {
     return i < 0 ? NULL : env[i] + strlen(name) + 1;
 }
 
-/* As a dict: a later duplicate's value in the first one's place; entries without a name or `=` left out
- * (caller_environment reads /proc/self/environ the same way). */
+/* As _dropin_exec.caller_environment reads /proc/self/environ: a name given twice once, with its first
+ * value (what getenv(3) and CPython's os.environ see); entries without a name or `=` left out. */
 static void copy_environment(void) {
     size_t count = 0;
     while (environ[count] != NULL) count++;
@@ -131,9 +132,7 @@ static void copy_environment(void) {
         const char *entry = environ[i];
         size_t length = name_length(entry);
         if (length == 0 || entry[length] != '=') continue;
-        ssize_t seen = find(entry, length);
-        if (seen >= 0) env[seen] = (char *)entry;
-        else env[env_length++] = (char *)entry;
+        if (find(entry, length) < 0) env[env_length++] = (char *)entry;
     }
 }
 

@@ -159,15 +159,65 @@ def test_bytes_that_are_not_utf8_pass_through_either_way(bindir: Path, tmp_path:
     assert b"WASMCACHE_DIR=" + os.fsencode(tmp_path) + b"/h\xff\xfe/.cache/wasmcache" in fast
 
 
-def test_a_duplicated_variable_is_passed_once_with_its_last_value_either_way(bindir: Path, tmp_path: Path) -> None:
-    """A name twice in the environment (`env A=2` appends to an inherited A=1): the launcher and
-    `wasmcache exec` agree: one entry, the last value, in the first one's place."""
-    env = clean_env(tmp_path, A="1")
-    run(launcher(bindir, "true"), env, tmp_path)  # the plan: the launcher serves the next one
-    ours = raw(run([ENV, "A=2", *launcher(bindir, ENV, "-0")], env, tmp_path))
-    python = raw(run([ENV, "A=2", *PYTHON_CLI, "exec", ENV, "-0"], env, tmp_path))
+# Starts argv[1:] with exactly the environment entries given after `--` (execve through ctypes: a mapping
+# cannot hold a name twice, an entry without `=`, or one without a name).
+_RAW_EXECVE = """
+import ctypes, os, sys
+cut = sys.argv.index("--")
+argv, envp = [os.fsencode(a) for a in sys.argv[1:cut]], [os.fsencode(e) for e in sys.argv[cut + 1:]]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.execve(argv[0], (ctypes.c_char_p * (len(argv) + 1))(*argv, None), (ctypes.c_char_p * (len(envp) + 1))(*envp, None))
+sys.exit(99)
+"""
+
+
+def raw_exec(argv: list[str], entries: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    return run([sys.executable, "-c", _RAW_EXECVE, *argv, "--", *entries], {}, cwd)
+
+
+def test_a_name_given_twice_is_passed_once_with_the_value_a_program_would_have_seen(
+        bindir: Path, tmp_path: Path) -> None:
+    """`A=1 A=2` in the environment: getenv(3) and CPython's os.environ see 1, and so must CMD under exec, through
+    the launcher and through the Python CLI; entries with no `=` or no name are left out by both."""
+    entries = [f"PATH={os.environ['PATH']}", f"HOME={tmp_path}", "A=1", "A=2", "NOEQ", "=empty",
+               f"PYTHONPATH=/first:{HOOK_DIR}", "PYTHONPATH=/second", "WASMCACHE_DIR=/r1", "WASMCACHE_DIR=/r2"]
+    show = [sys.executable, "-c", "import os; print(os.environ['A'])"]
+    assert raw_exec(show, entries, tmp_path).stdout == b"1\n"  # the control: what the program sees unwrapped
+    raw_exec([str(bindir / "wasmcache"), "exec", "true"], entries, tmp_path)  # the plan
+    ours = raw(raw_exec([str(bindir / "wasmcache"), "exec", ENV, "-0"], entries, tmp_path))
+    python = raw(raw_exec([*PYTHON_CLI, "exec", ENV, "-0"], entries, tmp_path))
     assert ours == python
-    assert [e for e in ours if e.startswith(b"A=")] == [b"A=2"]
+    assert [e for e in ours if e.split(b"=", 1)[0] in (b"A", b"PYTHONPATH", b"WASMCACHE_DIR")] == [
+        b"A=1", b"PYTHONPATH=/first:" + os.fsencode(HOOK_DIR), b"WASMCACHE_DIR=/r1"]
+    assert not [e for e in ours if e in (b"NOEQ", b"=empty")]
+    assert raw_exec([str(bindir / "wasmcache"), "exec", *show], entries, tmp_path).stdout == b"1\n"
+
+
+def test_a_script_without_a_shebang_is_found_in_an_empty_path_entry_as_execvp_finds_it(
+        bindir: Path, tmp_path: Path) -> None:
+    script = tmp_path / "noshe"
+    script.write_text('echo "ran: $1"\n')
+    script.chmod(0o755)
+    run(launcher(bindir, "true"), clean_env(tmp_path), tmp_path)
+    for path in ("", ":/nonexistent", "/nonexistent::/usr/bin"):
+        env = clean_env(tmp_path, PATH=path)
+        control = run([ENV, "noshe", "a"], env, tmp_path)  # env(1): execvp
+        assert control.stdout == b"ran: a\n", path
+        for argv in (launcher(bindir, "noshe", "a"), [*PYTHON_CLI, "exec", "noshe", "a"]):
+            proc = run(argv, env, tmp_path)
+            assert (proc.returncode, proc.stdout) == (0, b"ran: a\n"), (path, argv, proc.stderr)
+
+
+def test_a_root_spelled_with_an_unknown_user_is_refused_in_one_line(bindir: Path, tmp_path: Path) -> None:
+    run(launcher(bindir, "true"), clean_env(tmp_path), tmp_path)
+    for words, extra in ((["--cache-dir", "~nosuchuser/x", "exec", "true"], {}),
+                         (["exec", "true"], {"WASMCACHE_DIR": "~nosuchuser"}),
+                         (["--cache-dir", "~nosuchuser", "stats"], {})):
+        proc = run([str(bindir / "wasmcache"), *words], clean_env(tmp_path, **extra), tmp_path)
+        assert proc.returncode == 2, words
+        assert proc.stderr.count(b"\n") == 1
+        assert b"cannot expand '~nosuchuser'" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"], "a directory named ~nosuchuser was made"
 
 
 def test_a_relative_root_is_made_absolute_from_the_physical_directory(bindir: Path, tmp_path: Path) -> None:
@@ -242,11 +292,13 @@ def test_errors_read_the_same_through_the_launcher_and_the_python_cli(bindir: Pa
     foreign.write_bytes(b"\x7fELF" + bytes(60))
     foreign.chmod(0o755)
     for words in (["no-such-command-here"], [str(not_executable)], [str(tmp_path)], [], ["--bogus", "true"], [""],
-                  [str(foreign)], ["x" * 5000]):
+                  [str(foreign)], ["x" * 5000], [os.fsdecode(b"\xff")]):
         ours = run(launcher(bindir, *words), env, tmp_path)
         python = run([*PYTHON_CLI, "exec", *words], env, tmp_path)
         assert (ours.returncode, ours.stdout, ours.stderr) == (python.returncode, python.stdout, python.stderr), words
         assert ours.returncode != 0
+    # A name that is not UTF-8 is printed as its bytes, as a shell prints it.
+    assert run(launcher(bindir, os.fsdecode(b"\xff")), env, tmp_path).stderr == b"wasmcache: exec: \xff: command not found\n"
 
 
 def test_arguments_reach_cmd_unchanged(bindir: Path, tmp_path: Path) -> None:
@@ -396,3 +448,44 @@ def test_a_launcher_started_with_no_argv_at_all_hands_over_to_the_python_cli(bin
     proc = run([sys.executable, "-c", start, str(bindir / "wasmcache"), str(tmp_path)], clean_env(tmp_path), tmp_path)
     assert proc.returncode in (0, 2), proc
     assert b"Usage: wasmcache" in proc.stdout + proc.stderr
+
+
+def test_a_read_only_bin_directory_says_why_exec_starts_python_under_v_and_in_doctor(
+        compiled: Path, tmpfs: Path, tmp_path: Path) -> None:
+    """A system-wide or image install: the plan cannot be left beside the launcher, so every `exec` goes through
+    Python. It still works, and `-v` and `doctor` say so (with what fixes it) instead of staying silent."""
+    shutil.copy(compiled, tmpfs / "wasmcache")
+    cli = tmpfs / CLI_NAME
+    cli.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(SRC)!r})\n"
+                   "from wasmcache.cli import main\nsys.exit(main())\n")
+    cli.chmod(0o755)
+    from conftest import remount_read_only
+
+    remount_read_only(tmpfs)
+    env = clean_env(tmp_path)
+    quiet = run([str(tmpfs / "wasmcache"), "exec", "true"], env, tmp_path)
+    assert (quiet.returncode, quiet.stderr) == (0, b"")
+    told = run([str(tmpfs / "wasmcache"), "-v", "exec", "true"], env, tmp_path)
+    assert told.returncode == 0
+    assert told.stderr.count(b"\n") == 1
+    assert b"starts Python each time" in told.stderr
+    assert b"read-only" in told.stderr
+    assert not (tmpfs / LAUNCHER_PLAN).exists()
+    doctor = run([str(tmpfs / "wasmcache"), "doctor"], env, tmp_path)
+    assert b"exec: `exec` starts Python each time" in doctor.stdout
+    # Where the plan can be left, doctor says nothing about it.
+    writable = tmp_path / "bin"
+    shutil.copytree(tmpfs, writable)
+    run([str(writable / "wasmcache"), "exec", "true"], env, tmp_path)
+    assert b"exec:" not in run([str(writable / "wasmcache"), "doctor"], env, tmp_path).stdout
+
+
+def test_a_copied_launcher_says_in_one_line_that_it_must_stay_beside_the_python_cli(
+        bindir: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(bindir / "wasmcache", elsewhere / "wasmcache")
+    proc = run([str(elsewhere / "wasmcache"), "stats"], clean_env(tmp_path), tmp_path)
+    assert proc.returncode == 127
+    assert proc.stderr.count(b"\n") == 1
+    assert b"ln -s" in proc.stderr

@@ -54,7 +54,9 @@ def exec_environment(environ: Mapping[str, str], *, cache_dir: str | None, verbo
 
         pinned = _wasmcache_hook.xdg_cache_root(env)  # relative with a relative $HOME: made absolute below
     if pinned:
-        env["WASMCACHE_DIR"] = os.path.abspath(os.path.expanduser(pinned))
+        import _wasmcache_hook  # noqa: PLC0415 - stdlib only (above)
+
+        env["WASMCACHE_DIR"] = os.path.abspath(_wasmcache_hook.expand_user(pinned))  # ValueError: ~nosuchuser
     if verbosity > 0:
         env[VERBOSE_VARIABLE] = str(min(verbosity, 2))
     return env
@@ -132,7 +134,9 @@ def exec_command(argv: list[str], *, cache_dir: str | None = None, verbosity: in
         env = exec_environment(caller_environment(), cache_dir=cache_dir, verbosity=verbosity)
     except FileNotFoundError:  # os.path.abspath of a relative root
         _die(2, "wasmcache: exec: the current directory no longer exists: give the cache root as an absolute path")
-    _plan_for_launcher()
+    except ValueError as exc:  # a root spelled ~nosuchuser
+        _die(2, f"wasmcache: exec: cache root {exc}")
+    _plan_for_launcher(verbosity)
     # Python ignores SIGPIPE and SIGXFSZ; an ignored signal survives exec. CMD gets the defaults,
     # as from a shell (`wasmcache exec yes | head` ends by SIGPIPE, not with an EPIPE error).
     for name in ("SIGPIPE", "SIGXFSZ"):
@@ -150,8 +154,9 @@ def exec_command(argv: list[str], *, cache_dir: str | None = None, verbosity: in
 def caller_environment() -> dict[str, str]:
     """The environment this process was started with, which CMD must get: not `os.environ`, which
     Python's own start-up may have changed (PEP 538 adds LC_CTYPE=C.UTF-8 when it coerces a C or
-    POSIX locale). Read from /proc/self/environ where there is one; entries execve cannot take
-    (no name, no `=`) are left out there as Python leaves them out of `os.environ`."""
+    POSIX locale). Read from /proc/self/environ where there is one. Not quite byte for byte: entries
+    with no name or no `=` are left out, and a name given twice is passed once with its first value
+    (what getenv(3) and CPython's os.environ see of it), as the native launcher does."""
     try:
         with open("/proc/self/environ", "rb") as f:
             raw = f.read()
@@ -160,8 +165,8 @@ def caller_environment() -> dict[str, str]:
     env: dict[str, str] = {}
     for item in raw.split(b"\0"):
         name, sep, value = item.partition(b"=")
-        if sep and name:
-            env[os.fsdecode(name)] = os.fsdecode(value)
+        if sep and name:  # a name given twice: the first, which getenv(3) and os.environ see
+            env.setdefault(os.fsdecode(name), os.fsdecode(value))
     return env
 
 
@@ -183,18 +188,21 @@ def _become(argv: list[str], env: dict[str, str]) -> NoReturn:
 def _exec_as_script(argv: list[str], env: dict[str, str]) -> None:
     """An executable file without `#!`: /bin/sh runs it, as from a shell, `env` or execvp(3) (the native
     launcher hands such a file here). Returns only when there is no such file."""
-    import shutil  # noqa: PLC0415 - only on this error path
-
-    path = shutil.which(argv[0], path=os.pathsep.join(os.get_exec_path(env)))  # what execvpe found, as a path
-    if path is None:
-        return
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) == b"\x7fELF":  # a binary for another machine: its error stands, as in dash
-                return
-        os.execve("/bin/sh", ["/bin/sh", path, *argv[1:]], env)  # noqa: S606 - what every shell does here
-    except OSError:
-        return
+    name = argv[0]
+    # Where execvpe found it: the first executable file along PATH (an empty entry is the current
+    # directory, as for execvpe itself; shutil.which would skip it).
+    places = [name] if os.path.dirname(name) else [os.path.join(d, name) for d in os.get_exec_path(env)]
+    for path in places:
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            continue
+        try:
+            with open(path, "rb") as f:
+                if f.read(4) == b"\x7fELF":  # a binary for another machine: its error stands, as in dash
+                    return
+            os.execve("/bin/sh", ["/bin/sh", path, *argv[1:]], env)  # noqa: S606 - what every shell does here
+        except OSError:
+            return
+    return
 
 
 LAUNCHER = "wasmcache"  # bin/wasmcache: the native launcher (src/wasmcache-launcher.c, built by hatch_build.py)
@@ -202,25 +210,18 @@ PYTHON_CLI = ".wasmcache-python"  # beside it: this CLI, where the launcher send
 LAUNCHER_PLAN = ".wasmcache-exec-plan"  # beside both: what the launcher reads to exec without Python
 
 
-def _plan_for_launcher() -> None:
+def _plan_for_launcher(verbosity: int = 0) -> None:
     """Leave beside the native launcher what it needs to serve the next `exec` without Python.
 
     Only when this process is the Python CLI the launcher handed `exec` to (bin/.wasmcache-python,
     with a compiled bin/wasmcache beside it), and the hook is the zip: its path, the platform and the
     zip's sources (the launcher hands `exec` back here when the zip is older than one of them). Best
-    effort: a read-only bin directory means every `exec` goes through Python, as before.
+    effort: where it cannot be left, every `exec` goes through Python, and `-v` says why (as doctor does).
     """
-    if not sys.argv or os.path.basename(sys.argv[0]) != PYTHON_CLI or hook_entry() != HOOK_ZIP:
+    place = _launcher_plan()
+    if place is None:
         return
-    bindir = os.path.dirname(os.path.realpath(sys.argv[0]))
-    plan = os.path.join(bindir, LAUNCHER_PLAN)
-    text = "\n".join((HOOK_ZIP, sys.platform, *_hook_sources())) + "\n"
-    try:
-        with open(os.path.join(bindir, LAUNCHER), "rb") as f:
-            if f.read(2) == b"#!":  # built without a C compiler: bin/wasmcache is this CLI, no plan to read
-                return
-    except OSError:
-        return
+    plan, text = place
     try:
         with open(plan, encoding="utf-8", errors="surrogateescape") as f:
             if f.read() == text:
@@ -237,12 +238,69 @@ def _plan_for_launcher() -> None:
             os.unlink(temporary)
         except OSError:
             pass
+    if verbosity > 0 and (why := launcher_status()) is not None:
+        _say(f"wasmcache[{os.getpid()}]: {why}")
+
+
+def _launcher_plan() -> tuple[str, str] | None:
+    """(the plan's path, its text) when this process is the Python CLI behind a native bin/wasmcache."""
+    if not sys.argv or os.path.basename(sys.argv[0]) != PYTHON_CLI or not _native_launcher_beside():
+        return None
+    if hook_entry() != HOOK_ZIP:
+        return None
+    text = "\n".join((HOOK_ZIP, sys.platform, *_hook_sources())) + "\n"
+    return os.path.join(os.path.dirname(os.path.realpath(sys.argv[0])), LAUNCHER_PLAN), text
+
+
+def _native_launcher_beside() -> bool:
+    try:
+        with open(os.path.join(os.path.dirname(os.path.realpath(sys.argv[0])), LAUNCHER), "rb") as f:
+            return f.read(2) != b"#!"  # built without a C compiler: bin/wasmcache is this CLI
+    except OSError:
+        return False
+
+
+def launcher_status() -> str | None:
+    """Why `wasmcache exec` starts Python (~10 ms) instead of being served by the native launcher (~1 ms),
+    or None when it is served (or this is not an installed `wasmcache`). For `doctor` and `exec -v`."""
+    if not sys.argv:
+        return None
+    here = os.path.dirname(os.path.realpath(sys.argv[0]))
+    name = os.path.basename(sys.argv[0])
+    if name == LAUNCHER and os.path.isfile(os.path.join(here, PYTHON_CLI)) and not _native_launcher_beside():
+        return ("`exec` starts Python each time (~10 ms): bin/wasmcache is the Python CLI, built without a C "
+                "compiler (reinstall where `cc` works for the native launcher)")
+    if name != PYTHON_CLI or not _native_launcher_beside():
+        return None
+    fix = "run `wasmcache exec true` once as the user who installed wasmcache"
+    if hook_entry() != HOOK_ZIP:
+        return (f"`exec` starts Python each time (~10 ms): {os.path.dirname(HOOK_ZIP)} is read-only, so the hook "
+                f"zip the native launcher needs cannot be made there; {fix}")
+    place = _launcher_plan()
+    if place is not None:
+        try:
+            with open(place[0], encoding="utf-8", errors="surrogateescape") as f:
+                if f.read() == place[1]:
+                    return None
+        except OSError:
+            pass
+    return (f"`exec` starts Python each time (~10 ms): the native launcher's plan cannot be left in {here} "
+            f"({'read-only' if not os.access(here, os.W_OK) else 'not written yet'}); {fix}")
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _die(code: int, message: str) -> NoReturn:
+    """`message` on stderr (a command's name in it byte for byte, as a shell prints it), exit `code`."""
     try:
-        sys.stderr.write(message + "\n")
         sys.stderr.flush()
+        os.write(2, (message + "\n").encode("utf-8", "surrogateescape"))
     except (OSError, ValueError, AttributeError):
         pass
     os._exit(code)  # nothing to clean up, and stderr may be closed

@@ -66,7 +66,12 @@ def resolve_root(root: str | os.PathLike[str] | None) -> Path:
     if not text.strip():
         raise ConfigError(f"{source} is empty")
     if text.startswith("~"):
-        text = os.path.expanduser(text)
+        import _wasmcache_hook  # noqa: PLC0415 - stdlib only, the one home of the rule `exec` follows too
+
+        try:
+            text = _wasmcache_hook.expand_user(text)
+        except ValueError as exc:
+            raise ConfigError(f"{source} {exc}") from None
     # normpath for an absolute path: abspath would also ask for the working directory (this runs in
     # every ModuleCache() of every process).
     return Path(os.path.normpath(text) if os.path.isabs(text) else os.path.abspath(text))

@@ -263,12 +263,14 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
             say(f"warning: process {pid} maps {len(own)} file(s) of a program's own cache; whoever rewrites "
                 f"one in place crashes it. fix: {remedy}")
         sys.exit(1 if danger else 0)
+    from .._dropin_exec import launcher_status  # noqa: PLC0415
     from .._dropin_status import dropin_status  # noqa: PLC0415
 
     findings = diagnose_root(root_of(cache_dir))
     findings += _substituter_findings(root_of(cache_dir))  # writes nothing: checks refresh in a temporary copy
     danger = any(f.severity == DANGER for f in findings)
     dropin = dropin_status()
+    dropin["exec_launcher"] = launcher_status()  # None: `exec` is served without a Python start
     if as_json:
         # The drop-in's state as a last, informational item (what `wasmcache exec` / WASMCACHE_AUTO do here).
         status = {"severity": "info", "path": dropin["python"], "problem": f"drop-in: {dropin['reason']}",
@@ -281,6 +283,8 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
             say(f"{f.severity}: {f.path}: {f.problem}\n  fix: {f.fix}")
         say("no problems found" if not findings else f"{len(findings)} finding(s)")
         say(f"drop-in: {dropin['reason']}")
+        if dropin["exec_launcher"] is not None:
+            say(f"exec: {dropin['exec_launcher']}")
     sys.exit(1 if danger else 0)
 
 
