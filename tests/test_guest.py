@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -463,13 +464,23 @@ def test_a_child_forked_while_its_parent_compiles_a_key_is_not_stuck_on_the_inhe
     program.write_text(FORK_WHILE_COMPILING)
     env = {**os.environ, "WASMCACHE_DIR": str(tmp_path / "root"),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "exec", sys.executable, str(program), "80000"],
-                          capture_output=True, text=True, env=env, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.split()
-    assert "parent" in lines, proc.stdout
-    assert "child" in lines, proc.stdout
-    assert int(lines[lines.index("child") + 1]) < 60, proc.stdout
+    # Its own process group: a child stuck on the lock (the breakage this test exists for) outlives its parent,
+    # and must not outlive the test.
+    proc = subprocess.Popen([sys.executable, "-m", "wasmcache.cli", "exec", sys.executable, str(program), "80000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert proc.returncode == 0, stderr
+    lines = stdout.split()
+    assert "parent" in lines, stdout
+    assert "child" in lines, stdout
+    assert int(lines[lines.index("child") + 1]) < 60, stdout
 
 
 def test_exec_pins_one_root_for_the_command_and_every_process_it_starts(tmp_path):
