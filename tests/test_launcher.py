@@ -298,7 +298,8 @@ def test_errors_read_the_same_through_the_launcher_and_the_python_cli(bindir: Pa
         assert (ours.returncode, ours.stdout, ours.stderr) == (python.returncode, python.stdout, python.stderr), words
         assert ours.returncode != 0
     # A name that is not UTF-8 is printed as its bytes, as a shell prints it.
-    assert run(launcher(bindir, os.fsdecode(b"\xff")), env, tmp_path).stderr == b"wasmcache: exec: \xff: command not found\n"
+    unnamed = run(launcher(bindir, os.fsdecode(b"\xff")), env, tmp_path)
+    assert unnamed.stderr == b"wasmcache: exec: \xff: command not found\n"
 
 
 def test_arguments_reach_cmd_unchanged(bindir: Path, tmp_path: Path) -> None:
