@@ -38,9 +38,10 @@ def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'wasmcache' has no attribute {name!r}")
-    import importlib  # noqa: PLC0415
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    # __import__, not importlib.import_module: `import importlib` (its package, not the bootstrap every
+    # process has) costs a library hit process ~0.2 ms for nothing (issue 14, item 7).
+    __import__(f"{__name__}.{module}")
+    value = getattr(globals()[module], name)  # the import binds the submodule on this package
     globals()[name] = value  # once loaded, a plain attribute
     return value
 
