@@ -490,3 +490,12 @@ def test_a_copied_launcher_says_in_one_line_that_it_must_stay_beside_the_python_
     assert proc.returncode == 127
     assert proc.stderr.count(b"\n") == 1
     assert b"ln -s" in proc.stderr
+
+
+def test_doctor_says_when_wasmcache_was_built_without_its_launcher(bindir: Path, tmp_path: Path) -> None:
+    shutil.copy(bindir / CLI_NAME, bindir / "wasmcache")  # what hatch_build.py installs without a C compiler
+    env = clean_env(tmp_path)
+    assert run([str(bindir / "wasmcache"), "exec", "true"], env, tmp_path).returncode == 0
+    assert not (bindir / LAUNCHER_PLAN).exists()
+    doctor = run([str(bindir / "wasmcache"), "doctor"], env, tmp_path)
+    assert b"built without a C compiler" in doctor.stdout
