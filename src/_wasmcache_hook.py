@@ -134,12 +134,29 @@ def when_imported(name: str, callback: Any) -> None:
 _said: set[str] = set()
 
 
+def _stderr_identity() -> tuple[int, int] | None:
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+# The process's stderr as it started (this module loads at start-up: sitecustomize or the .pth). A
+# process started with fd 2 closed gets it back for the first file it opens, its own data.
+_STDERR_AT_START = _stderr_identity()
+
+
 def say(text: str) -> None:
     """One line on the process's stderr as a guest speaks: `wasmcache[PID]: text`.
 
     Straight to fd 2, never through `logging` (the program's handlers and format are its own) nor
-    `sys.stderr` (which the program may have redirected into its own output).
+    `sys.stderr` (which the program may have redirected into its own output); and only while fd 2 is
+    still the stderr the process started with: a program started with `2>&-` (its first open file
+    becomes fd 2) or one that put a file of its own there hears nothing from a guest.
     """
+    if sys.__stderr__ is None or _STDERR_AT_START is None or _stderr_identity() != _STDERR_AT_START:
+        return  # (Python leaves sys.__stderr__ None when fd 2 was closed at its start, whenever this loaded)
     line = f"wasmcache[{os.getpid()}]: {text}".replace("\n", " ") + "\n"
     try:
         os.write(2, line.encode("utf-8", "backslashreplace"))

@@ -240,6 +240,12 @@ MUTANTS: tuple[Mutant, ...] = (
        "a child forked while its parent holds a key's lock closes its copy (else it waits for itself)",
        [("_lock.py", "    os.register_at_fork(after_in_child=_close_inherited)", "    pass")],
        ["tests/test_guest.py::test_a_child_forked_while_its_parent_compiles_a_key_is_not_stuck_on_the_inherited_lock"]),
+    _m("guest-speaks-into-a-foreign-fd2",
+       "a guest never writes into a file of the program's that sits at fd 2 (a program started with 2>&-)",
+       [("../_wasmcache_hook.py",
+         "if sys.__stderr__ is None or _STDERR_AT_START is None or _stderr_identity() != _STDERR_AT_START:",
+         "if False:")],
+       ["tests/test_guest.py::test_a_program_started_with_stderr_closed_gets_no_guest_line_in_its_own_file"]),
     # --- the native launcher (bin/wasmcache) serves `exec` as the Python CLI does (tests/test_launcher.py) -----
     _m("launcher-root-not-pinned",
        "exec pins one root for CMD and everything it starts, through the native launcher too",

@@ -576,3 +576,27 @@ def test_doctor_pid_advice_for_a_process_where_the_switched_on_drop_in_did_not_a
         proc.wait()
     assert "did not activate" in doctor.stdout, doctor.stdout
     assert "pip install blake3 platformdirs" in doctor.stdout
+
+
+STDERR_CLOSED = """
+import sys, wasmtime
+f = open(sys.argv[1], "w")
+assert f.fileno() == 2, f.fileno()  # started with 2>&-: the program's own file is fd 2
+wasmtime.Module(wasmtime.Engine(), wasmtime.wat2wasm("(module)"))
+f.write("DATA\\n")
+"""
+
+
+def test_a_program_started_with_stderr_closed_gets_no_guest_line_in_its_own_file(tmp_path):
+    """`2>&-`: the first file the program opens becomes fd 2; a guest writing "to stderr" would write into
+    the program's data (a warning for an unusable root, or every -v line)."""
+    program = tmp_path / "closed.py"
+    program.write_text(STDERR_CLOSED)
+    (tmp_path / "afile").write_text("not a root")
+    for words in (["--cache-dir", str(tmp_path / "afile")], ["-v", "--cache-dir", str(tmp_path / "root")]):
+        data = tmp_path / "data.txt"
+        proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", *words, "exec", sys.executable, str(program),
+                               str(data)], stderr=subprocess.DEVNULL, stdout=subprocess.PIPE, env=dict(os.environ),
+                              timeout=120, check=False, preexec_fn=lambda: os.close(2))
+        assert proc.returncode == 0, words
+        assert data.read_text() == "DATA\n", words
