@@ -58,8 +58,9 @@ static void python_cli(void) {
     if (arguments[0] == NULL) arguments = alone;  /* started with no argv[0] at all (execve can do that) */
     arguments[0] = path;
     execv(path, arguments);
-    fprintf(stderr, "wasmcache: cannot start the Python CLI %s: %s (this program serves only `exec` itself and "
-            "must stay beside it: link it elsewhere with `ln -s`, do not copy it)\n", path, strerror(errno));
+    fprintf(stderr, "wasmcache: cannot start the Python CLI %s: %s (bin/wasmcache runs only beside the "
+            "installation's .wasmcache-python: put it elsewhere with a symbolic link, `ln -s`)\n", path,
+            strerror(errno));
     _exit(127);
 }
 

@@ -498,4 +498,42 @@ def test_doctor_says_when_wasmcache_was_built_without_its_launcher(bindir: Path,
     assert run([str(bindir / "wasmcache"), "exec", "true"], env, tmp_path).returncode == 0
     assert not (bindir / LAUNCHER_PLAN).exists()
     doctor = run([str(bindir / "wasmcache"), "doctor"], env, tmp_path)
-    assert b"built without a C compiler" in doctor.stdout
+    assert b"built without the native launcher" in doctor.stdout
+
+
+def test_a_read_only_installation_says_why_exec_starts_python_under_v(
+        compiled: Path, tmpfs: Path, tmp_path: Path) -> None:
+    """site-packages read-only (a system install used by another user): no hook zip, so no plan either; -v
+    says so rather than nothing."""
+    shutil.copytree(SRC, tmpfs / "src", ignore=shutil.ignore_patterns("__pycache__", "_hook.zip"))
+    from conftest import remount_read_only
+
+    remount_read_only(tmpfs)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    shutil.copy(compiled, bindir / "wasmcache")
+    cli = bindir / CLI_NAME
+    cli.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(tmpfs / 'src')!r})\n"
+                   "from wasmcache.cli import main\nsys.exit(main())\n")
+    cli.chmod(0o755)
+    env = {**clean_env(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    told = run([str(bindir / "wasmcache"), "-v", "exec", "true"], env, tmp_path)
+    assert told.returncode == 0
+    assert told.stderr.count(b"\n") == 1, told.stderr
+    assert b"is read-only, so the hook zip" in told.stderr
+    assert run([str(bindir / "wasmcache"), "exec", "true"], env, tmp_path).stderr == b""
+
+
+def test_a_command_whose_interpreter_is_missing_is_not_called_not_found(bindir: Path, tmp_path: Path) -> None:
+    script = tmp_path / "badinterp"
+    script.write_text("#!/nonexistent/interp\necho x\n")
+    script.chmod(0o755)
+    env = clean_env(tmp_path, PATH=f"{tmp_path}:{os.environ['PATH']}")
+    run(launcher(bindir, "true"), env, tmp_path)
+    for name in ("badinterp", str(script)):
+        ours = run(launcher(bindir, name), env, tmp_path)
+        python = run([*PYTHON_CLI, "exec", name], env, tmp_path)
+        assert (ours.returncode, ours.stderr) == (python.returncode, python.stderr)
+        assert (ours.returncode, ours.stderr) == (127, f"wasmcache: exec: {name}: cannot execute: required file not "
+                                                       "found\n".encode())
+    assert run(launcher(bindir, "no-such-command-here"), env, tmp_path).stderr.endswith(b": command not found\n")

@@ -174,6 +174,8 @@ def _become(argv: list[str], env: dict[str, str]) -> NoReturn:
     try:
         os.execvpe(argv[0], argv, env)  # noqa: S606 - the point: become CMD, as a shell's exec does
     except FileNotFoundError:
+        if _found(argv[0], env):  # the file is there: its #! interpreter (or loader) is not
+            _die(127, f"wasmcache: exec: {argv[0]}: cannot execute: required file not found")
         _die(127, f"wasmcache: exec: {argv[0]}: command not found")
     except PermissionError:
         _die(126, f"wasmcache: exec: {argv[0]}: permission denied")
@@ -185,24 +187,26 @@ def _become(argv: list[str], env: dict[str, str]) -> NoReturn:
         _die(126, f"wasmcache: exec: {argv[0]!r}: an argument contains a NUL byte")
 
 
+def _found(name: str, env: dict[str, str]) -> str | None:
+    """Where execvpe found `name`: the first executable file along PATH (an empty entry is the current
+    directory, as for execvpe itself; shutil.which would skip it)."""
+    places = [name] if os.path.dirname(name) else [os.path.join(d, name) for d in os.get_exec_path(env)]
+    return next((p for p in places if os.path.isfile(p) and os.access(p, os.X_OK)), None)
+
+
 def _exec_as_script(argv: list[str], env: dict[str, str]) -> None:
     """An executable file without `#!`: /bin/sh runs it, as from a shell, `env` or execvp(3) (the native
     launcher hands such a file here). Returns only when there is no such file."""
-    name = argv[0]
-    # Where execvpe found it: the first executable file along PATH (an empty entry is the current
-    # directory, as for execvpe itself; shutil.which would skip it).
-    places = [name] if os.path.dirname(name) else [os.path.join(d, name) for d in os.get_exec_path(env)]
-    for path in places:
-        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            continue
-        try:
-            with open(path, "rb") as f:
-                if f.read(4) == b"\x7fELF":  # a binary for another machine: its error stands, as in dash
-                    return
-            os.execve("/bin/sh", ["/bin/sh", path, *argv[1:]], env)  # noqa: S606 - what every shell does here
-        except OSError:
-            return
-    return
+    path = _found(argv[0], env)
+    if path is None:
+        return
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) == b"\x7fELF":  # a binary for another machine: its error stands, as in dash
+                return
+        os.execve("/bin/sh", ["/bin/sh", path, *argv[1:]], env)  # noqa: S606 - what every shell does here
+    except OSError:
+        return
 
 
 LAUNCHER = "wasmcache"  # bin/wasmcache: the native launcher (src/wasmcache-launcher.c, built by hatch_build.py)
@@ -220,6 +224,8 @@ def _plan_for_launcher(verbosity: int = 0) -> None:
     """
     place = _launcher_plan()
     if place is None:
+        if verbosity > 0 and (why := launcher_status()) is not None:  # e.g. a read-only installation
+            _say(f"wasmcache[{os.getpid()}]: {why}")
         return
     plan, text = place
     try:
@@ -268,24 +274,24 @@ def launcher_status() -> str | None:
     here = os.path.dirname(os.path.realpath(sys.argv[0]))
     name = os.path.basename(sys.argv[0])
     if name == LAUNCHER and os.path.isfile(os.path.join(here, PYTHON_CLI)) and not _native_launcher_beside():
-        return ("`exec` starts Python each time (~10 ms): bin/wasmcache is the Python CLI, built without a C "
-                "compiler (reinstall where `cc` works for the native launcher)")
+        return ("`exec` starts Python each time (~10 ms): bin/wasmcache is the Python CLI, built without the "
+                "native launcher (no C compiler, or WASMCACHE_NO_LAUNCHER=1; reinstall where `cc` works)")
     if name != PYTHON_CLI or not _native_launcher_beside():
         return None
     fix = "run `wasmcache exec true` once as the user who installed wasmcache"
     if hook_entry() != HOOK_ZIP:
         return (f"`exec` starts Python each time (~10 ms): {os.path.dirname(HOOK_ZIP)} is read-only, so the hook "
                 f"zip the native launcher needs cannot be made there; {fix}")
+    if os.access(here, os.W_OK):
+        return None  # the plan is there, or the next `exec` leaves it
     place = _launcher_plan()
-    if place is not None:
-        try:
-            with open(place[0], encoding="utf-8", errors="surrogateescape") as f:
-                if f.read() == place[1]:
-                    return None
-        except OSError:
-            pass
-    return (f"`exec` starts Python each time (~10 ms): the native launcher's plan cannot be left in {here} "
-            f"({'read-only' if not os.access(here, os.W_OK) else 'not written yet'}); {fix}")
+    try:
+        with open(place[0] if place else os.devnull, encoding="utf-8", errors="surrogateescape") as f:
+            written = place is not None and f.read() == place[1]
+    except OSError:
+        written = False
+    return None if written else (f"`exec` starts Python each time (~10 ms): the native launcher's plan cannot be "
+                                 f"left in {here} (read-only); {fix}")
 
 
 def _say(line: str) -> None:

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(exc, CacheError):
             _error_line(str(exc))
             sys.exit(2)
+        if isinstance(exc, OSError) and exc.filename is not None:  # e.g. a root under another user's home
+            _error_line(f"{os.fsdecode(exc.filename)}: {exc.strerror or exc}")
+            sys.exit(2)
         if isinstance(exc, ValueError) and "null byte" in str(exc):  # click's Path type stats before our checks
             _error_line("a path argument contains a NUL byte")
             sys.exit(2)
