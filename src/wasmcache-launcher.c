@@ -232,22 +232,32 @@ static int read_line(FILE *file, char *line, size_t size) {
     return 1;
 }
 
-/* The zip is fresh when no source is newer than it (_dropin_exec.hook_entry's rule). */
+/* The zip is fresh when it ends with the stamp of the very sources it was made from (their inode, size
+ * and modification time: _dropin_exec.hook_stamp, the same bytes), as _dropin_exec.hook_entry checks. */
 static int read_plan(void) {
-    char path[PATH_MAX + sizeof PLAN + 1], source[PATH_MAX + 1];
-    struct stat zip, file;
+    char path[PATH_MAX + sizeof PLAN + 1], source[PATH_MAX + 1], stamp[256], tail[256];
+    struct stat file;
     if (snprintf(path, sizeof path, "%s/%s", here, PLAN) >= (int)sizeof path) return 0;
     FILE *plan = fopen(path, "r");
     if (plan == NULL) return 0;
     int fresh = read_line(plan, hook, sizeof hook) && strlen(hook) > 4 &&
-                strcmp(hook + strlen(hook) - 4, ".zip") == 0 && read_line(plan, platform, sizeof platform) &&
-                stat(hook, &zip) == 0;
+                strcmp(hook + strlen(hook) - 4, ".zip") == 0 && read_line(plan, platform, sizeof platform);
+    int length = snprintf(stamp, sizeof stamp, "wasmcache-hook-sources ");
     for (int i = 0; fresh && i < 3; i++) {
-        fresh = read_line(plan, source, sizeof source) && stat(source, &file) == 0 &&
-                (file.st_mtim.tv_sec < zip.st_mtim.tv_sec ||
-                 (file.st_mtim.tv_sec == zip.st_mtim.tv_sec && file.st_mtim.tv_nsec <= zip.st_mtim.tv_nsec));
+        fresh = read_line(plan, source, sizeof source) && stat(source, &file) == 0;
+        if (fresh)
+            length += snprintf(stamp + length, sizeof stamp - (size_t)length, "%s%llu:%lld:%lld", i ? ";" : "",
+                               (unsigned long long)file.st_ino, (long long)file.st_size,
+                               (long long)file.st_mtim.tv_sec * 1000000000LL + file.st_mtim.tv_nsec);
+        fresh = fresh && length < (int)sizeof stamp;
     }
     fclose(plan);
+    if (!fresh) return 0;
+    FILE *zip = fopen(hook, "rb");
+    if (zip == NULL) return 0;
+    fresh = fseek(zip, -(long)length, SEEK_END) == 0 && fread(tail, 1, (size_t)length, zip) == (size_t)length &&
+            memcmp(tail, stamp, (size_t)length) == 0 && fgetc(zip) == EOF;
+    fclose(zip);
     return fresh;
 }
 

@@ -537,3 +537,32 @@ def test_a_command_whose_interpreter_is_missing_is_not_called_not_found(bindir: 
         assert (ours.returncode, ours.stderr) == (127, f"wasmcache: exec: {name}: cannot execute: required file not "
                                                        "found\n".encode())
     assert run(launcher(bindir, "no-such-command-here"), env, tmp_path).stderr.endswith(b": command not found\n")
+
+
+def test_an_upgrade_that_keeps_old_file_times_still_replaces_the_hook(compiled: Path, tmp_path: Path) -> None:
+    """An installer that keeps a package's file times (uv's links from its cache, dpkg) writes new files with
+    old times: the hook zip must still be made anew, through the launcher and through the Python CLI alike."""
+    src = tmp_path / "src"
+    shutil.copytree(SRC, src, ignore=shutil.ignore_patterns("__pycache__", "_hook.zip"))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    shutil.copy(compiled, bindir / "wasmcache")
+    cli = bindir / CLI_NAME
+    cli.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(src)!r})\n"
+                   "from wasmcache.cli import main\nsys.exit(main())\n")
+    cli.chmod(0o755)
+    env = clean_env(tmp_path)
+    probe = [sys.executable, "-c", "pass"]
+    for first in (True, False):  # the launcher, then the Python CLI, each after its own upgrade
+        assert run([str(bindir / "wasmcache"), "exec", "true"], env, tmp_path).returncode == 0  # zip and plan
+        assert run([str(bindir / "wasmcache"), "exec", "true"], env, tmp_path).returncode == 0
+        site = src / "wasmcache" / "_hook" / "_wasmcache_site.py"
+        old = site.stat()
+        marker = f"UPGRADED-{int(first)}"
+        new = site.with_name("new.py")
+        new.write_text(site.read_text() + f"\nimport os as _o\n_o.write(2, b'{marker}\\n')\n")
+        os.utime(new, ns=(old.st_atime_ns, old.st_mtime_ns))  # the old time, a new file
+        new.replace(site)
+        argv = [str(bindir / "wasmcache"), "exec", *probe] if first else [str(cli), "exec", *probe]
+        assert marker.encode() in run(argv, env, tmp_path).stderr
+        assert run(argv, env, tmp_path).stderr.count(marker.encode()) == 1

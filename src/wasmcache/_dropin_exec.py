@@ -70,15 +70,20 @@ def hook_entry() -> str:
     this installation: a guest writes nothing outside the wasmcache root (issue 14). zipimport
     never writes bytecode; the zip carries both modules compiled by this installation's Python,
     so that Python starts as fast as from a directory, and any other compiles them in memory.
-    Made by this installation's own Python once (again when a source is newer); where it cannot
-    be written (a read-only installation, where no bytecode can be written either) the
+    Made by this installation's own Python once, and again whenever a source is not the very file
+    it was made from: the zip ends with a stamp of their identities (`hook_stamp`), so an upgrade
+    is seen even by an installer that keeps old file times (new files, new inodes); where it
+    cannot be written (a read-only installation, where no bytecode can be written either) the
     directory serves.
     """
     sources = _hook_sources()
     try:
-        made = os.stat(HOOK_ZIP).st_mtime_ns
-        if all(os.stat(source).st_mtime_ns <= made for source in sources):
-            return HOOK_ZIP
+        stamp = hook_stamp(sources)
+        with open(HOOK_ZIP, "rb") as f:
+            if f.seek(0, os.SEEK_END) >= len(stamp):
+                f.seek(-len(stamp), os.SEEK_END)
+                if f.read() == stamp:
+                    return HOOK_ZIP
     except OSError:
         pass
     if not os.access(os.path.dirname(HOOK_ZIP), os.W_OK):
@@ -88,6 +93,17 @@ def hook_entry() -> str:
     except (OSError, SyntaxError, ValueError):
         return HOOK_DIR
     return HOOK_ZIP
+
+
+def hook_stamp(sources: tuple[str, ...]) -> bytes:
+    """What the hook zip ends with (its archive comment, the last bytes of a zip file): the identity
+    (inode, size, modification time in ns) of each source it was made from. The native launcher
+    builds the same bytes from the sources in its plan and compares them with the zip's tail."""
+    parts = []
+    for source in sources:
+        st = os.stat(source)
+        parts.append(f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+    return ("wasmcache-hook-sources " + ";".join(parts)).encode()
 
 
 def _hook_sources() -> tuple[str, str, str]:
@@ -103,8 +119,10 @@ def _write_hook_zip(sources: tuple[str, ...]) -> None:
     from importlib.util import MAGIC_NUMBER  # noqa: PLC0415
 
     temporary = f"{HOOK_ZIP}.{os.getpid()}.tmp"
+    stamp = hook_stamp(sources)  # before reading them: a source replaced meanwhile makes the stamp stale
     try:
         with zipfile.ZipFile(temporary, "w") as archive:
+            archive.comment = stamp
             for source in sources:
                 name = os.path.basename(source)
                 with open(source, "rb") as f:
