@@ -43,17 +43,21 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return output
 
 
-@pytest.fixture
-def bindir(tmp_path: Path, compiled: Path) -> Path:
-    """A bin directory as an install makes one: the launcher `wasmcache`, the Python CLI `.wasmcache-python`."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
+def make_bindir(bindir: Path, compiled: Path, src: Path = SRC) -> Path:
+    """A bin directory as an install makes one: the launcher `wasmcache`, the Python CLI `.wasmcache-python`
+    (running the package in `src`)."""
+    bindir.mkdir(exist_ok=True)
     shutil.copy(compiled, bindir / "wasmcache")
     cli = bindir / CLI_NAME
-    cli.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(SRC)!r})\n"
+    cli.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(src)!r})\n"
                    "from wasmcache.cli import main\nsys.exit(main())\n")
     cli.chmod(0o755)
     return bindir
+
+
+@pytest.fixture
+def bindir(tmp_path: Path, compiled: Path) -> Path:
+    return make_bindir(tmp_path / "bin", compiled)
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
@@ -455,11 +459,7 @@ def test_a_read_only_bin_directory_says_why_exec_starts_python_under_v_and_in_do
         compiled: Path, tmpfs: Path, tmp_path: Path) -> None:
     """A system-wide or image install: the plan cannot be left beside the launcher, so every `exec` goes through
     Python. It still works, and `-v` and `doctor` say so (with what fixes it) instead of staying silent."""
-    shutil.copy(compiled, tmpfs / "wasmcache")
-    cli = tmpfs / CLI_NAME
-    cli.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(SRC)!r})\n"
-                   "from wasmcache.cli import main\nsys.exit(main())\n")
-    cli.chmod(0o755)
+    make_bindir(tmpfs, compiled)
     from conftest import remount_read_only
 
     remount_read_only(tmpfs)
@@ -509,13 +509,7 @@ def test_a_read_only_installation_says_why_exec_starts_python_under_v(
     from conftest import remount_read_only
 
     remount_read_only(tmpfs)
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    shutil.copy(compiled, bindir / "wasmcache")
-    cli = bindir / CLI_NAME
-    cli.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(tmpfs / 'src')!r})\n"
-                   "from wasmcache.cli import main\nsys.exit(main())\n")
-    cli.chmod(0o755)
+    bindir = make_bindir(tmp_path / "bin", compiled, tmpfs / "src")
     env = {**clean_env(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
     told = run([str(bindir / "wasmcache"), "-v", "exec", "true"], env, tmp_path)
     assert told.returncode == 0
@@ -544,13 +538,8 @@ def test_an_upgrade_that_keeps_old_file_times_still_replaces_the_hook(compiled: 
     old times: the hook zip must still be made anew, through the launcher and through the Python CLI alike."""
     src = tmp_path / "src"
     shutil.copytree(SRC, src, ignore=shutil.ignore_patterns("__pycache__", "_hook.zip"))
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    shutil.copy(compiled, bindir / "wasmcache")
+    bindir = make_bindir(tmp_path / "bin", compiled, src)
     cli = bindir / CLI_NAME
-    cli.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(src)!r})\n"
-                   "from wasmcache.cli import main\nsys.exit(main())\n")
-    cli.chmod(0o755)
     env = clean_env(tmp_path)
     probe = [sys.executable, "-c", "pass"]
     for first in (True, False):  # the launcher, then the Python CLI, each after its own upgrade
