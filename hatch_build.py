@@ -31,13 +31,11 @@ class LauncherHook(BuildHookInterface):  # type: ignore[type-arg]
         build_data["shared_scripts"][PYTHON_CLI] = ".wasmcache-python"
         self._directory = tempfile.mkdtemp(prefix="wasmcache-launcher-")
         launcher = self._compile()
+        if launcher is not None and version == "standard":  # a native program: this platform's wheel, any Python 3
+            build_data["tag"] = f"py3-none-{_platform_tag()}"
         if launcher is None:  # the same script under the command's name (a copy: one source, one name)
             launcher = shutil.copy(os.path.join(self.root, PYTHON_CLI), os.path.join(self._directory, "wasmcache"))
-            build_data["shared_scripts"][launcher] = "wasmcache"
-            return
         build_data["shared_scripts"][launcher] = "wasmcache"
-        if version == "standard":  # a native program: this platform's wheel, for any Python 3
-            build_data["tag"] = f"py3-none-{_platform_tag()}"
 
     def _compile(self) -> str | None:
         if os.environ.get("WASMCACHE_NO_LAUNCHER") == "1":

@@ -48,14 +48,12 @@ def exec_environment(environ: Mapping[str, str], *, cache_dir: str | None, verbo
     env["WASMCACHE_AUTO"] = "1"
     # One root for the command and everything it starts, pinned here: a child that changes directory
     # or $HOME must not scatter roots (a relative $WASMCACHE_DIR, the default under ~/.cache).
+    import _wasmcache_hook  # noqa: PLC0415 - stdlib only: the root's rules (the default, `~`) live there
+
     pinned = cache_dir if cache_dir is not None else env.get("WASMCACHE_DIR")
     if not pinned:
-        import _wasmcache_hook  # noqa: PLC0415 - stdlib only, the default root's one rule
-
         pinned = _wasmcache_hook.xdg_cache_root(env)  # relative with a relative $HOME: made absolute below
     if pinned:
-        import _wasmcache_hook  # noqa: PLC0415 - stdlib only (above)
-
         env["WASMCACHE_DIR"] = os.path.abspath(_wasmcache_hook.expand_user(pinned))  # ValueError: ~nosuchuser
     if verbosity > 0:
         env[VERBOSE_VARIABLE] = str(min(verbosity, 2))
@@ -237,33 +235,32 @@ def _plan_for_launcher(verbosity: int = 0) -> None:
 
     Only when this process is the Python CLI the launcher handed `exec` to (bin/.wasmcache-python,
     with a compiled bin/wasmcache beside it), and the hook is the zip: its path, the platform and the
-    zip's sources (the launcher hands `exec` back here when the zip is older than one of them). Best
+    zip's sources (the launcher hands `exec` back here when the zip no longer matches them). Best
     effort: where it cannot be left, every `exec` goes through Python, and `-v` says why (as doctor does).
     """
     place = _launcher_plan()
-    if place is None:
-        if verbosity > 0 and (why := launcher_status()) is not None:  # e.g. a read-only installation
-            _say(f"wasmcache[{os.getpid()}]: {why}")
-        return
-    plan, text = place
-    try:
-        with open(plan, encoding="utf-8", errors="surrogateescape") as f:
-            if f.read() == text:
-                return
-    except OSError:
-        pass
-    temporary = f"{plan}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(text)
-        os.replace(temporary, plan)
-    except OSError:
+    if place is not None and not _plan_current(*place):
+        plan, text = place
+        temporary = f"{plan}.{os.getpid()}.tmp"
         try:
-            os.unlink(temporary)
+            with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(text)
+            os.replace(temporary, plan)
         except OSError:
-            pass
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
     if verbosity > 0 and (why := launcher_status()) is not None:
         _say(f"wasmcache[{os.getpid()}]: {why}")
+
+
+def _plan_current(plan: str, text: str) -> bool:
+    try:
+        with open(plan, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read() == text
+    except OSError:
+        return False
 
 
 def _launcher_plan() -> tuple[str, str] | None:
@@ -300,33 +297,24 @@ def launcher_status() -> str | None:
     if hook_entry() != HOOK_ZIP:
         return (f"`exec` starts Python each time (~10 ms): {os.path.dirname(HOOK_ZIP)} is read-only, so the hook "
                 f"zip the native launcher needs cannot be made there; {fix}")
-    if os.access(here, os.W_OK):
-        return None  # the plan is there, or the next `exec` leaves it
     place = _launcher_plan()
-    try:
-        with open(place[0] if place else os.devnull, encoding="utf-8", errors="surrogateescape") as f:
-            written = place is not None and f.read() == place[1]
-    except OSError:
-        written = False
-    return None if written else (f"`exec` starts Python each time (~10 ms): the native launcher's plan cannot be "
-                                 f"left in {here} (read-only); {fix}")
+    if os.access(here, os.W_OK) or (place is not None and _plan_current(*place)):
+        return None  # the plan is there, or the next `exec` leaves it
+    return (f"`exec` starts Python each time (~10 ms): the native launcher's plan cannot be left in {here} "
+            f"(read-only); {fix}")
 
 
 def _say(line: str) -> None:
+    """`line` on stderr, a name in it byte for byte (as a shell prints it); nothing if stderr is closed."""
     try:
-        sys.stderr.write(line + "\n")
         sys.stderr.flush()
+        os.write(2, (line + "\n").encode("utf-8", "surrogateescape"))
     except (OSError, ValueError, AttributeError):
         pass
 
 
 def _die(code: int, message: str) -> NoReturn:
-    """`message` on stderr (a command's name in it byte for byte, as a shell prints it), exit `code`."""
-    try:
-        sys.stderr.flush()
-        os.write(2, (message + "\n").encode("utf-8", "surrogateescape"))
-    except (OSError, ValueError, AttributeError):
-        pass
+    _say(message)
     os._exit(code)  # nothing to clean up, and stderr may be closed
 
 
