@@ -53,6 +53,22 @@ def run_json(code: str, *args: str, **kwargs: Any) -> Any:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def published_tree(work: Path, wat: str) -> tuple[Path, Path, Path]:
+    """A signed substituter tree at work/tree publishing `wat` as work/answer.wasm, compiled for every CPU
+    level: (the signing key, the wasm, the tree)."""
+    import wasmtime
+
+    from wasmcache._public._build import compile_at_levels
+    from wasmcache._public._publish import publish
+    from wasmcache.cli._remote import write_keypair
+
+    key, _, _ = write_keypair(work / "keys")
+    wasm = work / "answer.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm(wat))
+    publish(work / "tree", compile_at_levels(str(wasm), None, None), signing_key=str(key))
+    return key, wasm, work / "tree"
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}

@@ -21,6 +21,7 @@ import pytest
 import wasmtime
 
 from caddy_server import caddy_fixture, free_port  # noqa: F401 - the `caddy` fixture
+from conftest import published_tree
 from wasmcache._public import _client
 from wasmcache._public._build import compile_at_levels
 from wasmcache._public._publish import load_signer, publish
@@ -39,13 +40,10 @@ def _fresh_client() -> None:
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("views")
-    key, _, _ = write_keypair(work / "keys")
-    wasm = work / "answer.wasm"
-    wasm.write_bytes(wasmtime.wat2wasm(PUBLISHED_WAT))
+    key, wasm, published = published_tree(work, PUBLISHED_WAT)
     local = work / "local.wasm"
     local.write_bytes(wasmtime.wat2wasm(LOCAL_WAT))
-    publish(work / "tree", compile_at_levels(str(wasm), None, None), signing_key=str(key))
-    return {"wasm": wasm, "local": local, "tree": work / "tree", "root": work / "tree" / "root.json", "key": key}
+    return {"wasm": wasm, "local": local, "tree": published, "root": published / "root.json", "key": key}
 
 
 def user_env(home: Path, **extra: str) -> dict[str, str]:

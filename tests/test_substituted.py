@@ -18,7 +18,7 @@ import pytest
 import wasmtime
 
 from caddy_server import caddy_fixture, free_port  # noqa: F401 - the `caddy` fixture
-from conftest import remount_read_only, run_json
+from conftest import published_tree, remount_read_only, run_json
 from wasmcache._public import _client
 from wasmcache._public._build import compile_at_levels
 from wasmcache._public._publish import publish
@@ -54,12 +54,8 @@ def _fresh_client() -> None:
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    work = tmp_path_factory.mktemp("substituted")
-    key, _, _ = write_keypair(work / "keys")
-    wasm = work / "answer.wasm"
-    wasm.write_bytes(wasmtime.wat2wasm(WAT))
-    publish(work / "tree", compile_at_levels(str(wasm), None, None), signing_key=str(key))
-    return {"wasm": wasm, "tree": work / "tree", "root": work / "tree" / "root.json"}
+    _key, wasm, published = published_tree(tmp_path_factory.mktemp("substituted"), WAT)
+    return {"wasm": wasm, "tree": published, "root": published / "root.json"}
 
 
 def served(tree: dict[str, Path], caddy: Any, name: str) -> str:
