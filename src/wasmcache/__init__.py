@@ -12,7 +12,6 @@ wasmtime (until the first load) nor the CLI's dependencies are ever imported by 
 from __future__ import annotations
 
 from ._errors import CacheError, CompileError, ConfigError, NotACacheError, SourceError, UnsafeCacheError
-from ._version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,11 +26,13 @@ if TYPE_CHECKING:
     from ._root import parse_size
     from ._stats import CacheStats
     from ._verify import Finding, VerifyReport
+    from ._version import __version__
 
 # name -> the private module that defines it
 _LAZY = {"CacheStats": "_stats", "ModuleCache": "_cache", "EngineSettings": "_engine",
          "engine_fingerprint": "_fingerprint", "parse_size": "_root", "EntryInfo": "_maintenance",
-         "GcReport": "_maintenance", "Finding": "_verify", "VerifyReport": "_verify", "DropIn": "_dropin"}
+         "GcReport": "_maintenance", "Finding": "_verify", "VerifyReport": "_verify", "DropIn": "_dropin",
+         "__version__": "_version"}
 
 
 def __getattr__(name: str) -> object:

@@ -31,8 +31,7 @@ from ._loaded import Loaded, loaded_by_engine, loaded_guard
 from ._log import log
 from ._native import EntryRefusedError
 from ._record import Identity
-from ._root import read_usage, resolve_max_size, unsafe_reason
-from ._stats import CacheStats
+from ._root import resolve_max_size, unsafe_reason
 from ._storage import CheckedEntry, Namespace, UntrustedEntryError
 
 if TYPE_CHECKING:
@@ -48,9 +47,10 @@ if TYPE_CHECKING:
     from ._miss import MissPath
     from ._public import SubstituterSettings
     from ._remote._settings import RemoteSettings
+    from ._stats import CacheStats
     from ._verify import VerifyReport
 
-__all__ = ["CacheStats", "Kind", "Mode", "ModuleCache", "Source"]
+__all__ = ["Kind", "Mode", "ModuleCache", "Source"]
 
 # A hit refreshes its record's mtime (the LRU clock) at most this often: one utime per minute
 # per entry, not one metadata write per load.
@@ -314,6 +314,8 @@ class ModuleCache:
 
     def stats(self) -> CacheStats:
         """This object's counters and the root's usage record (one small read: no scan)."""
+        from ._stats import CacheStats, read_usage  # noqa: PLC0415 - not on the hit path
+
         usage = None if self.disabled else read_usage(self.root)
         return CacheStats.of(self._counts(), usage.entries if usage else 0, usage.size_bytes if usage else 0)
 

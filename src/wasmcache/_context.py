@@ -5,15 +5,14 @@ Nothing here loads or publishes: the hit path (`_cache`), the miss path (`_miss`
 (`_storage`) do that, each reading this one object rather than reaching into one another.
 """
 
-# No `from __future__ import annotations`: typing.NamedTuple makes each string annotation a ForwardRef
-# and compiles it (~0.15 ms a class in every process that loads a module: issue 14, item 7).
+from __future__ import annotations
+
 import os
 from _thread import allocate_lock
-from typing import TYPE_CHECKING, Final, Literal, NamedTuple
+from typing import TYPE_CHECKING, Final, Literal
 
-from ._engine_memo import EngineMemo
 from ._errors import ConfigError, UnsafeCacheError
-from ._fingerprint import EngineIdentity, default_engine, engine_identity
+from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_identity
 from ._layout import ENGINES_DIR
 from ._log import log
 from ._root import (
@@ -25,7 +24,6 @@ from ._root import (
     unsafe_fix,
     unsafe_reason,
 )
-from ._stats import Counters
 from ._storage import Namespace
 
 if TYPE_CHECKING:
@@ -41,17 +39,39 @@ Mode = Literal["mmap", "memory"]
 DEFAULT_LOCK_TIMEOUT: Final = 900.0
 
 
-class Place(NamedTuple):
+class Place:
     """Where a key's entry lives: its namespace, and the engine that namespace is for.
 
     `section` None: not known yet (a snapshot found by its memo; the miss reads it from the artifact).
     `serialized`: the entry is a snapshot of a serialized input (its namespace is the artifact's own engine).
+    A plain class, not a NamedTuple: building one of those costs every process that loads a module ~0.1 ms.
     """
 
-    namespace: Namespace
-    section: bytes | None
-    fingerprint: str
-    serialized: bool
+    __slots__ = ("fingerprint", "namespace", "section", "serialized")
+
+    def __init__(self, namespace: Namespace, section: bytes | None, fingerprint: str, *, serialized: bool) -> None:
+        self.namespace = namespace
+        self.section = section
+        self.fingerprint = fingerprint
+        self.serialized = serialized
+
+
+class Counters:
+    """The counters of one ModuleCache, safe to bump from any thread."""
+
+    NAMES: Final = ("hits", "misses", "compiles", "remote_hits", "remote_misses", "uploads", "rejected", "substituted")
+
+    def __init__(self) -> None:
+        self._lock = allocate_lock()
+        self._values = dict.fromkeys(self.NAMES, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)
 
 
 _said_read_only: set[str] = set()
@@ -60,7 +80,7 @@ _said_read_only: set[str] = set()
 class CacheContext:
     """A cache's root, engine, settings and counters. `disabled`: compile every time, remember nothing."""
 
-    def __init__(self, root: str | os.PathLike[str] | None, *, engine: "wasmtime.Engine | EngineSettings | None",
+    def __init__(self, root: str | os.PathLike[str] | None, *, engine: wasmtime.Engine | EngineSettings | None,
                  mode: Mode, max_size: int | str | None, lock_timeout: float, strict: bool, enabled: bool) -> None:
         if mode not in ("mmap", "memory"):
             raise ConfigError(f"mode={mode!r}: expected 'mmap' or 'memory'")
@@ -90,7 +110,7 @@ class CacheContext:
         return self.writable and not self.disabled
 
     @property
-    def memo_root(self) -> "Path | None":
+    def memo_root(self) -> Path | None:
         """Where input digests are remembered: an initialized root, and only while caching."""
         return self.root if self.initialized and not self.disabled else None
 
@@ -117,14 +137,14 @@ class CacheContext:
             _said_read_only.add(str(self.root))  # once per process (the drop-in makes a cache per engine)
             log.info("wasmcache: %s is read-only: serving hits, compiling misses in memory", self.root)
 
-    def safe(self, path: "Path", st: os.stat_result) -> bool:
+    def safe(self, path: Path, st: os.stat_result) -> bool:
         """Refuse (strict) or stop using (strict=False) a cache path that others could rewrite."""
         reason = unsafe_reason(st)
         if reason is None:
             return True
         return self.unsafe(path, reason)
 
-    def unsafe(self, path: "Path", reason: str) -> bool:
+    def unsafe(self, path: Path, reason: str) -> bool:
         message = (f"{path} {reason}: another user could plant native code that this process would run; "
                    f"fix: {unsafe_fix(path, reason)}")
         if self.strict:
@@ -150,14 +170,14 @@ class CacheContext:
     # --- the engine ---------------------------------------------------------------------------
 
     @property
-    def engine(self) -> "wasmtime.Engine":
+    def engine(self) -> wasmtime.Engine:
         if self._engine is None:
             with self._guard:
                 if self._engine is None:
                     self._engine = self._make_engine()
         return self._engine
 
-    def _make_engine(self) -> "wasmtime.Engine":
+    def _make_engine(self) -> wasmtime.Engine:
         import wasmtime  # noqa: PLC0415 - `import wasmcache` stays light
 
         arg = self._engine_arg

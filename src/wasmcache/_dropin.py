@@ -27,6 +27,7 @@ import _wasmcache_hook
 
 from . import _log
 from ._cache import ModuleCache
+from ._context import Counters
 from ._dropin_patches import (
     apply,
     record_configs,
@@ -36,16 +37,16 @@ from ._dropin_patches import (
 )
 from ._errors import CacheError, CompileError, ConfigError, SourceError
 from ._layout import is_entry_name, is_namespace_name
+from ._loaded import WeakKeyMap
 from ._log import log
 from ._root import has_marker, resolve_root
-from ._stats import CacheStats, Counters
-from ._weak import WeakKeyMap
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from ._context import Mode
     from ._layout import Kind
+    from ._stats import CacheStats
 
 
 
@@ -118,6 +119,8 @@ class DropIn:
 
     def stats(self) -> CacheStats:
         """Counters summed over every engine the drop-in served, plus what the root holds now."""
+        from ._stats import CacheStats  # noqa: PLC0415 - not on the hit path
+
         count = self.counts()
         on_disk = self._root_cache.stats() if self._root_cache is not None else None
         return CacheStats.of(count, on_disk.entries if on_disk else 0, on_disk.size_bytes if on_disk else 0)
@@ -206,8 +209,7 @@ class DropIn:
     def _own_cache_fingerprint(self, engine: Any) -> bool:
         """Fingerprint an engine that has wasmtime's own cache without compiling with it (our probe
         would write into that cache): False if its settings are not fully known."""
-        from ._engine_memo import EngineMemo  # noqa: PLC0415
-        from ._fingerprint import remember_fingerprint  # noqa: PLC0415
+        from ._fingerprint import EngineMemo, remember_fingerprint  # noqa: PLC0415
         from ._layout import ENGINES_DIR  # noqa: PLC0415
 
         cache = self._root_cache

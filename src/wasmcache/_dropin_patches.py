@@ -20,7 +20,7 @@ from ._log import log
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._engine_memo import EngineMemo
+    from ._fingerprint import EngineMemo
     from ._layout import Kind
 
 
@@ -52,8 +52,11 @@ def section_without_wasmtime_cache(engine: Any, memo: EngineMemo | None) -> byte
     settings = [(name, value) for name, value in engine.__dict__.get(SETTINGS, ()) if name != "cache"]
     if engine.__dict__.get(RAW) or not all(isinstance(v, (bool, int, str)) for _, v in settings):
         return None
-    from ._engine_memo import memo_key_for, remembered_section  # noqa: PLC0415
-    from ._fingerprint import engine_section  # noqa: PLC0415
+    from ._fingerprint import (  # noqa: PLC0415
+        engine_section,
+        memo_key_for,
+        remembered_section,
+    )
 
     described = "wasmtime.Config(" + ", ".join(f"{name}={value!r}" for name, value in settings) + ")"
 

@@ -15,9 +15,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ._engine_memo import EngineMemo, memo_key_for, remembered_section
 from ._errors import ConfigError
-from ._fingerprint import FIRST_WINCH_RELEASE, engine_section, remember_fingerprint, wasmtime_major, wasmtime_version
+from ._fingerprint import (
+    FIRST_WINCH_RELEASE,
+    EngineMemo,
+    engine_section,
+    memo_key_for,
+    remember_fingerprint,
+    remembered_section,
+    wasmtime_major,
+    wasmtime_version,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

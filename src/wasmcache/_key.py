@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Final
 
 import blake3
 
-from ._elf import ENGINE_SECTION, artifact_kind, find_section
 from ._errors import SourceError
 from ._fingerprint import fingerprint_of_section
 from ._fs import read_small_file, write_atomically
@@ -69,6 +68,8 @@ def cache_key(fingerprint: str, kind: str, input_digest: str) -> str:
 
 def artifact_section(data: bytes | bytearray | memoryview, kind: str | None = None) -> bytes | None:
     """The engine section of a Wasmtime artifact (of `kind`, if given), or None for anything else."""
+    from ._elf import ENGINE_SECTION, artifact_kind, find_section  # noqa: PLC0415 - not on the hit path
+
     if artifact_kind(data) is None or (kind is not None and artifact_kind(data) != kind):
         return None
     try:

@@ -52,13 +52,18 @@ MEMO_SUFFIX: Final = ".engine"
 WHY_SUFFIX: Final = ".why"
 Kind = Literal["module", "component"]
 KINDS: Final = ("module", "component")
-KEY_RE: Final = re.compile(r"^[0-9a-f]{64}$")
+_HEX: Final = "0123456789abcdef"
 # What wasmcache itself writes, exactly: nothing else in a root is ever collected, cleared or reaped.
 # Patterns, compiled by `re` on first use (and cached there): a hit needs none of them, and each
 # compile costs every process ~0.1 ms at import.
 _NAMESPACE_RE: Final = r"^ns-[0-9a-f]{32}$"
 _TEMP_RE: Final = r"^[^.]+\.[0-9a-f]{12}\.tmp$"  # <stem>.<12 hex>.tmp (`_fs.temp_path_for`)
 _KEYED_RE: Final = r"^[0-9a-f]{64}(\.cwasm|\.rec|\.lock|\.[0-9a-f]{12}\.tmp)$"
+
+
+def is_key(text: str) -> bool:
+    """64 lowercase hex digits: a key, or a blake3 digest (no regular expression: a hit reads three of them)."""
+    return len(text) == 64 and not text.strip(_HEX)
 
 
 def namespace_name(fingerprint: str) -> str:
@@ -75,7 +80,7 @@ def is_temp_name(name: str) -> bool:
 
 
 def is_entry_name(name: str) -> bool:
-    return len(name) == 64 + len(ENTRY_SUFFIX) and name.endswith(ENTRY_SUFFIX) and KEY_RE.match(name[:64]) is not None
+    return len(name) == 64 + len(ENTRY_SUFFIX) and name.endswith(ENTRY_SUFFIX) and is_key(name[:64])
 
 
 def is_keyed_name(name: str) -> bool:

@@ -1,18 +1,71 @@
 """The modules this process has loaded, per engine: the same key loaded again with the same Engine
-returns the same module, while its entry is still the file it maps (one stat)."""
+returns the same module, while its entry is still the file it maps (one stat).
 
-# No `from __future__ import annotations`: typing.NamedTuple makes each string annotation a ForwardRef
-# and compiles it (~0.15 ms a class in every process that loads a module: issue 14, item 7).
+Also `WeakKeyMap`, the per-engine map this memo and the fingerprints' are kept in: a dictionary keyed
+weakly by objects, on the C-level `_weakref` and `_thread` alone. `weakref.WeakKeyDictionary` and
+`threading.Lock` cost ~1.4 ms of imports (weakref, _weakrefset, threading) in every process that loads
+a module, where wasmtime imports neither; not generic, as a `typing.Generic` class costs ~0.2 ms to
+build at import (issue 14, item 7).
+"""
+
+from __future__ import annotations
+
 import contextlib
 import os
 from _thread import allocate_lock
-from typing import TYPE_CHECKING, Any, NamedTuple
+from _weakref import ref
+from typing import TYPE_CHECKING, Any
 
 from ._record import Identity
-from ._weak import WeakKeyMap
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+
+class WeakKeyMap:
+    """`key -> value` while `key` lives: an entry goes when its key is collected (never keeps it alive)."""
+
+    __slots__ = ("_entries", "_lock")
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Any, Any]] = {}
+        self._lock = allocate_lock()
+
+    def get(self, key: Any) -> Any:
+        found = self._entries.get(id(key))
+        if found is None or found[0]() is not key:
+            return None
+        return found[1]
+
+    def setdefault(self, key: Any, value: Any) -> Any:
+        """The value for `key`, storing `value` first if it has none."""
+        with self._lock:
+            found = self.get(key)
+            if found is not None:
+                return found
+            ident = id(key)
+
+            def forget(_: object, ident: int = ident, entries: dict[int, tuple[Any, Any]] = self._entries) -> None:
+                entries.pop(ident, None)  # the key is being collected: its id may be reused after this
+
+            self._entries[ident] = (ref(key, forget), value)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        """Store `value` for `key`, replacing any."""
+        with self._lock:
+            self._entries.pop(id(key), None)
+        self.setdefault(key, value)
+
+    def alive(self) -> list[Any]:
+        """The keys still alive (a snapshot)."""
+        with self._lock:
+            found = list(self._entries.values())
+        return [key for key in (reference() for reference, _value in found) if key is not None]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 # Modules already loaded in this process, per engine object, then (root, mode, kind, key): the
@@ -24,15 +77,18 @@ if TYPE_CHECKING:
 # module here was handed out while wasmtime's __del__ was freeing its native handle in another
 # thread (the GIL is released in that C call, and the weak reference is cleared only after
 # __del__): a use-after-free that the drop-in's threads hit.
-class Loaded(NamedTuple):
+class Loaded:
     """A module of the per-process memo, and the identity of the entry it maps (None: a copy)."""
 
-    module: Any
-    entry: str
-    identity: Identity | None
+    __slots__ = ("entry", "identity", "module")
+
+    def __init__(self, module: Any, entry: str, identity: Identity | None) -> None:
+        self.module = module
+        self.entry = entry
+        self.identity = identity
 
     @classmethod
-    def of(cls, module: Any, entry: "Path", mode: str, mapped: Identity | None) -> "Loaded":
+    def of(cls, module: Any, entry: Path, mode: str, mapped: Identity | None) -> Loaded:
         """`mapped`: the identity of the entry the hit mapped; None after a miss (one stat here)."""
         identity = mapped if mode == "mmap" else None
         if mode == "mmap" and identity is None:

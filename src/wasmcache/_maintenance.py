@@ -27,7 +27,8 @@ from ._layout import (
 from ._lock import KeyLock
 from ._log import log
 from ._record import read_record
-from ._root import read_usage, require_root, write_usage
+from ._root import require_root
+from ._stats import read_usage, write_usage
 from ._storage import Namespace, iter_entries, namespaces
 
 if TYPE_CHECKING:

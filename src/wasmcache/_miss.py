@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from . import _native
+from ._context import Place
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import CompileError, SourceError, wasmtime_reason
 from ._fingerprint import fingerprint_of_section, wasmtime_version
@@ -26,7 +27,7 @@ from ._native import EntryRefusedError
 from ._record import Record
 
 if TYPE_CHECKING:
-    from ._context import CacheContext, Place
+    from ._context import CacheContext
     from ._layout import Kind
     from ._lock import KeyLock
     from ._public import PublicTier, SubstituterSettings
@@ -135,7 +136,7 @@ class MissPath:
             if not locked or section is None or fingerprint_of_section(section) != place.fingerprint:
                 # Nowhere to publish, or not an artifact of this kind: do what wasmtime does, in memory.
                 return self._deserialize_copy(name, own, kind), None, None
-            place = place._replace(section=section)
+            place = Place(place.namespace, section, place.fingerprint, serialized=True)
             blob: bytes | bytearray = own
             compiled = None
         else:

@@ -12,7 +12,7 @@ import stat
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from ._fs import READ_FLAGS, write_atomically
-from ._layout import KEY_RE, KINDS
+from ._layout import KINDS, is_key
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -117,9 +117,9 @@ class Record(NamedTuple):
         if not isinstance(fields, dict) or fields.get("version") != RECORD_VERSION:
             raise ValueError("record has no supported version")
 
-        def text(name: str, pattern: Any = None, default: str | None = None) -> str:
+        def text(name: str, default: str | None = None, *, key: bool = False) -> str:
             value = fields.get(name, default)
-            if not isinstance(value, str) or (pattern is not None and not pattern.match(value)):
+            if not isinstance(value, str) or (key and not is_key(value)):
                 raise ValueError(f"record field {name} is missing or malformed")
             return value
 
@@ -137,7 +137,7 @@ class Record(NamedTuple):
         kind = text("kind")
         if kind not in KINDS:
             raise ValueError("record field kind is malformed")
-        origin = text("origin", default="compiled")
+        origin = text("origin", "compiled")
         if origin not in ORIGINS:
             raise ValueError("record field origin is malformed")
         created = fields.get("created")
@@ -147,10 +147,10 @@ class Record(NamedTuple):
         if any(value is not None and (not isinstance(value, str) or len(value) > 2048) for value in extras.values()):
             raise ValueError("record field substituter or level is malformed")
         return cls(
-            key=text("key", KEY_RE),
+            key=text("key", key=True),
             kind=kind,
-            wasm_digest=text("wasm_digest", KEY_RE),
-            content_digest=text("content_digest", KEY_RE),
+            wasm_digest=text("wasm_digest", key=True),
+            content_digest=text("content_digest", key=True),
             size=number("size"),
             identity=identity,
             source=text("source"),

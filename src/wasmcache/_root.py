@@ -9,9 +9,8 @@ through `resolve_root`, once: the result is absolute, so a later `chdir` cannot 
 import os
 import re
 import stat
-import time
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final
 
 from ._errors import ConfigError, NotACacheError
 from ._fs import read_small_file, write_atomically
@@ -21,7 +20,6 @@ from ._layout import (
     LAYOUT_VERSION,
     MARKER_NAME,
     TEMP_SUFFIX,
-    USAGE_NAME,
     is_temp_name,
     key_of,
 )
@@ -242,31 +240,3 @@ def initialize_root(root: Path) -> None:
     write_atomically(root / CACHEDIR_TAG_NAME, CACHEDIR_TAG.encode(), mode=0o644)
     # The marker last: a root is ours only once it is complete.
     write_atomically(root / MARKER_NAME, MARKER_TEXT.encode(), mode=0o644, durable=True)
-
-
-# --- what it holds ---------------------------------------------------------------------------------
-
-
-class Usage(NamedTuple):
-    """The whole root's entry count and bytes (entries, records, memos, quarantine), and the record's age."""
-
-    entries: int
-    size_bytes: int
-    age: float
-
-
-def read_usage(root: Path) -> Usage | None:
-    """The usage record kept in ROOT/usage ("<entries> <bytes>"), or None if absent or unreadable."""
-    try:
-        st = os.stat(root / USAGE_NAME)
-    except OSError:
-        return None
-    raw = read_small_file(root / USAGE_NAME, 128)
-    parts = raw.split() if raw else []
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        return None
-    return Usage(int(parts[0]), int(parts[1]), time.time() - st.st_mtime)
-
-
-def write_usage(root: Path, entries: int, size_bytes: int) -> None:
-    write_atomically(root / USAGE_NAME, f"{max(entries, 0)} {max(size_bytes, 0)}\n".encode())

@@ -1,12 +1,19 @@
-"""What a `ModuleCache` counts: its live counters and the `CacheStats` snapshot it hands out."""
+"""What a cache reports: the `CacheStats` snapshot it hands out, and the root's usage record.
+
+Not on the hit path (a process that only loads imports neither): the live counters are in `_context`."""
 
 # No `from __future__ import annotations`: typing.NamedTuple makes each string annotation a ForwardRef
 # and compiles it (~0.15 ms a class in every process that loads a module: issue 14, item 7).
-from _thread import allocate_lock
-from typing import TYPE_CHECKING, Final, NamedTuple
+import os
+import time
+from typing import TYPE_CHECKING, NamedTuple
+
+from ._fs import read_small_file, write_atomically
+from ._layout import USAGE_NAME
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
 
 
 class CacheStats(NamedTuple):
@@ -31,19 +38,26 @@ class CacheStats(NamedTuple):
                    counts["remote_misses"], counts["uploads"], counts["rejected"], counts["substituted"])
 
 
-class Counters:
-    """The counters of one ModuleCache, safe to bump from any thread."""
+class Usage(NamedTuple):
+    """The whole root's entry count and bytes (entries, records, memos, quarantine), and the record's age."""
 
-    NAMES: Final = ("hits", "misses", "compiles", "remote_hits", "remote_misses", "uploads", "rejected", "substituted")
+    entries: int
+    size_bytes: int
+    age: float
 
-    def __init__(self) -> None:
-        self._lock = allocate_lock()
-        self._values = dict.fromkeys(self.NAMES, 0)
 
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._values[name] += n
+def read_usage(root: "Path") -> Usage | None:
+    """The usage record kept in ROOT/usage ("<entries> <bytes>"), or None if absent or unreadable."""
+    try:
+        st = os.stat(root / USAGE_NAME)
+    except OSError:
+        return None
+    raw = read_small_file(root / USAGE_NAME, 128)
+    parts = raw.split() if raw else []
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    return Usage(int(parts[0]), int(parts[1]), time.time() - st.st_mtime)
 
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._values)
+
+def write_usage(root: "Path", entries: int, size_bytes: int) -> None:
+    write_atomically(root / USAGE_NAME, f"{max(entries, 0)} {max(size_bytes, 0)}\n".encode())

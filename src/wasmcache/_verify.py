@@ -25,7 +25,8 @@ from ._layout import (
 )
 from ._maintenance import scan_usage
 from ._record import Identity, read_record
-from ._root import disabled_by_environment, require_root, write_usage
+from ._root import disabled_by_environment, require_root
+from ._stats import write_usage
 from ._storage import Namespace, UntrustedEntryError, namespaces, quarantine
 
 

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import CacheError
-from .._layout import KEY_RE
+from .._layout import is_key
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -64,7 +64,7 @@ def parse_metadata(encoded: bytes) -> dict[str, Any]:
     if metadata["format"] != FORMAT_VERSION or metadata["compression"] != "zstd":
         raise RejectedArtifactError(f"unsupported artifact format {metadata['format']!r}/{metadata['compression']!r}")
     for name in ("key", "fingerprint", "content_digest", "payload_digest"):
-        if not isinstance(metadata[name], str) or not KEY_RE.match(metadata[name]):
+        if not isinstance(metadata[name], str) or not is_key(metadata[name]):
             raise RejectedArtifactError(f"metadata field {name} is malformed")
     if not isinstance(metadata["key_id"], str) or not _KEY_ID_RE.match(metadata["key_id"]):
         raise RejectedArtifactError("metadata field key_id is malformed")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import blake3
 
 from .._errors import CacheError, ConfigError
-from .._layout import KEY_RE
+from .._layout import is_key
 from .._log import log
 from ._artifact import (
     FORMAT_VERSION,
@@ -454,7 +454,7 @@ class RemoteTier:
 
 
 def _check_hex(key: str, fingerprint: str) -> None:
-    if not KEY_RE.match(key) or not KEY_RE.match(fingerprint):
+    if not is_key(key) or not is_key(fingerprint):
         raise ValueError("key and fingerprint must be 64 lowercase hex digits")
 
 

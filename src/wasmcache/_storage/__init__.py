@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 import blake3
 
-from .._elf import ENGINE_SECTION, find_section
 from .._fs import (
     READ_FLAGS,
     commit_temp,
@@ -144,6 +143,8 @@ class Namespace:
                         digest, size = blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), len(data)
                     else:
                         digest, size = digest_fd(fd)
+                    from .._elf import ENGINE_SECTION, find_section  # noqa: PLC0415 - a full check only
+
                     entry_section = find_section(data if data is not None else fd, ENGINE_SECTION)
                 except (OSError, ValueError) as exc:
                     raise UntrustedEntryError("corrupt", f"entry unreadable or not a Wasmtime file: {exc}",

@@ -24,7 +24,8 @@ def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, t
           as_json: bool) -> None:
     """Entries, size and namespaces of the cache root (and the remote tier configured, if any)."""
     from .._remote._settings import resolve_remote_settings  # noqa: PLC0415
-    from .._root import read_usage, require_root, resolve_max_size  # noqa: PLC0415
+    from .._root import require_root, resolve_max_size  # noqa: PLC0415
+    from .._stats import read_usage  # noqa: PLC0415
     from .._storage import namespaces as namespaces_of  # noqa: PLC0415
 
     root = root_of(cache_dir)
