@@ -7,8 +7,8 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import pytest
 import wasmtime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,9 +17,6 @@ import wasmcache
 from wasmcache._elf import ENGINE_SECTION, find_section
 from wasmcache._record import Record
 from wasmgen import answer_module
-
-if TYPE_CHECKING:
-    import pytest
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CWASM = bytes(wasmtime.Module(wasmtime.Engine(), answer_module(1, functions=4)).serialize())
@@ -49,6 +46,15 @@ def test_records_with_wrong_field_types(fields: dict[str, object]) -> None:
     base.update(fields)
     with contextlib.suppress(ValueError):
         Record.from_json(json.dumps(base).encode())
+
+
+def test_a_record_round_trips_and_refuses_a_key_that_is_not_64_lowercase_hex_digits() -> None:
+    record = Record.from_json(_record_json())
+    assert Record.from_json(record.to_json()) == record
+    fields = json.loads(_record_json())
+    for bad in ("a" * 64 + "\n", "A" * 64, "a" * 63, "a" * 65, "g" * 64, " " + "a" * 63, "\u0661" * 64):
+        with pytest.raises(ValueError, match="record field key is missing or malformed"):
+            Record.from_json(json.dumps(fields | {"key": bad}).encode())
 
 
 @FUZZ

@@ -5,11 +5,11 @@ content. An entry whose open fd has that identity is the very file that was publ
 entry must prove itself by content (see `_storage.Namespace.check`).
 """
 
-# No `from __future__ import annotations`: typing.NamedTuple makes each string annotation a ForwardRef
-# and compiles it (~0.15 ms a class in every process that loads a module: issue 14, item 7).
+from __future__ import annotations
+
 import os
 import stat
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final
 
 from ._fs import READ_FLAGS, write_atomically
 from ._layout import KINDS, is_key
@@ -68,36 +68,90 @@ def _loads(raw: bytes) -> Any:
     return value
 
 
-class Identity(NamedTuple):
-    """What a stat says about a file; equal identities mean the very file that was published."""
+# Identity and Record are written out, not NamedTuples (nor dataclasses, whose import costs ~5 ms):
+# building a NamedTuple class costs every process that loads a module ~0.15-0.25 ms, and a hit needs
+# both (measured in a fresh process after `import wasmtime`: issue 14, item 7).
+class Identity(tuple[int, int, int, int, int]):
+    """What a stat says about a file; equal identities mean the very file that was published.
 
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
+    A tuple of (dev, ino, size, mtime_ns, ctime_ns): compared and hashed as one.
+    """
+
+    __slots__ = ()
+    FIELDS: Final = ("dev", "ino", "size", "mtime_ns", "ctime_ns")
+
+    def __new__(cls, dev: int, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> Identity:  # noqa: PYI034 - final
+        return tuple.__new__(cls, (dev, ino, size, mtime_ns, ctime_ns))
 
     @classmethod
-    def of(cls, st: os.stat_result) -> "Identity":
+    def of(cls, st: os.stat_result) -> Identity:
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
+    @property
+    def dev(self) -> int:
+        return self[0]
 
-# NamedTuples, not dataclasses: importing dataclasses costs every process that loads a module ~5 ms.
-class Record(NamedTuple):
+    @property
+    def ino(self) -> int:
+        return self[1]
+
+    @property
+    def size(self) -> int:
+        return self[2]
+
+    @property
+    def mtime_ns(self) -> int:
+        return self[3]
+
+    @property
+    def ctime_ns(self) -> int:
+        return self[4]
+
+    def _asdict(self) -> dict[str, int]:
+        return dict(zip(self.FIELDS, self, strict=True))
+
+    def __getnewargs__(self) -> tuple[int, int, int, int, int]:  # copy and pickle, as a NamedTuple's
+        return (self[0], self[1], self[2], self[3], self[4])
+
+    def __repr__(self) -> str:
+        return "Identity(" + ", ".join(f"{name}={value}" for name, value in zip(self.FIELDS, self, strict=True)) + ")"
+
+
+class Record:
     """What was published under a key."""
 
-    key: str
-    kind: str
-    wasm_digest: str  # of the input: the wasm, or (origin "snapshot") the serialized file taken in
-    content_digest: str
-    size: int
-    identity: Identity | None  # None until the entry has been renamed into place
-    source: str
-    wasmtime_version: str
-    created: float
-    origin: str = "compiled"  # compiled here | snapshot of a program's own .cwasm | remote tier | substituter
-    substituter: str | None = None  # origin "substituted": the URL it came from
-    level: str | None = None  # origin "substituted": the CPU level it was compiled for ("x86-64-v3" ...)
+    __slots__ = ("content_digest", "created", "identity", "key", "kind", "level", "origin", "size", "source",
+                 "substituter", "wasm_digest", "wasmtime_version")
+
+    def __init__(self, *, key: str, kind: str, wasm_digest: str, content_digest: str, size: int,
+                 identity: Identity | None, source: str, wasmtime_version: str, created: float,
+                 origin: str = "compiled", substituter: str | None = None, level: str | None = None) -> None:
+        self.key = key
+        self.kind = kind
+        self.wasm_digest = wasm_digest  # of the input: the wasm, or (origin "snapshot") the serialized file taken in
+        self.content_digest = content_digest
+        self.size = size
+        self.identity = identity  # None until the entry has been renamed into place
+        self.source = source
+        self.wasmtime_version = wasmtime_version
+        self.created = created
+        self.origin = origin  # compiled here | snapshot of a program's own .cwasm | remote tier | substituter
+        self.substituter = substituter  # origin "substituted": the URL it came from
+        self.level = level  # origin "substituted": the CPU level it was compiled for ("x86-64-v3" ...)
+
+    def _asdict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def _replace(self, **changes: Any) -> Record:
+        return Record(**(self._asdict() | changes))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Record) and self._asdict() == other._asdict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable slots: not a key
+
+    def __repr__(self) -> str:
+        return "Record(" + ", ".join(f"{name}={value!r}" for name, value in self._asdict().items()) + ")"
 
     def to_json(self) -> bytes:
         fields: dict[str, Any] = self._asdict()
@@ -108,7 +162,7 @@ class Record(NamedTuple):
         return json.dumps(fields, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "Record":
+    def from_json(cls, raw: bytes) -> Record:
         """Parse a record; anything malformed raises ValueError (records are files we did not lock)."""
         try:
             fields = _loads(raw)
@@ -161,7 +215,7 @@ class Record(NamedTuple):
         )
 
 
-def read_record(path: "Path") -> tuple[Record, os.stat_result] | None:
+def read_record(path: Path) -> tuple[Record, os.stat_result] | None:
     """The record at `path` and its stat (its mtime is the entry's last use), or None if absent/bad."""
     try:
         fd = os.open(path, READ_FLAGS)
@@ -182,5 +236,5 @@ def read_record(path: "Path") -> tuple[Record, os.stat_result] | None:
         return None
 
 
-def write_record(path: "Path", record: Record) -> None:
+def write_record(path: Path, record: Record) -> None:
     write_atomically(path, record.to_json(), mode=0o644, durable=True)
