@@ -147,6 +147,15 @@ def _stderr_identity() -> tuple[int, int] | None:
 _STDERR_AT_START = _stderr_identity()
 
 
+def line_bytes(text: str) -> bytes:
+    """`text` as a shell prints a file name: the bytes of a name that is not UTF-8 (Python holds them as
+    surrogates) as those bytes, not as escapes; any other unencodable character escaped."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
+
+
 def say(text: str) -> None:
     """One line on the process's stderr as a guest speaks: `wasmcache[PID]: text`.
 
@@ -159,7 +168,7 @@ def say(text: str) -> None:
         return  # (Python leaves sys.__stderr__ None when fd 2 was closed at its start, whenever this loaded)
     line = f"wasmcache[{os.getpid()}]: {text}".replace("\n", " ") + "\n"
     try:
-        os.write(2, line.encode("utf-8", "backslashreplace"))
+        os.write(2, line_bytes(line))
     except OSError:
         pass  # stderr closed: a guest has nowhere to speak, and must not fail for it
 

@@ -158,6 +158,23 @@ def test_verbose_exec_speaks_in_every_process_and_plain_exec_in_none(tmp_path: P
         assert not [line for line in proc.stderr.splitlines() if "wasmcache" in line and not GUEST_LINE.match(line)]
 
 
+def test_verbose_exec_names_a_file_that_is_not_utf8_by_its_bytes(tmp_path: Path) -> None:
+    """As a shell prints such a name (and wasmcache's own commands do), not as Python's \\udcff escape."""
+    odd = os.fsencode(str(tmp_path)) + b"/mod\xff [x].wasm"
+    with open(odd, "wb") as f:
+        f.write(answer_module(21))
+    program = "import os, sys, wasmtime; wasmtime.Module.from_file(wasmtime.Engine(), os.fsdecode(sys.argv[1]))"
+    argv = [sys.executable, "-m", "wasmcache.cli", "-v", "--cache-dir", str(tmp_path / "guest"), "exec",
+            sys.executable, "-c", program, os.fsdecode(odd)]
+    for _ in range(2):  # a compile, then a hit: both lines name the file
+        proc = subprocess.run(argv, env=clean_env(), capture_output=True, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        named = [line for line in proc.stderr.splitlines() if line.startswith(b"wasmcache[") and b"mod" in line]
+        assert named, proc.stderr
+        assert all(b"/mod\xff [x].wasm" in line for line in named), proc.stderr
+        assert b"\\udcff" not in proc.stderr
+
+
 def test_stats_shows_what_the_drop_in_did_and_a_process_it_did_not_serve_writes_nothing(tmp_path: Path) -> None:
     program = tmp_path / "chatty.py"
     program.write_text(CHATTY)

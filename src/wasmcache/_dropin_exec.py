@@ -306,9 +306,11 @@ def launcher_status() -> str | None:
 
 def _say(line: str) -> None:
     """`line` on stderr, a name in it byte for byte (as a shell prints it); nothing if stderr is closed."""
+    import _wasmcache_hook  # noqa: PLC0415 - the one rule for printing a name's bytes
+
     try:
         sys.stderr.flush()
-        os.write(2, (line + "\n").encode("utf-8", "surrogateescape"))
+        os.write(2, _wasmcache_hook.line_bytes(line + "\n"))
     except (OSError, ValueError, AttributeError):
         pass
 

@@ -44,7 +44,9 @@ def say(text: object = "", *, err: bool = False) -> None:
         if err:
             return
         raise CliError("standard output is closed: nothing can be printed (run without >&-)")
-    line = f"{text}\n".encode("utf-8", "surrogateescape")
+    import _wasmcache_hook  # noqa: PLC0415 - the one rule for printing a name's bytes
+
+    line = _wasmcache_hook.line_bytes(f"{text}\n")
     buffer = getattr(stream, "buffer", None)
     if buffer is None:  # a text-only stream (an embedding caller's): escapes instead of bytes
         stream.write(line.decode("utf-8", "backslashreplace"))
