@@ -47,6 +47,20 @@ def test_a_cache_dir_that_is_a_file_is_one_line(tmp_path: Path, command: str) ->
     assert a_file.read_text() == "mine"
 
 
+@pytest.mark.parametrize("command", ["stats", "ls", "doctor", "gc", "verify", "clear"])
+def test_a_root_that_cannot_be_reached_is_one_line_not_an_empty_cache(tmp_path: Path, command: str) -> None:
+    """A root under a file can never exist: saying "0 entries" or "does not exist yet; nothing to do" would
+    hide the mistake (an outside reader's finding). A root that is merely absent still reads as empty."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    line = one_line_error(run_cli(command, "--cache-dir", str(a_file / "cache")))
+    assert f"{a_file / 'cache'}: cannot be reached (Not a directory)" in line
+    assert a_file.read_text() == "mine"
+    absent = run_cli(command, "--cache-dir", str(tmp_path / "not-yet"))
+    assert absent.returncode == 0, absent.stderr
+    assert not (tmp_path / "not-yet").exists()
+
+
 @pytest.mark.parametrize("command", ["doctor", "verify", "gc", "ls", "stats"])
 def test_a_directory_that_is_not_a_cache_is_one_line_and_no_advice_to_delete(tmp_path: Path, command: str) -> None:
     mine = tmp_path / "mine"

@@ -24,7 +24,7 @@ from ._layout import (
     record_path,
 )
 from ._record import Identity, read_record
-from ._root import require_root, unsafe_fix, unsafe_reason
+from ._root import existing_root, unsafe_fix, unsafe_reason
 from ._storage import namespaces
 from ._verify import verify_root
 
@@ -55,9 +55,8 @@ class SubstituterDiagnosis(Diagnosis):
 
 def diagnose_root(root: Path) -> list[Diagnosis]:
     out: list[Diagnosis] = []
-    if not os.path.lexists(root):
+    if not existing_root(root, "diagnose"):  # a directory that is not ours: one line, not advice about its files
         return [Diagnosis(INFO, str(root), "cache root does not exist yet", "nothing to do")]
-    require_root(root, "diagnose")  # a directory that is not ours: one line, not advice about its files
     for directory in [root, *(ns.path for ns in namespaces(root))]:
         try:
             reason = unsafe_reason(os.stat(directory))

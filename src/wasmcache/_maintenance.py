@@ -27,7 +27,7 @@ from ._layout import (
 from ._lock import KeyLock
 from ._log import log
 from ._record import read_record
-from ._root import require_root
+from ._root import existing_root
 from ._stats import read_usage, write_usage
 from ._storage import Namespace, iter_entries, namespaces
 
@@ -99,9 +99,8 @@ def _cannot(root: Path, action: str, exc: OSError) -> CacheError:
 def collect_garbage_locked(root: Path, max_size: int) -> GcReport:
     """`collect_garbage` under the collector's lock, for `gc`: one-line errors for a root that is not ours
     or cannot be written; a root that does not exist has nothing to collect."""
-    if not os.path.lexists(root):
+    if not existing_root(root, "collect"):
         return GcReport()
-    require_root(root, "collect")
     lock = KeyLock(root / GC_LOCK_NAME)
     try:
         lock.acquire()
@@ -225,9 +224,8 @@ def _expire_files(directory: Path, cutoff: float) -> int:
 
 def clear_root(root: Path) -> int:
     """Remove every entry of every namespace (and memos, quarantine); keep the root and its markers."""
-    if not os.path.lexists(root):
+    if not existing_root(root, "clear"):
         return 0
-    require_root(root, "clear")
     gc_lock = KeyLock(root / GC_LOCK_NAME)
     try:
         gc_lock.acquire()

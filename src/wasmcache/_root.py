@@ -181,12 +181,25 @@ def not_a_root_message(root: Path) -> str:
     return f"{root}: not a wasmcache cache root (no {MARKER_NAME} file); check the cache root ({_ROOT_SETTINGS})"
 
 
-def require_root(root: Path, action: str) -> None:
-    """Refuse to `action` (clear, collect, fix, verify ...) anything that is not one of our roots."""
+def existing_root(root: Path, action: str) -> bool:
+    """Whether `root` is one of our roots (False: nothing is there yet, which reads as an empty cache).
+
+    Anything else is refused before `action` (clear, collect, fix, verify ...), in one line: a file, a
+    directory that is not ours, and a root that cannot be reached (a file or a directory we may not
+    enter on its way), which a listing must not take for an empty cache.
+    """
+    try:
+        os.lstat(root)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise NotACacheError(f"{root}: cannot be reached ({exc.strerror or exc}); check the cache root "
+                             f"({_ROOT_SETTINGS}); refusing to {action} it") from None
     marker = _read_marker(root)
     if not marker.startswith("wasmcache"):
         raise NotACacheError(f"{not_a_root_message(root)}; refusing to {action} it")
     _check_layout(root, marker)
+    return True
 
 
 def _ours_while_initializing(name: str) -> bool:

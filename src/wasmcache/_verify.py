@@ -25,7 +25,7 @@ from ._layout import (
 )
 from ._maintenance import scan_usage
 from ._record import Identity, read_record
-from ._root import disabled_by_environment, require_root
+from ._root import disabled_by_environment, existing_root
 from ._stats import write_usage
 from ._storage import Namespace, UntrustedEntryError, namespaces, quarantine
 
@@ -62,9 +62,8 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
     A root that does not exist has nothing to verify; a directory that is not ours is refused.
     """
     report = VerifyReport()
-    if not os.path.lexists(root):
+    if not existing_root(root, "fix" if fix else "verify"):
         return report
-    require_root(root, "fix" if fix else "verify")
     foreign: list[Path] = []
 
     def finding(path: Path, problem: str, detail: str, fix_text: str = _FIX) -> None:

@@ -24,13 +24,12 @@ def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, t
           as_json: bool) -> None:
     """Entries, size and namespaces of the cache root (and the remote tier configured, if any)."""
     from .._remote._settings import resolve_remote_settings  # noqa: PLC0415
-    from .._root import require_root, resolve_max_size  # noqa: PLC0415
+    from .._root import existing_root, resolve_max_size  # noqa: PLC0415
     from .._stats import read_usage  # noqa: PLC0415
     from .._storage import namespaces as namespaces_of  # noqa: PLC0415
 
     root = root_of(cache_dir)
-    if os.path.lexists(root):
-        require_root(root, "read")
+    existing_root(root, "read")
     usage = read_usage(root)
     namespaces: dict[str, dict[str, int]] = {}
     for namespace in namespaces_of(root):  # one scandir per namespace: names only, no stat, no record
@@ -114,11 +113,10 @@ def _by_origin(origins: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def ls_(cache_dir: Path | None, as_json: bool) -> None:
     """List entries, least recently used first."""
     from .._maintenance import list_entries  # noqa: PLC0415
-    from .._root import require_root  # noqa: PLC0415
+    from .._root import existing_root  # noqa: PLC0415
 
     root = root_of(cache_dir)
-    if os.path.lexists(root):
-        require_root(root, "list")
+    existing_root(root, "list")
     listing = list_entries(root)
     if as_json:
         say(json.dumps([asdict(info) for info in listing], indent=2))
@@ -191,9 +189,10 @@ def verify(cache_dir: Path | None, fix: bool, as_json: bool) -> None:
 def clear(cache_dir: Path | None) -> None:
     """Remove every entry of every namespace (running programs keep what they mapped)."""
     from .._maintenance import clear_root  # noqa: PLC0415
+    from .._root import existing_root  # noqa: PLC0415
 
     root = root_of(cache_dir)
-    if not os.path.lexists(root):
+    if not existing_root(root, "clear"):
         say(f"{root}: nothing to clear")
         return
     removed = clear_root(root)
