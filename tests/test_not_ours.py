@@ -43,6 +43,24 @@ def test_clear_and_gc_leave_files_and_directories_they_did_not_write(root: Path)
     assert not list(root.rglob("*.rec"))  # ours went
 
 
+def test_verify_fix_reports_but_never_moves_a_file_it_did_not_write(root: Path) -> None:
+    """An outside reader followed doctor's advice (`verify --fix`), then `clear` deleted quarantine/ and
+    the user's notes with it: foreign files are findings, never fixed."""
+    cache = _cache_with_entry(root)
+    mine = [root / "notes.tmp", cache.namespace_dir / "mine.txt", root / "ns-mine" / "q"]
+    for path in mine:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("keep")
+    for command in (("doctor",), ("verify",), ("verify", "--fix")):
+        shown = run_cli(*command, "--cache-dir", str(root))
+        assert shown.stdout.count("not wasmcache's, so it is left alone") >= 3, shown.stdout
+        assert "moves it into quarantine" not in shown.stdout
+    assert all(path.read_text() == "keep" for path in mine)
+    assert run_cli("clear", "--cache-dir", str(root)).returncode == 0
+    assert run_cli("gc", "--cache-dir", str(root), "--max-size", "0").returncode == 0
+    assert all(path.read_text() == "keep" for path in mine)
+
+
 def test_ls_and_stats_count_only_entries(root: Path) -> None:
     cache = _cache_with_entry(root)
     (cache.namespace_dir / "own.cwasm").write_bytes(b"\x7fELF not ours")

@@ -27,7 +27,7 @@ from ._maintenance import scan_usage
 from ._record import Identity, read_record
 from ._root import disabled_by_environment, existing_root
 from ._stats import write_usage
-from ._storage import Namespace, UntrustedEntryError, namespaces, quarantine
+from ._storage import Namespace, UntrustedEntryError, namespaces
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ class VerifyReport:
 
 
 _FIX: Final = "run `wasmcache verify --fix` (sets it aside in quarantine/; the next load recompiles)"
+# Nothing wasmcache did not write is ever moved, collected or cleared (quarantine/ is emptied by gc and
+# clear: a user's file moved there would be deleted later).
+_FOREIGN_FIX: Final = "not wasmcache's, so it is left alone (verify --fix included); move it out of the cache root"
 
 
 def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
@@ -64,8 +67,6 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
     report = VerifyReport()
     if not existing_root(root, "fix" if fix else "verify"):
         return report
-    foreign: list[Path] = []
-
     def finding(path: Path, problem: str, detail: str, fix_text: str = _FIX) -> None:
         report.findings.append(Finding(str(path), problem, detail, fix_text))
 
@@ -76,8 +77,7 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
             if is_namespace_name(e.name) and e.is_dir(follow_symlinks=False):
                 continue
             detail = "namespace is not a directory" if is_namespace_name(e.name) else "not written by wasmcache"
-            finding(Path(e.path), "foreign", detail, "`wasmcache verify --fix` moves it into quarantine/")
-            foreign.append(Path(e.path))
+            finding(Path(e.path), "foreign", detail, _FOREIGN_FIX)
     for namespace in namespaces(root):
         section = namespace.read_section()
         if section is None:
@@ -91,9 +91,7 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
             section = None
         scan = namespace.scan()
         for e in scan.foreign:
-            finding(Path(e.path), "foreign", "file wasmcache did not write", "`wasmcache verify --fix` moves it into "
-                    "quarantine/")
-            foreign.append(Path(e.path))
+            finding(Path(e.path), "foreign", "file wasmcache did not write", _FOREIGN_FIX)
         for files in scan.keys:
             # A record without an entry is what a writer killed between writing its record and
             # renaming its entry leaves, like a temp file: harmless, reaped by gc, not a finding.
@@ -102,10 +100,6 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
             report.checked += 1
             if _verify_entry(namespace, files.key, section, report, fix=fix):
                 report.intact += 1
-    if fix:
-        for path in foreign:
-            quarantine(root, path, "wasmcache verify --fix: not written by wasmcache")
-            report.fixed += not os.path.lexists(path)
     if os.access(root, os.W_OK) and not disabled_by_environment():  # disabled: touch nothing, even here
         with contextlib.suppress(OSError):
             write_usage(root, *scan_usage(root))  # the usage record is exact after a verify
