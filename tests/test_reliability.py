@@ -121,6 +121,32 @@ def test_corruption_matrix_a_fresh_process_gets_a_correct_module(root: Path, cor
 # --- strict permissions ------------------------------------------------------------------------
 
 
+def test_a_shared_or_foreign_world_writable_root_is_refused_without_chmod_advice(tmp_path: Path) -> None:
+    """`--cache-dir /tmp` said "fix: chmod o-w /tmp" (an outside reader): advice that, followed as root,
+    breaks the machine. Only wasmcache's own paths, or a new empty directory of this user's, get a chmod."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "someone-elses").write_text("x")
+    shared.chmod(0o1777)
+    sticky_empty = tmp_path / "sticky-empty"
+    sticky_empty.mkdir()
+    sticky_empty.chmod(0o1777)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    a_file.chmod(0o666)
+    for path in (shared, sticky_empty, a_file):
+        with pytest.raises(wasmcache.UnsafeCacheError, match="world-writable") as info:
+            wasmcache.ModuleCache(path)
+        assert "chmod" not in str(info.value)
+        assert "choose a directory of your own" in str(info.value)
+    mine = tmp_path / "new-empty"
+    mine.mkdir()
+    mine.chmod(0o777)
+    with pytest.raises(wasmcache.UnsafeCacheError, match=f"chmod o-w {mine}"):
+        wasmcache.ModuleCache(mine)
+    assert (shared / "someone-elses").read_text() == "x"
+
+
 def test_world_writable_root_namespace_or_entry_is_refused(root: Path) -> None:
     cache = wasmcache.ModuleCache(root)
     cache.load(answer_module(1))

@@ -144,9 +144,26 @@ def unsafe_reason(st: os.stat_result) -> str | None:
 
 
 def unsafe_fix(path: Path, reason: str) -> str:
+    """What to do about an unsafe cache path: change it only if it is wasmcache's (a root with our marker,
+    a namespace or an entry in one) or a new, empty directory of this user's; never `chmod /tmp`."""
+    if not _ours_to_fix(path):
+        return f"it is not a cache root of yours: choose a directory of your own ({_ROOT_SETTINGS})"
     if "world-writable" in reason:
         return f"chmod o-w {path}"
     return f"chown $(id -u) {path}, or use a cache directory of your own"
+
+
+def _ours_to_fix(path: Path) -> bool:
+    if any(has_marker(place) for place in (path, path.parent, path.parent.parent)):
+        return True
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_mode & stat.S_ISVTX or st.st_uid != os.getuid():
+            return False  # (sticky: a shared directory such as /tmp or /dev/shm)
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except OSError:
+        return False
 
 
 # --- how it proves it is ours -----------------------------------------------------------------------
