@@ -59,6 +59,27 @@ def test_a_root_that_cannot_be_reached_is_one_line_not_an_empty_cache(tmp_path: 
     absent = run_cli(command, "--cache-dir", str(tmp_path / "not-yet"))
     assert absent.returncode == 0, absent.stderr
     assert not (tmp_path / "not-yet").exists()
+    (tmp_path / "new-empty").mkdir()  # `mkdir -p $CACHE && wasmcache gc --cache-dir $CACHE`: a load adopts it
+    empty = run_cli(command, "--cache-dir", str(tmp_path / "new-empty"))
+    assert empty.returncode == 0, empty.stderr
+    assert list((tmp_path / "new-empty").iterdir()) == []
+
+
+def test_a_default_root_under_a_dangling_link_is_refused_by_name_on_a_fresh_home(tmp_path: Path) -> None:
+    """~/.cache -> an unmounted disk: the root can never be created; a new user's shell, no XDG_* nor WASMCACHE_*."""
+    import wasmcache
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".cache").symlink_to("/nonexistent-mount/cache")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "WASMCACHE_"))} | {"HOME": str(home)}
+    why = f"{home / '.cache'} is a symbolic link to /nonexistent-mount/cache, which does not exist"
+    for command in ("stats", "ls", "doctor", "gc", "verify"):
+        proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", command], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert why in one_line_error(proc)
+    with pytest.raises(wasmcache.NotACacheError, match="cannot be reached"):
+        wasmcache.ModuleCache(home / ".cache" / "wasmcache").entries()
 
 
 @pytest.mark.parametrize("command", ["doctor", "verify", "gc", "ls", "stats"])

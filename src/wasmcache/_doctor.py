@@ -56,7 +56,7 @@ class SubstituterDiagnosis(Diagnosis):
 def diagnose_root(root: Path) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     if not existing_root(root, "diagnose"):  # a directory that is not ours: one line, not advice about its files
-        return [Diagnosis(INFO, str(root), "cache root does not exist yet", "nothing to do")]
+        return [Diagnosis(INFO, str(root), "cache root does not exist yet, or is empty", "nothing to do")]
     for directory in [root, *(ns.path for ns in namespaces(root))]:
         try:
             reason = unsafe_reason(os.stat(directory))

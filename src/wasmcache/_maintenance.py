@@ -284,6 +284,8 @@ def entry_info(namespace: Namespace, key: str) -> EntryInfo | None:
 
 
 def list_entries(root: Path) -> list[EntryInfo]:
+    if not existing_root(root, "list"):
+        return []
     out = [info for namespace, files in iter_entries(root) if (info := entry_info(namespace, files.key)) is not None]
     out.sort(key=lambda info: info.last_used)
     return out

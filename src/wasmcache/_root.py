@@ -199,7 +199,8 @@ def not_a_root_message(root: Path) -> str:
 
 
 def existing_root(root: Path, action: str) -> bool:
-    """Whether `root` is one of our roots (False: nothing is there yet, which reads as an empty cache).
+    """Whether `root` is one of our roots (False: nothing is there yet, or an empty directory, which a load
+    would adopt: both read as an empty cache).
 
     Anything else is refused before `action` (clear, collect, fix, verify ...), in one line: a file, a
     directory that is not ours, and a root that cannot be reached (a file or a directory we may not
@@ -208,15 +209,39 @@ def existing_root(root: Path, action: str) -> bool:
     try:
         os.lstat(root)
     except FileNotFoundError:
-        return False
+        dangling = dangling_link_above(root)
+        if dangling is None:
+            return False
+        raise NotACacheError(f"{root}: cannot be reached ({dangling}); check the cache root ({_ROOT_SETTINGS}); "
+                             f"refusing to {action} it") from None
     except OSError as exc:
         raise NotACacheError(f"{root}: cannot be reached ({exc.strerror or exc}); check the cache root "
                              f"({_ROOT_SETTINGS}); refusing to {action} it") from None
+    if os.path.isdir(root):
+        try:
+            with os.scandir(root) as it:
+                if next(it, None) is None:
+                    return False
+        except OSError:
+            pass  # unreadable: the marker's check below says why
     marker = _read_marker(root)
     if not marker.startswith("wasmcache"):
         raise NotACacheError(f"{not_a_root_message(root)}; refusing to {action} it")
     _check_layout(root, marker)
     return True
+
+
+def dangling_link_above(path: Path) -> str | None:
+    """"LINK is a symbolic link to TARGET, which does not exist", when a missing `path` lies under a link to
+    nothing (`~/.cache` -> an unmounted disk): such a root can never be created, so it must not read as a cache
+    that does not exist yet, nor be reported with mkdir's "File exists"."""
+    above = next((p for p in path.parents if os.path.lexists(p)), None)
+    if above is None or not os.path.islink(above) or os.path.exists(above):
+        return None
+    try:
+        return f"{above} is a symbolic link to {os.readlink(above)}, which does not exist"
+    except OSError:
+        return None
 
 
 def _ours_while_initializing(name: str) -> bool:
