@@ -175,6 +175,20 @@ def test_verbose_exec_names_a_file_that_is_not_utf8_by_its_bytes(tmp_path: Path)
         assert b"\\udcff" not in proc.stderr
 
 
+def test_verbose_exec_says_when_it_takes_a_snapshot_of_a_programs_own_file(tmp_path: Path) -> None:
+    """The drop-in's safety action was invisible under -v (an outside reader): only 'at exit: 1 misses'."""
+    own = tmp_path / "own.cwasm"
+    own.write_bytes(wasmtime.Module(wasmtime.Engine(), answer_module(23)).serialize())
+    program = "import sys, wasmtime; wasmtime.Module.deserialize_file(wasmtime.Engine(), sys.argv[1])"
+    argv = ["-v", "--cache-dir", str(tmp_path / "guest"), "exec", sys.executable, "-c", program, str(own)]
+    first, second = (wrapped(*argv, env=clean_env()) for _ in range(2))
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert f"snapshot of {own} taken (module)" in first.stderr
+    assert f"hit {own} (module)" in second.stderr
+    assert "snapshot" not in second.stderr
+
+
 def test_stats_shows_what_the_drop_in_did_and_a_process_it_did_not_serve_writes_nothing(tmp_path: Path) -> None:
     program = tmp_path / "chatty.py"
     program.write_text(CHATTY)

@@ -219,7 +219,10 @@ class MissPath:
             log.warning("wasmcache: could not store %s in the cache (%s); using it uncached",
                         name, getattr(exc, "strerror", None) or exc)
             return None, 0
-        if shared:
+        if origin == "snapshot":  # the drop-in's safety action, as visible under -v as a compile is
+            log.info("wasmcache: snapshot of %s taken (%s%s): mapped from the cache, never from the program's "
+                     "own file", name, kind, ", sharing an identical entry" if shared else "")
+        elif shared:
             log.debug("wasmcache: %s is identical to an entry already stored: sharing it", name)
         try:
             return self._load_entry(self._ctx, place, key, kind, locked=True)[0], 0 if shared else len(blob)
