@@ -82,6 +82,16 @@ def test_a_default_root_under_a_dangling_link_is_refused_by_name_on_a_fresh_home
         wasmcache.ModuleCache(home / ".cache" / "wasmcache").entries()
 
 
+@pytest.mark.parametrize("command", [("stats",), ("ls",), ("doctor",), ("--help",)])
+def test_output_to_a_full_device_is_one_line_not_an_internal_error(root: Path, command: tuple[str, ...]) -> None:
+    with open("/dev/full", "w") as full:
+        where = [] if command == ("--help",) else ["--cache-dir", str(root)]
+        proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", *command, *where], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == "wasmcache: error: cannot write the output: No space left on device\n"
+
+
 @pytest.mark.parametrize("command", ["doctor", "verify", "gc", "ls", "stats"])
 def test_a_directory_that_is_not_a_cache_is_one_line_and_no_advice_to_delete(tmp_path: Path, command: str) -> None:
     mine = tmp_path / "mine"

@@ -7,8 +7,10 @@ in a library stays light. Modules: `_group` (the group, shared options, output),
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+from typing import NoReturn
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,19 +41,32 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
-        from .._errors import CacheError  # noqa: PLC0415
+        _exit_for(exc)
 
-        if isinstance(exc, CacheError):
-            _error_line(str(exc))
-            sys.exit(2)
-        if isinstance(exc, OSError) and exc.filename is not None:  # e.g. a root under another user's home
-            _error_line(f"{os.fsdecode(exc.filename)}: {exc.strerror or exc}")
-            sys.exit(2)
-        if isinstance(exc, ValueError) and "null byte" in str(exc):  # click's Path type stats before our checks
-            _error_line("a path argument contains a NUL byte")
-            sys.exit(2)
-        _error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
-        sys.exit(3)
+
+def _exit_for(exc: Exception) -> NoReturn:
+    """One line for an error, and the exit status: 2 ours or a named file, 1 the output, 3 a bug."""
+    from .._errors import CacheError  # noqa: PLC0415
+
+    if isinstance(exc, CacheError):
+        _error_line(str(exc))
+        sys.exit(2)
+    if isinstance(exc, OSError) and exc.filename is not None:  # e.g. a root under another user's home
+        _error_line(f"{os.fsdecode(exc.filename)}: {exc.strerror or exc}")
+        sys.exit(2)
+    if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRORS:  # `wasmcache ls > /dev/full`, a full disk
+        _error_line(f"cannot write the output: {exc.strerror or exc}")
+        with _suppress_os_error():  # the buffered rest would fail again at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    if isinstance(exc, ValueError) and "null byte" in str(exc):  # click's Path type stats before our checks
+        _error_line("a path argument contains a NUL byte")
+        sys.exit(2)
+    _error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
+    sys.exit(3)
+
+
+_OUTPUT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # a write without a file name: stdout's
 
 
 def _leading_options(args: list[str]) -> tuple[int, str | None, list[str]] | None:
