@@ -65,6 +65,13 @@ def test_a_root_that_cannot_be_reached_is_one_line_not_an_empty_cache(tmp_path: 
     assert list((tmp_path / "new-empty").iterdir()) == []
 
 
+def test_inspect_of_a_key_in_a_root_that_cannot_be_reached_says_so_not_no_entry(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    line = one_line_error(run_cli("inspect", "--cache-dir", str(a_file / "cache"), "95a5"))
+    assert "cannot be reached (Not a directory)" in line
+
+
 def test_a_default_root_under_a_dangling_link_is_refused_by_name_on_a_fresh_home(tmp_path: Path) -> None:
     """~/.cache -> an unmounted disk: the root can never be created; a new user's shell, no XDG_* nor WASMCACHE_*."""
     import wasmcache

@@ -22,7 +22,9 @@ def _resolve(target: str, root: Path) -> tuple[Path, bool]:
         return path, False
     if not re.fullmatch(r"[0-9a-fA-F]{4,64}", target):
         raise CacheError(f"{target}: neither a file nor an entry key (4 to 64 hex digits)")
-    matches = sorted(root.glob(f"ns-*/{target.lower()}*{ENTRY_SUFFIX}"))
+    from ._root import existing_root  # noqa: PLC0415 - a key is looked up in a root: one that is usable
+
+    matches = sorted(root.glob(f"ns-*/{target.lower()}*{ENTRY_SUFFIX}")) if existing_root(root, "look into") else []
     if not matches:
         raise CacheError(f"{target}: no entry with this key under {root}")
     if len(matches) > 1:
