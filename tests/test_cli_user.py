@@ -65,6 +65,16 @@ def test_a_root_that_cannot_be_reached_is_one_line_not_an_empty_cache(tmp_path: 
     assert list((tmp_path / "new-empty").iterdir()) == []
 
 
+def test_compile_with_a_root_path_too_long_compiles_uncached_and_exits_0(tmp_path: Path) -> None:
+    wasm = tmp_path / "a.wasm"
+    wasm.write_bytes(answer_module(34))
+    too_long = tmp_path.joinpath(*["d" * 200] * 22)  # > PATH_MAX: every stat under it is ENAMETOOLONG
+    proc = run_cli("compile", "--cache-dir", str(too_long), str(wasm))
+    assert proc.returncode == 0, proc.stderr
+    assert "compiled, not cached" in proc.stderr
+    assert "error" not in proc.stderr
+
+
 def test_inspect_of_a_key_in_a_root_that_cannot_be_reached_says_so_not_no_entry(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("mine")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def compile_(
                 say(f"wasmcache: error: {exc}", err=True)
             continue
         entry = cache.entry_path(key)
-        cached = not cache.disabled and entry.exists()
+        cached = not cache.disabled and os.path.exists(entry)  # False, not OSError, for a path too long
         substituted = after.substituted > before.substituted
         if after.remote_hits > before.remote_hits:
             state = "from the remote tier"
