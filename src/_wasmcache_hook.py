@@ -147,6 +147,16 @@ def _stderr_identity() -> tuple[int, int] | None:
 _STDERR_AT_START = _stderr_identity()
 
 
+# Control characters but tab, as escapes: \n, \r, \x1b ...
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(9), *range(11, 32), *range(127, 160))} | {10: "\\n", 13: "\\r"}
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped: a file name can neither split a message into two lines
+    nor move the terminal's cursor (an ESC in a name)."""
+    return text.translate(_CONTROLS)
+
+
 def line_bytes(text: str) -> bytes:
     """`text` as a shell prints a file name: the bytes of a name that is not UTF-8 (Python holds them as
     surrogates) as those bytes, not as escapes; any other unencodable character escaped."""
@@ -166,7 +176,7 @@ def say(text: str) -> None:
     """
     if sys.__stderr__ is None or _STDERR_AT_START is None or _stderr_identity() != _STDERR_AT_START:
         return  # (Python leaves sys.__stderr__ None when fd 2 was closed at its start, whenever this loaded)
-    line = f"wasmcache[{os.getpid()}]: {text}".replace("\n", " ") + "\n"
+    line = one_line(f"wasmcache[{os.getpid()}]: {text}") + "\n"
     try:
         os.write(2, line_bytes(line))
     except OSError:

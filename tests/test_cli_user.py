@@ -65,6 +65,19 @@ def test_a_root_that_cannot_be_reached_is_one_line_not_an_empty_cache(tmp_path: 
     assert list((tmp_path / "new-empty").iterdir()) == []
 
 
+@pytest.mark.parametrize("command", ["compile", "run"])
+def test_a_file_name_with_a_newline_or_an_escape_stays_on_its_one_error_line(tmp_path: Path, command: str) -> None:
+    """A name with a newline split the error in two; an ESC in it could recolour the terminal (an outside reader)."""
+    for name, shown in (("bad\nnl.wasm", "bad\\nnl.wasm"), ("esc\x1b[31mred.wasm", "esc\\x1b[31mred.wasm")):
+        (tmp_path / name).write_bytes(b"garbage")
+        proc = run_cli(command, "--cache-dir", str(tmp_path / "root"), str(tmp_path / name))
+        assert proc.returncode != 0
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert shown in lines[0]
+        assert "\x1b" not in proc.stderr
+
+
 def test_compile_with_a_root_path_too_long_compiles_uncached_and_exits_0(tmp_path: Path) -> None:
     wasm = tmp_path / "a.wasm"
     wasm.write_bytes(answer_module(34))

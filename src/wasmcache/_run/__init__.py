@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Final, NoReturn
 
+from _wasmcache_hook import one_line
+
 from ._outcome import USAGE_EXIT, RunError, say
 
 _INTERNAL_EXIT: Final = 3
@@ -31,7 +33,7 @@ def main(argv: list[str], *, cache_dir: str | None = None, debug: bool = False, 
     try:
         return _main(argv, cache_dir)
     except RunError as exc:
-        say(f"wasmcache: error: {exc.message}")
+        say(one_line(f"wasmcache: error: {exc.message}"))
         if debug and exc.detail and exc.detail.strip() != exc.message:
             say(exc.detail.rstrip())
         return exc.code
@@ -45,7 +47,7 @@ def main(argv: list[str], *, cache_dir: str | None = None, debug: bool = False, 
 
             say(traceback.format_exc().rstrip())
         if isinstance(exc, CacheError):  # a setting, the cache root, the remote tier: one line, exit 2
-            say(f"wasmcache: error: {exc}")
+            say(one_line(f"wasmcache: error: {exc}"))
             return USAGE_EXIT
         say(f"wasmcache: internal error: {type(exc).__name__}: {exc} (run with --debug for a traceback)")
         return _INTERNAL_EXIT

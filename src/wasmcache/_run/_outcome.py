@@ -71,7 +71,9 @@ def _message(exc: BaseException) -> str:
 
 def say(line: str, fd: int = 2) -> None:
     """Write one line to stderr (or `fd`) as raw bytes: file names keep their exact (even non-UTF-8) bytes."""
-    data = (line.rstrip("\n") + "\n").encode("utf-8", "surrogateescape")
+    import _wasmcache_hook  # noqa: PLC0415 - the one rule for printing a name's bytes
+
+    data = _wasmcache_hook.line_bytes(line.rstrip("\n") + "\n")
     try:
         while data:
             data = data[os.write(fd, data):]

@@ -136,7 +136,9 @@ def _exec_fast_path(args: list[str]) -> None:
 
 
 def _error_line(message: str) -> None:
-    text = f"wasmcache: error: {message}".replace("\n", " ")
+    import _wasmcache_hook  # noqa: PLC0415 - the one rule for a line naming a file
+
+    text = _wasmcache_hook.one_line(f"wasmcache: error: {message}")
     stream = sys.stderr
     if stream is None:
         return

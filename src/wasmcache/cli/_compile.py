@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from _wasmcache_hook import one_line
+
 from .._errors import CacheError
 from .._root import has_marker
 from ._group import (
@@ -65,7 +67,7 @@ def compile_(
             if as_json:
                 say(json.dumps({"file": str(file), "error": str(exc)}))
             else:
-                say(f"wasmcache: error: {exc}", err=True)
+                say(one_line(f"wasmcache: error: {exc}"), err=True)
             continue
         entry = cache.entry_path(key)
         cached = not cache.disabled and os.path.exists(entry)  # False, not OSError, for a path too long
