@@ -112,6 +112,24 @@ print(wasmtime.Instance(store, module, []).exports(store)["f"](store))
 """
 
 
+def test_an_unusable_root_is_reported_with_its_own_reason(tmp_path: Path) -> None:
+    """Not "<parent> is not writable" (an outside reader): the reason the path itself gives."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    (tmp_path / "gone").symlink_to(tmp_path / "unmounted" / "disk")
+    program = tmp_path / "own.py"
+    program.write_text(OWN_CACHE)
+    own = tmp_path / "own.cwasm"
+    for root, reason in ((a_file / "cache", "(Not a directory)"),
+                         (tmp_path / "gone" / "cache", f"{tmp_path / 'gone'} is a symbolic link to")):
+        proc = wrapped("--cache-dir", str(root), "exec", sys.executable, str(program), str(own), env=clean_env())
+        assert (proc.returncode, proc.stdout) == (0, "7\n"), proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert reason in lines[0]
+        assert "not writable" not in lines[0]
+
+
 def test_a_read_only_root_is_reported_once_and_truly(tmpfs: Path, tmp_path: Path) -> None:
     root = tmpfs / "cache"
     root.mkdir()  # it exists (empty): nothing has to be created, only initialized
