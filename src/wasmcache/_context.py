@@ -16,12 +16,12 @@ from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_ide
 from ._layout import ENGINES_DIR
 from ._log import log
 from ._root import (
-    dangling_link_above,
     disabled_by_environment,
     has_marker,
     initialize_root,
     resolve_max_size,
     resolve_root,
+    unreachable_reason,
     unsafe_fix,
     unsafe_reason,
 )
@@ -129,7 +129,7 @@ class CacheContext:
             if not has_marker(self.root):
                 log.warning("wasmcache: cannot %s cache root %s (%s); nothing will be cached",
                             "create" if existing is None else "initialize", self.root,
-                            (existing is None and dangling_link_above(self.root)) or exc.strerror or exc)
+                            unreachable_reason(self.root) or exc.strerror or exc)
                 return
         if existing is None and not self.safe(self.root, os.stat(self.root)):
             return  # created just now (by us, or a racing process): check what is there

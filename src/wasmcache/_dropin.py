@@ -39,7 +39,7 @@ from ._errors import CacheError, CompileError, ConfigError, SourceError
 from ._layout import is_entry_name, is_namespace_name
 from ._loaded import WeakKeyMap
 from ._log import log
-from ._root import dangling_link_above, has_marker, resolve_root
+from ._root import has_marker, resolve_root, unreachable_reason
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -301,15 +301,9 @@ def _resolved(root: str | os.PathLike[str] | None) -> Path | None:
 def _why_unwritable(root: Path) -> str:
     """Why wasmcache could not set up `root`, in a few words: what the path itself says (a link to nothing on
     its way, a loop, a name too long, a file in it), else the nearest existing directory's state."""
-    dangling = dangling_link_above(root)
-    if dangling is not None:
-        return dangling
-    try:
-        os.lstat(root)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        return exc.strerror or str(exc)
+    unreachable = unreachable_reason(root)
+    if unreachable is not None:
+        return unreachable
     probe = root
     while not os.path.lexists(probe) and probe.parent != probe:
         probe = probe.parent

@@ -138,7 +138,7 @@ _in_memo: set[tuple[str, str]] = set()  # (memo directory, key) known to be on d
 
 
 def remembered_section(memo_key: str, memo: EngineMemo | None, described: object,
-                probe: Callable[[], bytes]) -> bytes:
+                       probe: Callable[[], bytes]) -> bytes:
     """The engine section for `memo_key`: from this process, else `memo`, else `probe()`.
 
     Whatever this process knows is also put into `memo` once (a root this process has not used

@@ -158,12 +158,11 @@ def _ours_to_fix(path: Path) -> bool:
         return True
     try:
         st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode) or st.st_mode & stat.S_ISVTX or st.st_uid != os.getuid():
-            return False  # (sticky: a shared directory such as /tmp or /dev/shm)
-        with os.scandir(path) as it:
-            return next(it, None) is None
     except OSError:
         return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_mode & stat.S_ISVTX or st.st_uid != os.getuid():
+        return False  # (sticky: a shared directory such as /tmp or /dev/shm)
+    return _empty_directory(path)
 
 
 # --- how it proves it is ours -----------------------------------------------------------------------
@@ -206,24 +205,12 @@ def existing_root(root: Path, action: str) -> bool:
     directory that is not ours, and a root that cannot be reached (a file or a directory we may not
     enter on its way), which a listing must not take for an empty cache.
     """
-    try:
-        os.lstat(root)
-    except FileNotFoundError:
-        dangling = dangling_link_above(root)
-        if dangling is None:
-            return False
-        raise NotACacheError(f"{root}: cannot be reached ({dangling}); check the cache root ({_ROOT_SETTINGS}); "
-                             f"refusing to {action} it") from None
-    except OSError as exc:
-        raise NotACacheError(f"{root}: cannot be reached ({exc.strerror or exc}); check the cache root "
-                             f"({_ROOT_SETTINGS}); refusing to {action} it") from None
-    if os.path.isdir(root):
-        try:
-            with os.scandir(root) as it:
-                if next(it, None) is None:
-                    return False
-        except OSError:
-            pass  # unreadable: the marker's check below says why
+    unreachable = unreachable_reason(root)
+    if unreachable is not None:
+        raise NotACacheError(f"{root}: cannot be reached ({unreachable}); check the cache root ({_ROOT_SETTINGS}); "
+                             f"refusing to {action} it")
+    if not os.path.lexists(root) or (os.path.isdir(root) and _empty_directory(root)):
+        return False
     marker = _read_marker(root)
     if not marker.startswith("wasmcache"):
         raise NotACacheError(f"{not_a_root_message(root)}; refusing to {action} it")
@@ -231,10 +218,28 @@ def existing_root(root: Path, action: str) -> bool:
     return True
 
 
-def dangling_link_above(path: Path) -> str | None:
-    """"LINK is a symbolic link to TARGET, which does not exist", when a missing `path` lies under a link to
-    nothing (`~/.cache` -> an unmounted disk): such a root can never be created, so it must not read as a cache
-    that does not exist yet, nor be reported with mkdir's "File exists"."""
+def unreachable_reason(root: Path) -> str | None:
+    """Why nothing can ever be at `root`, in a few words, or None (it is there, or merely not created yet):
+    what looking it up says (Not a directory, a loop, a name too long, no permission), or the link to nothing
+    a missing root lies under (`~/.cache` -> an unmounted disk), which mkdir would report as "File exists"."""
+    try:
+        os.lstat(root)
+    except FileNotFoundError:
+        return _dangling_link_above(root)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def _empty_directory(path: Path) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except OSError:
+        return False
+
+
+def _dangling_link_above(path: Path) -> str | None:
     above = next((p for p in path.parents if os.path.lexists(p)), None)
     if above is None or not os.path.islink(above) or os.path.exists(above):
         return None

@@ -67,6 +67,7 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
     report = VerifyReport()
     if not existing_root(root, "fix" if fix else "verify"):
         return report
+
     def finding(path: Path, problem: str, detail: str, fix_text: str = _FIX) -> None:
         report.findings.append(Finding(str(path), problem, detail, fix_text))
 
