@@ -35,7 +35,32 @@ def _module_for(spec: Any) -> Any:
     return module
 
 
-def _chain(here: str) -> None:
+def _leave_the_path(here: str) -> None:
+    """Take this hook's own entries (the zip `exec` put on PYTHONPATH) off sys.path: its modules are
+    loaded, and the program then sees the sys.path of an unwrapped run (issue 14: a guest leaves no
+    trace), nor does each of its imports search our zip first. PYTHONPATH itself stays as it is, so
+    every process the program starts runs this hook too. An entry is ours if it is the same file
+    (one stat per entry: os.path.realpath would lstat each of its components)."""
+    try:
+        st = os.stat(here)
+    except OSError:
+        return
+    ours = (st.st_dev, st.st_ino)
+
+    def is_ours(entry: str) -> bool:
+        try:
+            other = os.stat(entry or ".")
+        except (OSError, ValueError, TypeError):
+            return False
+        return (other.st_dev, other.st_ino) == ours
+
+    for entry in [p for p in sys.path if is_ours(p)]:
+        sys.path.remove(entry)
+        sys.path_importer_cache.pop(entry, None)
+
+
+def _chain() -> None:
+    """Run the `sitecustomize` this one shadows, if sys.path (without ours) has one."""
     # importlib.machinery's PathFinder is this class, already loaded at start-up: `import importlib`
     # would cost every Python process under `exec` ~0.3 ms for it.
     finder = getattr(sys.modules.get("_frozen_importlib_external"), "PathFinder", None)
@@ -44,13 +69,7 @@ def _chain(here: str) -> None:
 
         finder = importlib.machinery.PathFinder
 
-    def other(entry: str) -> bool:
-        try:
-            return os.path.realpath(entry or ".") != here
-        except (OSError, ValueError):
-            return True
-
-    spec = finder.find_spec("sitecustomize", [p for p in sys.path if other(p)])
+    spec = finder.find_spec("sitecustomize", sys.path)
     if spec is None or spec.loader is None:
         return
     module = _module_for(spec)
@@ -90,13 +109,14 @@ def _hook(here: str) -> Any:
 
 
 def _main() -> None:
-    here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
     if "WASMCACHE_AUTO" in os.environ:  # the hook judges its value (its words live there)
         try:
             _hook(here).arm()
         except Exception as exc:  # start-up code must never stop the program
             sys.stderr.write(f"wasmcache[{os.getpid()}]: warning: startup hook failed: {type(exc).__name__}: {exc}\n")
-    _chain(here)
+    _leave_the_path(here)
+    _chain()
 
 
 _main()
