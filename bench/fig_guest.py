@@ -48,7 +48,8 @@ def measure(ctx: h.Context) -> dict:
         h.sample(command)  # and every root: under exec, the snapshot of the tool's file is taken here
     rounds = ctx.rounds(11, 31)
     ctx.say(f"guest: exec true, a YoWASP-style tool, a library hit as a process: {len(contenders)} x {rounds}")
-    wall = h.summaries(h.interleave(contenders, rounds), "wall")
+    samples = h.interleave(contenders, rounds)
+    wall = h.summaries(samples, "wall")
     med = {name: s["median"] for name, s in wall.items()}
     goals = [
         h.goal("`wasmcache exec true` <= 5 ms", med["exec_true"], GOALS["exec_true_s"],
@@ -57,10 +58,11 @@ def measure(ctx: h.Context) -> dict:
                  if name == "tool" or "tool" not in tools else
                  f"(no goal: the real tool ran) {label} under exec vs bare",
                  med[f"exec_{name}"] / med[name] if name == "tool" or "tool" not in tools else None, GOALS["tool"],
-                 f"{h.ms(med[f'exec_{name}'])} vs {h.ms(med[name])} = {h.ratio_text(med[f'exec_{name}'] / med[name])}")
+                 f"{h.ms(med[f'exec_{name}'])} vs {h.ms(med[name])} = {h.ratio_text(med[f'exec_{name}'] / med[name])}"
+                 f"{h.round_ratios(samples, f'exec_{name}', name)}")
           for name, (_command, label) in tools.items()),
         h.goal("library hit as a process <= 1.1x the bare process", med["lib_hit"] / med["lib_bare"], GOALS["lib"],
-             f"{h.ms(med['lib_hit'])} vs {h.ms(med['lib_bare'])}"),
+             f"{h.ms(med['lib_hit'])} vs {h.ms(med['lib_bare'])}{h.round_ratios(samples, 'lib_hit', 'lib_bare')}"),
     ]
     for t in ctx.trees[1:]:
         goals += [h.goal(f"{name} HEAD vs {t.label}, alternated (no goal: the noise)", None, 1,

@@ -145,6 +145,17 @@ def summaries(samples: dict[str, list[dict]], key: str = "t") -> dict[str, dict]
     return {name: summarize([r[key] for r in results]) for name, results in samples.items()}
 
 
+def round_ratios(samples: dict[str, list[dict]], a: str, b: str, key: str = "wall") -> str:
+    """`a`'s sample over `b`'s, round by round (interleave runs both in every round, close together):
+    their median and middle half, so a figure near its goal shows whether this machine's noise could
+    decide it."""
+    ratios = sorted(x[key] / y[key] for x, y in zip(samples[a], samples[b], strict=True))
+    if len(ratios) < 2:
+        return ""
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return f" (round by round: {ratio_text(median)}, middle half {ratio_text(q1)}-{ratio_text(q3)})"
+
+
 def goal(text: str, value: float | None, limit: float, measured: str) -> dict:
     """One goal's verdict: `value` (a ratio, or seconds against a limit in seconds) <= `limit`."""
     status = "SKIP" if value is None else "PASS" if value <= limit else "FAIL"
