@@ -278,4 +278,18 @@ MUTANTS: tuple[Mutant, ...] = (
        "an unsafe path that is not wasmcache's (/tmp, /dev/null) is never given chmod or chown advice",
        [("_root.py", "    if not _ours_to_fix(path):", "    if False:")],
        ["tests/test_reliability.py::test_a_shared_or_foreign_world_writable_root_is_refused_without_chmod_advice"]),
+    _m("dropin-keeps-every-engine",
+       "an engine (and each module it mapped) the program drops is freed under exec, as unwrapped",
+       [("_dropin.py", "self._live.put(cache, value=True)", "self._live.put(cache, cache)")],
+       ["tests/test_guest.py::test_engines_and_modules_the_program_drops_are_freed_under_exec"]),
+    _m("unbounded-memo",
+       "the per-process memo keeps at most MEMO_LIMIT modules alive: many loads do not exhaust descriptors",
+       [("_loaded.py", "MEMO_LIMIT = 64", "MEMO_LIMIT = 10**9")],
+       ["tests/test_guest.py::test_engines_and_modules_the_program_drops_are_freed_under_exec"]),
+    _m("guest-failure-reaches-the-program",
+       "a failure of the drop-in's own (a shadowed dependency) leaves the program running as unwrapped",
+       [("_dropin.py", "except Exception as exc:  # a guest's own failure never becomes the program's",
+         "except ZeroDivisionError as exc:  #")],
+       [f"tests/test_guest.py::test_a_module_of_the_programs_directory_that_shadows_a_dependency_leaves_it_running[{m}]"
+        for m in ("blake3", "token")]),
 )

@@ -27,7 +27,7 @@ from ._errors import CompileError, ConfigError, wasmtime_reason
 from ._fs import read_fd
 from ._key import Source, SourceDigests, artifact_fingerprint, cache_key, source_of, wasm_digest
 from ._layout import Kind
-from ._loaded import Loaded, loaded_by_engine, loaded_guard
+from ._loaded import Loaded, forget_all, loaded_by_engine, loaded_guard, remember
 from ._log import log
 from ._native import EntryRefusedError
 from ._record import Identity
@@ -212,8 +212,9 @@ class ModuleCache:
         module = self._miss.load(name, path, data, place, key, kind, digest, replace=True)
         loaded = self._loaded_modules()
         with loaded_guard:
-            loaded[(str(ctx.root), ctx.mode, kind, key)] = Loaded.of(module, place.namespace.entry_path(key),
-                                                                      ctx.mode, None)
+            released = remember(self.engine, loaded, (str(ctx.root), ctx.mode, kind, key),
+                                Loaded.of(module, place.namespace.entry_path(key), ctx.mode, None))
+        del released  # outside the guard: a released module's destructor runs here
         return module
 
     def key_for(self, source: Source, kind: Kind = "module") -> str:
@@ -255,6 +256,8 @@ class ModuleCache:
         loaded = self._loaded_modules()
         with loaded_guard:
             remembered = loaded.get(memo_key)
+            released = remember(self.engine, loaded, memo_key) if remembered is not None else []
+        del released
         module = remembered.module if remembered is not None and remembered.still_valid() else None
         mapped: Identity | None = None
         try:
@@ -273,8 +276,10 @@ class ModuleCache:
             current = loaded.get(memo_key)
             if current is not None and current.module is not module and current.still_valid():
                 return current.module
-            loaded[memo_key] = Loaded.of(module, place.namespace.entry_path(key), ctx.mode, mapped)
-            return module
+            released = remember(self.engine, loaded, memo_key,
+                                Loaded.of(module, place.namespace.entry_path(key), ctx.mode, mapped))
+        del released  # outside the guard: a released module's destructor runs here
+        return module
 
     def _compiled_place(self, kind: Kind, digest: str) -> tuple[Place, str]:
         """Where this engine's compile of an input with `digest` lives, and its key."""
@@ -337,7 +342,7 @@ class ModuleCache:
         from ._maintenance import clear_root  # noqa: PLC0415
 
         with loaded_guard:
-            loaded_by_engine.clear()
+            forget_all()
         return clear_root(self.root)
 
     def verify(self, fix: bool = False) -> VerifyReport:

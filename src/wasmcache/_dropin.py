@@ -97,7 +97,7 @@ class DropIn:
         self.automatic = automatic
         self.active = False
         self._lock = RLock()
-        self._live = WeakKeyMap()  # _EngineCache -> itself, while the program keeps its engine
+        self._live = WeakKeyMap()  # _EngineCache -> True while the program keeps its engine (never itself: kept alive)
         self._retired = [0] * _COUNTERS
         self._reported = [0] * _COUNTERS  # what a forked parent had counted: its child reports only its own
         self._at_fork = self._reported
@@ -203,7 +203,7 @@ class DropIn:
                 return None
             cache._dropin_owner = self  # noqa: SLF001
             attached[self] = cache
-            self._live.put(cache, cache)
+            self._live.put(cache, value=True)
             return cache
 
     def _own_cache_fingerprint(self, engine: Any) -> bool:
@@ -229,11 +229,11 @@ class DropIn:
 
     def _load(self, engine: Any, kind: Kind, source: str | bytes | bytearray) -> Any:
         """The cached object for `source`, None to let wasmtime's original do it (and report)."""
-        cache = self._cache_for(engine)
-        if cache is None:
-            return None
         refused: BaseException | None = None
         try:
+            cache = self._cache_for(engine)
+            if cache is None:
+                return None
             return cache.load(source) if kind == "module" else cache.load_component(source)
         except CompileError as exc:
             refused = _wasmtime_error(exc, None)
@@ -244,16 +244,18 @@ class DropIn:
         except (CacheError, OSError) as exc:
             self._warn_once(type(exc).__name__, f"wasmcache: drop-in falls back to wasmtime: {exc}")
             return None
+        except Exception as exc:  # a guest's own failure never becomes the program's (see _unexpected)
+            self._warn_once(_unexpected(exc), f"wasmcache: drop-in falls back to wasmtime: {_unexpected(exc)}")
+            return None
         raise refused  # outside the handler: no wasmcache exception as its __context__
 
     def _load_precompiled(self, engine: Any, kind: Kind, path: str) -> Any:
         # A snapshot is keyed by the artifact's own engine section: no probe of this engine.
-        cache = self._cache_for(engine)
-        load_precompiled = getattr(cache, "load_precompiled", None)
-        if load_precompiled is None:
-            return None  # the caller deserializes a private copy: still never a mapping of `path`
         refused: BaseException | None = None
         try:
+            load_precompiled = getattr(self._cache_for(engine), "load_precompiled", None)
+            if load_precompiled is None:
+                return None  # the caller deserializes a private copy: still never a mapping of `path`
             return load_precompiled(path, kind=kind)
         except CompileError as exc:
             refused = _wasmtime_error(exc, path)
@@ -263,6 +265,10 @@ class DropIn:
             return None
         except (CacheError, OSError) as exc:
             self._warn_once(type(exc).__name__, f"wasmcache: drop-in copies {path} instead of caching it: {exc}")
+            return None
+        except Exception as exc:  # as in _load
+            self._warn_once(_unexpected(exc), f"wasmcache: drop-in copies {path} instead of caching it: "
+                                              f"{_unexpected(exc)}")
             return None
         raise refused
 
@@ -317,6 +323,17 @@ def _why_unwritable(root: Path) -> str:
     if not os.access(probe, os.W_OK):
         return f"{where} is not writable"
     return f"{where} could not be set up"
+
+
+def _unexpected(exc: Exception) -> str:
+    """A failure of the drop-in's own (a module of the program's directory that shadows one wasmcache
+    imports, say `token.py`): its type and words, for one warning; the program then runs as unwrapped."""
+    text = f"{type(exc).__name__}: {exc}"
+    where = getattr(exc, "path", None)  # an ImportError's module file
+    found = getattr(exc, "obj", None)  # an AttributeError's object: the module that lacks the name
+    if where is None and isinstance(found, type(os)):
+        where = getattr(found, "__file__", None)
+    return text if not where or str(where) in text else f"{text} ({where})"
 
 
 def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None:

@@ -109,6 +109,40 @@ class Loaded:
 loaded_by_engine = WeakKeyMap()  # wasmtime.Engine -> {(root, mode, kind, key): _Loaded}
 loaded_guard = allocate_lock()
 
+# How many modules the memo keeps alive, over all engines: the least recently used beyond that is let
+# go (the program's own references keep it alive; a later load maps it again). Each module mapped from
+# a file holds a descriptor: an unbounded memo ran a service that loads many modules, or one that keeps
+# many engines, out of descriptors where the same program unwrapped frees each module it drops.
+MEMO_LIMIT = 64
+_recent: dict[tuple[int, tuple[str, str, str, str]], Any] = {}  # (id(engine), key) -> ref(engine), oldest first
+
+
+def forget_all() -> None:
+    """Empty the memo of every engine (under `loaded_guard`)."""
+    loaded_by_engine.clear()
+    _recent.clear()
+
+
+def remember(engine: Any, loaded: dict[tuple[str, str, str, str], Loaded], key: tuple[str, str, str, str],
+             found: Loaded | None = None) -> list[Loaded]:
+    """Note `key` of `engine`'s memo as used now (storing `found` under it, if given); returns what the
+    memo let go, to be dropped by the caller after it releases `loaded_guard` (a module's release runs
+    wasmtime's destructor). Called under `loaded_guard`."""
+    if found is not None:
+        loaded[key] = found
+    order = (id(engine), key)
+    _recent.pop(order, None)
+    _recent[order] = ref(engine)
+    released: list[Loaded] = []
+    while len(_recent) > MEMO_LIMIT:
+        oldest = next(iter(_recent))
+        holder = _recent.pop(oldest)()
+        memo = loaded_by_engine.get(holder) if holder is not None else None
+        gone = memo.pop(oldest[1], None) if memo is not None else None
+        if gone is not None:
+            released.append(gone)
+    return released
+
 
 def mapped_entry(engine: Any, module: Any) -> tuple[str, Identity] | None:
     """(entry path, identity) of the entry `module` maps, as this process loaded it; None for a copy."""

@@ -19,6 +19,6 @@ else:
         except ImportError:
             pass
     finally:
-        sys.path[:] = _saved
+        sys.path[:] = [p for p in _saved if os.path.realpath(p or ".") != _here]  # the unwrapped run's path
         if "sitecustomize" not in sys.modules and _this is not None:
             sys.modules["sitecustomize"] = _this  # no other: the import of this one completes as usual
