@@ -736,3 +736,44 @@ def test_a_module_of_the_programs_directory_that_shadows_a_dependency_leaves_it_
     assert "falls back to wasmtime" in lines[0]
     assert f"{shadow}.py" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+HOLD_THE_KEY = """
+import fcntl, os, signal, sys, wasmcache
+cache = wasmcache.ModuleCache(sys.argv[1])
+key = cache.key_for(sys.argv[2])
+lock = str(cache.entry_path(key))[:-len(".cwasm")] + ".lock"
+os.makedirs(os.path.dirname(lock), exist_ok=True)
+fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("holding", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)  # as a job stopped with Ctrl-Z while it compiles that key
+"""
+
+
+def test_a_stopped_process_holding_a_key_does_not_hold_the_program_for_the_lock_timeout(tmp_path: Path) -> None:
+    # A process compiling a module, stopped (Ctrl-Z, SIGSTOP), kept every other process loading that
+    # module waiting 900 s in silence. The waiter now sees the holder is stopped and compiles itself.
+    wasm = tmp_path / "m.wasm"
+    wasm.write_bytes(answer_module(11))
+    root = tmp_path / "guest"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_KEY, str(root), str(wasm)], env=clean_env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "holding\n"
+        program = f"import wasmtime; wasmtime.Module.from_file(wasmtime.Engine(), {str(wasm)!r}); print('loaded')"
+        proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(root), "exec",
+                               sys.executable, "-c", program], env=clean_env(), capture_output=True, text=True,
+                              timeout=30, check=False)
+        assert (proc.returncode, proc.stdout) == (0, "loaded\n"), proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert GUEST_LINE.match(lines[0])
+        assert lines[0].endswith(f"process {holder.pid}, compiling {wasm}, is stopped; compiling here too")
+        compiled = wrapped("--cache-dir", str(root), "compile", str(wasm), env=clean_env())
+        assert compiled.returncode == 0, compiled.stderr
+        assert f"not cached (process {holder.pid} holds its key" in compiled.stderr
+    finally:
+        holder.kill()
+        holder.wait()

@@ -107,6 +107,34 @@ class KeyLock:
         self.release()
 
 
+def holder(path: Path) -> int | None:
+    """The pid of the process holding the flock on `path`, from /proc/locks (Linux); None if unknown."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            table = f.read()
+    except OSError:
+        return None
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 12345 08:01:1234567 0 EOF" (a waiter's line has "->" after the number)
+        words = line.split()
+        if len(words) >= 6 and words[1] == "FLOCK" and words[-3] == inode and words[-4].isdigit():
+            return int(words[-4]) or None
+    return None
+
+
+def stopped(pid: int) -> bool:
+    """Whether process `pid` is stopped (SIGSTOP, Ctrl-Z, a debugger): it will not release a lock until
+    someone continues it."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rpartition(")")[2].split()[:1]  # after the command name, which may hold anything
+    except OSError:
+        return False
+    return state in (["T"], ["t"])
+
+
 @contextlib.contextmanager
 def try_lock(path: Path) -> Iterator[bool]:
     """Yield True while holding `path` if it was free, else False (never waits)."""

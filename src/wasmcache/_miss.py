@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 # A compile of this much wasm takes a second or more: a terminal is told it started, and why.
 _LONG_COMPILE_BYTES: Final = 4 << 20
+_HOLDER_CHECK_S: Final = 1.0  # how often a process waiting for a key looks at the process compiling it
 
 
 class LoadEntry(Protocol):
@@ -91,11 +92,8 @@ class MissPath:
             key_lock = place.namespace.lock(key)
             try:
                 place.namespace.ensure(place.section)
-                if key_lock.acquire(timeout=ctx.lock_timeout):
+                if self._wait_for(key_lock, name):
                     lock = key_lock
-                else:
-                    log.warning("wasmcache: waited %.0f s for another process loading %s; compiling here too",
-                                ctx.lock_timeout, name)
             except OSError as exc:
                 log.warning("wasmcache: cannot lock %s (%s); compiling without caching", key_lock.path,
                             exc.strerror or exc)
@@ -112,6 +110,30 @@ class MissPath:
         if added is not None:
             self._after_publish(place, key, added, upload)
         return module
+
+    def _wait_for(self, key_lock: KeyLock, name: str) -> bool:
+        """Take the key's lock, waiting up to `lock_timeout` for the process compiling this key; False
+        (compile here too) past that, or at once when that process is stopped: a Ctrl-Z'd or frozen job
+        would otherwise hold every other process loading this module for the whole timeout."""
+        from ._lock import holder, stopped  # noqa: PLC0415 - only when another process holds the key
+
+        ctx = self._ctx
+        deadline = time.monotonic() + ctx.lock_timeout
+        said = False
+        while not key_lock.acquire(timeout=max(0.0, min(_HOLDER_CHECK_S, deadline - time.monotonic()))):
+            pid = holder(key_lock.path)
+            if pid is not None and stopped(pid):
+                log.warning("wasmcache: process %d, compiling %s, is stopped; compiling here too", pid, name)
+                return False
+            if time.monotonic() >= deadline:
+                log.warning("wasmcache: waited %.0f s for another process loading %s; compiling here too",
+                            ctx.lock_timeout, name)
+                return False
+            if not said:
+                said = True
+                log.info("wasmcache: waiting for process %s, compiling %s (up to %.0f s)", pid or "?", name,
+                         ctx.lock_timeout)
+        return True
 
     def refuse(self, name: str, path: str | None, data: bytes | memoryview | None, kind: Kind) -> Any:
         """What wasmtime makes of a serialized input that is not a Wasmtime artifact (its error, as a CompileError)."""

@@ -6,12 +6,15 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from _wasmcache_hook import one_line
 
 from .._errors import CacheError
+from .._layout import lock_path
+from .._lock import holder
 from .._root import has_marker
 from ._group import (
     cache_dir_option,
@@ -26,6 +29,9 @@ from ._group import (
     substituter_options,
 )
 from ._group import settings_of as _settings_of
+
+if TYPE_CHECKING:
+    from .._cache import ModuleCache
 
 
 @cli.command("compile")
@@ -84,14 +90,8 @@ def compile_(
         else:
             state = "already cached"
         if not cached:
-            if cache.disabled:
-                why = "WASMCACHE_DISABLE is set"
-            elif not cache.writable:
-                why = f"{cache.root} is not writable" if has_marker(cache.root) else \
-                    f"{cache.root} could not be set up (see the warning above)"
-            else:
-                why = f"evicted at once: the size limit is {human(cache.max_size)} ($WASMCACHE_MAX_SIZE, gc --max-size)"
-            state = f"{'compiled' if after.compiles > before.compiles else 'loaded'}, not cached ({why})"
+            done = "compiled" if after.compiles > before.compiles else "loaded"
+            state = f"{done}, not cached ({_why_not_cached(cache, entry, key)})"
         if as_json:
             say(json.dumps({"file": str(file), "kind": kind, "key": key, "entry": str(entry) if cached else None,
                             "compiled": after.compiles > before.compiles, "substituted": substituted,
@@ -102,3 +102,15 @@ def compile_(
             say(f"{file}: {state} in {elapsed:.2f} s", err=True)
     if failed:
         raise SystemExit(1)
+
+
+def _why_not_cached(cache: ModuleCache, entry: Path, key: str) -> str:
+    if cache.disabled:
+        return "WASMCACHE_DISABLE is set"
+    if not cache.writable:
+        return f"{cache.root} is not writable" if has_marker(cache.root) else \
+            f"{cache.root} could not be set up (see the warning above)"
+    pid = holder(lock_path(entry.parent, key))
+    if pid is not None:
+        return f"process {pid} holds its key: see the warning above"
+    return f"evicted at once: the size limit is {human(cache.max_size)} ($WASMCACHE_MAX_SIZE, gc --max-size)"
