@@ -508,6 +508,29 @@ def test_many_processes_creating_one_new_root_at_once_all_succeed(tmp_path: Path
     assert (root / "wasmcache-layout").exists()
 
 
+def test_gc_bounds_the_digest_memos_that_fresh_temporary_files_leave(root: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tool that loads a freshly written file each time leaves one digest memo per file identity:
+    # gc keeps the newest MEMO_KEEP, and --max-size 0 (empty everything) keeps none.
+    from wasmcache import _maintenance
+
+    cache = ModuleCache(root)
+    for i in range(12):
+        source = tmp_path / f"tool-{i}.wasm"
+        source.write_bytes(answer_module(7))  # the same module: one entry, a memo per file
+        cache.load(source)
+        memo = max((root / "digests").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+        os.utime(memo, (time.time() - 100 + i, time.time() - 100 + i))  # distinct ages, the last newest
+    memos = sorted((root / "digests").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert len(memos) == 12
+    monkeypatch.setattr(_maintenance, "MEMO_KEEP", 5)
+    cache.gc()
+    assert sorted((root / "digests").iterdir(), key=lambda p: p.stat().st_mtime) == memos[-5:]
+    assert cache.entry_path(cache.key_for(answer_module(7))).exists()
+    cache.gc(0)
+    assert list((root / "digests").iterdir()) == []
+
+
 def test_gc_removes_an_entry_that_no_record_vouches_for(root: Path) -> None:
     cache = ModuleCache(root)
     cache.load(answer_module(49))

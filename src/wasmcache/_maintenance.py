@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 MAX_AGE: Final = 30 * 24 * 3600.0  # entries (and so namespaces of an old wasmtime) unused this long go
 _QUARANTINE_AGE: Final = 24 * 3600.0
+# Digest and engine memos are only shortcuts (a digest is computed again, an engine probed again), one
+# small file each: a tool that loads fresh temporary files makes one per file. gc keeps the newest this
+# many of each kind, and none at --max-size 0.
+MEMO_KEEP = 10_000
 # The usage record is recounted by a collection at least this often, whatever the publications say.
 _USAGE_RECOUNT_INTERVAL: Final = 24 * 3600.0
 _ACCOUNT_WAIT: Final = 2.0
@@ -164,9 +168,10 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
                                          (entry_stat.st_dev, entry_stat.st_ino)))
     for directory in (root, root / DIGESTS_DIR, root / ENGINES_DIR):
         report.reaped_temp_files += _reap_dead_temp_files(directory)
-    for directory, age in ((root / QUARANTINE_DIR, _QUARANTINE_AGE), (root / DIGESTS_DIR, max_age),
-                           (root / ENGINES_DIR, max_age)):
-        other_bytes += _expire_files(directory, now - age)
+    memos = MEMO_KEEP if max_size > 0 else 0
+    for directory, age, keep in ((root / QUARANTINE_DIR, _QUARANTINE_AGE, None), (root / DIGESTS_DIR, max_age, memos),
+                                 (root / ENGINES_DIR, max_age, memos)):
+        other_bytes += _expire_files(directory, now - age, keep)
     candidates.sort(key=lambda c: c.last_used)
     names: dict[tuple[int, int], int] = {}  # names per inode: its bytes count once, and go with its last name
     for c in candidates:
@@ -204,8 +209,10 @@ def _reap_dead_temp_files(directory: Path) -> int:
     return sum(reap_if_dead(path) for path in temps)
 
 
-def _expire_files(directory: Path, cutoff: float) -> int:
-    remaining = 0
+def _expire_files(directory: Path, cutoff: float, keep: int | None = None) -> int:
+    """Remove the files of `directory` older than `cutoff` and, past `keep` files, the oldest; the bytes
+    of those that remain."""
+    remaining: list[tuple[float, str, int]] = []
     try:
         with os.scandir(directory) as it:
             for e in it:
@@ -214,12 +221,18 @@ def _expire_files(directory: Path, cutoff: float) -> int:
                     if st.st_mtime < cutoff:
                         os.unlink(e.path)
                     else:
-                        remaining += st.st_size
+                        remaining.append((st.st_mtime, e.path, st.st_size))
                 except OSError:
                     continue
     except (FileNotFoundError, NotADirectoryError):
         pass
-    return remaining
+    if keep is not None and len(remaining) > keep:
+        remaining.sort()
+        for _mtime, path, _size in remaining[:len(remaining) - keep]:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        remaining = remaining[len(remaining) - keep:]
+    return sum(size for _mtime, _path, size in remaining)
 
 
 def clear_root(root: Path) -> int:
