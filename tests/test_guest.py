@@ -777,3 +777,31 @@ def test_a_stopped_process_holding_a_key_does_not_hold_the_program_for_the_lock_
     finally:
         holder.kill()
         holder.wait()
+
+
+ERRORS = """
+import os, sys, wasmtime
+e = wasmtime.Engine()
+open("own.cwasm", "wb").write(wasmtime.Module(e, '(module (func (export "g")))').serialize())
+fuel = wasmtime.Config()
+fuel.consume_fuel = True
+for path, engine in (("nope.cwasm", e), ("own.cwasm", wasmtime.Engine(fuel))):
+    try:
+        wasmtime.Module.deserialize_file(engine, path)
+    except wasmtime.WasmtimeError as exc:
+        print(type(exc).__name__, repr(exc), exc.args, str(exc).splitlines()[-1])
+"""
+
+
+def test_a_wasmtime_error_worded_by_the_drop_in_is_made_as_wasmtime_makes_its_own(tmp_path: Path) -> None:
+    # A missing file, or an artifact the engine refuses: the exception's repr and args were those of a
+    # WasmtimeError built from Python (one argument), where wasmtime's own has none.
+    program = tmp_path / "errors.py"
+    program.write_text(ERRORS)
+    bare = subprocess.run([sys.executable, str(program)], cwd=tmp_path, env=clean_env(), capture_output=True,
+                          text=True, timeout=60, check=False)
+    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(tmp_path / "guest"), "exec",
+                           sys.executable, str(program)], cwd=tmp_path, env=clean_env(), capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (bare.returncode, bare.stdout, bare.stderr)
+    assert bare.stdout.count("WasmtimeError WasmtimeError() ()") == 2

@@ -34,6 +34,7 @@ from ._dropin_patches import (
     restore_all,
     section_without_wasmtime_cache,
     uses_wasmtime_cache,
+    wasmtime_error,
 )
 from ._errors import CacheError, CompileError, ConfigError, SourceError
 from ._layout import is_entry_name, is_namespace_name
@@ -345,9 +346,7 @@ def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None
     if path is not None and "/proc/self/fd/" in str(original):
         import re  # noqa: PLC0415
 
-        import wasmtime  # noqa: PLC0415
-
-        original = wasmtime.WasmtimeError(re.sub(r"/proc/self/fd/\d+", lambda _m: path, str(original)))
+        original = wasmtime_error(re.sub(r"/proc/self/fd/\d+", lambda _m: path, str(original)))
     return original.with_traceback(None)
 
 

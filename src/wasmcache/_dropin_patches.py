@@ -75,16 +75,27 @@ def section_without_wasmtime_cache(engine: Any, memo: EngineMemo | None) -> byte
         return None
 
 
+def wasmtime_error(message: str) -> BaseException:
+    """A WasmtimeError made as wasmtime makes its own (from a native error: no `args`, the same repr),
+    for an error the drop-in words in wasmtime's place."""
+    import wasmtime  # noqa: PLC0415
+    from wasmtime import _ffi  # noqa: PLC0415
+
+    try:
+        error: BaseException = wasmtime.WasmtimeError._from_ptr(_ffi.wasmtime_error_new(message.encode("utf-8")))  # noqa: SLF001
+    except (AttributeError, TypeError):  # another wasmtime-py shape
+        error = wasmtime.WasmtimeError(message)
+    return error
+
+
 def _deserialize_copy(cls: Any, engine: Any, path: str, deserialize: Callable[..., Any]) -> Any:
     """What `deserialize_file` does, from a private copy of the bytes (nothing stays mapped)."""
-    import wasmtime  # noqa: PLC0415
-
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:  # wasmtime's own wording, so `except WasmtimeError` sees what it always saw
-        raise wasmtime.WasmtimeError(f"failed to open file\n\nCaused by:\n    {exc.strerror} (os error {exc.errno})\n"
-                                     ) from None
+        raise wasmtime_error(f"failed to open file\n\nCaused by:\n    {exc.strerror} (os error {exc.errno})\n"
+                             ) from None
     return deserialize(cls, engine, data)
 
 
