@@ -400,3 +400,46 @@ def test_doctor_reports_a_corrupt_entry_once(root: Path) -> None:
     findings = [f for f in json.loads(run_cli("doctor", "--json", "--cache-dir", str(root)).stdout)
                 if f["path"] == str(entry)]
     assert [f["severity"] for f in findings] == ["danger"]
+
+
+OUT_OF_DESCRIPTORS = """
+import json, logging, os, resource, sys, wasmtime, wasmcache
+root, wasm = sys.argv[1:3]
+wasmcache.ModuleCache(root).load(wasm)  # published
+cache = wasmcache.ModuleCache(root, engine=wasmtime.Engine())  # another engine: no module memo
+cache.key_for(wasm)  # the digest is known: the hit opens the record, then the entry, then wasmtime maps it
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 8, hard))
+spare = []
+try:
+    while True:
+        spare.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+os.close(spare.pop())  # one descriptor left: the entry takes it, and wasmtime has none to map it
+try:
+    cache.load(wasm)
+    outcome = "loaded"
+except wasmcache.CacheError as exc:
+    outcome = str(exc)
+for fd in spare:
+    os.close(fd)
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+again = wasmcache.ModuleCache(root, engine=wasmtime.Engine())
+again.load(wasm)
+print(json.dumps({"outcome": outcome, "hits": again.stats().hits}))
+"""
+
+
+def test_an_entry_this_process_has_no_descriptor_to_map_is_never_set_aside(root: Path, tmp_path: Path) -> None:
+    # wasmtime's "failed to open file: Too many open files (os error 24)" when mapping a checked entry is
+    # the process's limit, not the entry's fault: it was quarantined as bad (and compiled again).
+    wasm = tmp_path / "m.wasm"
+    wasm.write_bytes(answer_module(23))
+    proc = run_python(OUT_OF_DESCRIPTORS, str(root), str(wasm))
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["outcome"].startswith("cannot map a cache entry now: ")
+    assert "os error 24" in result["outcome"]
+    assert result["hits"] == 1  # the entry is still there, served once the process has descriptors again
+    assert "bad cache entry" not in proc.stderr
+    assert not (root / "quarantine").exists() or not any((root / "quarantine").iterdir())

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from . import _native
 from ._context import DEFAULT_LOCK_TIMEOUT, CacheContext, Mode, Place
-from ._errors import CompileError, ConfigError, wasmtime_reason
+from ._errors import CacheError, CompileError, ConfigError, wasmtime_reason
 from ._fs import read_fd
 from ._key import Source, SourceDigests, artifact_fingerprint, cache_key, source_of, wasm_digest
 from ._layout import Kind
@@ -417,6 +417,17 @@ def load_entry(ctx: CacheContext, place: Place, key: str, kind: Kind, *, locked:
     return module, Identity.of(checked.stat)
 
 
+def _out_of_resources(reason: str) -> bool:
+    """wasmtime could not open or map a checked entry for want of descriptors or memory (`(os error N)` in
+    its words: Rust's own rendering of an OS error), which says nothing about the entry."""
+    import errno  # noqa: PLC0415 - only when wasmtime refused an entry
+
+    _, found, rest = reason.rpartition("(os error ")
+    number = rest.partition(")")[0]
+    return bool(found) and number.isdigit() and int(number) in (errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                                                                errno.EAGAIN)
+
+
 def _deserialize(ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any:
     import wasmtime  # noqa: PLC0415
 
@@ -433,7 +444,10 @@ def _deserialize(ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any:
             raise _EntryChangedError
         return _native.deserialize(kind, ctx.engine, data)
     except wasmtime.WasmtimeError as exc:
-        raise EntryRefusedError(wasmtime_reason(exc), exc) from None
+        reason = wasmtime_reason(exc)
+        if _out_of_resources(reason):  # this process's limits, not the entry's fault: never set aside
+            raise CacheError(f"cannot map a cache entry now: {reason}") from None
+        raise EntryRefusedError(reason, exc) from None
 
 
 def _repair(ctx: CacheContext, namespace: Namespace, key: str, seen: Identity | None, reason: str, *,
