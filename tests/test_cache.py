@@ -508,6 +508,27 @@ def test_many_processes_creating_one_new_root_at_once_all_succeed(tmp_path: Path
     assert (root / "wasmcache-layout").exists()
 
 
+def test_the_memo_keeps_a_bounded_number_of_modules_alive(root: Path) -> None:
+    # Each module mapped from a file holds a descriptor: a memo that kept every module its engine ever
+    # loaded ran a service loading many modules out of descriptors.
+    from wasmcache._loaded import MEMO_LIMIT
+
+    assert MEMO_LIMIT <= 100  # fewer than the 150 modules below
+    code = """
+    import gc, json, os, sys, wasmcache
+    from wasmgen import answer_module
+    cache = wasmcache.ModuleCache(sys.argv[1])
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(150):
+        module = cache.load(answer_module(1000 + i))
+        del module
+    gc.collect()
+    print(json.dumps(len(os.listdir("/proc/self/fd")) - before))
+    """
+    held = run_json(code, str(root))
+    assert 0 < held <= MEMO_LIMIT + 2  # control: the memo does keep recent modules (and their descriptors)
+
+
 def test_gc_bounds_the_digest_memos_that_fresh_temporary_files_leave(root: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # A tool that loads a freshly written file each time leaves one digest memo per file identity:

@@ -676,32 +676,38 @@ for i in range(150):  # one engine, many modules, each dropped
     m = wasmtime.Module(e, W % (100 + i))
     del m
 gc.collect()
-print(engine() is None, module() is None, per_request, len(os.listdir("/proc/self/fd")))
+dropin = sys.modules.get("wasmcache._dropin")
+live = len(dropin.installed()._live.alive()) if dropin and dropin.installed() else 0  # the drop-in's engine caches
+print(engine() is None, module() is None, per_request, len(os.listdir("/proc/self/fd")), live)
 """
 
 
 def test_engines_and_modules_the_program_drops_are_freed_under_exec(tmp_path: Path) -> None:
     # An engine per request kept every engine (and the descriptor of each mapped module) alive until a
-    # service died of "Too many open files"; one engine loading many modules kept every one of them.
-    from wasmcache._loaded import MEMO_LIMIT
-
-    assert MEMO_LIMIT <= 100  # the 150 modules the program drops outnumber what the memo may keep
+    # service died of "Too many open files"; one engine loading many modules kept every one of them; and
+    # an engine the program dropped lived on until the cycle collector ran (never, with it off).
     program = tmp_path / "service.py"
     program.write_text(RESOURCES)
     bare = run([sys.executable, str(program)], clean_env())
     assert bare.returncode == 0, bare.stderr
-    bare_freed_engine, bare_freed_module, bare_fds, bare_fds_after = bare.stdout.split()
+    bare_freed_engine, bare_freed_module, bare_fds, bare_fds_after, _ = bare.stdout.split()
     assert (bare_freed_engine, bare_freed_module) == ("True", "True")
     root = tmp_path / "guest"
     for attempt in ("misses", "hits"):
         proc = wrapped("--cache-dir", str(root), "exec", sys.executable, str(program), env=clean_env())
         assert proc.returncode == 0, proc.stderr
-        freed_engine, freed_module, fds, fds_after = proc.stdout.split()
+        freed_engine, freed_module, fds, fds_after, live = proc.stdout.split()
         assert (freed_engine, freed_module) == ("True", "True"), attempt
-        assert int(fds) <= int(bare_fds) + 2, attempt  # every engine gone with its modules
-        assert int(fds_after) <= int(bare_fds_after) + MEMO_LIMIT + 2, attempt  # the memo is bounded
-        assert int(fds_after) > int(bare_fds_after), attempt  # control: the memo holds mapped modules
+        assert live == "1", attempt  # the cache of the one engine the program still holds
+        assert int(fds) == int(bare_fds), attempt  # every engine gone with its modules
+        assert int(fds_after) == int(bare_fds_after), attempt  # a guest keeps no module the program dropped
     assert len(list(root.glob("ns-*/*.cwasm"))) == 152  # control: the drop-in served every load
+    no_collector = program.read_text().replace("import gc, os, sys, weakref, wasmtime\n",
+                                                "import gc, os, sys, weakref, wasmtime\ngc.disable()\n", 1)
+    program.write_text(no_collector.replace("gc.collect()\n", "\n"))
+    proc = wrapped("--cache-dir", str(root), "exec", sys.executable, str(program), env=clean_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[:2] == ["True", "True"]  # freed by reference counts alone, as unwrapped
 
 
 SHADOWED = """

@@ -27,7 +27,7 @@ from ._errors import CacheError, CompileError, ConfigError, wasmtime_reason
 from ._fs import read_fd
 from ._key import Source, SourceDigests, artifact_fingerprint, cache_key, source_of, wasm_digest
 from ._layout import Kind
-from ._loaded import Loaded, forget_all, loaded_by_engine, loaded_guard, remember
+from ._loaded import Loaded, forget_all, loaded_by_engine, loaded_guard, remember, served_entries
 from ._log import log
 from ._native import EntryRefusedError
 from ._record import Identity
@@ -79,6 +79,10 @@ class ModuleCache:
     publisher's signed, precompiled artifact (default: ``$WASMCACHE_SUBSTITUTERS`` and
     ``$WASMCACHE_SUBSTITUTER_ROOTS``, plus what installed tools declare).
     """
+
+    # The per-process memo (see `_loaded`): one module per key and engine, kept while it is recent. The
+    # drop-in's caches have none: a guest keeps no module (nor its descriptor) alive beyond the program.
+    _memo = True
 
     def __init__(
         self,
@@ -253,11 +257,13 @@ class ModuleCache:
             ctx.counters.add("misses")
             return self._miss.load(name, path, data, place, key, kind, digest)
         memo_key = (str(ctx.root), ctx.mode, kind, key)
-        loaded = self._loaded_modules()
-        with loaded_guard:
-            remembered = loaded.get(memo_key)
-            released = remember(self.engine, loaded, memo_key) if remembered is not None else []
-        del released
+        loaded = self._loaded_modules() if self._memo else None
+        remembered = None
+        if loaded is not None:
+            with loaded_guard:
+                remembered = loaded.get(memo_key)
+                released = remember(self.engine, loaded, memo_key) if remembered is not None else []
+            del released
         module = remembered.module if remembered is not None and remembered.still_valid() else None
         mapped: Identity | None = None
         try:
@@ -271,13 +277,17 @@ class ModuleCache:
                 module = self._miss.load(name, path, data, place, key, kind, digest)
         except EntryRefusedError as refused:  # a snapshot this engine may not load: as wasmtime says
             raise CompileError(name, str(refused), refused.wasmtime_error) from None
+        found = Loaded.of(module, place.namespace.entry_path(key), ctx.mode, mapped)
+        if loaded is None:
+            if found.identity is not None:
+                served_entries.put(module, (found.entry, found.identity))
+            return module
         with loaded_guard:
             # Threads racing on one key all return the first module stored (one per engine and key).
             current = loaded.get(memo_key)
             if current is not None and current.module is not module and current.still_valid():
                 return current.module
-            released = remember(self.engine, loaded, memo_key,
-                                Loaded.of(module, place.namespace.entry_path(key), ctx.mode, mapped))
+            released = remember(self.engine, loaded, memo_key, found)
         del released  # outside the guard: a released module's destructor runs here
         return module
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from _thread import allocate_lock
-from typing import TYPE_CHECKING, Final, Literal
+from _weakref import ref
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ._errors import ConfigError, UnsafeCacheError
+from ._errors import CacheError, ConfigError, UnsafeCacheError
 from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_identity
 from ._layout import ENGINES_DIR
 from ._log import log
@@ -98,6 +99,7 @@ class CacheContext:
         self.counters = Counters()
         self._engine_arg = engine
         self._engine: wasmtime.Engine | None = None
+        self._engine_ref: Any = None  # ref(engine), instead of the two above (hold_engine_weakly)
         self._identity: EngineIdentity | None = None
         self._namespace: Namespace | None = None
         self._namespaces_checked: set[str] = set()  # names of the namespaces whose permissions were checked
@@ -171,8 +173,20 @@ class CacheContext:
 
     # --- the engine ---------------------------------------------------------------------------
 
+    def hold_engine_weakly(self) -> None:
+        """The drop-in's cache hangs on the program's engine: a strong reference back would make a cycle
+        only the collector frees (a program with it off, or slow to run it, would keep every engine)."""
+        engine = self.engine
+        self._engine_ref = ref(engine)
+        self._engine_arg = self._engine = None
+
     @property
     def engine(self) -> wasmtime.Engine:
+        if self._engine_ref is not None:
+            engine: wasmtime.Engine | None = self._engine_ref()
+            if engine is None:
+                raise CacheError("the engine of this cache is gone")
+            return engine
         if self._engine is None:
             with self._guard:
                 if self._engine is None:

@@ -65,6 +65,11 @@ class _EngineCache(ModuleCache):
 
     _dropin_owner: DropIn | None = None
     _dropin_retired = False
+    _memo = False  # the program's objects alone keep a module alive, as unwrapped
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ctx.hold_engine_weakly()  # it hangs on the engine: the engine goes when the program drops it
 
     def counters(self) -> list[int]:
         # The counters alone (no read of the root's usage record): this also runs from __del__.

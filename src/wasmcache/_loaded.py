@@ -144,8 +144,17 @@ def remember(engine: Any, loaded: dict[tuple[str, str, str, str], Loaded], key: 
     return released
 
 
+# The drop-in keeps no module alive (its caches have no memo: the program's own objects decide how long a
+# module lives, as unwrapped): what each module it loaded maps, while that module lives.
+served_entries = WeakKeyMap()  # wasmtime.Module -> (entry path, identity): never the module itself
+
+
 def mapped_entry(engine: Any, module: Any) -> tuple[str, Identity] | None:
     """(entry path, identity) of the entry `module` maps, as this process loaded it; None for a copy."""
+    served = served_entries.get(module)
+    if served is not None:
+        found_entry: tuple[str, Identity] = served
+        return found_entry
     loaded = loaded_by_engine.get(engine)
     if not loaded:
         return None
