@@ -133,6 +133,36 @@ def test_a_directory_that_is_not_a_cache_is_one_line_and_no_advice_to_delete(tmp
     assert (mine / "notes.txt").read_text() == "keep"
 
 
+HOLD_GC = """
+import fcntl, os, signal, sys
+fd = os.open(os.path.join(sys.argv[1], "gc.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("holding", flush=True)
+os.kill(os.getpid(), signal.SIGSTOP)  # a `wasmcache gc` stopped with Ctrl-Z in another terminal
+"""
+
+
+def test_gc_and_clear_behind_a_stopped_collector_say_so_in_one_line(root: Path, tmp_path: Path) -> None:
+    # They waited for ever, in silence, behind a collection stopped with Ctrl-Z.
+    wasm = tmp_path / "m.wasm"
+    wasm.write_bytes(answer_module(31))
+    assert run_cli("--cache-dir", str(root), "compile", str(wasm)).returncode == 0
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_GC, str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "holding\n"
+        for command in ("gc", "clear"):
+            proc = run_cli("--cache-dir", str(root), command, timeout=30)
+            assert proc.returncode != 0, command
+            assert proc.stderr.count("\n") == 1, proc.stderr
+            assert f"process {holder.pid} holds its gc lock and is stopped" in proc.stderr, proc.stderr
+            assert "Traceback" not in proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_cli("--cache-dir", str(root), "gc").returncode == 0  # once it is gone, as before
+
+
 def test_gc_and_clear_on_a_read_only_root_are_one_line(root: Path) -> None:
     import wasmcache
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ._fs import O_CLOEXEC, O_NOFOLLOW
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 
@@ -105,6 +105,41 @@ class KeyLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+_HOLDER_CHECK_S = 1.0  # how often a waiter looks at the process holding the lock
+
+
+def wait_for_lock(lock: KeyLock, timeout: float | None,
+                  on_wait: Callable[[int | None], None] | None = None) -> tuple[bool, int | None]:
+    """Take `lock`, waiting up to `timeout` seconds (None: for ever) while whoever holds it runs.
+
+    (True, None) once taken; (False, pid) as soon as its holder is found stopped (SIGSTOP, Ctrl-Z: it
+    will not release the lock until someone continues it); (False, None) at the timeout. `on_wait(pid)`
+    runs once, when the wait begins (pid None: the holder is not known; this process's own: another thread).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    told = False
+    while True:
+        if lock.acquire(blocking=False):
+            return True, None
+        pid = holder(lock.path)
+        if pid is not None and pid != os.getpid() and stopped(pid):
+            return False, pid
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return False, None
+        if not told:
+            told = True
+            if on_wait is not None:
+                on_wait(pid)
+        if lock.acquire(timeout=_HOLDER_CHECK_S if remaining is None else min(_HOLDER_CHECK_S, remaining)):
+            return True, None
+
+
+def holder_name(pid: int | None) -> str:
+    """The holder of a lock, in words: another thread of this process, process N, or another process."""
+    return "another thread" if pid == os.getpid() else f"process {pid}" if pid is not None else "another process"
 
 
 def holder(path: Path) -> int | None:

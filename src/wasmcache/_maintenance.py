@@ -24,7 +24,7 @@ from ._layout import (
     is_namespace_name,
     is_temp_name,
 )
-from ._lock import KeyLock
+from ._lock import KeyLock, holder_name, wait_for_lock
 from ._log import log
 from ._record import read_record
 from ._root import existing_root
@@ -77,8 +77,8 @@ def account_publication(root: Path, added_bytes: int, max_size: int) -> None:
     try:
         # Publishers hold it for a read and a write; a collection for a scan (~0.2 s at 10,000
         # entries), after which its count includes what we just published.
-        if not gc_lock.acquire(timeout=_ACCOUNT_WAIT):
-            return
+        if not wait_for_lock(gc_lock, _ACCOUNT_WAIT)[0]:
+            return  # a collection under way (or stopped: not worth a wait) counts this entry itself
     except OSError:
         return
     try:
@@ -107,12 +107,24 @@ def collect_garbage_locked(root: Path, max_size: int) -> GcReport:
         return GcReport()
     lock = KeyLock(root / GC_LOCK_NAME)
     try:
-        lock.acquire()
+        _take_gc_lock(lock, root, "collect")
         return collect_garbage(root, max_size)
     except OSError as exc:
         raise _cannot(root, "collect", exc) from None
     finally:
         lock.release()
+
+
+def _take_gc_lock(lock: KeyLock, root: Path, action: str) -> None:
+    """Wait for a collection or clear under way (said once, at -v); a stopped one is one line, not a hang."""
+
+    def waiting(pid: int | None) -> None:
+        log.info("wasmcache: waiting for %s, which holds %s", holder_name(pid), lock.path)
+
+    taken, stopped_pid = wait_for_lock(lock, None, waiting)
+    if not taken:
+        raise CacheError(f"{root}: cannot {action}: process {stopped_pid} holds its gc lock and is stopped "
+                         f"(SIGSTOP or Ctrl-Z): continue it (kill -CONT {stopped_pid}) or end it, then try again")
 
 
 @dataclass
@@ -241,7 +253,7 @@ def clear_root(root: Path) -> int:
         return 0
     gc_lock = KeyLock(root / GC_LOCK_NAME)
     try:
-        gc_lock.acquire()
+        _take_gc_lock(gc_lock, root, "clear")
     except OSError as exc:
         raise _cannot(root, "clear", exc) from None
     removed = 0

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 # A compile of this much wasm takes a second or more: a terminal is told it started, and why.
 _LONG_COMPILE_BYTES: Final = 4 << 20
-_HOLDER_CHECK_S: Final = 1.0  # how often a process waiting for a key looks at the process compiling it
 
 
 class LoadEntry(Protocol):
@@ -115,25 +114,20 @@ class MissPath:
         """Take the key's lock, waiting up to `lock_timeout` for the process compiling this key; False
         (compile here too) past that, or at once when that process is stopped: a Ctrl-Z'd or frozen job
         would otherwise hold every other process loading this module for the whole timeout."""
-        from ._lock import holder, stopped  # noqa: PLC0415 - only when another process holds the key
+        from ._lock import holder_name, wait_for_lock  # noqa: PLC0415 - only when another process holds the key
 
         ctx = self._ctx
-        deadline = time.monotonic() + ctx.lock_timeout
-        said = False
-        while not key_lock.acquire(timeout=max(0.0, min(_HOLDER_CHECK_S, deadline - time.monotonic()))):
-            pid = holder(key_lock.path)
-            if pid is not None and stopped(pid):
-                log.warning("wasmcache: process %d, compiling %s, is stopped; compiling here too", pid, name)
-                return False
-            if time.monotonic() >= deadline:
-                log.warning("wasmcache: waited %.0f s for another process loading %s; compiling here too",
-                            ctx.lock_timeout, name)
-                return False
-            if not said:
-                said = True
-                log.info("wasmcache: waiting for process %s, compiling %s (up to %.0f s)", pid or "?", name,
-                         ctx.lock_timeout)
-        return True
+
+        def waiting(pid: int | None) -> None:
+            log.info("wasmcache: waiting for %s, compiling %s (up to %.0f s)", holder_name(pid), name, ctx.lock_timeout)
+
+        taken, stopped_pid = wait_for_lock(key_lock, ctx.lock_timeout, waiting)
+        if stopped_pid is not None:
+            log.warning("wasmcache: process %d, compiling %s, is stopped; compiling here too", stopped_pid, name)
+        elif not taken:
+            log.warning("wasmcache: waited %.0f s for another process loading %s; compiling here too",
+                        ctx.lock_timeout, name)
+        return taken
 
     def refuse(self, name: str, path: str | None, data: bytes | memoryview | None, kind: Kind) -> Any:
         """What wasmtime makes of a serialized input that is not a Wasmtime artifact (its error, as a CompileError)."""
