@@ -306,7 +306,8 @@ def _judge(pid: int, path: str, device: str, inode: int, extent: int, started: f
     if changed > started + _START_SLACK:
         when = time.strftime("%H:%M:%S", time.localtime(changed))
         return MappedFile(path, inode, device, "modified-in-place",
-                          f"written at {when}, after the process started: its mapped code may be garbage", ours)
+                          f"written at {when}, after the process started: if that was after the process mapped it "
+                          "(the file cannot tell), its mapped code may be garbage", ours)
     return MappedFile(path, inode, device, "intact", "unchanged since the process started", ours)
 
 
