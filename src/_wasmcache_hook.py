@@ -102,6 +102,17 @@ class _PostImportFinder:
 _finder = _PostImportFinder()
 
 
+def describe_failure(exc: BaseException) -> str:
+    """A failure of wasmcache's own in one line, naming the file behind it: a module of the program's
+    directory that shadows one wasmcache imports (`token.py`, `fcntl.py` ...) is the usual cause."""
+    text = f"{type(exc).__name__}: {exc}"
+    where = getattr(exc, "path", None)  # an ImportError's module file
+    found = getattr(exc, "obj", None)  # an AttributeError's object: the module that lacks the name
+    if where is None and isinstance(found, type(sys)):
+        where = getattr(found, "__file__", None)
+    return text if not where or str(where) in text else f"{text} ({where})"
+
+
 def _run_callbacks(name: str, module: Any) -> None:
     with _lock:
         pending = _callbacks.pop(name, [])
@@ -111,7 +122,7 @@ def _run_callbacks(name: str, module: Any) -> None:
         try:
             callback(module)
         except Exception as exc:  # a hook must never break the program's import
-            _warn("callback", f"startup hook for {name} failed: {type(exc).__name__}: {exc}")
+            _warn("callback", f"startup hook for {name} failed: {describe_failure(exc)}")
 
 
 def _initialized(module: Any) -> bool:

@@ -250,8 +250,9 @@ class DropIn:
         except (CacheError, OSError) as exc:
             self._warn_once(type(exc).__name__, f"wasmcache: drop-in falls back to wasmtime: {exc}")
             return None
-        except Exception as exc:  # a guest's own failure never becomes the program's (see _unexpected)
-            self._warn_once(_unexpected(exc), f"wasmcache: drop-in falls back to wasmtime: {_unexpected(exc)}")
+        except Exception as exc:  # a guest's own failure never becomes the program's
+            failure = _wasmcache_hook.describe_failure(exc)
+            self._warn_once(failure, f"wasmcache: drop-in falls back to wasmtime: {failure}")
             return None
         raise refused  # outside the handler: no wasmcache exception as its __context__
 
@@ -273,8 +274,8 @@ class DropIn:
             self._warn_once(type(exc).__name__, f"wasmcache: drop-in copies {path} instead of caching it: {exc}")
             return None
         except Exception as exc:  # as in _load
-            self._warn_once(_unexpected(exc), f"wasmcache: drop-in copies {path} instead of caching it: "
-                                              f"{_unexpected(exc)}")
+            failure = _wasmcache_hook.describe_failure(exc)
+            self._warn_once(failure, f"wasmcache: drop-in copies {path} instead of caching it: {failure}")
             return None
         raise refused
 
@@ -329,17 +330,6 @@ def _why_unwritable(root: Path) -> str:
     if not os.access(probe, os.W_OK):
         return f"{where} is not writable"
     return f"{where} could not be set up"
-
-
-def _unexpected(exc: Exception) -> str:
-    """A failure of the drop-in's own (a module of the program's directory that shadows one wasmcache
-    imports, say `token.py`): its type and words, for one warning; the program then runs as unwrapped."""
-    text = f"{type(exc).__name__}: {exc}"
-    where = getattr(exc, "path", None)  # an ImportError's module file
-    found = getattr(exc, "obj", None)  # an AttributeError's object: the module that lacks the name
-    if where is None and isinstance(found, type(os)):
-        where = getattr(found, "__file__", None)
-    return text if not where or str(where) in text else f"{text} ({where})"
 
 
 def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None:

@@ -186,6 +186,7 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
         return _mark_entry(cls_._from_ptr(clone(cached.ptr())), engine, cached)  # noqa: SLF001
 
     def serialize(self: Any) -> Any:
+        self.ptr()  # a closed object raises ValueError("already closed") here, as wasmtime's serialize does
         data = _entry_bytes(self)
         return data if data is not None else original_serialize(self)
 

@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 MAX_AGE: Final = 30 * 24 * 3600.0  # entries (and so namespaces of an old wasmtime) unused this long go
 _QUARANTINE_AGE: Final = 24 * 3600.0
 # Digest and engine memos are only shortcuts (a digest is computed again, an engine probed again), one
-# small file each: a tool that loads fresh temporary files makes one per file. gc keeps the newest this
-# many of each kind, and none at --max-size 0.
-MEMO_KEEP = 10_000
+# small file each (a 4 KiB block on disk): a tool that loads fresh temporary files makes one per file. gc
+# keeps the newest this many of each kind (~4 MiB), and none at --max-size 0.
+MEMO_KEEP = 1_000
 # The usage record is recounted by a collection at least this often, whatever the publications say.
 _USAGE_RECOUNT_INTERVAL: Final = 24 * 3600.0
 _ACCOUNT_WAIT: Final = 2.0
