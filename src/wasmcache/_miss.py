@@ -114,7 +114,7 @@ class MissPath:
         """Take the key's lock, waiting up to `lock_timeout` for the process compiling this key; False
         (compile here too) past that, or at once when that process is stopped: a Ctrl-Z'd or frozen job
         would otherwise hold every other process loading this module for the whole timeout."""
-        from ._lock import holder_name, wait_for_lock  # noqa: PLC0415 - only when another process holds the key
+        from ._lock import holder_name, wait_for_lock  # noqa: PLC0415 - a miss's (a hit takes no lock)
 
         ctx = self._ctx
 
