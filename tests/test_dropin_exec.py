@@ -97,7 +97,6 @@ def test_exec_chains_the_sitecustomize_it_shadows(root: Path, tmp_path: Path) ->
     assert json.loads(proc.stdout.splitlines()[-2])["active"] is True
 
 
-
 def test_exec_leaves_the_programs_sys_path_as_an_unwrapped_run_has_it(root: Path, tmp_path: Path) -> None:
     # The hook's zip is on PYTHONPATH to be imported at start; after that the program (and the
     # sitecustomize it shadows) sees the sys.path of an unwrapped run, and its children still get the hook.
@@ -113,6 +112,7 @@ def test_exec_leaves_the_programs_sys_path_as_an_unwrapped_run_has_it(root: Path
     assert json.loads(wrapped.stdout.splitlines()[0]) == json.loads(bare.stdout.splitlines()[0])
     assert json.loads(wrapped.stdout.splitlines()[-1])["active"] is True  # the child still runs the hook
     assert wrapped.stderr == bare.stderr == ""
+
 
 def test_exec_missing_or_not_executable_command_fails_like_a_shell(tmp_path: Path) -> None:
     missing = exec_("no-such-command-wasmcache")

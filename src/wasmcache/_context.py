@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from _thread import allocate_lock
 from _weakref import ref
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from ._errors import CacheError, ConfigError, UnsafeCacheError
 from ._fingerprint import EngineIdentity, EngineMemo, default_engine, engine_identity
@@ -99,7 +99,7 @@ class CacheContext:
         self.counters = Counters()
         self._engine_arg = engine
         self._engine: wasmtime.Engine | None = None
-        self._engine_ref: Any = None  # ref(engine), instead of the two above (hold_engine_weakly)
+        self._engine_ref: ref[wasmtime.Engine] | None = None  # instead of the two above (hold_engine_weakly)
         self._identity: EngineIdentity | None = None
         self._namespace: Namespace | None = None
         self._namespaces_checked: set[str] = set()  # names of the namespaces whose permissions were checked
@@ -183,7 +183,7 @@ class CacheContext:
     @property
     def engine(self) -> wasmtime.Engine:
         if self._engine_ref is not None:
-            engine: wasmtime.Engine | None = self._engine_ref()
+            engine = self._engine_ref()
             if engine is None:
                 raise CacheError("the engine of this cache is gone")
             return engine

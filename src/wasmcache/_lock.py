@@ -16,7 +16,7 @@ import contextlib
 import fcntl
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ._fs import O_CLOEXEC, O_NOFOLLOW
 
@@ -107,7 +107,7 @@ class KeyLock:
         self.release()
 
 
-_HOLDER_CHECK_S = 1.0  # how often a waiter looks at the process holding the lock
+_HOLDER_CHECK_S: Final = 1.0  # how often a waiter looks at the process holding the lock
 
 
 def wait_for_lock(lock: KeyLock, timeout: float | None,
