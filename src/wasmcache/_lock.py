@@ -18,6 +18,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Final
 
+import _wasmcache_hook
+
 from ._fs import O_CLOEXEC, O_NOFOLLOW
 
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ def _close_inherited() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited)
+    os.register_at_fork(after_in_child=_wasmcache_hook.held_weakly(_close_inherited))  # see held_weakly
 
 
 class KeyLock:
