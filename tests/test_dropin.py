@@ -109,6 +109,25 @@ def test_components_hit_across_two_fresh_processes(root: Path, tmp_path: Path, h
     assert second == {"answer": 7, "hits": 1, "compiles": 0, "real": True, "serialized": True}
 
 
+COMPONENT_LATER = """
+import gc, json, sys, wasmtime, wasmcache
+handle = wasmcache.install(sys.argv[1])
+late = "wasmtime.component" not in sys.modules
+gc.collect()  # the pending hook for wasmtime.component holds its function weakly: it must still be there
+from wasmtime.component import Component, Linker
+from wasmgen import component
+engine = wasmtime.Engine()
+comp = Component(engine, component())
+instance = Linker(engine).instantiate(wasmtime.Store(engine), comp)
+print(json.dumps({"late": late, "hits": handle.stats().hits, "compiles": handle.stats().compiles}))
+"""
+
+
+def test_components_imported_after_install_are_served_too(root: Path) -> None:
+    first = run_json(COMPONENT_LATER, str(root))
+    second = run_json(COMPONENT_LATER, str(root))
+    assert (first, second) == ({"late": True, "hits": 0, "compiles": 1}, {"late": True, "hits": 1, "compiles": 0})
+
 def test_a_returned_module_is_a_real_module_of_that_engine(dropin: Any) -> None:
     engine = wasmtime.Engine()
     module = wasmtime.Module(engine, answer_module(3))

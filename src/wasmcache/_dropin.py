@@ -38,7 +38,7 @@ from ._dropin_patches import (
 )
 from ._errors import CacheError, CompileError, ConfigError, SourceError
 from ._layout import is_entry_name, is_namespace_name
-from ._loaded import WeakKeyMap
+from ._loaded import WeakKeyMap, held_weakly
 from ._log import log
 from ._root import has_marker, resolve_root, unreachable_reason
 
@@ -392,8 +392,8 @@ def _report_at_exit(dropin: DropIn) -> None:
 
         atexit.register(_record_exits)
         # Weakly, like the component hook below: neither may keep the modules alive through Python's exit.
-        os.register_at_fork(before=_wasmcache_hook.held_weakly(_before_fork),
-                            after_in_child=_wasmcache_hook.held_weakly(_after_fork_in_child))
+        os.register_at_fork(before=held_weakly(_before_fork),
+                            after_in_child=held_weakly(_after_fork_in_child))
     _handles.append(dropin)
 
 
@@ -446,7 +446,7 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
         dropin.active = True
         apply("module", _serving)
         record_configs()
-        _wasmcache_hook.when_imported("wasmtime.component", _wasmcache_hook.held_weakly(_patch_components))
+        _wasmcache_hook.when_imported("wasmtime.component", held_weakly(_patch_components))
         _report_at_exit(dropin)
         log.debug("wasmcache: drop-in installed (%s)", dropin)
         return dropin

@@ -16,10 +16,24 @@ from _thread import allocate_lock
 from _weakref import ref
 from typing import TYPE_CHECKING, Any
 
+import _wasmcache_hook
+
 from ._record import Identity
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+
+
+def _strongly(function: Any) -> Any:
+    return function
+
+
+# What the process keeps for its whole life (os.register_at_fork, the hook's pending callbacks) is given
+# its functions through this (see _wasmcache_hook.held_weakly). The hook of an older installation (`exec`
+# from it, this Python's own wasmcache newer) has none: those registrations are then strong, as they
+# were, which costs only time at the program's exit.
+held_weakly: Callable[[Any], Any] = getattr(_wasmcache_hook, "held_weakly", _strongly)
 
 
 class WeakKeyMap:

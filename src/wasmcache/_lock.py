@@ -18,9 +18,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Final
 
-import _wasmcache_hook
-
 from ._fs import O_CLOEXEC, O_NOFOLLOW
+from ._loaded import held_weakly
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -38,7 +37,9 @@ def _close_inherited() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_wasmcache_hook.held_weakly(_close_inherited))  # see held_weakly
+    # Weakly: even this module's globals reach wasmtime's classes (typing.Final -> typing's caches -> the
+    # annotations wasmtime-py evaluates) and so the drop-in's patches on them, for the whole of Python's exit.
+    os.register_at_fork(after_in_child=held_weakly(_close_inherited))
 
 
 class KeyLock:
