@@ -382,6 +382,29 @@ def test_import_is_light() -> None:
     assert run_json(code) == []
 
 
+# What a library hit imports beyond wasmtime (issue 14, item 7: each module costs every hit process
+# ~0.15-0.3 ms): a new one on this list is a decision, not an accident. The startup hook, the lock, the
+# miss path and the ELF reader are not on it.
+_A_HIT_IMPORTS = {"__future__", "_json", "blake3", "blake3.blake3", "wasmcache", *(
+    f"wasmcache.{name}" for name in ("_cache", "_context", "_errors", "_fingerprint", "_fs", "_key", "_layout",
+                                     "_loaded", "_log", "_native", "_record", "_root", "_storage"))}
+
+
+def test_a_library_hit_imports_only_what_a_hit_needs(root: Path, tmp_path: Path) -> None:
+    path = tmp_path / "answer.wasm"
+    path.write_bytes(answer_module(17))
+    code = """
+    import json, sys, wasmtime
+    before = set(sys.modules)
+    import wasmcache
+    wasmcache.ModuleCache(sys.argv[1]).load(sys.argv[2])
+    print(json.dumps(sorted(set(sys.modules) - before)))
+    """
+    run_json(code, str(root), str(path))  # the miss
+    hit = set(run_json(code, str(root), str(path)))
+    assert hit - _A_HIT_IMPORTS == set()
+    assert {"wasmcache._cache", "wasmcache._storage"} <= hit  # control: the list is of a real load
+
 @pytest.mark.slow
 def test_real_yosys_module_miss_then_hit_and_runs(root: Path) -> None:
     from conftest import run_cli

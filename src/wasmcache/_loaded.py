@@ -16,24 +16,21 @@ from _thread import allocate_lock
 from _weakref import ref
 from typing import TYPE_CHECKING, Any
 
-import _wasmcache_hook
-
 from ._record import Identity
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
 
 
-def _strongly(function: Any) -> Any:
-    return function
+def held_weakly(function: Any) -> Any:
+    """`function` for what the process keeps for its whole life (os.register_at_fork, the hook's pending
+    callbacks): see _wasmcache_hook.held_weakly. The hook of an older installation (`exec` from it, this
+    Python's own wasmcache newer) has none: such a registration is then strong, as it was, which costs only
+    time at the program's exit. The hook is imported here, not above: a library hit never needs it."""
+    import _wasmcache_hook  # noqa: PLC0415
 
-
-# What the process keeps for its whole life (os.register_at_fork, the hook's pending callbacks) is given
-# its functions through this (see _wasmcache_hook.held_weakly). The hook of an older installation (`exec`
-# from it, this Python's own wasmcache newer) has none: those registrations are then strong, as they
-# were, which costs only time at the program's exit.
-held_weakly: Callable[[Any], Any] = getattr(_wasmcache_hook, "held_weakly", _strongly)
+    weakly = getattr(_wasmcache_hook, "held_weakly", None)
+    return function if weakly is None else weakly(function)
 
 
 class WeakKeyMap:
