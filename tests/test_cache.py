@@ -405,6 +405,7 @@ def test_a_library_hit_imports_only_what_a_hit_needs(root: Path, tmp_path: Path)
     assert hit - _A_HIT_IMPORTS == set()
     assert {"wasmcache._cache", "wasmcache._storage"} <= hit  # control: the list is of a real load
 
+
 @pytest.mark.slow
 def test_real_yosys_module_miss_then_hit_and_runs(root: Path) -> None:
     from conftest import run_cli

@@ -128,6 +128,7 @@ def test_components_imported_after_install_are_served_too(root: Path) -> None:
     second = run_json(COMPONENT_LATER, str(root))
     assert (first, second) == ({"late": True, "hits": 0, "compiles": 1}, {"late": True, "hits": 1, "compiles": 0})
 
+
 def test_a_returned_module_is_a_real_module_of_that_engine(dropin: Any) -> None:
     engine = wasmtime.Engine()
     module = wasmtime.Module(engine, answer_module(3))
