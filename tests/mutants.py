@@ -314,4 +314,13 @@ MUTANTS: tuple[Mutant, ...] = (
          "except ZeroDivisionError as exc:  #")],
        [f"tests/test_guest.py::test_a_module_of_the_programs_directory_that_shadows_a_dependency_leaves_it_running[{m}]"
         for m in ("blake3", "token")]),
+    _m("substituter-headers-without-deadline",
+       "a substituter that drips its response headers is abandoned at a deadline (never worse than compiling)",
+       [("_public/_transport.py", "            pool.pool_classes_by_scheme = _deadline_pool_classes()\n", "")],
+       [f"tests/test_public.py::test_a_dripping_host_is_abandoned_at_a_deadline[{p}]"
+        for p in ("headers", "artifact")]),
+    _m("substituter-body-without-deadline",
+       "a substituter that drips its metadata is abandoned at a deadline (never worse than compiling)",
+       [("_public/_transport.py", "            if time.monotonic() >= deadline:\n", "            if False:\n")],
+       ["tests/test_public.py::test_a_dripping_host_is_abandoned_at_a_deadline[metadata]"]),
 )

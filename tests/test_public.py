@@ -672,6 +672,80 @@ def test_a_download_slower_than_a_compile_is_abandoned(published, tmp_path):
         server.shutdown()
 
 
+class DrippingHost:
+    """A real HTTP server on 127.0.0.1 that serves the tree but paces one part a byte per 0.3 s (each read
+    sees data well within any read timeout), for at most 20 s: "headers" (of every response), "metadata"
+    (the body of every metadata file) or "artifact" (the headers of every artifact)."""
+
+    def __init__(self, tree: Path, part: str) -> None:
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = tree / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                slow_headers = part == "headers" or (part == "artifact" and "/targets/" in self.path)
+                head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n".encode()
+                try:
+                    if slow_headers:
+                        self.wfile.write(head)
+                        drip(self.wfile, b"X-Pad: " + b"a" * 200)
+                        return
+                    self.wfile.write(head + b"\r\n")
+                    if part == "metadata" and "/metadata/" in self.path:
+                        drip(self.wfile, data)
+                    else:
+                        self.wfile.write(data)
+                except OSError:
+                    pass
+
+        def drip(out: Any, data: bytes) -> None:
+            ends = time.monotonic() + 20
+            for i in range(len(data)):
+                if time.monotonic() > ends:
+                    return
+                out.write(data[i:i + 1])
+                out.flush()
+                time.sleep(0.3)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(("part", "says"), [("headers", "too slow: its metadata took over 2 s"),
+                                            ("metadata", "too slow: its metadata took over 2 s"),
+                                            ("artifact", "slower than compiling locally")],
+                         ids=["headers", "metadata", "artifact"])
+def test_a_dripping_host_is_abandoned_at_a_deadline(published, tmp_path, monkeypatch, part, says):
+    """A read timeout is per read: a host that sends a byte every 0.3 s never meets it. The refresh as a
+    whole, and an artifact's headers, end at a deadline; the host is then down for this process."""
+    monkeypatch.setattr(_transport, "METADATA_DEADLINE", 2.0)
+    tree = published["work"] / "tree"
+    host = DrippingHost(tree, part)
+    try:
+        dest = tmp_path / "entry.cwasm"
+        started = time.monotonic()
+        assert_miss(fetch(host.url, tree / "root.json", dest, digest=published["digest"]), dest, says,
+                    rejected=False)
+        assert time.monotonic() - started < 2.0 + _client.DEADLINE_FLOOR + 3  # not the 20 s of dripping
+        again = "failed earlier in this process" if part == "artifact" else says  # the failed refresh is kept
+        assert_miss(fetch(host.url, tree / "root.json", dest, digest=published["digest"]), dest, again)
+    finally:
+        host.close()
+
+
 def test_ssl_cert_file_makes_the_test_ca_trusted_in_a_fresh_process(published, caddy, tmp_path):
     tree, url = serve(published, caddy, "sslcertfile")
     dest = tmp_path / "entry.cwasm"

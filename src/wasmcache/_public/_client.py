@@ -27,6 +27,7 @@ from .._log import log
 from ._levels import METADATA_DIR, REVOKED_FIELD, TARGETS_DIR, level_rank, target_path
 from ._transport import (
     STALL_TIMEOUT,
+    TOO_SLOW,
     CheckedReader,
     MissReason,
     down_hosts,
@@ -400,7 +401,7 @@ class PublicTier:
         if self.progress is not None:
             self.progress(name, level, sub.url, 0, info.length)
         try:
-            chunks = open_stream(url, self.settings.ca_file, STALL_TIMEOUT)
+            chunks = open_stream(url, self.settings.ca_file, STALL_TIMEOUT, deadline, TOO_SLOW)
         except exceptions.DownloadHTTPError as exc:
             raise MissReason(f"artifact missing on the host (HTTP {exc.status_code})", warn=True) from None
         reader = CheckedReader(chunks, info.length, deadline)

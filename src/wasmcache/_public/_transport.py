@@ -16,8 +16,12 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT: Final = 1.5  # seconds; a dead host costs this once per process
 METADATA_READ_TIMEOUT: Final = 4.0
+# One refresh (root, timestamp, snapshot, targets) ends after this long, however the host paces its
+# bytes: a read timeout is per recv, so a host that drips a byte every few seconds never meets it.
+METADATA_DEADLINE: Final = 10.0
 STALL_TIMEOUT: Final = 5.0  # no byte for this long: the download is abandoned
 _CHUNK: Final = 1 << 20
+TOO_SLOW: Final = "download abandoned: slower than compiling locally"
 
 lock = threading.Lock()  # the client's process-wide state (here: pools, hosts down) is changed under it
 down_hosts: set[str] = set()
@@ -75,6 +79,11 @@ def import_tuf() -> None:
 # --- the fetcher -------------------------------------------------------------------------------------
 
 _pools: dict[str | None, Any] = {}
+_guard = threading.local()  # .deadline: when the response headers now being awaited stop being awaited
+
+
+class DeadlinePassed(Exception):  # noqa: N818 - raised through urllib3 (which closes the connection)
+    """The response headers did not all arrive before the deadline."""
 
 
 def _pool(ca_file: str | None) -> Any:
@@ -88,8 +97,66 @@ def _pool(ca_file: str | None) -> Any:
                                     raise_on_redirect=True, raise_on_status=False)
             pool = urllib3.PoolManager(retries=retries, ca_certs=ca_file, maxsize=4,
                                        headers={"User-Agent": "wasmcache"})
+            pool.pool_classes_by_scheme = _deadline_pool_classes()
             _pools[ca_file] = pool
         return pool
+
+
+def _deadline_pool_classes() -> dict[str, Any]:
+    """urllib3's pools, with connections whose wait for response headers ends at `_guard.deadline`.
+
+    The socket is shut down at the deadline (a timer thread, only while headers are awaited): the
+    blocked read returns, urllib3 raises, and `open_stream` words it as too slow. The body is bounded
+    by checks between reads (`_response_chunks`).
+    """
+    import socket  # noqa: PLC0415
+
+    from urllib3 import HTTPConnectionPool, HTTPSConnectionPool  # noqa: PLC0415
+    from urllib3.connection import HTTPConnection, HTTPSConnection  # noqa: PLC0415
+
+    class _Bounded:
+        sock: Any
+
+        def getresponse(self) -> Any:
+            deadline = getattr(_guard, "deadline", None)
+            if deadline is None:
+                return super().getresponse()  # type: ignore[misc]
+            cut = threading.Event()
+            timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._cut, (cut,))
+            timer.daemon = True
+            timer.start()
+            try:
+                response = super().getresponse()  # type: ignore[misc]
+            except Exception:
+                if cut.is_set():
+                    raise DeadlinePassed from None
+                raise
+            finally:
+                timer.cancel()
+            if cut.is_set():  # the cut ended the headers early: what came is not a response
+                raise DeadlinePassed
+            return response
+
+        def _cut(self, cut: threading.Event) -> None:
+            cut.set()
+            sock = self.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    class _HTTPConnection(_Bounded, HTTPConnection):
+        pass
+
+    class _HTTPSConnection(_Bounded, HTTPSConnection):
+        pass
+
+    class _HTTPPool(HTTPConnectionPool):
+        ConnectionCls = _HTTPConnection
+
+    class _HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = _HTTPSConnection
+
+    return {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 def http_error(url: str, status: int) -> Exception:
@@ -98,10 +165,11 @@ def http_error(url: str, status: int) -> Exception:
     return exceptions.DownloadHTTPError(f"HTTP {status} for {url}", status)
 
 
-def open_stream(url: str, ca_file: str | None, read_timeout: float) -> Iterator[bytes]:
+def open_stream(url: str, ca_file: str | None, read_timeout: float, deadline: float, too_slow: str) -> Iterator[bytes]:
     """The body of `url` in chunks; DownloadHTTPError for an HTTP status >= 400 (and a missing file).
 
-    A connection failure or timeout marks the host down for this process and raises MissReason.
+    A connection failure or timeout marks the host down for this process and raises MissReason; so
+    does a transfer (headers or body) still running at `deadline` (time.monotonic()), worded `too_slow`.
     """
     host = host_of(url)
     if host in down_hosts:
@@ -110,22 +178,29 @@ def open_stream(url: str, ca_file: str | None, read_timeout: float) -> Iterator[
         return _file_chunks(url)
     import urllib3  # noqa: PLC0415
 
+    _guard.deadline = deadline
     try:
         response = _pool(ca_file).request(
             "GET", url, preload_content=False,
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout))
+    except DeadlinePassed:
+        down_hosts.add(host)
+        raise MissReason(too_slow, warn=True, host_down=host) from None
     except urllib3.exceptions.HTTPError as exc:
         down_hosts.add(host)
         raise MissReason(network_reason(exc, read_timeout), warn=True, host_down=host) from None
+    finally:
+        _guard.deadline = None
     if response.status >= 400:
         with contextlib.suppress(Exception):
             response.drain_conn()  # an error page is small; the connection stays usable
         response.release_conn()
         raise http_error(url, response.status)
-    return _response_chunks(response, host, read_timeout)
+    return _response_chunks(response, host, read_timeout, deadline, too_slow)
 
 
-def _response_chunks(response: Any, host: str, read_timeout: float) -> Iterator[bytes]:
+def _response_chunks(response: Any, host: str, read_timeout: float, deadline: float,
+                     too_slow: str) -> Iterator[bytes]:
     import urllib3  # noqa: PLC0415
 
     complete = False
@@ -133,6 +208,9 @@ def _response_chunks(response: Any, host: str, read_timeout: float) -> Iterator[
         # read1: whatever has arrived (up to _CHUNK), so a dribbling host meets the deadline check
         # between reads; stream(n) would block until n bytes came.
         while chunk := response.read1(_CHUNK, decode_content=False):  # the signed bytes, never decoded
+            if time.monotonic() >= deadline:
+                down_hosts.add(host)
+                raise MissReason(too_slow, warn=True, host_down=host)
             yield chunk
         complete = True
     except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -224,11 +302,18 @@ def _cause(exc: BaseException) -> BaseException:
 
 
 def make_fetcher(ca_file: str | None) -> Any:
+    """python-tuf's fetcher over `open_stream`: every file of one refresh shares one deadline
+    (`METADATA_DEADLINE` from the first fetch on)."""
     from tuf.ngclient import FetcherInterface  # type: ignore[attr-defined]  # noqa: PLC0415
 
     class _Fetcher(FetcherInterface):
+        deadline: float | None = None
+
         def _fetch(self, url: str) -> Iterator[bytes]:
-            return open_stream(url, ca_file, METADATA_READ_TIMEOUT)
+            if self.deadline is None:
+                self.deadline = time.monotonic() + METADATA_DEADLINE
+            too_slow = f"too slow: its metadata took over {METADATA_DEADLINE:g} s"
+            return open_stream(url, ca_file, METADATA_READ_TIMEOUT, self.deadline, too_slow)
 
         def fetch(self, url: str) -> Iterator[bytes]:
             return self._fetch(url)  # MissReason passes through unwrapped
@@ -253,7 +338,7 @@ class CheckedReader:
     def read(self, n: int = -1) -> bytes:
         while not self._pending:
             if time.monotonic() > self._deadline:
-                raise MissReason("download abandoned: slower than compiling locally", warn=True)
+                raise MissReason(TOO_SLOW, warn=True)
             chunk = next(self._chunks, None)
             if chunk is None:
                 return b""
