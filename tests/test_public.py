@@ -615,7 +615,8 @@ def test_a_state_directory_remembers_a_dead_host_and_a_missing_module_briefly(pu
         assert_miss(fetch(f"file://{tree}", root, dest, state=state, digest="1" * 64), dest, "none published")
         # ... while a module that was never looked up does read it (and finds no metadata)
         _client.forget()
-        assert_miss(fetch(f"file://{tree}", root, dest, state=state, digest=published["digest"]), dest, "HTTP 404")
+        assert_miss(fetch(f"file://{tree}", root, dest, state=state, digest=published["digest"]), dest,
+                    "none published (no such file for its metadata)")
     finally:
         (tree / "metadata" / "timestamp.json.away").rename(tree / "metadata" / "timestamp.json")
 
@@ -933,3 +934,42 @@ def test_keygen_with_stdout_closed_writes_no_key(tmp_path):
     assert proc.returncode == 2
     assert "standard output is closed" in proc.stderr
     assert not (tmp_path / "keys").exists()  # a second run must not find half of what the first did
+
+
+def test_credentials_in_a_substituter_url_are_refused_and_never_shown(published, tmp_path):
+    """urllib3 sends no credentials from a URL; printing or recording them would leak them. A fresh machine:
+    new HOME, no XDG_*/WASMCACHE_* but the substituter settings."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    root = str(published["work"] / "tree" / "root.json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "WASMCACHE_"))} | {
+        "HOME": str(home), "WASMCACHE_SUBSTITUTERS": "https://alice:s3cret@127.0.0.1:1/tree",
+        "WASMCACHE_SUBSTITUTER_ROOTS": root}
+    code = "import sys, wasmcache; print(wasmcache.ModuleCache().load(sys.argv[1]) is not None)"
+    load = subprocess.run([sys.executable, "-c", code, str(published["wasm"])], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+    assert (load.returncode, load.stdout) == (0, "True\n"), load.stderr
+    assert load.stderr.count("\n") == 1, load.stderr
+    assert "carries no credentials" in load.stderr
+    doctor = subprocess.run([sys.executable, "-m", "wasmcache.cli", "doctor"], capture_output=True, text=True,
+                            env=env, timeout=120, check=False)
+    assert "carries no credentials" in doctor.stdout, doctor.stdout
+    given = run_cli("pull", "--substituter", "http://bob:hunter2@127.0.0.1:1/t", "--substituter-root", root,
+                    str(published["wasm"]), env={"HOME": str(home)})
+    assert given.returncode == 2, given.stderr
+    assert given.stderr.count("\n") == 1, given.stderr
+    assert "carries no credentials" in given.stderr
+    for text in (load.stdout, load.stderr, doctor.stdout, doctor.stderr, given.stdout, given.stderr):
+        assert not any(secret in text for secret in ("s3cret", "hunter2", "alice", "bob"))
+    assert not any("s3cret" in p.read_text(errors="replace") for p in home.rglob("*") if p.is_file())
+
+
+def test_doctor_suggests_a_ca_only_for_an_https_host_whose_certificate_failed(published, tmp_path):
+    root = str(published["work"] / "tree" / "root.json")
+    doctor = run_cli("doctor", env={"WASMCACHE_SUBSTITUTERS": "http://127.0.0.1:1/tree",
+                                    "WASMCACHE_SUBSTITUTER_ROOTS": root})
+    assert "connection refused" in doctor.stdout, doctor.stdout
+    assert "SUBSTITUTER_CA" not in doctor.stdout

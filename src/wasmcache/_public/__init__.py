@@ -51,6 +51,12 @@ class SubstituterSettings(NamedTuple):
 
 
 def _check_url(url: str, where: str) -> str:
+    authority = url.split("/", 3)[2] if url.count("/") >= 2 else ""
+    if url.startswith(("https://", "http://")) and "@" in authority:  # before any message shows the URL
+        shown = url.replace(authority, "***@" + authority.rsplit("@", 1)[1], 1)
+        raise ConfigError(f"{where}: substituter {shown!r}: a substituter URL carries no credentials (they would "
+                          "not be sent, and would show in logs and records): publish the tree where anyone may "
+                          "read it; its signatures, not the host, are what the client trusts")
     if url.startswith(_SCHEMES) and any(c in url for c in "\t ") and not any(c in url for c in "\0\r\n"):
         raise ConfigError(f"{where}: substituter {url!r}: a URL has no spaces: write a space as %20 "
                           f"({url.replace(' ', '%20').replace(chr(9), '%09')})")

@@ -130,9 +130,12 @@ def _refresh(sub: Substituter, ca_file: str | None, state_dir: str | None) -> _R
                 raise
             reasons.append(miss)  # not this root's keys: maybe the next root's
         except exceptions.DownloadHTTPError as exc:
+            what = f"HTTP {exc.status_code}"
+            if sub.url.startswith("file://"):
+                what = "no such file" if exc.status_code == 404 else "permission denied"
             if exc.status_code in (403, 404, 410):
-                raise MissReason(f"none published (HTTP {exc.status_code} for its metadata)") from None
-            raise MissReason(f"the host failed (HTTP {exc.status_code} for its metadata)", warn=True) from None
+                raise MissReason(f"none published ({what} for its metadata)") from None
+            raise MissReason(f"the host failed ({what} for its metadata)", warn=True) from None
     raise reasons[0] if reasons else MissReason("no trusted root given for it", warn=True)
 
 

@@ -297,7 +297,10 @@ def _substituter_findings(root: Path) -> list[Any]:
     try:
         settings = resolve_substituter_settings()
     except ConfigError as exc:
-        return [Diagnosis(WARNING, "$WASMCACHE_SUBSTITUTERS", str(exc), "fix the environment variable")]
+        where, _, problem = str(exc).partition(": ")  # "$WASMCACHE_SUBSTITUTER_ROOTS: what is wrong"
+        if not where.startswith("$") or not problem:
+            where, problem = "$WASMCACHE_SUBSTITUTERS", str(exc)
+        return [Diagnosis(WARNING, where, problem, "fix the environment variable")]
     if settings is None:
         return []
     from .._public import declared_substituters  # noqa: PLC0415
@@ -355,7 +358,7 @@ def _substituter_fix(check: Any) -> str:
     if check.expired:
         return ("a miss compiles locally until the publisher re-signs "
                 "(`wasmcache publish --out TREE --signing-key KEY.pem` re-signs)")
-    if "certificate" in detail or "SSL" in detail or "unreachable" in detail:
+    if check.url.startswith("https://") and ("certificate" in detail or "TLS" in detail):
         return ("a miss compiles locally until this is fixed (a private CA: $WASMCACHE_SUBSTITUTER_CA or "
                 "$SSL_CERT_FILE)")
     return "a miss compiles locally until this is fixed"
