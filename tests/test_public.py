@@ -565,6 +565,51 @@ def test_a_tools_entry_point_declares_its_substituter(published, tmp_path):
     assert url == f"file://{tree}", reason
 
 
+def test_broken_declarations_are_one_plain_line_each_and_a_bad_environment_keeps_the_good_ones(published, tmp_path):
+    tree = published["work"] / "tree"
+    site = tmp_path / "site"
+    declarations = {  # entry point name -> the module's text
+        "good": f"SUBSTITUTER = {{'url': 'file://{tree}', 'root': {str(tree / 'root.json')!r}}}",
+        "noroot": f"SUBSTITUTER = {{'url': 'file://{tree}'}}",
+        "astring": "SUBSTITUTER = 'file:///srv/tree'",
+        "introot": f"SUBSTITUTER = {{'url': 'file://{tree}', 'root': 7}}",
+        "raises": "def SUBSTITUTER():\n    raise KeyError('root')",
+    }
+    info = site / "demo_tools-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: demo-tools\nVersion: 1.0\n")
+    points = "".join(f"{name} = decl_{name}:SUBSTITUTER\n" for name in declarations)
+    (info / "entry_points.txt").write_text(f"[wasmcache.substituters]\n{points}")
+    for name, text in declarations.items():
+        (site / f"decl_{name}.py").write_text(text + "\n")
+    dest = tmp_path / "entry.cwasm"
+    code = f"""
+        import json, wasmtime
+        from wasmcache._fingerprint import engine_identity
+        from wasmcache._public import PublicTier, settings_for_cache
+        tier = PublicTier(settings_for_cache(None, None))
+        fetched = tier.fetch(kind="module", wasm_digest="{published['digest']}",
+                             host_section=engine_identity(wasmtime.Engine()).section, dest="{dest}", name="a")
+        print(json.dumps([fetched is not None and fetched.url, tier.last_reason]))
+    """
+    # The user's own variables are bad (a URL with a typo): the tools' declarations are still asked.
+    env = {"PYTHONPATH": str(site), "WASMCACHE_SUBSTITUTERS": "htps://typo", "WASMCACHE_SUBSTITUTER_ROOTS": ""}
+    done = run_python(code, env=env)
+    url, reason = json.loads(done.stdout.strip().splitlines()[-1])
+    assert url == f"file://{tree}", reason
+    lines = done.stderr.splitlines()
+    assert len(lines) == 5, done.stderr  # the environment, then each broken declaration: one line each
+    assert "htps://typo" in lines[0]
+    assert "only the substituters tools declare are asked" in lines[0]
+    said = {line.split("entry point ", 1)[1].split(" ", 1)[0]: line for line in lines[1:]}
+    assert "its mapping has no 'root'" in said["noroot"]
+    assert "expected a mapping with 'url' and 'root', got str" in said["astring"]
+    assert "'root' must be a path to root.json or its bytes, got int" in said["introot"]
+    assert "loading it failed: KeyError: 'root'" in said["raises"]
+    assert not any(raw in done.stderr for raw in ("Traceback", "string indices")), done.stderr
+    assert not any(line.endswith("ignored: 'root'") for line in lines), done.stderr  # a bare KeyError's text
+
+
 def test_check_substituters_reports_each_one(published, caddy, tmp_path):
     from caddy_server import free_port
 

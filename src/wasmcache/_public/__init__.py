@@ -17,7 +17,8 @@ point group (read only on a miss, see `declared_substituters`).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Final, NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from .._errors import ConfigError
 
@@ -143,16 +144,23 @@ def resolve_substituter_settings(
 def settings_for_cache(substituters: Sequence[str] | str | None,
                        roots: Sequence[str | os.PathLike[str]] | None) -> SubstituterSettings | None:
     """A `ModuleCache`'s substituters. Bad arguments raise ConfigError; a bad environment
-    ($WASMCACHE_SUBSTITUTERS & co., not the program's code) turns them off with one warning."""
+    ($WASMCACHE_SUBSTITUTERS & co., not the program's code) is one warning (`settings_from_environment`)."""
     if substituters is not None or roots is not None:
         return resolve_substituter_settings(substituters, roots)
+    from .._log import log  # noqa: PLC0415
+
+    return settings_from_environment(
+        lambda exc: log.warning("wasmcache: %s; only the substituters tools declare are asked", exc))
+
+
+def settings_from_environment(problem: Callable[[ConfigError], None]) -> SubstituterSettings | None:
+    """The environment's settings. When they are bad, `problem` hears why and the substituters tools
+    declare are still asked: a typo in the user's variables does not turn off a tool's publisher."""
     try:
         return resolve_substituter_settings()
     except ConfigError as exc:
-        from .._log import log  # noqa: PLC0415
-
-        log.warning("wasmcache: %s; no substituter is asked", exc)
-        return None
+        problem(exc)
+        return SubstituterSettings((), None, declared=True)
 
 
 def declared_substituters(log_problem: Callable[[str], None] | None = None) -> tuple[Substituter, ...]:
@@ -169,19 +177,44 @@ def declared_substituters(log_problem: Callable[[str], None] | None = None) -> t
     for point in entry_points(group=ENTRY_POINT_GROUP):
         where = f"entry point {point.name} ({point.value})"
         try:
-            value = point.load()
-            if callable(value):
-                value = value()
-            urls = value["url"]
-            urls = [urls] if isinstance(urls, str) else list(urls)
-            root = value["root"]
-            root_bytes = bytes(root) if isinstance(root, (bytes, bytearray)) else read_root(root, where)
-            found += [Substituter(_check_url(url, where), (root_bytes,), f"entry point {point.name}")
-                      for url in urls]
-        except Exception as exc:  # another package's code: whatever it raises is its problem
+            found += _declared(point, where)
+        except _Declaration as bad:
             if log_problem is not None:
-                log_problem(f"{where}: ignored: {str(exc).removeprefix(f'{where}: ')}")
+                log_problem(f"{where}: ignored: {bad}")
     return tuple(found)
+
+
+class _Declaration(Exception):  # noqa: N818 - why one entry point's declaration is skipped
+    pass
+
+
+def _declared(point: Any, where: str) -> list[Substituter]:
+    try:
+        value = point.load()
+        if callable(value):
+            value = value()
+    except Exception as exc:  # another package's code: whatever it raises is its problem
+        text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise _Declaration(f"loading it failed: {type(exc).__name__}{': ' + text if text else ''}") from None
+    if not isinstance(value, Mapping):
+        raise _Declaration(f"expected a mapping with 'url' and 'root', got {type(value).__name__}")
+    missing = [name for name in ("url", "root") if name not in value]
+    if missing:
+        raise _Declaration(f"its mapping has no {' and no '.join(repr(m) for m in missing)}")
+    urls, root = value["url"], value["root"]
+    urls = [urls] if isinstance(urls, str) else urls
+    if not isinstance(urls, (list, tuple)) or not urls or not all(isinstance(u, str) for u in urls):
+        raise _Declaration("'url' must be a URL or a list of them")
+    try:
+        if isinstance(root, (bytes, bytearray)):
+            root_bytes = bytes(root)
+        elif isinstance(root, (str, os.PathLike)):
+            root_bytes = read_root(root, where)
+        else:
+            raise _Declaration(f"'root' must be a path to root.json or its bytes, got {type(root).__name__}")
+        return [Substituter(_check_url(url, where), (root_bytes,), f"entry point {point.name}") for url in urls]
+    except ConfigError as exc:
+        raise _Declaration(str(exc).removeprefix(f"{where}: ")) from None
 
 
 def __getattr__(name: str) -> object:

@@ -15,6 +15,8 @@ from ._group import asdict, cache_dir_option, cli, fail, human, remote_options, 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .._errors import ConfigError
+
 
 @cli.command()
 @cache_dir_option
@@ -289,18 +291,20 @@ def _substituter_findings(root: Path) -> list[Any]:
     """One line per configured substituter: reachable, root valid, metadata expiry, rollback relative to
     what this root's consumer already trusts, artifacts fitting this host. Writes nothing anywhere."""
     from .._doctor import DANGER, INFO, WARNING, Diagnosis, SubstituterDiagnosis  # noqa: PLC0415
-    from .._errors import ConfigError  # noqa: PLC0415
     from .._layout import SUBSTITUTERS_DIR  # noqa: PLC0415
-    from .._public import resolve_substituter_settings  # noqa: PLC0415
+    from .._public import settings_from_environment  # noqa: PLC0415
     from .._record import read_record  # noqa: PLC0415
 
-    try:
-        settings = resolve_substituter_settings()
-    except ConfigError as exc:
+    config: list[Diagnosis] = []
+
+    def bad_environment(exc: ConfigError) -> None:
         where, _, problem = str(exc).partition(": ")  # "$WASMCACHE_SUBSTITUTER_ROOTS: what is wrong"
         if not where.startswith("$") or not problem:
             where, problem = "$WASMCACHE_SUBSTITUTERS", str(exc)
-        return [Diagnosis(WARNING, where, problem, "fix the environment variable")]
+        config.append(Diagnosis(WARNING, where, problem, "fix the environment variable (until then only the "
+                                "substituters tools declare are asked)"))
+
+    settings = settings_from_environment(bad_environment)
     if settings is None:
         return []
     from .._public import declared_substituters  # noqa: PLC0415
@@ -314,11 +318,11 @@ def _substituter_findings(root: Path) -> list[Any]:
     # The consumer's trusted metadata is copied, and refreshed only in the copy (see check_substituters).
     checks = check_substituters(settings, state_dir=root / SUBSTITUTERS_DIR, host_section=_default_host_section())
     facts = ("ok", "reachable", "root_valid", "expires", "days_left", "expired", "rolled_back", "artifacts", "fitting")
-    out: list[Any] = [
+    out: list[Any] = [*config, *(
         SubstituterDiagnosis(INFO if check.ok else WARNING, check.url, f"substituter ({check.origin}): {check.detail}",
                              "nothing to do" if check.ok else _substituter_fix(check),
                              {name: getattr(check, name) for name in facts})
-        for check in checks]
+        for check in checks)]
     out += [Diagnosis(WARNING, where, f"substituter not used: {why}", "its package declares a substituter wasmcache "
                       "cannot use: a miss of its modules compiles locally; tell the tool's author")
             for where, _, why in (problem.partition(": ignored: ") for problem in broken)]
