@@ -657,7 +657,8 @@ def test_a_state_directory_remembers_a_dead_host_and_a_missing_module_briefly(pu
     (tree / "metadata" / "timestamp.json").rename(tree / "metadata" / "timestamp.json.away")
     try:
         _client.forget()  # the metadata is not even read again for that module
-        assert_miss(fetch(f"file://{tree}", root, dest, state=state, digest="1" * 64), dest, "none published")
+        assert_miss(fetch(f"file://{tree}", root, dest, state=state, digest="1" * 64), dest,
+                    "none published (remembered for 300 s)")
         # ... while a module that was never looked up does read it (and finds no metadata)
         _client.forget()
         assert_miss(fetch(f"file://{tree}", root, dest, state=state, digest=published["digest"]), dest,

@@ -374,8 +374,8 @@ class PublicTier:
                     dest: int | str | os.PathLike[str], name: str) -> Fetched:
         negative = _memo_path(self.state_dir, "none", sub.url, kind, digest, abi_hash(host_section))
         remembered = _remembered(negative, NEGATIVE_SECONDS)
-        if remembered is not None:
-            raise MissReason(remembered)
+        if remembered is not None:  # said as such: a reader of the log must not think the host was asked again
+            raise MissReason(f"{remembered} (remembered for {NEGATIVE_SECONDS:.0f} s)")
         try:
             repo = self.repo(sub)
         except MissReason as miss:
