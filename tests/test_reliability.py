@@ -443,3 +443,31 @@ def test_an_entry_this_process_has_no_descriptor_to_map_is_never_set_aside(root:
     assert result["hits"] == 1  # the entry is still there, served once the process has descriptors again
     assert "bad cache entry" not in proc.stderr
     assert not (root / "quarantine").exists() or not any((root / "quarantine").iterdir())
+
+
+def test_disk_full_threads_waiting_on_one_key_share_one_compile(tiny_tmpfs: Path) -> None:
+    """The first thread compiles and cannot store; those that waited on the key's lock take its module
+    instead of each compiling again (a real full tmpfs, real threads)."""
+    import threading
+
+    root = tiny_tmpfs / "cache"
+    cache = wasmcache.ModuleCache(root)
+    free = shutil.disk_usage(tiny_tmpfs).free
+    (tiny_tmpfs / "filler").write_bytes(b"\0" * (free - 16 * 1024))  # leave 16 KiB: less than one entry
+    wasm = answer_module(12)
+    start = threading.Barrier(4)
+    modules: list[object] = []
+
+    def load() -> None:
+        start.wait()
+        modules.append(cache.load(wasm))  # kept alive, as a program keeps what it loaded
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(modules) == 4
+    assert all(call_answer(cache.engine, module) == 12 for module in modules)
+    assert cache.stats().compiles == 1
+    _no_partial_files(root)

@@ -13,6 +13,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from . import _native
@@ -60,6 +61,9 @@ class MissPath:
         self._remote_guard = threading.Lock()
         self._substituter_settings = substituters
         self._public: PublicTier | None = None
+        # Modules this process produced but could not store (disk full ...), by key, while the program
+        # holds them: a thread that waited on the key's lock takes the same one instead of compiling again.
+        self._unstored: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
     @property
     def rejected(self) -> int:
@@ -168,7 +172,9 @@ class MissPath:
         module, added = self._publish(blob, place, key, kind, digest, name,
                                       "snapshot" if place.serialized else "compiled")
         if module is None:  # not stored (disk full ...) or not loadable: what we have, in memory
-            return (compiled if compiled is not None else self._deserialize_copy(name, own, kind)), None, None
+            module = compiled if compiled is not None else self._deserialize_copy(name, own, kind)
+            self._unstored[key] = module
+            return module, None, None
         return module, added, None if place.serialized else blob
 
     def _served_elsewhere(self, place: Place, key: str, kind: Kind, digest: str, name: str) -> tuple[
@@ -177,6 +183,8 @@ class MissPath:
 
         Another process may have published while we waited; else the remote tier, then the substituters."""
         module, _ = self._load_entry(self._ctx, place, key, kind, locked=True)
+        if module is None:
+            module = self._unstored.get(key)  # the thread before us here could not store it either
         if module is not None or place.serialized:
             return module, None, None
         module, added = self._load_remote(place, key, kind, digest, name)
