@@ -296,7 +296,10 @@ def _activate(_wasmtime: Any) -> None:
     try:
         dropin = _import_dropin()
     except ImportError as exc:
-        _warn("import", f"drop-in not active in {sys.executable}: {exc}")
+        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+        fix = (f"; to enable it: {sys.executable} -m pip install blake3 platformdirs"
+               if missing in ("blake3", "platformdirs") else "")  # the same advice as `doctor --pid`
+        _warn("import", f"drop-in not active in {sys.executable}: {exc}{fix}")
         return
     dropin.auto_install()
 

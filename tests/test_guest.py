@@ -633,6 +633,17 @@ def test_doctor_pid_advice_for_a_process_where_the_switched_on_drop_in_did_not_a
     assert "pip install blake3 platformdirs" in doctor.stdout
 
 
+def test_a_python_lacking_a_dependency_is_told_in_one_line_how_to_enable_the_drop_in(tmp_path):
+    program = tmp_path / "prog.py"
+    program.write_text('import sys\nsys.modules["blake3"] = None\nimport wasmtime\nprint("ran")\n')
+    env = {**os.environ, "WASMCACHE_AUTO": "1", "WASMCACHE_DIR": str(tmp_path / "root")}
+    proc = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
+    assert (proc.returncode, proc.stdout) == (0, "ran\n"), proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert f"to enable it: {sys.executable} -m pip install blake3 platformdirs" in proc.stderr
+
+
 STDERR_CLOSED = """
 import sys, wasmtime
 f = open(sys.argv[1], "w")
