@@ -117,3 +117,33 @@ def test_the_library_refuses_a_revoke_that_matches_nothing_before_writing(publis
     assert "--revoke name=nosuch.wasm" in str(refused.value)
     assert contents(tree) == before
 
+
+def test_rotating_to_the_current_signing_key_is_refused(published, tmp_path):
+    tree = a_copy(published, tmp_path)
+    before = contents(tree)
+    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], "--rotate-to", published["key"])
+    assert_refused(proc, f"--rotate-to {published['key']}", "already")
+    assert contents(tree) == before
+    # The same key under another file name is the same key.
+    copy = tmp_path / "same-key.pem"
+    shutil.copy(published["key"], copy)
+    copy.chmod(0o600)
+    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], "--rotate-to", str(copy),
+                   "--level", "baseline", str(published["wasm"]))
+    assert_refused(proc, f"--rotate-to {copy}", "already")
+    assert contents(tree) == before
+    # A rotation with no tree to rotate is refused before compiling too.
+    fresh = tmp_path / "fresh"
+    proc = run_cli("publish", "--out", str(fresh), "--signing-key", published["key"], "--rotate-to",
+                   published["new_key"], "--level", "baseline", str(published["wasm"]))
+    assert_refused(proc, "--rotate-to", "no tree")
+    assert not fresh.exists()
+    # A tree whose root is under an offline key: a rotation without it cannot sign the new root.
+    offline = tmp_path / "offline"
+    root_key, _, _ = write_keypair(tmp_path / "root-keys")
+    publish(offline, signing_key=published["key"], root_key=str(root_key))
+    before = contents(offline)
+    proc = run_cli("publish", "--out", str(offline), "--signing-key", published["key"], "--rotate-to",
+                   published["new_key"], "--level", "baseline", str(published["wasm"]))
+    assert_refused(proc, "--rotate-to", "--root-key")
+    assert contents(offline) == before

@@ -359,6 +359,18 @@ def _selects(spec: dict[str, str], path: str, info: Any) -> bool:
                for k, v in spec.items())
 
 
+def _check_rotation(tree: Tree, keys: Keys, rotate_to: str, new: Any) -> None:
+    """A rotation that would change nothing but the root's version, that has no tree to rotate, or that
+    cannot sign the new root: refused."""
+    if new.public_key.keyid == keys.signing.public_key.keyid:
+        raise PublishError(f"--rotate-to {rotate_to}: is already the signing key (the same key as --signing-key); "
+                           "nothing to rotate: rotate to a new key from `wasmcache keygen`")
+    if tree.root is None:
+        raise ConfigError("--rotate-to: no tree in --out yet; create it with the key you want")
+    if keys.root.public_key.keyid not in tree.root.signed.roles["root"].keyids:
+        raise ConfigError("--rotate-to needs the root key (--root-key) of this tree")
+
+
 def parse_revoke_spec(spec: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     allowed = ("path", "wasm", "wasmtime", "engine_major", "level", "kind", "name", "blake3", "abi")
@@ -393,11 +405,11 @@ def check_before_compiling(out: str | os.PathLike[str], *, signing_key: str | No
         return
     signing = load_signer(signing_key)
     root = load_signer(root_key) if root_key else signing
-    if rotate_to:
-        load_signer(rotate_to)
     tree = Tree(target)
     if tree.root is not None:
         tree.check_keys(Keys(signing, root))
+    if rotate_to:
+        _check_rotation(tree, Keys(signing, root), rotate_to, load_signer(rotate_to))
     tree.check_revoke(revoke)
 
 
@@ -446,22 +458,23 @@ def publish(out: str | os.PathLike[str], built: Sequence[Built] = (), *, signing
 def _publish_locked(target: Path, built: Sequence[Built], keys: Keys, signing: Any, root_key: str | None,
                     new_signer: Any, merge: Sequence[str | os.PathLike[str]], revoke: Sequence[str],
                     rotate_to: str | None, days: int, root_days: int) -> PublishResult:
+    # Refused before anything is written: a key not of this tree, a rotation that cannot or need not be done, a
+    # revoke that matches nothing.
     tree = Tree(target)
-    tree.check_revoke(revoke)  # before anything is written
+    if tree.root is not None:
+        tree.check_keys(keys)
+    if rotate_to:
+        _check_rotation(tree, keys, rotate_to, new_signer)
+    tree.check_revoke(revoke)
     entries = [put_target(target, item) for item in built]
     for part in merge:
         entries += _merge_part(target, Path(part))
     if tree.root is None:
-        if rotate_to:
-            raise ConfigError("--rotate-to: no tree in --out yet; create it with the key you want")
         tree.create(keys, root_days)
     else:
-        tree.check_keys(keys)
         if root_key is None and keys.root.public_key.keyid not in tree.root.signed.roles["root"].keyids:
             keys = Keys(signing, None)
-        if rotate_to:
-            if keys.root is None:
-                raise ConfigError("--rotate-to needs the root key (--root-key) of this tree")
+        if rotate_to:  # _check_rotation: keys.root is a key of this tree's root
             tree.rotate(keys, new_signer, root_days)
         elif keys.root is not None:
             tree.refresh_root_if_expiring(root_days)
