@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 UNSIGNED_FILE: Final = "wasmcache-unsigned.json"
 ROLES: Final = ("root", "targets", "snapshot", "timestamp")
 PUBLISH_LOCK: Final = ".wasmcache-publish.lock"
+UNSIGNED_ONLY: Final = ("--unsigned writes a part for a later signing step; --merge, --revoke, --rotate-to and "
+                        "--root-key need --signing-key")
 
 
 class PublishError(CacheError):
@@ -276,6 +278,18 @@ class Tree:
             added += 1
         return added, kept, refused
 
+    def check_revoke(self, specs: Sequence[str]) -> None:
+        """Each SPEC matches an artifact this tree publishes now. A revoke names signed artifacts, never those
+        the same run adds (it is applied first); one that matches nothing (a typo, a version never published,
+        an artifact already revoked) would only re-sign the tree, so it is refused before anything is written."""
+        targets = self.targets.signed.targets if self.targets is not None else {}
+        for spec in specs:
+            parsed = parse_revoke_spec(spec)
+            if not any(_selects(parsed, path, info) for path, info in targets.items()):
+                where = (f"{self.out} has no published tree yet" if self.root is None else
+                         f"none is published in {self.out} (never published, or revoked already)")
+                raise PublishError(f"--revoke {spec}: matches no artifact: {where}; nothing was written")
+
     def revoke(self, specs: Sequence[str]) -> list[str]:
         """Remove the targets matching any SPEC (``field=value[,field=value]``, all must match); record them."""
         assert self.targets is not None
@@ -284,9 +298,7 @@ class Tree:
         removed: list[str] = []
         for path, info in list(targets.items()):
             custom = info.custom if isinstance(info.custom, dict) else {}
-            fields = {**{k: str(v) for k, v in custom.items()}, "path": path}
-            if any(all(fields.get(k, "").startswith(v) if k in ("wasm", "blake3") else fields.get(k) == v
-                       for k, v in spec.items()) for spec in parsed):
+            if any(_selects(spec, path, info) for spec in parsed):
                 removed.append(path)
                 del targets[path]
                 record = self.targets.signed.unrecognized_fields.setdefault(REVOKED_FIELD, [])
@@ -339,6 +351,26 @@ class Tree:
             _replace(self.out / "root.json", _serialize(self.root))
 
 
+def _selects(spec: dict[str, str], path: str, info: Any) -> bool:
+    """Whether a parsed revoke SPEC matches the target `path` (every field; `wasm` and `blake3` by prefix)."""
+    custom = info.custom if isinstance(info.custom, dict) else {}
+    fields = {**{k: str(v) for k, v in custom.items()}, "path": path}
+    return all(fields.get(k, "").startswith(v) if k in ("wasm", "blake3") else fields.get(k) == v
+               for k, v in spec.items())
+
+
+def _check_rotation(tree: Tree, keys: Keys, rotate_to: str, new: Any) -> None:
+    """A rotation that would change nothing but the root's version, that has no tree to rotate, or that
+    cannot sign the new root: refused."""
+    if new.public_key.keyid == keys.signing.public_key.keyid:
+        raise PublishError(f"--rotate-to {rotate_to}: is already the signing key (the same key as --signing-key); "
+                           "nothing to rotate: rotate to a new key from `wasmcache keygen`")
+    if tree.root is None:
+        raise ConfigError("--rotate-to: no tree in --out yet; create it with the key you want")
+    if keys.root.public_key.keyid not in tree.root.signed.roles["root"].keyids:
+        raise ConfigError("--rotate-to needs the root key (--root-key) of this tree")
+
+
 def parse_revoke_spec(spec: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     allowed = ("path", "wasm", "wasmtime", "engine_major", "level", "kind", "name", "blake3", "abi")
@@ -360,7 +392,7 @@ class PublishResult(NamedTuple):
 
 
 def check_before_compiling(out: str | os.PathLike[str], *, signing_key: str | None, root_key: str | None = None,
-                           rotate_to: str | None = None) -> None:
+                           rotate_to: str | None = None, revoke: Sequence[str] = ()) -> None:
     """What `publish` would refuse after the compiles, refused before them (a compile can take minutes)."""
     target = Path(out)
     existing = next((p for p in (target, *target.parents) if os.path.lexists(p)), None)
@@ -368,13 +400,17 @@ def check_before_compiling(out: str | os.PathLike[str], *, signing_key: str | No
         raise PublishError(f"--out {target}: " + ("not a directory" if existing == target else
                                                    f"{existing} is not a directory"))
     if signing_key is None:
+        if revoke or rotate_to or root_key:
+            raise ConfigError(UNSIGNED_ONLY)
         return
     signing = load_signer(signing_key)
     root = load_signer(root_key) if root_key else signing
+    tree = Tree(target)
+    if tree.root is not None:
+        tree.check_keys(Keys(signing, root))
     if rotate_to:
-        load_signer(rotate_to)
-    if (target / "root.json").exists():
-        Tree(target).check_keys(Keys(signing, root))
+        _check_rotation(tree, Keys(signing, root), rotate_to, load_signer(rotate_to))
+    tree.check_revoke(revoke)
 
 
 def check_inputs(files: Sequence[str | os.PathLike[str]]) -> None:
@@ -405,8 +441,7 @@ def publish(out: str | os.PathLike[str], built: Sequence[Built] = (), *, signing
     target = Path(out)
     if signing_key is None:
         if merge or revoke or rotate_to or root_key:
-            raise ConfigError("--unsigned writes a part for a later signing step; --merge, --revoke, "
-                              "--rotate-to and --root-key need --signing-key")
+            raise ConfigError(UNSIGNED_ONLY)
         entries = write_unsigned(target, built)
         return PublishResult(len(entries), 0, (), 0)
     signing = load_signer(signing_key)
@@ -423,21 +458,23 @@ def publish(out: str | os.PathLike[str], built: Sequence[Built] = (), *, signing
 def _publish_locked(target: Path, built: Sequence[Built], keys: Keys, signing: Any, root_key: str | None,
                     new_signer: Any, merge: Sequence[str | os.PathLike[str]], revoke: Sequence[str],
                     rotate_to: str | None, days: int, root_days: int) -> PublishResult:
+    # Refused before anything is written: a key not of this tree, a rotation that cannot or need not be done, a
+    # revoke that matches nothing.
+    tree = Tree(target)
+    if tree.root is not None:
+        tree.check_keys(keys)
+    if rotate_to:
+        _check_rotation(tree, keys, rotate_to, new_signer)
+    tree.check_revoke(revoke)
     entries = [put_target(target, item) for item in built]
     for part in merge:
         entries += _merge_part(target, Path(part))
-    tree = Tree(target)
     if tree.root is None:
-        if rotate_to:
-            raise ConfigError("--rotate-to: no tree in --out yet; create it with the key you want")
         tree.create(keys, root_days)
     else:
-        tree.check_keys(keys)
         if root_key is None and keys.root.public_key.keyid not in tree.root.signed.roles["root"].keyids:
             keys = Keys(signing, None)
-        if rotate_to:
-            if keys.root is None:
-                raise ConfigError("--rotate-to needs the root key (--root-key) of this tree")
+        if rotate_to:  # _check_rotation: keys.root is a key of this tree's root
             tree.rotate(keys, new_signer, root_days)
         elif keys.root is not None:
             tree.refresh_root_if_expiring(root_days)
