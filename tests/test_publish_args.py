@@ -147,3 +147,17 @@ def test_rotating_to_the_current_signing_key_is_refused(published, tmp_path):
                    published["new_key"], "--level", "baseline", str(published["wasm"]))
     assert_refused(proc, "--rotate-to", "--root-key")
     assert contents(offline) == before
+
+
+def test_revoking_this_wasmtimes_builds_while_rebuilding_with_it_is_refused_before_compiling(published, tmp_path):
+    """Compiles are deterministic: revoking wasmtime=X and publishing fresh builds made by X in one run could
+    only end with every build refused (they are the revoked bytes). Refused up front; revoking alone works."""
+    tree = a_copy(published, tmp_path)
+    before = contents(tree)
+    this_wasmtime = f"wasmtime={wasmtime_version()}"
+    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], "--revoke", this_wasmtime,
+                   "--level", "baseline", str(published["wasm"]))
+    assert_refused(proc, f"--revoke {this_wasmtime}", "this run compiles with wasmtime", "revoke alone")
+    assert contents(tree) == before
+    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], "--revoke", this_wasmtime)
+    assert proc.returncode == 0, proc.stderr

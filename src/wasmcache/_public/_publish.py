@@ -392,8 +392,9 @@ class PublishResult(NamedTuple):
 
 
 def check_before_compiling(out: str | os.PathLike[str], *, signing_key: str | None, root_key: str | None = None,
-                           rotate_to: str | None = None, revoke: Sequence[str] = ()) -> None:
-    """What `publish` would refuse after the compiles, refused before them (a compile can take minutes)."""
+                           rotate_to: str | None = None, revoke: Sequence[str] = (), builds: bool = False) -> None:
+    """What `publish` would refuse after the compiles, refused before them (a compile can take minutes).
+    `builds`: this run compiles inputs (with this Python's wasmtime)."""
     target = Path(out)
     existing = next((p for p in (target, *target.parents) if os.path.lexists(p)), None)
     if existing is not None and not existing.is_dir():
@@ -411,6 +412,15 @@ def check_before_compiling(out: str | os.PathLike[str], *, signing_key: str | No
     if rotate_to:
         _check_rotation(tree, Keys(signing, root), rotate_to, load_signer(rotate_to))
     tree.check_revoke(revoke)
+    if builds:
+        from .._fingerprint import wasmtime_version  # noqa: PLC0415
+
+        for spec in revoke:
+            if parse_revoke_spec(spec).get("wasmtime") == wasmtime_version():
+                # Compiles are deterministic: every rebuild would be a revoked artifact's bytes (refused).
+                raise PublishError(f"--revoke {spec}: this run compiles with wasmtime {wasmtime_version()} too, so "
+                                   "its builds would be the revoked bytes again (never published again); revoke "
+                                   "alone now, and publish the fresh builds from a fixed wasmtime")
 
 
 def check_inputs(files: Sequence[str | os.PathLike[str]]) -> None:

@@ -54,7 +54,7 @@ def publish(out: Path, signing_key: str | None, unsigned: bool, merge: tuple[Pat
             raise PublishError(f"{os.fsdecode(file).encode('utf-8', 'backslashreplace').decode()}: a file name "
                                "that is not UTF-8 text cannot be named in the signed metadata; rename it")
     check_before_compiling(out, signing_key=signing_key, root_key=root_key, rotate_to=rotate_to,
-                           revoke=revoke)
+                           revoke=revoke, builds=bool(files))
     check_inputs(files)
     built = []
     for file in files:
