@@ -851,7 +851,7 @@ def test_a_stopped_process_holding_a_key_does_not_hold_the_program_for_the_lock_
         lines = proc.stderr.splitlines()
         assert len(lines) == 1, proc.stderr
         assert GUEST_LINE.match(lines[0])
-        assert lines[0].endswith(f"process {holder.pid}, compiling {wasm}, is stopped; compiling here too")
+        assert lines[0].endswith(f"process {holder.pid}, producing {wasm}, is stopped; compiling here too")
         compiled = wrapped("--cache-dir", str(root), "compile", str(wasm), env=clean_env())
         assert compiled.returncode == 0, compiled.stderr
         assert f"not cached (process {holder.pid} holds its key" in compiled.stderr

@@ -351,3 +351,39 @@ def test_a_read_only_root_gets_the_substitute_in_memory_and_stores_nothing(tree,
         artifact.write_bytes(bytes(data))
     tampered = run_json(LOAD, str(read_only_root), str(tree["wasm"]), env=environment(url, tree, caddy))
     assert (tampered["answer"], tampered["compiles"], tampered["substituted"]) == (73, 1, 0)
+
+
+def test_a_terminal_sees_why_a_long_compile_had_no_substitute_once(tree, caddy, tmp_path):
+    """A dead substituter and a large module: the warning says why, and the compile's line does not repeat it."""
+    import pty
+
+    big = tmp_path / "big.wasm"
+    big.write_bytes(wasmtime.wat2wasm('(module (memory 80) (data (i32.const 0) "' + "a" * (5 << 20) + '") '
+                                      '(func (export "answer") (result i32) i32.const 73))'))
+    dead = f"http://127.0.0.1:{free_port()}/tree"
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "run", "--cache-dir", str(tmp_path / "r"),
+                               "--invoke", "answer", str(big)], stdout=subprocess.PIPE, stderr=follower,
+                              text=True, env=environment(dead, tree, caddy), timeout=120, check=False)
+        os.close(follower)
+        follower = -1
+        said = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            said += chunk
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+    assert (proc.returncode, proc.stdout) == (0, "73\n")
+    lines = said.decode().splitlines()
+    assert len(lines) == 3, lines  # why, the compile's start, its end
+    assert "connection refused" in lines[0], lines
+    assert lines[1] == "wasmcache: compiling big.wasm (5 MB)", lines
+    assert lines[2].startswith("wasmcache: compiled "), lines

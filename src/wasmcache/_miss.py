@@ -123,11 +123,12 @@ class MissPath:
         ctx = self._ctx
 
         def waiting(pid: int | None) -> None:
-            log.info("wasmcache: waiting for %s, compiling %s (up to %.0f s)", holder_name(pid), name, ctx.lock_timeout)
+            log.info("wasmcache: waiting for %s, which is producing %s (compiling or downloading it; up to %.0f s)",
+                     holder_name(pid), name, ctx.lock_timeout)
 
         taken, stopped_pid = wait_for_lock(key_lock, ctx.lock_timeout, waiting)
         if stopped_pid is not None:
-            log.warning("wasmcache: process %d, compiling %s, is stopped; compiling here too", stopped_pid, name)
+            log.warning("wasmcache: process %d, producing %s, is stopped; compiling here too", stopped_pid, name)
         elif not taken:
             log.warning("wasmcache: waited %.0f s for another process loading %s; compiling here too",
                         ctx.lock_timeout, name)
@@ -164,7 +165,7 @@ class MissPath:
                 module = self._substitute_unstored(place, kind, digest, name)
                 if module is not None:
                     return module, None, None
-                why = self._public.last_reason if self._public is not None else None
+                why = self._why_not_substituted()
             compiled = self._compile(name, own, kind, why)
             if not locked:
                 return compiled, None, None
@@ -190,7 +191,13 @@ class MissPath:
         module, added = self._load_remote(place, key, kind, digest, name)
         if module is None:
             module, added = self._load_substitute(place, key, kind, digest, name)
-        return module, added, self._public.last_reason if self._public is not None and module is None else None
+        return module, added, self._why_not_substituted() if module is None else None
+
+    def _why_not_substituted(self) -> str | None:
+        """Why no substituter served the last miss, for the long compile's line; None when that was just
+        said as a warning (a terminal would show it twice) or none was asked."""
+        tier = self._public
+        return tier.last_reason if tier is not None and not tier.last_warned else None
 
     def _compile(self, name: str, data: bytes, kind: Kind, no_substitute: str | None = None) -> Any:
         """Compile `data` here; a long compile (a large input) says so on a terminal, and why no substituter

@@ -292,6 +292,7 @@ class PublicTier:
         self.progress = progress
         self.last_reason: str | None = None  # why the last fetch served nothing: "URL: reason; URL: reason"
         self.last_rejected = False  # ... and whether a substituter's answer failed verification (see MissReason)
+        self.last_warned = False  # ... and whether each of those reasons was just logged as a warning
         self._substituters: tuple[Substituter, ...] | None = None
 
     def substituters(self) -> tuple[Substituter, ...]:
@@ -316,6 +317,7 @@ class PublicTier:
         """
         reasons: list[str] = []
         rejected = False
+        warned = True
         for sub in self.substituters():
             try:
                 fetched = self._fetch_from(sub, kind, wasm_digest, host_section, dest, name)
@@ -328,17 +330,19 @@ class PublicTier:
                 failure = MissReason(f"failed: {type(exc).__name__}: {short(exc)}", warn=True)
                 empty(dest)
             else:
-                self.last_reason, self.last_rejected = None, False
+                self.last_reason, self.last_rejected, self.last_warned = None, False, False
                 return fetched
             reasons.append(f"{sub.url}: {failure.reason}")
             rejected = rejected or failure.rejected
-            self._note(sub, failure)
+            warned = self._note(sub, failure) and warned
         self.last_reason = "; ".join(reasons) if reasons else "no substituter configured"
         self.last_rejected = rejected
+        self.last_warned = bool(reasons) and warned
         empty(dest)
         return None
 
-    def _note(self, sub: Substituter, miss: MissReason) -> None:
+    def _note(self, sub: Substituter, miss: MissReason) -> bool:
+        """Log why `sub` served nothing (once per process and reason); whether that was a warning just now."""
         if miss.host_down is not None:
             _remember(_memo_path(self.state_dir, "down", miss.host_down), miss.reason)
         key = (sub.url, miss.reason)
@@ -350,6 +354,7 @@ class PublicTier:
                 log.warning("wasmcache: substituter %s: %s", sub.url, miss.reason)
             else:
                 log.info("wasmcache: substituter %s: %s", sub.url, miss.reason)
+        return first and miss.warn
 
     def repo(self, sub: Substituter) -> _Repo:
         """`sub`'s verified metadata, refreshed at most once per process (a failure is remembered too)."""
