@@ -387,6 +387,16 @@ def test_a_host_that_never_answers_costs_at_most_one_timeout_per_process(publish
                     "failed earlier in this process")
 
 
+def test_a_tls_host_that_never_completes_the_handshake_says_so(published, tmp_path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # accepts; never answers the ClientHello
+        dest = tmp_path / "entry.cwasm"
+        assert_miss(fetch(f"https://127.0.0.1:{listener.getsockname()[1]}", published["work"] / "tree" / "root.json",
+                          dest, digest=published["digest"]), dest,
+                    f"unreachable: TLS handshake timed out after {_transport.CONNECT_TIMEOUT:g} s", rejected=False)
+
+
 class MisbehavingHost:
     """A raw TCP server on 127.0.0.1 that answers every connection one bad way: "reset" (accepts, then
     aborts with RST) or "short" (announces 1000 bytes of body, sends 10, closes)."""

@@ -261,7 +261,7 @@ def network_reason(exc: BaseException, read_timeout: float) -> str:
         # NewConnectionError is a ConnectTimeoutError (urllib3 2): tested first
         (errors.NewConnectionError, lambda e: connect_timeout if "timed out" in str(e) else _os_words(e)),
         (errors.ConnectTimeoutError, lambda _: connect_timeout),
-        ((errors.ReadTimeoutError, TimeoutError), lambda _: f"timed out after {read_timeout:g} s without data"),
+        ((errors.ReadTimeoutError, TimeoutError), lambda e: _timeout_words(e, read_timeout)),
         (ssl.SSLCertVerificationError, lambda e: f"unreachable: TLS certificate not trusted ({e.verify_message}); "
                                                  "give the host's CA with $WASMCACHE_SUBSTITUTER_CA"),
         ((ssl.SSLError, errors.SSLError), lambda e: f"unreachable: TLS failed ({getattr(e, 'reason', 0) or short(e)})"),
@@ -271,6 +271,18 @@ def network_reason(exc: BaseException, read_timeout: float) -> str:
         (OSError, _os_words),
     ]
     return next((say(cause) for types, say in words if isinstance(cause, types)), f"unreachable: {short(cause)}")
+
+
+def _timeout_words(exc: BaseException, read_timeout: float) -> str:
+    """A read that timed out. urllib3 names the timeout it used ("(read timeout=1.5)"): during a TLS
+    handshake that is the connect timeout, not `read_timeout`, and no response was ever awaited."""
+    import re  # noqa: PLC0415
+
+    found = re.search(r"read timeout=([0-9.]+)\)", str(exc))
+    seconds = float(found.group(1)) if found else read_timeout
+    if seconds != read_timeout:
+        return f"unreachable: TLS handshake timed out after {seconds:g} s"
+    return f"timed out after {read_timeout:g} s without data"
 
 
 def _os_words(exc: BaseException) -> str:
