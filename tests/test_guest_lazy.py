@@ -154,3 +154,55 @@ def test_a_program_that_loads_under_a_read_only_home_is_warned_once_when_it_load
     # Said when the first load needed the root, not when the program imported wasmtime.
     assert lines == [b"imported\n", ours[0], b"done\n"], guest.stderr
     assert not list(read_only_home.iterdir())
+
+
+# An explicit install() is no guest: the program asked for the cache, and hears at the call what is wrong.
+INSTALLS = """
+import logging, sys, wasmcache
+logging.basicConfig()
+try:
+    wasmcache.install(sys.argv[1] if len(sys.argv) > 1 else None)
+except wasmcache.CacheError as exc:
+    print("refused:", type(exc).__name__)
+else:
+    sys.stderr.write("installed\\n")
+"""
+
+
+def test_an_explicit_install_still_judges_its_root_at_the_call(place: Path, read_only_home: Path) -> None:
+    program = place / "programs" / "installs.py"
+    program.write_text(INSTALLS)
+    env = guest_env(read_only_home, place / "tmp")
+    a_file = place / "a-file"
+    a_file.write_text("mine")
+    refused = run_as("bare", program, str(a_file), env=env, cwd=place / "work")
+    assert (refused.returncode, refused.stdout) == (0, b"refused: NotACacheError\n"), refused.stderr
+    assert a_file.read_text() == "mine"
+    warned = run_as("bare", program, env=env, cwd=place / "work")  # the default root, under a read-only HOME
+    assert warned.returncode == 0, warned.stderr
+    lines = warned.stderr.splitlines()
+    assert len(lines) == 2, warned.stderr
+    assert b"drop-in cannot use its cache root" in lines[0]  # through the program's logging, before any load
+    assert lines[1] == b"installed"
+
+
+CHDIR_THEN_LOADS = """
+import os, wasmtime
+os.chdir("elsewhere")
+os.environ["WASMCACHE_DIR"] = "moved"
+wasmtime.Module(wasmtime.Engine(), "(module)")
+"""
+
+
+def test_a_relative_root_is_where_it_was_when_the_program_imported_wasmtime(place: Path) -> None:
+    # Opened at the first load, but resolved at the import: a program that changes directory (or the
+    # environment) in between does not scatter roots.
+    (place / "work" / "elsewhere").mkdir()
+    program = place / "programs" / "chdir.py"
+    program.write_text(CHDIR_THEN_LOADS)
+    env = guest_env(place / "home", place / "tmp", WASMCACHE_DIR="relroot")
+    proc = run_as("auto", program, env=env, cwd=place / "work")
+    assert (proc.returncode, proc.stderr) == (0, b""), proc.stderr
+    assert list((place / "work" / "relroot").glob("ns-*/*.cwasm"))
+    assert not (place / "work" / "elsewhere" / "relroot").exists()
+    assert not (place / "work" / "elsewhere" / "moved").exists()

@@ -89,14 +89,17 @@ class DropIn:
                  strict: bool, automatic: bool = False) -> None:
         self.root: Path | None = _resolved(root)  # a path only: nothing is looked up or created
         self.mode: Mode = mode
-        self.max_size = _resolved_max_size(max_size)
+        size = _resolved_max_size(max_size)
+        self.max_size = size if size is not None else 0
         self.strict = strict
         self.automatic = automatic
         self.active = False
         # `unusable`: the root was refused, or cannot be created (the drop-in then still keeps its promise
         # that a program's own cache file is never mapped: deserialize_file copies, nothing is cached).
         self.unusable: CacheError | None = None
-        self._requested = (root, max_size)
+        # The root is opened with what was resolved now (a chdir or a change of the environment before the
+        # first load does not move it), else with what was asked, which opening refuses in its own words.
+        self._requested = (self.root if self.root is not None else root, size if size is not None else max_size)
         self._root_cache: ModuleCache | None = None
         self._root_opened = False
         self._lock = RLock()
@@ -345,11 +348,11 @@ def _resolved(root: str | os.PathLike[str] | None) -> Path | None:
         return None  # the environment names no usable root: opening it says so, and the drop-in has none
 
 
-def _resolved_max_size(max_size: int | str | None) -> int:
+def _resolved_max_size(max_size: int | str | None) -> int | None:
     try:
         return resolve_max_size(max_size)
     except CacheError:
-        return 0  # as above: opening the root says what is wrong
+        return None  # as above: opening the root says what is wrong
 
 
 def _why_unwritable(root: Path) -> str:
