@@ -123,6 +123,8 @@ class DropIn:
         return self._root_cache
 
     def _open_root(self) -> None:
+        """Open the root once: what is wrong with it raises from an explicit install(), and is kept as
+        `unusable` by the automatic drop-in, which must never fail the program."""
         with self._lock:
             if self._root_opened:
                 return
