@@ -40,7 +40,7 @@ from ._errors import CacheError, CompileError, ConfigError, SourceError
 from ._layout import is_entry_name, is_namespace_name
 from ._loaded import WeakKeyMap, held_weakly
 from ._log import log
-from ._root import has_marker, resolve_root, unreachable_reason
+from ._root import has_marker, resolve_max_size, resolve_root, unreachable_reason
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -86,22 +86,22 @@ class DropIn:
     """What `wasmcache.install()` returns: the drop-in's settings, counters and off switch."""
 
     def __init__(self, root: str | os.PathLike[str] | None, *, mode: Mode, max_size: int | str | None,
-                 strict: bool, automatic: bool = False, unusable: CacheError | None = None) -> None:
-        # Opening the root here refuses an unsafe one now (strict), not at the program's first load.
-        # `unusable`: the root was refused, or cannot be created ($WASMCACHE_AUTO's drop-in then still
-        # keeps its promise that a program's own cache file is never mapped: deserialize_file copies,
-        # nothing is cached).
-        self.unusable = unusable
-        self._root_cache = None if unusable is not None else _open_root_cache(root, mode, max_size, strict)
-        if self._root_cache is not None and not self._root_cache.disabled and not has_marker(self._root_cache.root):
-            self.unusable = CacheError(f"{self._root_cache.root} ({_why_unwritable(self._root_cache.root)})")
-            self._root_cache = None
-        self.root: Path | None = self._root_cache.root if self._root_cache is not None else _resolved(root)
+                 strict: bool, automatic: bool = False) -> None:
+        self.root: Path | None = _resolved(root)  # a path only: nothing is looked up or created
         self.mode: Mode = mode
-        self.max_size = self._root_cache.max_size if self._root_cache is not None else 0
+        size = _resolved_max_size(max_size)
+        self.max_size = size if size is not None else 0
         self.strict = strict
         self.automatic = automatic
         self.active = False
+        # `unusable`: the root was refused, or cannot be created (the drop-in then still keeps its promise
+        # that a program's own cache file is never mapped: deserialize_file copies, nothing is cached).
+        self.unusable: CacheError | None = None
+        # The root is opened with what was resolved now (a chdir or a change of the environment before the
+        # first load does not move it), else with what was asked, which opening refuses in its own words.
+        self._requested = (self.root if self.root is not None else root, size if size is not None else max_size)
+        self._root_cache: ModuleCache | None = None
+        self._root_opened = False
         self._lock = RLock()
         self._live = WeakKeyMap()  # _EngineCache -> True while the program keeps its engine (never itself: kept alive)
         self._retired = [0] * _COUNTERS
@@ -109,6 +109,44 @@ class DropIn:
         self._at_fork = self._reported
         self._warned: set[str] = set()
         self._root_prefix = os.path.realpath(self.root) + os.sep if self.root is not None else None
+        if not automatic:
+            self._open_root()  # an explicit install() refuses an unsafe root now (strict), not at the first load
+
+    def _opened_root(self) -> ModuleCache | None:
+        """The root's cache, None if unusable (said once, here). Opened at the first operation that needs
+        it: a guest in a program that loads nothing creates nothing ($HOME, ~/.cache, the root) and says
+        nothing about a root it never needed."""
+        if not self._root_opened:
+            self._open_root()
+            if self.unusable is not None:
+                self.warn_unusable()
+        return self._root_cache
+
+    def _open_root(self) -> None:
+        """Open the root once: what is wrong with it raises from an explicit install(), and is kept as
+        `unusable` by the automatic drop-in, which must never fail the program."""
+        with self._lock:
+            if self._root_opened:
+                return
+            root, max_size = self._requested
+            try:
+                cache = _open_root_cache(root, self.mode, max_size, self.strict)
+            except (CacheError, OSError) as exc:
+                if not self.automatic:
+                    raise  # install() raises it to the program that called it
+                self.unusable = exc if isinstance(exc, CacheError) else CacheError(f"{self.root}: {exc}")
+            else:
+                if not cache.disabled and not has_marker(cache.root):
+                    self.unusable = CacheError(f"{cache.root} ({_why_unwritable(cache.root)})")
+                else:
+                    self._root_cache = cache
+            self._root_opened = True
+
+    def warn_unusable(self) -> None:
+        """Once per process, and what an unusable root means for this program (what the user should fix)."""
+        self._warn_once("unusable root", "wasmcache: drop-in cannot use its cache root (%s); nothing is cached: "
+                        "wasmtime compiles as usual and programs' own .cwasm files are loaded as copies, never mapped",
+                        str(self.unusable).rstrip("."))
 
     @property
     def settings(self) -> tuple[str, str, int, bool]:
@@ -128,7 +166,8 @@ class DropIn:
         from ._stats import CacheStats  # noqa: PLC0415 - not on the hit path
 
         count = self.counts()
-        on_disk = self._root_cache.stats() if self._root_cache is not None else None
+        root_cache = self._opened_root()
+        on_disk = root_cache.stats() if root_cache is not None else None
         return CacheStats.of(count, on_disk.entries if on_disk else 0, on_disk.size_bytes if on_disk else 0)
 
     def record_exit(self) -> None:
@@ -178,7 +217,7 @@ class DropIn:
     def _cache_for(self, engine: Any) -> _EngineCache | None:
         # The cache hangs on the engine (engine -> cache -> engine is a cycle the collector frees),
         # so it lives exactly as long as the program keeps the engine.
-        if self.unusable is not None:
+        if self._opened_root() is None:
             return None
         attached: dict[DropIn, _EngineCache] | None = getattr(engine, "__dict__", {}).get(_ENGINE_ATTRIBUTE)
         if attached is None:
@@ -226,12 +265,12 @@ class DropIn:
         remember_fingerprint(engine, section)
         return True
 
-    def _warn_once(self, topic: str, message: str) -> None:
+    def _warn_once(self, topic: str, message: str, *args: object) -> None:
         with self._lock:
             if topic in self._warned:
                 return
             self._warned.add(topic)
-        log.warning(message)  # the message is its own cause (a guest says each once)
+        log.warning(message, *args)  # the message is its own cause (a guest says each once)
 
     def _load(self, engine: Any, kind: Kind, source: str | bytes | bytearray) -> Any:
         """The cached object for `source`, None to let wasmtime's original do it (and report)."""
@@ -296,7 +335,7 @@ class DropIn:
 def _open_root_cache(root: str | os.PathLike[str] | None, mode: Mode, max_size: int | str | None,
                      strict: bool) -> ModuleCache:
     """The root's cache; a guest holds back the core's word on a root it cannot create (the drop-in
-    says once what that means for this program, see DropIn.__init__)."""
+    says once what that means for this program, see DropIn.warn_unusable)."""
     with _log.held() as held:
         cache = ModuleCache(root, mode=mode, max_size=max_size, strict=strict)
     if cache.disabled or has_marker(cache.root):
@@ -308,7 +347,14 @@ def _resolved(root: str | os.PathLike[str] | None) -> Path | None:
     try:
         return resolve_root(root)
     except CacheError:
-        return None  # the environment names no usable root: the drop-in says so, and has none
+        return None  # the environment names no usable root: opening it says so, and the drop-in has none
+
+
+def _resolved_max_size(max_size: int | str | None) -> int | None:
+    try:
+        return resolve_max_size(max_size)
+    except CacheError:
+        return None  # as above: opening the root says what is wrong
 
 
 def _why_unwritable(root: Path) -> str:
@@ -399,8 +445,6 @@ def _report_at_exit(dropin: DropIn) -> None:
 
 def _requested_settings(root: str | os.PathLike[str] | None, mode: str, max_size: int | str | None,
                         strict: bool) -> tuple[str, str, int, bool]:
-    from ._root import resolve_max_size, resolve_root  # noqa: PLC0415
-
     return (str(resolve_root(root)), mode, resolve_max_size(max_size), strict)
 
 
@@ -424,12 +468,7 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
             _active.uninstall()  # an explicit install() takes over from $WASMCACHE_AUTO's
         _installing = True  # opening the root imports wasmtime: the startup hook must not install too
         try:
-            try:
-                dropin = DropIn(root, mode=mode, max_size=max_size, strict=strict, automatic=_automatic)
-            except CacheError as exc:
-                if not _automatic:
-                    raise
-                dropin = DropIn(root, mode=mode, max_size=max_size, strict=strict, automatic=True, unusable=exc)
+            dropin = DropIn(root, mode=mode, max_size=max_size, strict=strict, automatic=_automatic)
         finally:
             _installing = False
         if not _automatic:
@@ -439,10 +478,7 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
             log.info("wasmcache: $WASMCACHE_DISABLE is set: the drop-in stays off")
             return dropin
         if dropin.unusable is not None:
-            # Once per process, and what it means for this program (what the user should fix).
-            log.warning("wasmcache: drop-in cannot use its cache root (%s); nothing is cached: wasmtime compiles as "
-                        "usual and programs' own .cwasm files are loaded as copies, never mapped",
-                        str(dropin.unusable).rstrip("."))
+            dropin.warn_unusable()  # an explicit install() opened its root: said now (automatic: at the first load)
         dropin.active = True
         apply("module", _serving)
         record_configs()
