@@ -34,6 +34,13 @@ def env_flag(environ: Any, name: str) -> bool:
     return bool(environ.get(name, "").strip().lower() in TRUE_WORDS)
 
 
+def verbosity(environ: Any = os.environ) -> int:
+    """$WASMCACHE_VERBOSE: 2 (or debug), 1 (on, yes ...) or 0: the one reading of that switch's words."""
+    if environ.get("WASMCACHE_VERBOSE", "").strip().lower() in ("2", "debug"):
+        return 2
+    return 1 if env_flag(environ, "WASMCACHE_VERBOSE") else 0
+
+
 def xdg_cache_root(environ: Any = os.environ) -> str | None:
     """The default cache root on Linux: $XDG_CACHE_HOME/wasmcache if that is an absolute path, else
     ~/.cache/wasmcache (the XDG base-directory rule, as platformdirs applies it); None elsewhere."""
@@ -311,7 +318,14 @@ def arm() -> None:
     """Activate the drop-in when wasmtime is first imported (at once if it already is)."""
     global _armed  # noqa: PLW0603 - once per process, whoever calls (the .pth, sitecustomize)
     with _lock:
-        if _armed or not auto_enabled():
+        if _armed or not env_flag(os.environ, "WASMCACHE_AUTO"):
             return
+        if not auto_enabled() and not verbosity():
+            return  # off, and nobody asked to hear it: nothing at all
         _armed = True
-    when_imported("wasmtime", _activate)
+    when_imported("wasmtime", _activate if auto_enabled() else _say_off)
+
+
+def _say_off(_wasmtime: Any) -> None:
+    """Under -v with $WASMCACHE_DISABLE: one line, so a silent `wasmcache -v exec` is never a riddle."""
+    say("off ($WASMCACHE_DISABLE): wasmtime runs as it does unwrapped")

@@ -177,6 +177,24 @@ def test_verbose_exec_speaks_in_every_process_and_plain_exec_in_none(tmp_path: P
         assert not [line for line in proc.stderr.splitlines() if "wasmcache" in line and not GUEST_LINE.match(line)]
 
 
+def test_verbose_exec_under_disable_says_it_is_off_once_per_process_and_writes_nothing(tmp_path: Path) -> None:
+    program = tmp_path / "chatty.py"
+    program.write_text(CHATTY)
+    parent = tmp_path / "parent.py"
+    parent.write_text(PARENT)
+    root = tmp_path / "guest"
+    env = {**clean_env(), "WASMCACHE_DISABLE": "1"}
+    quiet = wrapped("--cache-dir", str(root), "exec", sys.executable, str(parent), str(program), env=env)
+    assert (quiet.returncode, quiet.stdout) == (0, "42\n42\n"), quiet.stderr
+    assert "wasmcache" not in quiet.stderr
+    proc = wrapped("-v", "--cache-dir", str(root), "exec", sys.executable, str(parent), str(program), env=env)
+    assert (proc.returncode, proc.stdout) == (0, "42\n42\n"), proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "wasmcache" in line]  # the program logs its own too
+    assert len(lines) == 2, proc.stderr  # one per Python process that imported wasmtime
+    assert all(GUEST_LINE.match(line) and "off ($WASMCACHE_DISABLE)" in line for line in lines), proc.stderr
+    assert not root.exists()
+
+
 def test_verbose_exec_names_a_file_that_is_not_utf8_by_its_bytes(tmp_path: Path) -> None:
     """As a shell prints such a name (and wasmcache's own commands do), not as Python's \\udcff escape."""
     odd = os.fsencode(str(tmp_path)) + b"/mod\xff [x].wasm"

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 _WARNING: Final = 30
 _NAME: Final = "wasmcache"
 PROGRESS: Final = "wasmcache_progress"  # the attribute that marks a progress record
-VERBOSE_VARIABLE: Final = "WASMCACHE_VERBOSE"
 
 
 class _Guest:
@@ -83,9 +82,7 @@ def verbosity_threshold(environ: Mapping[str, str]) -> int:
     """$WASMCACHE_VERBOSE as the lowest level a guest prints: 2 (or debug) debug, on (1, yes ...) info."""
     import _wasmcache_hook  # noqa: PLC0415 - the switches' one reading
 
-    if environ.get(VERBOSE_VARIABLE, "").strip().lower() in ("2", "debug"):
-        return 10
-    return 20 if _wasmcache_hook.env_flag(environ, VERBOSE_VARIABLE) else _WARNING
+    return {2: 10, 1: 20}.get(_wasmcache_hook.verbosity(environ), _WARNING)
 
 
 def become_guest() -> None:
