@@ -748,7 +748,8 @@ class DrippingHost:
                     return
                 data = path.read_bytes()
                 slow_headers = part == "headers" or (part == "artifact" and "/targets/" in self.path)
-                head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n".encode()
+                # Connection: close, as it does close: a pooled connection it dropped must not be reused.
+                head = f"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {len(data)}\r\n".encode()
                 try:
                     if slow_headers:
                         self.wfile.write(head)
