@@ -323,4 +323,9 @@ MUTANTS: tuple[Mutant, ...] = (
        "a substituter that drips its metadata is abandoned at a deadline (never worse than compiling)",
        [("_public/_transport.py", "            if time.monotonic() >= deadline:\n", "            if False:\n")],
        ["tests/test_public.py::test_a_dripping_host_is_abandoned_at_a_deadline[metadata]"]),
+    # --- identical content stored once, whichever came first (tests/test_guest_dedup.py) -------------------
+    _m("share-after-a-snapshot",
+       "a compile of bytes already snapshotted (a program's own file from an unwrapped run) is stored once",
+       [("_miss.py", "        section = artifact_section(blob, kind)", "        section = None")],
+       ["tests/test_guest_dedup.py::test_a_compile_after_a_snapshot_of_its_bytes_shares_the_snapshots_inode"]),
 )

@@ -25,7 +25,7 @@ from . import _native
 from ._context import DEFAULT_LOCK_TIMEOUT, CacheContext, Mode, Place
 from ._errors import CacheError, CompileError, ConfigError, wasmtime_reason
 from ._fs import read_fd
-from ._key import Source, SourceDigests, artifact_fingerprint, cache_key, source_of, wasm_digest
+from ._key import Source, SourceDigests, artifact_fingerprint, cache_key, snapshot_key, source_of, wasm_digest
 from ._layout import Kind
 from ._loaded import Loaded, forget_all, loaded_by_engine, loaded_guard, remember, served_entries
 from ._log import log
@@ -249,7 +249,7 @@ class ModuleCache:
             if fingerprint is None:  # not a Wasmtime artifact: wasmtime's own error, nothing cached
                 return self._miss.refuse(name, path, data, kind)
             place = Place(Namespace.of(ctx.root, fingerprint), None, fingerprint, serialized=True)
-            key = cache_key(fingerprint, f"{kind}:serialized", digest)
+            key = snapshot_key(fingerprint, kind, digest)
         else:
             digest, data = self._digest(name, path, data)
             place, key = self._compiled_place(kind, digest)

@@ -20,11 +20,12 @@ from ._context import Place
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import CompileError, SourceError, wasmtime_reason
 from ._fingerprint import fingerprint_of_section, wasmtime_version
-from ._key import artifact_section, read_input, wasm_digest
+from ._key import artifact_section, read_input, snapshot_key, wasm_digest
 from ._layout import SUBSTITUTERS_DIR
 from ._log import log
 from ._native import EntryRefusedError
 from ._record import Record
+from ._storage import Namespace
 
 if TYPE_CHECKING:
     from ._context import CacheContext
@@ -227,10 +228,8 @@ class MissPath:
             wasmtime_version=wasmtime_version(), created=time.time(), origin=origin,
         )
         try:
-            # A program's own artifact is often byte-identical to the entry it was serialized from
-            # (YoWASP compiles through us, then writes `serialize()` to its own cache file and maps
-            # that): such a snapshot becomes a second name of the entry's inode, not a second copy.
-            _, shared = place.namespace.publish(key, blob, record, place.section, share=origin == "snapshot")
+            # Identical content is stored once, whichever came first (see `_twin`).
+            _, shared = place.namespace.publish(key, blob, record, place.section, share=self._twin(blob, kind, origin))
         except Exception as exc:
             log.warning("wasmcache: could not store %s in the cache (%s); using it uncached",
                         name, getattr(exc, "strerror", None) or exc)
@@ -247,6 +246,23 @@ class MissPath:
             # stays, and wasmtime's own error goes up, as `deserialize_file` would have raised it.
             place.namespace.unpublish(key)
             raise
+
+    def _twin(self, blob: bytes | bytearray, kind: Kind, origin: str) -> bool | tuple[Namespace, str]:
+        """Where an entry identical to `blob` may already be (identical content is stored once, whichever
+        came first; see `Namespace.publish`).
+
+        A snapshot (a program's own artifact: YoWASP compiles through us, then writes `serialize()` to
+        its own cache file and maps that) may hold the bytes of any entry: a scan of the root. Anything
+        else (a compile, a remote artifact) can only be the bytes of a snapshot taken first (the program's
+        file was there from an unwrapped run), and that snapshot's key follows from them: one lookup.
+        """
+        if origin == "snapshot":
+            return True
+        section = artifact_section(blob, kind)
+        if section is None:
+            return False
+        fingerprint = fingerprint_of_section(section)
+        return Namespace.of(self._ctx.root, fingerprint), snapshot_key(fingerprint, kind, wasm_digest(blob))
 
     def _after_publish(self, place: Place, key: str, size: int, upload: bytes | bytearray | None) -> None:
         """Upload what this host compiled, then count it towards the size bound (collecting if over)."""
