@@ -328,4 +328,10 @@ MUTANTS: tuple[Mutant, ...] = (
        "a compile of bytes already snapshotted (a program's own file from an unwrapped run) is stored once",
        [("_miss.py", "        section = artifact_section(blob, kind)", "        section = None")],
        ["tests/test_guest_dedup.py::test_a_compile_after_a_snapshot_of_its_bytes_shares_the_snapshots_inode"]),
+    _m("link-before-accept",
+       "a snapshot this engine refuses never links (nor touches) the entry holding its bytes: its ctime stays "
+       "what the entry's record holds, so the next hit is not a hash of it",
+       [("_storage.py", "                if accept is not None:\n                    accept(checked)",
+         "                if False:\n                    accept(checked)")],
+       ["tests/test_guest_dedup.py::test_a_refused_snapshot_leaves_the_entry_with_its_bytes_untouched"]),
 )

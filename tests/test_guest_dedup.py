@@ -11,15 +11,18 @@ hashing it.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import wasmtime
 
 import wasmcache
 from conftest import run_cli
+from naive import winch_engine
 from wasmgen import answer_module, call_answer
 
 TESTS = str(Path(__file__).parent)
@@ -142,3 +145,51 @@ def test_under_the_drop_in_a_compile_after_the_snapshot_of_its_own_file_is_store
     assert second.stdout.strip() == "72"
     assert "]: compiled" in second.stderr, second.stderr
     _assert_stored_once(root)
+
+
+# --- a snapshot this engine refuses -------------------------------------------------------------------
+
+
+def test_a_refused_snapshot_leaves_the_entry_with_its_bytes_untouched(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "root"
+    own = tmp_path / "own.cwasm"
+    winch = wasmcache.ModuleCache(root, engine=winch_engine())
+    own.write_bytes(winch.load(answer_module(73)).serialize())  # the entry's very bytes
+    before = _identities(root)
+    cranelift = wasmcache.ModuleCache(root)
+    with caplog.at_level(logging.INFO, logger="wasmcache"), pytest.raises(wasmcache.CompileError) as refused:
+        cranelift.load_precompiled(own)
+    assert isinstance(refused.value.wasmtime_error, wasmtime.WasmtimeError)
+    assert _identities(root) == before  # no link, no unlink: the inode's ctime is what its record holds
+    said = [r.getMessage() for r in caplog.records]
+    assert any("not taken" in line for line in said), said
+    assert not any("taken (" in line for line in said), said
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="wasmcache"):
+        again = wasmcache.ModuleCache(root, engine=winch_engine())
+        assert call_answer(again.engine, again.load(answer_module(73))) == 73
+    assert again.stats().hits == 1
+    assert not any("moved or copied" in r.getMessage() for r in caplog.records)
+    assert wasmcache.ModuleCache(root).verify().ok
+
+
+def test_two_engines_alternating_on_one_own_file_never_reverify_their_entries(tmp_path: Path) -> None:
+    # Two wasmtime versions (here Cranelift and Winch) sharing a YoWASP-style program's own file: each
+    # run maps the other's artifact, is refused, compiles (a hit) and rewrites the file.
+    root = tmp_path / "root"
+    own = tmp_path / "own.cwasm"
+    (tmp_path / "tool.wasm").write_bytes(answer_module(74))
+    runs = [_tool(tmp_path, root, own, engine) for engine in ("winch", "cranelift", "winch", "cranelift", "winch")]
+    assert [p.stdout.strip() for p in runs] == ["74"] * 5
+    for i, proc in enumerate(runs[1:], 1):  # each hit is a stat and a map, never a hash of the entry
+        assert "moved or copied" not in proc.stderr, (i, proc.stderr)
+    for i, proc in enumerate(runs[1:], 1):
+        assert "taken" not in proc.stderr.replace("not taken", ""), (i, proc.stderr)  # nothing was
+        assert "not taken" in proc.stderr, (i, proc.stderr)
+    for proc in runs[2:]:
+        assert "]: compiled" not in proc.stderr  # each engine's compile is a hit from its second run on
+    entries = _entries(root)
+    assert len(entries) == 2  # one compile per engine; no snapshot was stored
+    assert all(st.st_nlink == 1 for st in entries.values())
+    assert wasmcache.ModuleCache(root).verify().ok

@@ -129,7 +129,8 @@ class ModuleCache:
                 from ._public import settings_for_cache  # noqa: PLC0415
 
                 settings = settings_for_cache(None, None)
-            self._miss_path = MissPath(self._ctx, self._remote_settings, load_entry, settings)
+            self._miss_path = MissPath(self._ctx, self._remote_settings, load_entry, settings,
+                                       map_checked=map_checked)
         return self._miss_path
 
     # --- what the cache is ------------------------------------------------------------------------
@@ -436,6 +437,12 @@ def _out_of_resources(reason: str) -> bool:
     number = rest.partition(")")[0]
     return bool(found) and number.isdigit() and int(number) in (errno.EMFILE, errno.ENFILE, errno.ENOMEM,
                                                                 errno.EAGAIN)
+
+
+def map_checked(ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any:
+    """A checked entry as a module of this engine, or EntryRefusedError: what the miss path asks of an
+    identical entry before it links it (see `Namespace.publish`)."""
+    return _deserialize(ctx, checked, kind)
 
 
 def _deserialize(ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ._record import Identity
     from ._remote import RemoteTier
     from ._remote._settings import RemoteSettings
+    from ._storage import CheckedEntry
 
 
 # A compile of this much wasm takes a second or more: a terminal is told it started, and why.
@@ -49,13 +50,21 @@ class LoadEntry(Protocol):
             Any, Identity | None]: ...
 
 
+class MapChecked(Protocol):
+    """The hit path's map of a checked entry (`_cache.map_checked`): the module, or EntryRefusedError
+    when this engine may not load it."""
+
+    def __call__(self, ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any: ...
+
+
 class MissPath:
     """What a ModuleCache does when the entry for a key is not there (or not usable)."""
 
     def __init__(self, ctx: CacheContext, remote: RemoteSettings | None, load_entry: LoadEntry,
-                 substituters: SubstituterSettings | None = None) -> None:
+                 substituters: SubstituterSettings | None = None, *, map_checked: MapChecked) -> None:
         self._ctx = ctx
         self._load_entry = load_entry
+        self._map_checked = map_checked
         self._remote_settings = remote
         self._remote: RemoteTier | None = None
         self._remote_guard = threading.Lock()
@@ -228,24 +237,31 @@ class MissPath:
             wasmtime_version=wasmtime_version(), created=time.time(), origin=origin,
         )
         try:
-            # Identical content is stored once, whichever came first (see `_twin`).
-            _, shared = place.namespace.publish(key, blob, record, place.section, share=self._twin(blob, kind, origin))
+            _, shared = place.namespace.publish(key, blob, record, place.section, share=self._twin(blob, kind, origin),
+                                                accept=lambda twin: self._map_checked(self._ctx, twin, kind))
+        except EntryRefusedError as refused:  # the identical entry is one this engine may not load: nothing stored
+            if origin == "snapshot":
+                log.info("wasmcache: snapshot of %s not taken: this engine may not load it (%s)", name, refused)
+            raise
         except Exception as exc:
             log.warning("wasmcache: could not store %s in the cache (%s); using it uncached",
                         name, getattr(exc, "strerror", None) or exc)
             return None, 0
-        if origin == "snapshot":  # the drop-in's safety action, as visible under -v as a compile is
-            log.info("wasmcache: snapshot of %s taken (%s%s): mapped from the cache, never from the program's "
-                     "own file", name, kind, ", sharing an identical entry" if shared else "")
-        elif shared:
-            log.debug("wasmcache: %s is identical to an entry already stored: sharing it", name)
         try:
-            return self._load_entry(self._ctx, place, key, kind, locked=True)[0], 0 if shared else len(blob)
-        except EntryRefusedError:
+            module = self._load_entry(self._ctx, place, key, kind, locked=True)[0]
+        except EntryRefusedError as refused:
             # This engine may not load the artifact it handed us (another engine's): nothing of it
             # stays, and wasmtime's own error goes up, as `deserialize_file` would have raised it.
             place.namespace.unpublish(key)
+            if origin == "snapshot":
+                log.info("wasmcache: snapshot of %s not taken: this engine may not load it (%s)", name, refused)
             raise
+        if module is not None and origin == "snapshot":  # the drop-in's safety action, as visible under -v
+            log.info("wasmcache: snapshot of %s taken (%s%s): mapped from the cache, never from the program's "
+                     "own file", name, kind, ", sharing an identical entry" if shared else "")
+        elif module is not None and shared:
+            log.debug("wasmcache: %s is identical to an entry already stored: sharing it", name)
+        return module, 0 if shared else len(blob)
 
     def _twin(self, blob: bytes | bytearray, kind: Kind, origin: str) -> bool | tuple[Namespace, str]:
         """Where an entry identical to `blob` may already be (identical content is stored once, whichever

@@ -11,7 +11,7 @@ evict or clear; this module alone knows *which files* a key has and *how* each o
 - `Namespace.publish`: record (without identity), entry by exclusive temp file + fsync + rename +
   directory fsync, record with the identity stat'ed after the rename. Nothing is written in place.
   Identical content is stored once, whichever came first: the new key becomes a second name of the
-  identical entry's inode.
+  identical entry's inode, linked only once the caller accepted (mapped) that entry.
 - `Namespace.quarantine_if_unchanged` / `evict` / `clear_key`: under the key's lock, and a bad
   entry only if the path still names the very file that was judged.
 - `Namespace.scan`: the one classification of a namespace's files into keys (entry, record,
@@ -61,7 +61,7 @@ __all__ = ["CheckedEntry", "KeyFiles", "Namespace", "Scan", "TempFile", "Untrust
            "namespaces", "quarantine"]
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from ._lock import KeyLock
 
@@ -281,7 +281,8 @@ class Namespace:
             os.utime(self.record_path(key))
 
     def publish(self, key: str, content: bytes | bytearray | TempFile, record: Record, section: bytes | None, *,
-                share: bool | tuple[Namespace, str] = False) -> tuple[Identity, bool]:
+                share: bool | tuple[Namespace, str] = False,
+                accept: Callable[[CheckedEntry], object] | None = None) -> tuple[Identity, bool]:
         """Publish `blob` as the entry of `key` (the caller holds the key's lock): (identity recorded,
         whether it shares the inode of an identical entry).
 
@@ -294,6 +295,9 @@ class Namespace:
         of its inode instead of a second copy. `share`: where to look for it, True for any entry of
         the root (a scan: a snapshot, whose twin could be any key), or the one (namespace, key) it
         could be (a compile's twin is the snapshot of its very bytes, whose key follows from them).
+        `accept(checked)`: called with that twin's checked entry before anything changes its inode
+        (a link changes its ctime, which its record's identity holds); raising refuses it (say, an
+        artifact this engine may not load): the exception goes up and nothing is published.
         `content`: the bytes, or a `TempFile` of this namespace already written (see `new_temp`;
         consumed here, published or discarded). Raises OSError (nothing published).
         """
@@ -304,7 +308,7 @@ class Namespace:
                 quarantine(self.root, entry, "replaced by a fresh compile")
             write_record(self.record_path(key), record)
             twin = self._find_identical(record, share)
-            published = self._link(*twin, key, record) if twin is not None else None
+            published = self._link(*twin, key, record, accept) if twin is not None else None
             shared = published is not None
             if isinstance(content, TempFile):
                 temp, content = content, b""  # consumed here, whatever happens next
@@ -375,11 +379,14 @@ class Namespace:
                     return key_of(e.name)
         return None
 
-    def _link(self, owner: Namespace, twin: str, key: str, record: Record) -> Identity | None:
+    def _link(self, owner: Namespace, twin: str, key: str, record: Record,
+              accept: Callable[[CheckedEntry], object] | None) -> Identity | None:
         """Make `key`'s entry a second name of the inode of `owner`'s entry `twin` (this namespace or
         another of the root), under `twin`'s lock; None if it cannot be.
 
-        A link changes the inode's ctime, so both records get the identity stat'ed after it.
+        `accept` vets the twin's checked entry first (its exception goes up): a link changes the
+        inode's ctime, so nothing may link a twin that is then refused. After the link both records
+        get the identity stat'ed after it.
         """
         lock = owner.lock(twin)
         if not lock.try_acquire():
@@ -391,9 +398,13 @@ class Namespace:
                 return None
             if checked is None:
                 return None
-            checked.close()
-            if checked.content_checked or checked.record.content_digest != record.content_digest:
-                return None  # not the very file that was published: never share what was not checked
+            try:
+                if checked.content_checked or checked.record.content_digest != record.content_digest:
+                    return None  # not the very file that was published: never share what was not checked
+                if accept is not None:
+                    accept(checked)
+            finally:
+                checked.close()
             try:
                 os.link(owner.entry_path(twin), self.entry_path(key), follow_symlinks=False)
             except OSError:
