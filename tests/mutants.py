@@ -323,4 +323,15 @@ MUTANTS: tuple[Mutant, ...] = (
        "a substituter that drips its metadata is abandoned at a deadline (never worse than compiling)",
        [("_public/_transport.py", "            if time.monotonic() >= deadline:\n", "            if False:\n")],
        ["tests/test_public.py::test_a_dripping_host_is_abandoned_at_a_deadline[metadata]"]),
+    # --- identical content stored once, whichever came first (tests/test_guest_dedup.py) -------------------
+    _m("share-after-a-snapshot",
+       "a compile of bytes already snapshotted (a program's own file from an unwrapped run) is stored once",
+       [("_miss.py", "        section = artifact_section(blob, kind)", "        section = None")],
+       ["tests/test_guest_dedup.py::test_a_compile_after_a_snapshot_of_its_bytes_shares_the_snapshots_inode"]),
+    _m("link-before-accept",
+       "a snapshot this engine refuses never links (nor touches) the entry holding its bytes: its ctime stays "
+       "what the entry's record holds, so the next hit is not a hash of it",
+       [("_storage.py", "                if accept is not None:\n                    accept(checked)",
+         "                if False:\n                    accept(checked)")],
+       ["tests/test_guest_dedup.py::test_a_refused_snapshot_leaves_the_entry_with_its_bytes_untouched"]),
 )

@@ -25,7 +25,7 @@ from . import _native
 from ._context import DEFAULT_LOCK_TIMEOUT, CacheContext, Mode, Place
 from ._errors import CacheError, CompileError, ConfigError, wasmtime_reason
 from ._fs import read_fd
-from ._key import Source, SourceDigests, artifact_fingerprint, cache_key, source_of, wasm_digest
+from ._key import Source, SourceDigests, artifact_fingerprint, cache_key, snapshot_key, source_of, wasm_digest
 from ._layout import Kind
 from ._loaded import Loaded, forget_all, loaded_by_engine, loaded_guard, remember, served_entries
 from ._log import log
@@ -129,7 +129,8 @@ class ModuleCache:
                 from ._public import settings_for_cache  # noqa: PLC0415
 
                 settings = settings_for_cache(None, None)
-            self._miss_path = MissPath(self._ctx, self._remote_settings, load_entry, settings)
+            self._miss_path = MissPath(self._ctx, self._remote_settings, load_entry, settings,
+                                       map_checked=map_checked)
         return self._miss_path
 
     # --- what the cache is ------------------------------------------------------------------------
@@ -249,7 +250,7 @@ class ModuleCache:
             if fingerprint is None:  # not a Wasmtime artifact: wasmtime's own error, nothing cached
                 return self._miss.refuse(name, path, data, kind)
             place = Place(Namespace.of(ctx.root, fingerprint), None, fingerprint, serialized=True)
-            key = cache_key(fingerprint, f"{kind}:serialized", digest)
+            key = snapshot_key(fingerprint, kind, digest)
         else:
             digest, data = self._digest(name, path, data)
             place, key = self._compiled_place(kind, digest)
@@ -436,6 +437,12 @@ def _out_of_resources(reason: str) -> bool:
     number = rest.partition(")")[0]
     return bool(found) and number.isdigit() and int(number) in (errno.EMFILE, errno.ENFILE, errno.ENOMEM,
                                                                 errno.EAGAIN)
+
+
+def map_checked(ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any:
+    """A checked entry as a module of this engine, or EntryRefusedError: what the miss path asks of an
+    identical entry before it links it (see `Namespace.publish`)."""
+    return _deserialize(ctx, checked, kind)
 
 
 def _deserialize(ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any:

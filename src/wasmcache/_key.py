@@ -66,6 +66,13 @@ def cache_key(fingerprint: str, kind: str, input_digest: str) -> str:
     return blake3.blake3(f"wasmcache-key-v1\0{fingerprint}\0{kind}\0{input_digest}".encode()).hexdigest()
 
 
+def snapshot_key(fingerprint: str, kind: str, artifact_digest: str) -> str:
+    """The key of the snapshot of a serialized input (`load_precompiled`, the drop-in's `deserialize_file`):
+    its own engine's fingerprint, its kind, the digest of its bytes. It follows from the bytes alone, so a
+    publication of the very same bytes finds that snapshot with one lookup (see `Namespace.publish`)."""
+    return cache_key(fingerprint, f"{kind}:serialized", artifact_digest)
+
+
 def artifact_section(data: bytes | bytearray | memoryview, kind: str | None = None) -> bytes | None:
     """The engine section of a Wasmtime artifact (of `kind`, if given), or None for anything else."""
     from ._elf import ENGINE_SECTION, artifact_kind, find_section  # noqa: PLC0415 - not on the hit path

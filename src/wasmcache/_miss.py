@@ -21,11 +21,12 @@ from ._context import Place
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import CompileError, SourceError, wasmtime_reason
 from ._fingerprint import fingerprint_of_section, wasmtime_version
-from ._key import artifact_section, read_input, wasm_digest
+from ._key import artifact_section, read_input, snapshot_key, wasm_digest
 from ._layout import SUBSTITUTERS_DIR
 from ._log import log
 from ._native import EntryRefusedError
 from ._record import Record
+from ._storage import Namespace
 
 if TYPE_CHECKING:
     from ._context import CacheContext
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ._record import Identity
     from ._remote import RemoteTier
     from ._remote._settings import RemoteSettings
+    from ._storage import CheckedEntry
 
 
 # A compile of this much wasm takes a second or more: a terminal is told it started, and why.
@@ -49,13 +51,21 @@ class LoadEntry(Protocol):
             Any, Identity | None]: ...
 
 
+class MapChecked(Protocol):
+    """The hit path's map of a checked entry (`_cache.map_checked`): the module, or EntryRefusedError
+    when this engine may not load it."""
+
+    def __call__(self, ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any: ...
+
+
 class MissPath:
     """What a ModuleCache does when the entry for a key is not there (or not usable)."""
 
     def __init__(self, ctx: CacheContext, remote: RemoteSettings | None, load_entry: LoadEntry,
-                 substituters: SubstituterSettings | None = None) -> None:
+                 substituters: SubstituterSettings | None = None, *, map_checked: MapChecked) -> None:
         self._ctx = ctx
         self._load_entry = load_entry
+        self._map_checked = map_checked
         self._remote_settings = remote
         self._remote: RemoteTier | None = None
         self._remote_guard = threading.Lock()
@@ -242,26 +252,48 @@ class MissPath:
             wasmtime_version=wasmtime_version(), created=time.time(), origin=origin,
         )
         try:
-            # A program's own artifact is often byte-identical to the entry it was serialized from
-            # (YoWASP compiles through us, then writes `serialize()` to its own cache file and maps
-            # that): such a snapshot becomes a second name of the entry's inode, not a second copy.
-            _, shared = place.namespace.publish(key, blob, record, place.section, share=origin == "snapshot")
+            _, shared = place.namespace.publish(key, blob, record, place.section, share=self._twin(blob, kind, origin),
+                                                accept=lambda twin: self._map_checked(self._ctx, twin, kind))
+        except EntryRefusedError as refused:  # the identical entry is one this engine may not load: nothing stored
+            if origin == "snapshot":
+                log.info("wasmcache: snapshot of %s not taken: this engine may not load it (%s)", name, refused)
+            raise
         except Exception as exc:
             log.warning("wasmcache: could not store %s in the cache (%s); using it uncached",
                         name, getattr(exc, "strerror", None) or exc)
             return None, 0
-        if origin == "snapshot":  # the drop-in's safety action, as visible under -v as a compile is
-            log.info("wasmcache: snapshot of %s taken (%s%s): mapped from the cache, never from the program's "
-                     "own file", name, kind, ", sharing an identical entry" if shared else "")
-        elif shared:
-            log.debug("wasmcache: %s is identical to an entry already stored: sharing it", name)
         try:
-            return self._load_entry(self._ctx, place, key, kind, locked=True)[0], 0 if shared else len(blob)
-        except EntryRefusedError:
+            module = self._load_entry(self._ctx, place, key, kind, locked=True)[0]
+        except EntryRefusedError as refused:
             # This engine may not load the artifact it handed us (another engine's): nothing of it
             # stays, and wasmtime's own error goes up, as `deserialize_file` would have raised it.
             place.namespace.unpublish(key)
+            if origin == "snapshot":
+                log.info("wasmcache: snapshot of %s not taken: this engine may not load it (%s)", name, refused)
             raise
+        if module is not None and origin == "snapshot":  # the drop-in's safety action, as visible under -v
+            log.info("wasmcache: snapshot of %s taken (%s%s): mapped from the cache, never from the program's "
+                     "own file", name, kind, ", sharing an identical entry" if shared else "")
+        elif module is not None and shared:
+            log.debug("wasmcache: %s is identical to an entry already stored: sharing it", name)
+        return module, 0 if shared else len(blob)
+
+    def _twin(self, blob: bytes | bytearray, kind: Kind, origin: str) -> bool | tuple[Namespace, str]:
+        """Where an entry identical to `blob` may already be (identical content is stored once, whichever
+        came first; see `Namespace.publish`).
+
+        A snapshot (a program's own artifact: YoWASP compiles through us, then writes `serialize()` to
+        its own cache file and maps that) may hold the bytes of any entry: a scan of the root. Anything
+        else (a compile, a remote artifact) can only be the bytes of a snapshot taken first (the program's
+        file was there from an unwrapped run), and that snapshot's key follows from them: one lookup.
+        """
+        if origin == "snapshot":
+            return True
+        section = artifact_section(blob, kind)
+        if section is None:
+            return False
+        fingerprint = fingerprint_of_section(section)
+        return Namespace.of(self._ctx.root, fingerprint), snapshot_key(fingerprint, kind, wasm_digest(blob))
 
     def _after_publish(self, place: Place, key: str, size: int, upload: bytes | bytearray | None) -> None:
         """Upload what this host compiled, then count it towards the size bound (collecting if over)."""

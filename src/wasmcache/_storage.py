@@ -10,6 +10,8 @@ evict or clear; this module alone knows *which files* a key has and *how* each o
   section the namespace's (a substituted entry's: the namespace's but for ISA flags the host has).
 - `Namespace.publish`: record (without identity), entry by exclusive temp file + fsync + rename +
   directory fsync, record with the identity stat'ed after the rename. Nothing is written in place.
+  Identical content is stored once, whichever came first: the new key becomes a second name of the
+  identical entry's inode, linked only once the caller accepted (mapped) that entry.
 - `Namespace.quarantine_if_unchanged` / `evict` / `clear_key`: under the key's lock, and a bad
   entry only if the path still names the very file that was judged.
 - `Namespace.scan`: the one classification of a namespace's files into keys (entry, record,
@@ -59,7 +61,7 @@ __all__ = ["CheckedEntry", "KeyFiles", "Namespace", "Scan", "TempFile", "Untrust
            "namespaces", "quarantine"]
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from ._lock import KeyLock
 
@@ -279,15 +281,23 @@ class Namespace:
             os.utime(self.record_path(key))
 
     def publish(self, key: str, content: bytes | bytearray | TempFile, record: Record, section: bytes | None, *,
-                share: bool = False) -> tuple[Identity, bool]:
+                share: bool | tuple[Namespace, str] = False,
+                accept: Callable[[CheckedEntry], object] | None = None) -> tuple[Identity, bool]:
         """Publish `blob` as the entry of `key` (the caller holds the key's lock): (identity recorded,
         whether it shares the inode of an identical entry).
 
         Any leftover at the key (an orphan, or a bad file a reader could not repair) is set aside
         first. The record goes first, without identity: a crash after the rename (or link) leaves an
-        entry the next loader verifies by content instead of recompiling. `share`: when an entry
-        with exactly this content is published here already, the new key becomes a second name of
-        its inode (entries are immutable, so sharing one is safe) instead of a second copy.
+        entry the next loader verifies by content instead of recompiling.
+
+        Identical content is stored once (entries are immutable, so sharing an inode is safe): when
+        an entry with exactly this content is published already, the new key becomes a second name
+        of its inode instead of a second copy. `share`: where to look for it, True for any entry of
+        the root (a scan: a snapshot, whose twin could be any key), or the one (namespace, key) it
+        could be (a compile's twin is the snapshot of its very bytes, whose key follows from them).
+        `accept(checked)`: called with that twin's checked entry before anything changes its inode
+        (a link changes its ctime, which its record's identity holds); raising refuses it (say, an
+        artifact this engine may not load): the exception goes up and nothing is published.
         `content`: the bytes, or a `TempFile` of this namespace already written (see `new_temp`;
         consumed here, published or discarded). Raises OSError (nothing published).
         """
@@ -297,8 +307,8 @@ class Namespace:
             if os.path.lexists(entry):
                 quarantine(self.root, entry, "replaced by a fresh compile")
             write_record(self.record_path(key), record)
-            twin = self._find_identical(record) if share else None
-            published = self._link(*twin, key, record) if twin is not None else None
+            twin = self._find_identical(record, share)
+            published = self._link(*twin, key, record, accept) if twin is not None else None
             shared = published is not None
             if isinstance(content, TempFile):
                 temp, content = content, b""  # consumed here, whatever happens next
@@ -324,13 +334,20 @@ class Namespace:
         self.path.mkdir(mode=0o700, exist_ok=True)
         return TempFile(*locked_temp(self.entry_path(key)))
 
-    def _find_identical(self, record: Record) -> tuple[Namespace, str] | None:
-        """A published entry with exactly `record`'s content: in this namespace, else in the root's others.
+    def _find_identical(self, record: Record, share: bool | tuple[Namespace, str]) -> tuple[Namespace, str] | None:
+        """A published entry with exactly `record`'s content, where `share` says to look (see `publish`).
 
-        A substituted artifact lives in the host engine's namespace while a program's copy of its bytes
-        (YoWASP writes `serialize()` into its own file) is snapshotted into the namespace of the
-        artifact's own section, which differs from the host's in CPU features: the same bytes.
+        True: in this namespace, else in the root's others. A substituted artifact lives in the host
+        engine's namespace while a program's copy of its bytes (YoWASP writes `serialize()` into its own
+        file) is snapshotted into the namespace of the artifact's own section, which differs from the
+        host's in CPU features: the same bytes. A (namespace, key): that entry, if its record names this
+        content (`_link` checks the entry itself).
         """
+        if share is False:
+            return None
+        if share is not True:
+            owner, twin = share
+            return share if twin != record.key and owner._records_content(twin, record) else None  # noqa: SLF001
         found = self._identical_entry(record)
         if found is not None:
             return self, found
@@ -339,10 +356,15 @@ class Namespace:
                 return other, found
         return None
 
+    def _records_content(self, key: str, record: Record) -> bool:
+        """Whether the record of `key` here names `record`'s content (same size, same digest)."""
+        found = read_record(self.record_path(key))
+        return found is not None and (found[0].size, found[0].content_digest) == (record.size, record.content_digest)
+
     def _identical_entry(self, record: Record) -> str | None:
         """A published entry here whose content is `record`'s (same size, same recorded digest).
 
-        One scandir and a stat per entry: only for snapshot publications, never on a hit.
+        One scandir and a stat per entry: only for snapshot publications (`share=True`), never on a hit.
         """
         with os.scandir(self.path) as it:
             for e in it:
@@ -353,16 +375,18 @@ class Namespace:
                         continue
                 except OSError:
                     continue
-                found = read_record(self.record_path(key_of(e.name)))
-                if found is not None and found[0].content_digest == record.content_digest:
+                if self._records_content(key_of(e.name), record):
                     return key_of(e.name)
         return None
 
-    def _link(self, owner: Namespace, twin: str, key: str, record: Record) -> Identity | None:
+    def _link(self, owner: Namespace, twin: str, key: str, record: Record,
+              accept: Callable[[CheckedEntry], object] | None) -> Identity | None:
         """Make `key`'s entry a second name of the inode of `owner`'s entry `twin` (this namespace or
         another of the root), under `twin`'s lock; None if it cannot be.
 
-        A link changes the inode's ctime, so both records get the identity stat'ed after it.
+        `accept` vets the twin's checked entry first (its exception goes up): a link changes the
+        inode's ctime, so nothing may link a twin that is then refused. After the link both records
+        get the identity stat'ed after it.
         """
         lock = owner.lock(twin)
         if not lock.try_acquire():
@@ -374,9 +398,13 @@ class Namespace:
                 return None
             if checked is None:
                 return None
-            checked.close()
-            if checked.content_checked or checked.record.content_digest != record.content_digest:
-                return None  # not the very file that was published: never share what was not checked
+            try:
+                if checked.content_checked or checked.record.content_digest != record.content_digest:
+                    return None  # not the very file that was published: never share what was not checked
+                if accept is not None:
+                    accept(checked)
+            finally:
+                checked.close()
             try:
                 os.link(owner.entry_path(twin), self.entry_path(key), follow_symlinks=False)
             except OSError:
