@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from _thread import allocate_lock
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from . import _native
@@ -63,6 +64,9 @@ _FD_DIR: Final = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd
 
 class _EntryChangedError(Exception):
     """An entry changed while it was read into memory (mode="memory"): a race, not a bad entry."""
+
+
+_miss_path_guard = allocate_lock()  # _thread's: `threading` is not imported on the hit path
 
 
 class ModuleCache:
@@ -124,13 +128,15 @@ class ModuleCache:
         if self._miss_path is None:
             from ._miss import MissPath  # noqa: PLC0415
 
-            settings = self._substituter_settings
-            if settings == "environment":  # nothing configured: what installed tools declare, if anything
-                from ._public import settings_for_cache  # noqa: PLC0415
+            with _miss_path_guard:  # one per cache: threads missing at once share its state (tiers, unstored)
+                if self._miss_path is None:
+                    settings = self._substituter_settings
+                    if settings == "environment":  # nothing configured: what installed tools declare, if any
+                        from ._public import settings_for_cache  # noqa: PLC0415
 
-                settings = settings_for_cache(None, None)
-            self._miss_path = MissPath(self._ctx, self._remote_settings, load_entry, settings,
-                                       map_checked=map_checked)
+                        settings = settings_for_cache(None, None)
+                    self._miss_path = MissPath(self._ctx, self._remote_settings, load_entry, settings,
+                                               map_checked=map_checked)
         return self._miss_path
 
     # --- what the cache is ------------------------------------------------------------------------
