@@ -244,15 +244,14 @@ def test_compile_says_a_module_was_substituted_and_pull_exits_1_on_a_tampered_ar
     assert "untrusted" in pulled.stderr
 
 
-def test_a_terminal_sees_one_line_for_a_download(tree, caddy, tmp_path):
+def run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], bytes]:
+    """`wasmcache ARGS` with its stderr on a real pseudo-terminal: (the process, what the terminal showed)."""
     import pty
 
-    url = served(tree, caddy, "tty")
     leader, follower = pty.openpty()
     try:
-        proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "run", "--cache-dir", str(tmp_path / "r"),
-                               "--invoke", "answer", str(tree["wasm"])], stdout=subprocess.PIPE, stderr=follower,
-                              text=True, env=environment(url, tree, caddy), timeout=120, check=False)
+        proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", *args], stdout=subprocess.PIPE,
+                              stderr=follower, text=True, env=env, timeout=120, check=False)
         os.close(follower)
         follower = -1
         said = b""
@@ -268,6 +267,13 @@ def test_a_terminal_sees_one_line_for_a_download(tree, caddy, tmp_path):
         os.close(leader)
         if follower != -1:
             os.close(follower)
+    return proc, said
+
+
+def test_a_terminal_sees_one_line_for_a_download(tree, caddy, tmp_path):
+    url = served(tree, caddy, "tty")
+    proc, said = run_on_a_terminal(["run", "--cache-dir", str(tmp_path / "r"), "--invoke", "answer",
+                                    str(tree["wasm"])], environment(url, tree, caddy))
     assert proc.returncode == 0
     assert proc.stdout == "73\n"
     lines = said.decode().splitlines()
@@ -355,32 +361,12 @@ def test_a_read_only_root_gets_the_substitute_in_memory_and_stores_nothing(tree,
 
 def test_a_terminal_sees_why_a_long_compile_had_no_substitute_once(tree, caddy, tmp_path):
     """A dead substituter and a large module: the warning says why, and the compile's line does not repeat it."""
-    import pty
-
     big = tmp_path / "big.wasm"
     big.write_bytes(wasmtime.wat2wasm('(module (memory 80) (data (i32.const 0) "' + "a" * (5 << 20) + '") '
                                       '(func (export "answer") (result i32) i32.const 73))'))
     dead = f"http://127.0.0.1:{free_port()}/tree"
-    leader, follower = pty.openpty()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "run", "--cache-dir", str(tmp_path / "r"),
-                               "--invoke", "answer", str(big)], stdout=subprocess.PIPE, stderr=follower,
-                              text=True, env=environment(dead, tree, caddy), timeout=120, check=False)
-        os.close(follower)
-        follower = -1
-        said = b""
-        while True:
-            try:
-                chunk = os.read(leader, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            said += chunk
-    finally:
-        os.close(leader)
-        if follower != -1:
-            os.close(follower)
+    proc, said = run_on_a_terminal(["run", "--cache-dir", str(tmp_path / "r"), "--invoke", "answer", str(big)],
+                                   environment(dead, tree, caddy))
     assert (proc.returncode, proc.stdout) == (0, "73\n")
     lines = said.decode().splitlines()
     assert len(lines) == 3, lines  # why, the compile's start, its end
