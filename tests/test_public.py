@@ -8,6 +8,7 @@ and say why in one line; wasmtime must only ever see a checked artifact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -732,7 +733,8 @@ def test_a_download_slower_than_a_compile_is_abandoned(published, tmp_path):
 class DrippingHost:
     """A real HTTP server on 127.0.0.1 that serves the tree but paces one part a byte per 0.3 s (each read
     sees data well within any read timeout), for at most 20 s: "headers" (of every response), "metadata"
-    (the body of every metadata file) or "artifact" (the headers of every artifact)."""
+    (the body of every metadata file), "artifact" (the headers of every artifact) or "error-page" (the
+    body of every 404, as for the next root, which is never published)."""
 
     def __init__(self, tree: Path, part: str) -> None:
         import http.server
@@ -743,6 +745,11 @@ class DrippingHost:
 
             def do_GET(self) -> None:
                 path = tree / self.path.lstrip("/")
+                if not path.is_file() and part == "error-page":
+                    self.wfile.write(b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 200\r\n\r\n")
+                    with contextlib.suppress(OSError):
+                        drip(self.wfile, b"n" * 200)
+                    return
                 if not path.is_file():
                     self.send_error(404)
                     return
@@ -800,6 +807,20 @@ def test_a_dripping_host_is_abandoned_at_a_deadline(published, tmp_path, monkeyp
         assert time.monotonic() - started < 2.0 + _client.DEADLINE_FLOOR + 3  # not the 20 s of dripping
         again = "failed earlier in this process" if part == "artifact" else says  # the failed refresh is kept
         assert_miss(fetch(host.url, tree / "root.json", dest, digest=published["digest"]), dest, again)
+    finally:
+        host.close()
+
+
+def test_a_host_that_drips_its_404_pages_still_serves_the_module_at_once(published, tmp_path):
+    """Every refresh asks for the next root and gets a 404: its page is not waited for."""
+    tree = published["work"] / "tree"
+    host = DrippingHost(tree, "error-page")
+    try:
+        dest = tmp_path / "entry.cwasm"
+        started = time.monotonic()
+        fetched, why = fetch(host.url, tree / "root.json", dest, digest=published["digest"])
+        assert fetched is not None, why
+        assert time.monotonic() - started < 5  # not the 60 s a 200-byte page takes at 0.3 s a byte
     finally:
         host.close()
 

@@ -192,8 +192,9 @@ def open_stream(url: str, ca_file: str | None, read_timeout: float, deadline: fl
     finally:
         _guard.deadline = None
     if response.status >= 400:
-        with contextlib.suppress(Exception):
-            response.drain_conn()  # an error page is small; the connection stays usable
+        # The error page is not read: a host may send it as slowly as it likes. Closing costs the next
+        # request (a refresh's first is a 404 whenever no newer root was published) a new connection.
+        response.close()
         response.release_conn()
         raise http_error(url, response.status)
     return _response_chunks(response, host, read_timeout, deadline, too_slow)
