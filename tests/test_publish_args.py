@@ -149,15 +149,23 @@ def test_rotating_to_the_current_signing_key_is_refused(published, tmp_path):
     assert contents(offline) == before
 
 
-def test_revoking_this_wasmtimes_builds_while_rebuilding_with_it_is_refused_before_compiling(published, tmp_path):
-    """Compiles are deterministic: revoking wasmtime=X and publishing fresh builds made by X in one run could
-    only end with every build refused (they are the revoked bytes). Refused up front; revoking alone works."""
+def test_revoking_what_this_run_would_build_again_is_refused_before_compiling(published, tmp_path):
+    """Compiles are deterministic: revoking an artifact and publishing the same wasm, settings and level with the
+    same wasmtime in one run could only end with that build refused (it is the revoked bytes), whatever field
+    the selector names. Refused up front; revoking alone works, and so does a revoke beside another input."""
     tree = a_copy(published, tmp_path)
     before = contents(tree)
-    this_wasmtime = f"wasmtime={wasmtime_version()}"
-    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], "--revoke", this_wasmtime,
-                   "--level", "baseline", str(published["wasm"]))
-    assert_refused(proc, f"--revoke {this_wasmtime}", "this run compiles with wasmtime", "revoke alone")
-    assert contents(tree) == before
-    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], "--revoke", this_wasmtime)
+    wasm = str(published["wasm"])
+    major = wasmtime_version().split(".")[0]
+    for spec in (f"wasmtime={wasmtime_version()}", f"engine_major={major}", "level=baseline", "kind=module",
+                 "name=answer.wasm"):
+        proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], "--revoke", spec,
+                       "--level", "baseline", wasm)
+        assert_refused(proc, f"--revoke {spec}", "would build again byte for byte", "revoke alone")
+        assert contents(tree) == before
+    other = tmp_path / "other.wat"
+    other.write_text(OTHER_WAT)
+    proc = run_cli("publish", "--out", str(tree), "--signing-key", published["key"], "--revoke", "level=baseline",
+                   "--level", "baseline", str(other))
     assert proc.returncode == 0, proc.stderr
+    assert "not published again" not in proc.stderr

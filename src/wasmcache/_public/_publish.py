@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp  # type: ignore[attr-defined]
 
+    from .._engine import EngineSettings
     from ._build import Built
 
 
@@ -278,6 +279,27 @@ class Tree:
             added += 1
         return added, kept, refused
 
+    def check_rebuilds(self, specs: Sequence[str], builds: Sequence[Rebuild]) -> None:
+        """A SPEC that revokes an artifact this run would build again, byte for byte (compiles are
+        deterministic: the same wasm, settings, level and wasmtime), leaves that input unpublished (a revoked
+        artifact is never published again): refused before compiling."""
+        from .._fingerprint import wasmtime_version  # noqa: PLC0415
+
+        targets = self.targets.signed.targets if self.targets is not None else {}
+        version = wasmtime_version()
+        for spec in specs:
+            parsed = parse_revoke_spec(spec)
+            for path, info in targets.items():
+                custom = info.custom if isinstance(info.custom, dict) else {}
+                if custom.get("wasmtime") != version or not _selects(parsed, path, info):
+                    continue
+                if any(custom.get("wasm") == b.wasm and custom.get("settings") == b.settings
+                       and (b.levels is None or custom.get("level") in b.levels) for b in builds):
+                    raise PublishError(
+                        f"--revoke {spec}: revokes {path}, which this run would build again byte for byte (the same "
+                        f"wasm, settings and level, and wasmtime {version}): a revoked artifact is never published "
+                        "again; revoke alone now, and publish fresh builds from a fixed wasmtime")
+
     def check_revoke(self, specs: Sequence[str]) -> None:
         """Each SPEC matches an artifact this tree publishes now. A revoke names signed artifacts, never those
         the same run adds (it is applied first); one that matches nothing (a typo, a version never published,
@@ -392,9 +414,10 @@ class PublishResult(NamedTuple):
 
 
 def check_before_compiling(out: str | os.PathLike[str], *, signing_key: str | None, root_key: str | None = None,
-                           rotate_to: str | None = None, revoke: Sequence[str] = (), builds: bool = False) -> None:
+                           rotate_to: str | None = None, revoke: Sequence[str] = (),
+                           builds: Sequence[Rebuild] = ()) -> None:
     """What `publish` would refuse after the compiles, refused before them (a compile can take minutes).
-    `builds`: this run compiles inputs (with this Python's wasmtime)."""
+    `builds`: what this run compiles (with this Python's wasmtime)."""
     target = Path(out)
     existing = next((p for p in (target, *target.parents) if os.path.lexists(p)), None)
     if existing is not None and not existing.is_dir():
@@ -412,15 +435,15 @@ def check_before_compiling(out: str | os.PathLike[str], *, signing_key: str | No
     if rotate_to:
         _check_rotation(tree, Keys(signing, root), rotate_to, load_signer(rotate_to))
     tree.check_revoke(revoke)
-    if builds:
-        from .._fingerprint import wasmtime_version  # noqa: PLC0415
+    tree.check_rebuilds(revoke, builds)
 
-        for spec in revoke:
-            if parse_revoke_spec(spec).get("wasmtime") == wasmtime_version():
-                # Compiles are deterministic: every rebuild would be a revoked artifact's bytes (refused).
-                raise PublishError(f"--revoke {spec}: this run compiles with wasmtime {wasmtime_version()} too, so "
-                                   "its builds would be the revoked bytes again (never published again); revoke "
-                                   "alone now, and publish the fresh builds from a fixed wasmtime")
+
+class Rebuild(NamedTuple):
+    """What one input of this run will be compiled as: its wasm digest, engine settings, levels (None: all)."""
+
+    wasm: str
+    settings: str
+    levels: Sequence[str] | None
 
 
 def check_inputs(files: Sequence[str | os.PathLike[str]]) -> None:
@@ -436,6 +459,16 @@ def check_inputs(files: Sequence[str | os.PathLike[str]]) -> None:
         text = head.lstrip()
         if not head.startswith(b"\0asm") and not text.startswith((b"(", b";;")):
             raise PublishError(f"{name}: neither a wasm binary nor WAT text")
+
+
+def rebuilds(files: Sequence[str | os.PathLike[str]], settings: EngineSettings | None,
+             levels: Sequence[str] | None) -> list[Rebuild]:
+    """What compiling `files` with `settings` at `levels` will build, told before compiling (`check_rebuilds`)."""
+    from .._engine import EngineSettings  # noqa: PLC0415
+    from .._key import read_input, wasm_digest  # noqa: PLC0415
+
+    described = (settings or EngineSettings()).describe()
+    return [Rebuild(wasm_digest(read_input(os.fsdecode(f), os.fsdecode(f))[0]), described, levels) for f in files]
 
 
 def publish(out: str | os.PathLike[str], built: Sequence[Built] = (), *, signing_key: str | None,

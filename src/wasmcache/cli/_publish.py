@@ -39,7 +39,7 @@ def publish(out: Path, signing_key: str | None, unsigned: bool, merge: tuple[Pat
             files: tuple[Path, ...]) -> None:
     """Compile FILES for every CPU level and publish them, signed, into the static tree --out."""
     from .._public._build import compile_at_levels  # noqa: PLC0415
-    from .._public._publish import PublishError, check_before_compiling, check_inputs  # noqa: PLC0415
+    from .._public._publish import PublishError, check_before_compiling, check_inputs, rebuilds  # noqa: PLC0415
     from .._public._publish import publish as publish_tree  # noqa: PLC0415
 
     if unsigned == (signing_key is not None):
@@ -53,9 +53,9 @@ def publish(out: Path, signing_key: str | None, unsigned: bool, merge: tuple[Pat
         if "\ufffd" in text or not text.isprintable():
             raise PublishError(f"{os.fsdecode(file).encode('utf-8', 'backslashreplace').decode()}: a file name "
                                "that is not UTF-8 text cannot be named in the signed metadata; rename it")
-    check_before_compiling(out, signing_key=signing_key, root_key=root_key, rotate_to=rotate_to,
-                           revoke=revoke, builds=bool(files))
     check_inputs(files)
+    check_before_compiling(out, signing_key=signing_key, root_key=root_key, rotate_to=rotate_to, revoke=revoke,
+                           builds=rebuilds(files, settings, levels) if revoke else ())
     built = []
     for file in files:
         items = compile_at_levels(str(file), settings, levels)
