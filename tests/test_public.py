@@ -879,8 +879,9 @@ def test_publish_without_inputs_re_signs_with_a_later_expiry(published, tmp_path
     assert check.expires == after.expires.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def test_none_turns_off_every_substituter(monkeypatch):
-    monkeypatch.setenv("WASMCACHE_SUBSTITUTERS", "none")
+@pytest.mark.parametrize("word", ["none", "NONE", " None "])
+def test_none_turns_off_every_substituter(monkeypatch, word):
+    monkeypatch.setenv("WASMCACHE_SUBSTITUTERS", word)
     assert resolve_substituter_settings() is None
 
 
@@ -1043,6 +1044,15 @@ def test_credentials_in_a_substituter_url_are_refused_and_never_shown(published,
     for text in (load.stdout, load.stderr, doctor.stdout, doctor.stderr, given.stdout, given.stderr):
         assert not any(secret in text for secret in ("s3cret", "hunter2", "alice", "bob"))
     assert not any("s3cret" in p.read_text(errors="replace") for p in home.rglob("*") if p.is_file())
+    # Whatever the form (another scheme, a scheme in capitals, a password with a slash), never shown.
+    from wasmcache import ConfigError
+
+    for url in ("file://alice:s3cret@localhost/tmp/x", "HTTP://alice:s3cret@127.0.0.1:1", "ftp://alice:s3cret@h/x",
+                "http://alice:s3/cret@127.0.0.1:1", "https://alice:s3cret@h/a b"):
+        with pytest.raises(ConfigError) as refused:
+            resolve_substituter_settings([url], [root])
+        assert "s3" not in str(refused.value), refused.value
+        assert "alice" not in str(refused.value), refused.value
 
 
 def test_doctor_suggests_a_ca_only_for_an_https_host_whose_certificate_failed(published, tmp_path):

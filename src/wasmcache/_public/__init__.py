@@ -52,28 +52,31 @@ class SubstituterSettings(NamedTuple):
 
 
 def _check_url(url: str, where: str) -> str:
-    authority = url.split("/", 3)[2] if url.count("/") >= 2 else ""
-    if url.startswith(("https://", "http://")) and "@" in authority:  # before any message shows the URL
-        shown = url.replace(authority, "***@" + authority.rsplit("@", 1)[1], 1)
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() + "://" in _SCHEMES:
+        url = scheme.lower() + "://" + rest  # a scheme is case-insensitive (HTTP://host is http://host)
+    # Every message below shows the URL with anything before an "@" masked: a password, whatever the form.
+    shown = f"{scheme}://***@{url.rsplit('@', 1)[1]}" if sep and "@" in rest else url
+    if sep and "@" in rest.split("/", 1)[0]:
         raise ConfigError(f"{where}: substituter {shown!r}: a substituter URL carries no credentials (they would "
                           "not be sent, and would show in logs and records): publish the tree where anyone may "
                           "read it; its signatures, not the host, are what the client trusts")
     if url.startswith(_SCHEMES) and any(c in url for c in "\t ") and not any(c in url for c in "\0\r\n"):
-        raise ConfigError(f"{where}: substituter {url!r}: a URL has no spaces: write a space as %20 "
-                          f"({url.replace(' ', '%20').replace(chr(9), '%09')})")
+        spaced = shown.replace(" ", "%20").replace(chr(9), "%09")
+        raise ConfigError(f"{where}: substituter {shown!r}: a URL has no spaces: write a space as %20 ({spaced})")
     if not url.startswith(_SCHEMES) or any(c in url for c in "\0\r\n\t ") or len(url) <= len("file://"):
-        raise ConfigError(f"{where}: substituter {url!r}: expected an https://, http:// or file:// URL")
+        raise ConfigError(f"{where}: substituter {shown!r}: expected an https://, http:// or file:// URL")
     from urllib.parse import urlsplit  # noqa: PLC0415 - only when a substituter is configured
 
     try:
         parts = urlsplit(url)
         port = parts.port  # raises for a port out of range
-    except ValueError as exc:
-        raise ConfigError(f"{where}: substituter {url!r}: {exc}") from None
+    except ValueError as exc:  # its text may quote a piece of a password ("... as 'pa'")
+        raise ConfigError(f"{where}: substituter {shown!r}: {'not a valid URL' if shown != url else exc}") from None
     if parts.scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path.startswith("/")):
-        raise ConfigError(f"{where}: substituter {url!r}: a file:// URL takes an absolute path (file:///srv/tree)")
+        raise ConfigError(f"{where}: substituter {shown!r}: a file:// URL takes an absolute path (file:///srv/tree)")
     if parts.scheme != "file" and (not parts.hostname or port == 0):
-        raise ConfigError(f"{where}: substituter {url!r}: no host")
+        raise ConfigError(f"{where}: substituter {shown!r}: no host")
     return url.rstrip("/")
 
 
@@ -122,7 +125,8 @@ def resolve_substituter_settings(
     if roots is None:
         root_where = "$WASMCACHE_SUBSTITUTER_ROOTS"
         roots = [p for p in os.environ.get("WASMCACHE_SUBSTITUTER_ROOTS", "").split(os.pathsep) if p]
-    if urls == ["none"]:  # substituters=["none"] or WASMCACHE_SUBSTITUTERS=none: not even the declared ones
+    if [url.lower() for url in urls] == ["none"]:  # substituters=["none"], WASMCACHE_SUBSTITUTERS=none (or NONE):
+        # not even the declared ones
         return None
     checked = [_check_url(url, where) for url in urls]
     if checked and not roots:
