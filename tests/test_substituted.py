@@ -373,3 +373,32 @@ def test_a_terminal_sees_why_a_long_compile_had_no_substitute_once(tree, caddy, 
     assert "connection refused" in lines[0], lines
     assert lines[1] == "wasmcache: compiling big.wasm (5 MB)", lines
     assert lines[2].startswith("wasmcache: compiled "), lines
+
+
+def test_a_guest_names_each_failing_substituter_and_each_broken_declaration_once(tree, tmp_path):
+    """Under exec a warning is said once per cause: for substituters the cause is the host (or the tool's
+    declaration), not the sentence's template, so a second dead host is not silenced by the first."""
+    site = tmp_path / "site"
+    info = site / "two_tools-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: two-tools\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[wasmcache.substituters]\none = decl_one:S\ntwo = decl_two:S\n")
+    (site / "decl_one.py").write_text("S = {'url': 'file:///srv/tree'}\n")
+    (site / "decl_two.py").write_text("S = 'file:///srv/tree'\n")
+    dead = [f"http://127.0.0.1:{free_port()}/tree" for _ in range(2)]
+    program = tmp_path / "prog.py"
+    program.write_text("import sys, wasmtime\ne = wasmtime.Engine()\n"
+                       "for path in sys.argv[1:]:\n    wasmtime.Module.from_file(e, path)\nprint('ok')\n")
+    other = tmp_path / "other.wat"
+    other.write_text('(module (func (export "answer") (result i32) i32.const 74))')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WASMCACHE_")} | {
+        "PYTHONPATH": str(site), "WASMCACHE_SUBSTITUTERS": " ".join(dead),
+        "WASMCACHE_SUBSTITUTER_ROOTS": str(tree["root"])}
+    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(tmp_path / "root"), "exec",
+                           sys.executable, str(program), str(tree["wasm"]), str(other)],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert (proc.returncode, proc.stdout) == (0, "ok\n"), proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 4, proc.stderr  # two hosts, two declarations: each once, for two modules
+    for needle in (*dead, "entry point one", "entry point two"):
+        assert sum(needle in line for line in lines) == 1, proc.stderr

@@ -38,13 +38,15 @@ class _Guest:
         self.threshold = threshold
         self.said: set[str] = set()
 
-    def emit(self, level: int, msg: str, args: tuple[object, ...], *, progress: bool = False) -> None:
+    def emit(self, level: int, msg: str, args: tuple[object, ...], *, progress: bool = False,
+             cause: str | None = None) -> None:
         if level < self.threshold and not (progress and _stderr_is_a_terminal()):
             return
         if level >= _WARNING:
-            if msg in self.said:
-                return  # once per process and cause: the template, not its arguments
-            self.said.add(msg)
+            cause = cause or msg  # once per process and cause: the template, not its arguments, unless named
+            if cause in self.said:
+                return
+            self.said.add(cause)
         try:
             text = msg % args if args else msg
         except (TypeError, ValueError):
@@ -154,18 +156,24 @@ class _Log:
     def warning(self, msg: str, *args: object) -> None:
         self._log(_WARNING, msg, args)
 
+    def warning_about(self, subject: str, msg: str, *args: object) -> None:
+        """A warning whose cause is `subject` (a substituter, a tool's declaration): a guest says it once
+        per subject, where `warning` is said once per template."""
+        self._log(_WARNING, msg, args, cause=f"{msg}\0{subject}")
+
     def error(self, msg: str, *args: object) -> None:
         self._log(40, msg, args)
 
     @staticmethod
-    def _log(level: int, msg: str, args: tuple[object, ...], *, progress: bool = False) -> None:
+    def _log(level: int, msg: str, args: tuple[object, ...], *, progress: bool = False,
+             cause: str | None = None) -> None:
         holding = _holding
         if holding is not None:
             holding.append((level, msg, args))
             return
         guest = _guest
         if guest is not None:
-            guest.emit(level, msg, args, progress=progress)
+            guest.emit(level, msg, args, progress=progress, cause=cause)
             return
         if progress and _progress_to_terminal:
             try:

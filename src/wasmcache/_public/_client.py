@@ -302,7 +302,7 @@ class PublicTier:
             if self.settings.declared:
                 from . import declared_substituters  # noqa: PLC0415
 
-                found += declared_substituters(lambda line: log.warning("wasmcache: %s", line))
+                found += declared_substituters(lambda line: log.warning_about(line, "wasmcache: %s", line))
             self._substituters = found
         return self._substituters
 
@@ -351,7 +351,7 @@ class PublicTier:
             _warned.add(key)
         if first:
             if miss.warn:
-                log.warning("wasmcache: substituter %s: %s", sub.url, miss.reason)
+                log.warning_about(sub.url, "wasmcache: substituter %s: %s", sub.url, miss.reason)
             else:
                 log.info("wasmcache: substituter %s: %s", sub.url, miss.reason)
         return first and miss.warn
