@@ -613,7 +613,8 @@ def _failed_check(sub: Substituter, miss: MissReason) -> Check:
     if miss.rejected:
         return check._replace(reachable=True, root_valid=False, detail=f"reachable, but {reason}")
     if reason.startswith("none published"):
-        return check._replace(reachable=True, detail=f"reachable, but no tree there: {reason}")
+        where = "the directory holds" if sub.url.startswith("file://") else "reachable, but"
+        return check._replace(reachable=True, detail=f"{where} no tree there: {reason}")
     return check
 
 

@@ -355,14 +355,21 @@ def _default_host_section() -> bytes | None:
 
 
 def _substituter_fix(check: Any) -> str:
+    """The first fitting advice for a failed substituter check (by its flags, then its words)."""
     detail = check.detail
-    if check.rolled_back:
-        return ("the host (or a mirror, or someone in between) serves older signed metadata than this machine "
-                "saw: it is refused, and a miss compiles locally; ask the publisher, or use another mirror")
-    if check.expired:
-        return ("a miss compiles locally until the publisher re-signs "
-                "(`wasmcache publish --out TREE --signing-key KEY.pem` re-signs)")
-    if check.url.startswith("https://") and ("certificate" in detail or "TLS" in detail):
-        return ("a miss compiles locally until this is fixed (a private CA: $WASMCACHE_SUBSTITUTER_CA or "
-                "$SSL_CERT_FILE)")
-    return "a miss compiles locally until this is fixed"
+    advice = [
+        (check.rolled_back, ("the host (or a mirror, or someone in between) serves older signed metadata than "
+                             "this machine saw: it is refused, and a miss compiles locally; ask the publisher, or use "
+                             "another mirror")),
+        (check.expired, ("a miss compiles locally until the publisher re-signs "
+                        "(`wasmcache publish --out TREE --signing-key KEY.pem` re-signs)")),
+        (check.url.startswith("https://") and ("certificate" in detail or "TLS" in detail),
+         "a miss compiles locally until this is fixed (a private CA: $WASMCACHE_SUBSTITUTER_CA or $SSL_CERT_FILE)"),
+        ("no tree there" in detail, ("check the URL: it should name the directory holding the publisher's `metadata/` "
+                                    "and `targets/` (a miss compiles locally meanwhile)")),
+        ("too slow" in detail, ("the host answers too slowly to beat a local compile: use a mirror nearer to this "
+                               "machine")),
+        (check.reachable is False, ("check the URL and that the host is up (a miss compiles locally meanwhile; doctor "
+                                   "asks again each run)")),
+    ]
+    return next((text for fits, text in advice if fits), "a miss compiles locally until this is fixed")
