@@ -36,7 +36,7 @@ from ._dropin_patches import (
     uses_wasmtime_cache,
     wasmtime_error,
 )
-from ._errors import CacheError, CompileError, ConfigError, SourceError
+from ._errors import CacheError, CompileError, ConfigError, SourceError, fd_named
 from ._layout import is_entry_name, is_namespace_name
 from ._loaded import WeakKeyMap, held_weakly
 from ._log import log
@@ -384,10 +384,8 @@ def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None
     original = getattr(exc, "wasmtime_error", None)
     if not isinstance(original, BaseException):
         return None
-    if path is not None and "/proc/self/fd/" in str(original):
-        import re  # noqa: PLC0415
-
-        original = wasmtime_error(re.sub(r"/proc/self/fd/\d+", lambda _m: path, str(original)))
+    if path is not None and fd_named(str(original), path) != str(original):
+        original = wasmtime_error(fd_named(str(original), path))
     return original.with_traceback(None)
 
 

@@ -86,3 +86,13 @@ def wasmtime_error_chain(error: BaseException | str) -> list[str]:
 def wasmtime_reason(error: BaseException | str) -> str:
     """The whole chain on one line (what a compile error says)."""
     return ": ".join(wasmtime_error_chain(error))
+
+
+def fd_named(text: str, path: str) -> str:
+    """`text` (wasmtime's words about a checked entry it mapped through `/proc/self/fd/N`) with `path`
+    where it names that descriptor: what a person reads names their file, never our fd."""
+    if "/fd/" not in text:
+        return text
+    import re  # noqa: PLC0415 - only for such a message
+
+    return re.sub(r"/(?:proc/self|dev)/fd/\d+", lambda _m: path, text)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from . import _native
 from ._context import Place
 from ._elf import ENGINE_SECTION, find_section
-from ._errors import CompileError, SourceError, wasmtime_reason
+from ._errors import CompileError, SourceError, fd_named, wasmtime_reason
 from ._fingerprint import fingerprint_of_section, wasmtime_version
 from ._key import artifact_section, read_input, snapshot_key, wasm_digest
 from ._layout import SUBSTITUTERS_DIR
@@ -256,7 +256,7 @@ class MissPath:
                                                 accept=lambda twin: self._map_checked(self._ctx, twin, kind))
         except EntryRefusedError as refused:  # the identical entry is one this engine may not load: nothing stored
             if origin == "snapshot":
-                log.info("wasmcache: snapshot of %s not taken: this engine may not load it (%s)", name, refused)
+                _snapshot_refused(name, refused)
             raise
         except Exception as exc:
             log.warning("wasmcache: could not store %s in the cache (%s); using it uncached",
@@ -269,7 +269,7 @@ class MissPath:
             # stays, and wasmtime's own error goes up, as `deserialize_file` would have raised it.
             place.namespace.unpublish(key)
             if origin == "snapshot":
-                log.info("wasmcache: snapshot of %s not taken: this engine may not load it (%s)", name, refused)
+                _snapshot_refused(name, refused)
             raise
         if module is not None and origin == "snapshot":  # the drop-in's safety action, as visible under -v
             log.info("wasmcache: snapshot of %s taken (%s%s): mapped from the cache, never from the program's "
@@ -446,6 +446,11 @@ class MissPath:
         self._ctx.counters.add("substituted")
         log.info("wasmcache: substituted %s from %s (%s, %s) in %.3f s%s", name, fetched.url, fetched.level,
                  _size(fetched.size), fetched.seconds, where)
+
+
+def _snapshot_refused(name: str, refused: EntryRefusedError) -> None:
+    log.info("wasmcache: snapshot of %s not taken: this engine may not load it (%s)", name,
+             fd_named(str(refused), name))
 
 
 def _announce_download(name: str, level: str, url: str, done: int, total: int) -> None:
