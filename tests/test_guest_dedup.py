@@ -11,6 +11,7 @@ hashing it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -96,6 +97,10 @@ def _assert_stored_once(root: Path) -> None:
     listed = run_cli("ls", "--json", "--cache-dir", str(root))
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.count('"key"') == 2, listed.stdout
+    shown = run_cli("stats", "--json", "--cache-dir", str(root))
+    origins = json.loads(shown.stdout)["origins"]
+    assert sum(o["entries"] for o in origins) == 2, origins
+    assert sum(o["size_bytes"] for o in origins) == entry_bytes, origins  # by origin too, the bytes count once
     collected = cache.gc()
     assert (collected.entries, collected.evicted_entries) == (2, 0)
     assert entry_bytes < collected.size_bytes < 2 * entry_bytes

@@ -259,8 +259,9 @@ class MissPath:
                 _snapshot_refused(name, refused)
             raise
         except Exception as exc:
-            log.warning("wasmcache: could not store %s in the cache (%s); using it uncached",
-                        name, getattr(exc, "strerror", None) or exc)
+            instead = "loading it as a copy, not mapped from the file" if origin == "snapshot" else "using it uncached"
+            log.warning("wasmcache: could not store %s in the cache (%s); %s", name,
+                        getattr(exc, "strerror", None) or exc, instead)
             return None, 0
         try:
             module = self._load_entry(self._ctx, place, key, kind, locked=True)[0]

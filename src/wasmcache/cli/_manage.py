@@ -88,10 +88,17 @@ def _origins(root: Path) -> list[dict[str, Any]]:
     from .._maintenance import list_entries  # noqa: PLC0415
 
     groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+    inodes: set[tuple[int, int]] = set()  # entries sharing identical content: their bytes count once
     for info in list_entries(root):
         counted = groups.setdefault((info.origin, info.substituter, info.level), [0, 0])
         counted[0] += 1
-        counted[1] += info.size
+        try:
+            st = os.stat(info.path, follow_symlinks=False)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) not in inodes:
+            inodes.add((st.st_dev, st.st_ino))
+            counted[1] += info.size
     rows: list[dict[str, Any]] = [
         {"origin": origin, "substituter": substituter, "level": level, "entries": n, "size_bytes": size}
         for (origin, substituter, level), (n, size) in groups.items()]
