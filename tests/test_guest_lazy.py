@@ -206,3 +206,33 @@ def test_a_relative_root_is_where_it_was_when_the_program_imported_wasmtime(plac
     assert list((place / "work" / "relroot").glob("ns-*/*.cwasm"))
     assert not (place / "work" / "elsewhere" / "relroot").exists()
     assert not (place / "work" / "elsewhere" / "moved").exists()
+
+
+# Loads that fail before any module exists: a missing file, a directory, /dev/null as a file to map.
+FAILS = """
+import sys, wasmtime
+engine = wasmtime.Engine()
+for call, path in ((wasmtime.Module.from_file, "/nonexistent/app.wasm"), (wasmtime.Module.from_file, sys.argv[1]),
+                   (wasmtime.Module.deserialize_file, "/nonexistent/app.cwasm"),
+                   (wasmtime.Module.deserialize_file, sys.argv[1])):
+    try:
+        call(engine, path)
+    except Exception as exc:
+        print(type(exc).__name__, str(exc).splitlines()[0])
+"""
+
+
+@pytest.mark.parametrize("how", ["exec", "auto"])
+def test_loads_of_what_is_not_a_file_leave_no_trace_and_fail_as_unwrapped(place: Path, how: str) -> None:
+    home = place / "home"
+    program = place / "programs" / "fails.py"
+    program.write_text(FAILS)
+    env = guest_env(home, place / "tmp")
+    bare = run_as("bare", program, str(place / "out"), env=env, cwd=place / "work")
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout.count(b"\n") == 4, bare.stdout
+    before = tree(place)
+    guest = run_as(how, program, str(place / "out"), env=env, cwd=place / "work")
+    assert (guest.returncode, guest.stdout, guest.stderr) == (bare.returncode, bare.stdout, bare.stderr)
+    assert not home.exists()
+    assert tree(place) == before

@@ -20,6 +20,7 @@ originals (captured by `_native` before anything is patched), and `uninstall()` 
 from __future__ import annotations
 
 import os
+import stat
 from _thread import RLock
 from typing import TYPE_CHECKING, Any, Final
 
@@ -275,6 +276,8 @@ class DropIn:
     def _load(self, engine: Any, kind: Kind, source: str | bytes | bytearray) -> Any:
         """The cached object for `source`, None to let wasmtime's original do it (and report)."""
         refused: BaseException | None = None
+        if isinstance(source, str) and not _regular_file(source):
+            return None  # what wasmtime says of it is the answer; no root opened (nor $HOME made) for it
         try:
             cache = self._cache_for(engine)
             if cache is None:
@@ -298,6 +301,8 @@ class DropIn:
     def _load_precompiled(self, engine: Any, kind: Kind, path: str) -> Any:
         # A snapshot is keyed by the artifact's own engine section: no probe of this engine.
         refused: BaseException | None = None
+        if not _regular_file(path):
+            return None  # as in _load
         try:
             load_precompiled = getattr(self._cache_for(engine), "load_precompiled", None)
             if load_precompiled is None:
@@ -387,6 +392,14 @@ def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None
     if path is not None and fd_named(str(original), path) != str(original):
         original = wasmtime_error(fd_named(str(original), path))
     return original.with_traceback(None)
+
+
+def _regular_file(path: str) -> bool:
+    """Whether `path` names a regular file now (a load of anything else fails, or is wasmtime's alone)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _serving() -> DropIn | None:

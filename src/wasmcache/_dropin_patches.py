@@ -138,6 +138,14 @@ def _entry_bytes(served: Any) -> bytearray | None:
         os.close(fd)
 
 
+def _nothing_to_map(path: str) -> bool:
+    """No file, or a directory: wasmtime maps nothing, and its own error (which names `path`) is the answer."""
+    try:
+        return os.path.isdir(path) or not os.path.lexists(path)
+    except ValueError:
+        return True
+
+
 def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], Any]) -> dict[str, Any]:
     import wasmtime  # noqa: PLC0415
     from wasmtime import _ffi  # noqa: PLC0415
@@ -178,7 +186,7 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
     def deserialize_file(cls_: Any, engine: Any, path: Any) -> Any:
         dropin = serving()
         if (dropin is None or not isinstance(engine, engine_type) or not isinstance(path, str) or "\0" in path
-                or dropin.owns(path)):
+                or dropin.owns(path) or _nothing_to_map(path)):
             return original_deserialize_file(cls_, engine, path)
         cached = dropin._load_precompiled(engine, kind, path)  # noqa: SLF001
         if cached is None:
