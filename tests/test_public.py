@@ -979,6 +979,10 @@ def test_publish_refuses_bad_arguments_before_compiling(published, tmp_path):
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert proc.stdout == ""  # nothing was compiled
     assert sorted(p.name for p in (out / "targets").iterdir()) == before
+    # The key is named by the id `wasmcache keygen` printed for it, so a publisher can tell which one it was.
+    kid = run_cli("keygen", "--out", str(tmp_path / "k")).stdout.split("key id", 1)[1].split()[0]
+    proc = run_cli("publish", "--out", str(out), "--signing-key", str(tmp_path / "k" / "wasmcache-signing.pem"))
+    assert f"key id {kid}" in proc.stderr, (kid, proc.stderr)
     file_out = tmp_path / "a-file"
     file_out.write_text("")
     proc = run_cli("publish", "--out", str(file_out), "--signing-key", published["key"], str(published["wasm"]))

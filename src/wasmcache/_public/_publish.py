@@ -224,8 +224,12 @@ class Tree:
         roles = self.root.signed.roles
         for role in ("targets", "snapshot", "timestamp"):
             if keys.signing.public_key.keyid not in roles[role].keyids:
-                raise ConfigError(f"the signing key is not a key of this tree's {role} role "
-                                  f"(keyid {keys.signing.public_key.keyid[:16]}); use the tree's key, or rotate")
+                from .._remote._keys import raw_key_id  # noqa: PLC0415
+
+                shown = raw_key_id(bytes.fromhex(keys.signing.public_key.keyval["public"]))
+                raise ConfigError(f"the signing key (key id {shown}, as `wasmcache keygen` named it) is not a key of "
+                                  f"this tree's {role} role: sign with the tree's key (whoever holds it can move the "
+                                  "tree to this one with --rotate-to)")
 
     def rotate(self, keys: Keys, new: Any, root_days: int) -> None:
         """Root N+1 where `new` holds every role the old signing key held (old consumers follow the chain)."""

@@ -20,7 +20,11 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     """A short, stable name of a public key (blake3 of its raw 32 bytes), stored in each artifact."""
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
 
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw_key_id(public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+
+def raw_key_id(raw: bytes) -> str:
+    """`key_id` of a public key's raw 32 bytes (as TUF metadata holds them, in hex)."""
     return blake3.blake3(b"wasmcache-key-id-v1\0" + raw).hexdigest()[:32]
 
 
