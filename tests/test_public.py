@@ -885,6 +885,18 @@ def test_none_turns_off_every_substituter(monkeypatch, word):
     assert resolve_substituter_settings() is None
 
 
+def test_doctor_says_which_declared_substituters_none_turns_off(tmp_path):
+    site = tmp_path / "site"
+    info = site / "mytool-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mytool\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[wasmcache.substituters]\nmytool = mytool_decl:S\n")
+    (site / "mytool_decl.py").write_text("S = {'url': 'file:///srv/tree', 'root': b'{}'}\n")
+    doctor = run_cli("doctor", env={"PYTHONPATH": str(site), "WASMCACHE_SUBSTITUTERS": "none"})
+    assert doctor.returncode == 0, doctor.stdout
+    assert "none: the substituters installed tools declare (mytool) are not asked" in doctor.stdout
+
+
 @pytest.mark.s3
 def test_a_tree_uploaded_create_only_to_s3_is_read_anonymously(published, s3_bucket, tmp_path, monkeypatch):
     import boto3

@@ -312,8 +312,15 @@ def _substituter_findings(root: Path) -> list[Any]:
                                 "substituters tools declare are asked)"))
 
     settings = settings_from_environment(bad_environment)
-    if settings is None:
-        return []
+    if settings is None:  # $WASMCACHE_SUBSTITUTERS=none: say what that turns off, if anything
+        from importlib.metadata import entry_points  # noqa: PLC0415
+
+        from .._public import ENTRY_POINT_GROUP  # noqa: PLC0415
+
+        names = [point.name for point in entry_points(group=ENTRY_POINT_GROUP)]
+        return [Diagnosis(INFO, "$WASMCACHE_SUBSTITUTERS", f"none: the substituters installed tools declare "
+                          f"({', '.join(names)}) are not asked", "nothing to do, if that is what you want")
+                ] if names else []
     from .._public import declared_substituters  # noqa: PLC0415
     from .._public._client import check_substituters  # noqa: PLC0415 - the client (and tuf): only to check
 
