@@ -53,6 +53,19 @@ def run_json(code: str, *args: str, **kwargs: Any) -> Any:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def declaring_site(site: Path, declarations: dict[str, str], modules: dict[str, str] | None = None) -> Path:
+    """A directory for PYTHONPATH holding one installed distribution whose `wasmcache.substituters` entry
+    points are `declarations` (name -> "module:attribute"), and the `modules` (name -> source) they name."""
+    info = site / "declaring_tools-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: declaring-tools\nVersion: 1.0\n")
+    points = "".join(f"{name} = {target}\n" for name, target in declarations.items())
+    (info / "entry_points.txt").write_text(f"[wasmcache.substituters]\n{points}")
+    for name, source in (modules or {}).items():
+        (site / f"{name}.py").write_text(source)
+    return site
+
+
 def published_tree(work: Path, wat: str) -> tuple[Path, Path, Path]:
     """A signed substituter tree at work/tree publishing `wat` as work/answer.wasm, compiled for every CPU
     level: (the signing key, the wasm, the tree)."""

@@ -22,7 +22,7 @@ import pytest
 import wasmtime
 
 from caddy_server import caddy_fixture  # noqa: F401 - the `caddy` fixture
-from conftest import run_cli, run_python
+from conftest import declaring_site, run_cli, run_python
 from wasmcache._compat import isa_flags
 from wasmcache._fingerprint import engine_identity
 from wasmcache._key import wasm_digest
@@ -552,14 +552,8 @@ def test_settings_from_the_environment_and_bad_values(published, monkeypatch, tm
 def test_a_tools_entry_point_declares_its_substituter(published, tmp_path):
     """An installed package declares url + root; a consumer with no configuration at all uses it."""
     tree = published["work"] / "tree"
-    site = tmp_path / "site"
-    (site / "demo_tool").mkdir(parents=True)
-    (site / "demo_tool" / "__init__.py").write_text(
-        f"SUBSTITUTER = {{'url': 'file://{tree}', 'root': {str(tree / 'root.json')!r}}}\n")
-    info = site / "demo_tool-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: demo-tool\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[wasmcache.substituters]\ndemo = demo_tool:SUBSTITUTER\n")
+    site = declaring_site(tmp_path / "site", {"demo": "demo_tool:SUBSTITUTER"}, {
+        "demo_tool": f"SUBSTITUTER = {{'url': 'file://{tree}', 'root': {str(tree / 'root.json')!r}}}\n"})
     dest = tmp_path / "entry.cwasm"
     code = f"""
         import json, wasmtime
@@ -586,13 +580,8 @@ def test_broken_declarations_are_one_plain_line_each_and_a_bad_environment_keeps
         "introot": f"SUBSTITUTER = {{'url': 'file://{tree}', 'root': 7}}",
         "raises": "def SUBSTITUTER():\n    raise KeyError('root')",
     }
-    info = site / "demo_tools-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: demo-tools\nVersion: 1.0\n")
-    points = "".join(f"{name} = decl_{name}:SUBSTITUTER\n" for name in declarations)
-    (info / "entry_points.txt").write_text(f"[wasmcache.substituters]\n{points}")
-    for name, text in declarations.items():
-        (site / f"decl_{name}.py").write_text(text + "\n")
+    declaring_site(site, {name: f"decl_{name}:SUBSTITUTER" for name in declarations},
+                   {f"decl_{name}": text + "\n" for name, text in declarations.items()})
     dest = tmp_path / "entry.cwasm"
     code = f"""
         import json, wasmtime
@@ -886,12 +875,8 @@ def test_none_turns_off_every_substituter(monkeypatch, word):
 
 
 def test_doctor_says_which_declared_substituters_none_turns_off(tmp_path):
-    site = tmp_path / "site"
-    info = site / "mytool-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mytool\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[wasmcache.substituters]\nmytool = mytool_decl:S\n")
-    (site / "mytool_decl.py").write_text("S = {'url': 'file:///srv/tree', 'root': b'{}'}\n")
+    site = declaring_site(tmp_path / "site", {"mytool": "mytool_decl:S"},
+                          {"mytool_decl": "S = {'url': 'file:///srv/tree', 'root': b'{}'}\n"})
     doctor = run_cli("doctor", env={"PYTHONPATH": str(site), "WASMCACHE_SUBSTITUTERS": "none"})
     assert doctor.returncode == 0, doctor.stdout
     assert "none: the substituters installed tools declare (mytool) are not asked" in doctor.stdout

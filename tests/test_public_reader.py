@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, ClassVar
 import pytest
 import wasmtime
 
+from conftest import declaring_site
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -115,13 +117,8 @@ def test_a_host_that_answers_missing_files_with_a_page_is_named_and_the_module_c
 
 
 def test_doctor_reports_a_tool_packages_broken_substituter_declaration_once(work: Path) -> None:
-    dist = work / "site" / "badtool-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: badtool\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[wasmcache.substituters]\nbadtool = badtool:SUBSTITUTER\n"
-                                           "broken = no_such_module_here:X\n")
-    (work / "site" / "badtool.py").write_text(
-        'SUBSTITUTER = {"url": "https://example.invalid/tree", "root": "/nonexistent/root.json"}\n')
+    declaring_site(work / "site", {"badtool": "badtool:SUBSTITUTER", "broken": "no_such_module_here:X"}, {
+        "badtool": 'SUBSTITUTER = {"url": "https://example.invalid/tree", "root": "/nonexistent/root.json"}\n'})
     proc = cli("doctor", env=fresh_env(work / "home", PYTHONPATH=str(work / "site")), cwd=work)
     assert "Traceback" not in proc.stderr
     out = proc.stdout + proc.stderr

@@ -18,7 +18,7 @@ import pytest
 import wasmtime
 
 from caddy_server import caddy_fixture, free_port  # noqa: F401 - the `caddy` fixture
-from conftest import published_tree, remount_read_only, run_json
+from conftest import declaring_site, published_tree, remount_read_only, run_json
 from wasmcache._public import _client
 from wasmcache._public._build import compile_at_levels
 from wasmcache._public._publish import publish
@@ -378,13 +378,8 @@ def test_a_terminal_sees_why_a_long_compile_had_no_substitute_once(tree, caddy, 
 def test_a_guest_names_each_failing_substituter_and_each_broken_declaration_once(tree, tmp_path):
     """Under exec a warning is said once per cause: for substituters the cause is the host (or the tool's
     declaration), not the sentence's template, so a second dead host is not silenced by the first."""
-    site = tmp_path / "site"
-    info = site / "two_tools-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: two-tools\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[wasmcache.substituters]\none = decl_one:S\ntwo = decl_two:S\n")
-    (site / "decl_one.py").write_text("S = {'url': 'file:///srv/tree'}\n")
-    (site / "decl_two.py").write_text("S = 'file:///srv/tree'\n")
+    site = declaring_site(tmp_path / "site", {"one": "decl_one:S", "two": "decl_two:S"},
+                          {"decl_one": "S = {'url': 'file:///srv/tree'}\n", "decl_two": "S = 'file:///srv/tree'\n"})
     dead = [f"http://127.0.0.1:{free_port()}/tree" for _ in range(2)]
     program = tmp_path / "prog.py"
     program.write_text("import sys, wasmtime\ne = wasmtime.Engine()\n"
