@@ -157,11 +157,17 @@ subprocess.run([sys.executable, sys.argv[1]], check=True)
 """
 
 
-def test_verbose_exec_speaks_in_every_process_and_plain_exec_in_none(tmp_path: Path) -> None:
-    program = tmp_path / "chatty.py"
+def chatty_family(where: Path) -> tuple[Path, Path]:
+    """(a program that loads a module and logs, a parent that runs it twice), written in `where`."""
+    program = where / "chatty.py"
     program.write_text(CHATTY)
-    parent = tmp_path / "parent.py"
+    parent = where / "parent.py"
     parent.write_text(PARENT)
+    return program, parent
+
+
+def test_verbose_exec_speaks_in_every_process_and_plain_exec_in_none(tmp_path: Path) -> None:
+    program, parent = chatty_family(tmp_path)
     root = tmp_path / "guest"
     quiet = wrapped("--cache-dir", str(root), "exec", sys.executable, str(parent), str(program), env=clean_env())
     assert quiet.returncode == 0, quiet.stderr
@@ -178,10 +184,7 @@ def test_verbose_exec_speaks_in_every_process_and_plain_exec_in_none(tmp_path: P
 
 
 def test_verbose_exec_under_disable_says_it_is_off_once_per_process_and_writes_nothing(tmp_path: Path) -> None:
-    program = tmp_path / "chatty.py"
-    program.write_text(CHATTY)
-    parent = tmp_path / "parent.py"
-    parent.write_text(PARENT)
+    program, parent = chatty_family(tmp_path)
     root = tmp_path / "guest"
     env = {**clean_env(), "WASMCACHE_DISABLE": "1"}
     quiet = wrapped("--cache-dir", str(root), "exec", sys.executable, str(parent), str(program), env=env)
