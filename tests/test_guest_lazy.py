@@ -236,3 +236,55 @@ def test_loads_of_what_is_not_a_file_leave_no_trace_and_fail_as_unwrapped(place:
     assert (guest.returncode, guest.stdout, guest.stderr) == (bare.returncode, bare.stdout, bare.stderr)
     assert not home.exists()
     assert tree(place) == before
+
+
+# What a differential reader found: each prints what happened, for a byte-for-byte comparison with an unwrapped run.
+ODD_CALLS = """
+import os, sys, threading, typing, wasmtime
+engine = wasmtime.Engine()
+
+def attempt(what, call):
+    try:
+        result = call()
+        print(what, "ok", type(result).__name__)
+    except BaseException as exc:
+        print(what, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+
+attempt("zero", lambda: wasmtime.Module.deserialize_file(engine, "/dev/zero"))  # a copy would never end
+fifo = os.path.join(sys.argv[1], "fifo")
+os.mkfifo(fifo)
+def feed():
+    try:
+        with open(fifo, "wb") as f:
+            f.write(b"\x7fELF not an artifact")  # unwrapped, wasmtime cannot map a pipe whatever it holds
+    except OSError:
+        pass  # the reader closed it (when, depends on the run)
+threading.Thread(target=feed, daemon=True).start()
+attempt("fifo", lambda: wasmtime.Module.deserialize_file(engine, fifo))
+attempt("bytearray-wat", lambda: wasmtime.Module(engine, bytearray(b'(module (func (export "f")))')))
+closed = wasmtime.Engine()
+closed.close()
+attempt("closed-engine", lambda: wasmtime.Module(closed, b"(module)"))
+config = wasmtime.Config()
+config.target = "x86_64-unknown-linux-musl"
+attempt("foreign-target", lambda: wasmtime.Module(wasmtime.Engine(config), b"(module)"))
+attempt("hints", lambda: sorted(typing.get_type_hints(wasmtime.Module.from_file)))
+print(sorted(typing.get_type_hints(wasmtime.Module.__init__)))
+"""
+
+
+@pytest.mark.parametrize("how", ["exec", "auto"])
+def test_odd_calls_fail_or_succeed_as_unwrapped_in_bounded_time_and_leave_no_trace(place: Path, how: str) -> None:
+    home = place / "home"
+    program = place / "programs" / "odd.py"
+    program.write_text(ODD_CALLS)
+    env = guest_env(home, place / "tmp")
+    runs = {}
+    for name in ("bare", how):
+        (place / "out").mkdir(exist_ok=True)
+        runs[name] = run_as(name, program, str(place / "out"), env=env, cwd=place / "work")
+        (place / "out" / "fifo").unlink()
+    bare, guest = runs["bare"], runs[how]
+    assert bare.returncode == 0, bare.stderr
+    assert (guest.returncode, guest.stdout, guest.stderr) == (bare.returncode, bare.stdout, bare.stderr)
+    assert not home.exists()  # none of these loads opened the root

@@ -37,7 +37,7 @@ from ._dropin_patches import (
     uses_wasmtime_cache,
     wasmtime_error,
 )
-from ._errors import CacheError, CompileError, ConfigError, SourceError, fd_named
+from ._errors import CacheError, CompileError, ConfigError, EngineCannotCompileError, SourceError, fd_named
 from ._layout import is_entry_name, is_namespace_name
 from ._loaded import WeakKeyMap, held_weakly
 from ._log import log
@@ -218,6 +218,8 @@ class DropIn:
     def _cache_for(self, engine: Any) -> _EngineCache | None:
         # The cache hangs on the engine (engine -> cache -> engine is a cycle the collector frees),
         # so it lives exactly as long as the program keeps the engine.
+        if not _open_engine(engine):
+            return None  # a closed engine: wasmtime's own "already closed" is the answer, and no root opened
         if self._opened_root() is None:
             return None
         attached: dict[DropIn, _EngineCache] | None = getattr(engine, "__dict__", {}).get(_ENGINE_ATTRIBUTE)
@@ -279,6 +281,10 @@ class DropIn:
         if isinstance(source, str) and not _regular_file(source):
             return None  # what wasmtime says of it is the answer; no root opened (nor $HOME made) for it
         try:
+            if _open_engine(engine) and not uses_wasmtime_cache(engine):
+                from ._fingerprint import engine_identity  # noqa: PLC0415 - loaded with the cache already
+
+                engine_identity(engine)  # the probe, before any root: an engine that cannot compile stops here
             cache = self._cache_for(engine)
             if cache is None:
                 return None
@@ -287,8 +293,10 @@ class DropIn:
             refused = _wasmtime_error(exc, None)
             if refused is None:
                 return None  # a core without `wasmtime_error`: the original compiles and raises it
-        except SourceError:
-            return None  # the original reads the file and raises exactly what wasmtime raises
+        except (SourceError, EngineCannotCompileError, RecursionError):
+            # The original reads the file, or compiles with this engine, or runs a few frames shallower,
+            # and raises (or succeeds) exactly as wasmtime does: nothing for the user to do about us.
+            return None
         except (CacheError, OSError) as exc:
             self._warn_once(type(exc).__name__, f"wasmcache: drop-in falls back to wasmtime: {exc}")
             return None
@@ -392,6 +400,14 @@ def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None
     if path is not None and fd_named(str(original), path) != str(original):
         original = wasmtime_error(fd_named(str(original), path))
     return original.with_traceback(None)
+
+
+def _open_engine(engine: Any) -> bool:
+    try:
+        engine.ptr()
+    except ValueError:  # closed
+        return False
+    return True
 
 
 def _regular_file(path: str) -> bool:

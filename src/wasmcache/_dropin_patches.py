@@ -12,6 +12,7 @@ sets on each `Config` (the drop-in fingerprints an engine with wasmtime's own ca
 from __future__ import annotations
 
 import os
+import stat
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _native
@@ -139,10 +140,11 @@ def _entry_bytes(served: Any) -> bytearray | None:
 
 
 def _nothing_to_map(path: str) -> bool:
-    """No file, or a directory: wasmtime maps nothing, and its own error (which names `path`) is the answer."""
+    """Not a regular file (none, a directory, a device, a pipe): nothing a program rewrites under a mapping,
+    and wasmtime's own answer (its error, which names `path`) comes at once; a copy of /dev/zero never would."""
     try:
-        return os.path.isdir(path) or not os.path.lexists(path)
-    except ValueError:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
         return True
 
 
@@ -165,6 +167,9 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
             original_init(self, engine, wasm)
             return
         binary = _to_wasm(wasm)  # TypeError / WasmtimeError exactly as wasmtime raises them
+        if kind == "module" and isinstance(binary, bytearray) and binary[:4] != b"\0asm":
+            original_init(self, engine, binary)  # wasmtime reads WAT text from str and bytes only: its error
+            return
         cached = dropin._load(engine, kind, binary)  # noqa: SLF001
         if cached is None:
             original_init(self, engine, binary)
@@ -203,6 +208,8 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
     for ours, original in pairs:
         ours.__doc__ = original.__doc__
         ours.__qualname__ = original.__qualname__
+        # wasmtime's hints (typing.get_type_hints resolves them in wasmtime's module, through __wrapped__)
+        ours.__annotations__ = dict(getattr(original, "__annotations__", {}))
         ours.__wrapped__ = original
     return {"__init__": __init__, "from_file": classmethod(from_file),
             "deserialize_file": classmethod(deserialize_file), "serialize": serialize}

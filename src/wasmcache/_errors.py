@@ -35,6 +35,11 @@ class ConfigError(CacheError, ValueError):
     """An invalid setting (engine option, size string, environment variable), refused before use."""
 
 
+class EngineCannotCompileError(ConfigError):
+    """The engine given cannot compile a function (another target, settings the host cannot run): every
+    load would fail as wasmtime's own would. Internal: raised as a ConfigError to callers."""
+
+
 class NotACacheError(CacheError):
     """A directory that is not a wasmcache root, so it is never written to, collected or wiped."""
 

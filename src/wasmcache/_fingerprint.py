@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 import blake3
 
-from ._errors import ConfigError
+from ._errors import EngineCannotCompileError
 from ._fs import read_small_file, write_atomically
 from ._loaded import WeakKeyMap
 from ._log import log
@@ -85,7 +85,7 @@ def engine_section(engine: wasmtime.Engine) -> bytes:
     except wasmtime.WasmtimeError as exc:
         from ._errors import wasmtime_reason  # noqa: PLC0415
 
-        raise ConfigError(f"this engine cannot compile a function: {wasmtime_reason(exc)}") from None
+        raise EngineCannotCompileError(f"this engine cannot compile a function: {wasmtime_reason(exc)}") from None
     from ._elf import ENGINE_SECTION, find_section  # noqa: PLC0415 - a probe only: a hit reads the memo
 
     return find_section(serialized, ENGINE_SECTION)
