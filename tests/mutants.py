@@ -207,7 +207,7 @@ MUTANTS: tuple[Mutant, ...] = (
        ["tests/test_shared_content.py::test_an_entry_whose_record_does_not_vouch_for_it_is_never_shared"]),
     _m("dropin-maps-the-programs-file",
        "under the drop-in, deserialize_file never maps the program's own (rewritable) file",
-       [("_dropin_patches.py", "                or dropin.owns(path) or _nothing_to_map(path)):",
+       [("_dropin_patches.py", "                or dropin.owns(path) or not regular_file(path)):",
          "                or True):")],
        ["tests/test_dropin_crash.py::test_deserialize_file_maps_a_snapshot_never_the_programs_file[module]"]),
     # --- issue 13: substituters ------------------------------------------------------------------------

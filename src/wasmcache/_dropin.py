@@ -20,7 +20,6 @@ originals (captured by `_native` before anything is patched), and `uninstall()` 
 from __future__ import annotations
 
 import os
-import stat
 from _thread import RLock
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,6 +31,7 @@ from ._context import Counters
 from ._dropin_patches import (
     apply,
     record_configs,
+    regular_file,
     restore_all,
     section_without_wasmtime_cache,
     uses_wasmtime_cache,
@@ -218,8 +218,6 @@ class DropIn:
     def _cache_for(self, engine: Any) -> _EngineCache | None:
         # The cache hangs on the engine (engine -> cache -> engine is a cycle the collector frees),
         # so it lives exactly as long as the program keeps the engine.
-        if not _open_engine(engine):
-            return None  # a closed engine: wasmtime's own "already closed" is the answer, and no root opened
         if self._opened_root() is None:
             return None
         attached: dict[DropIn, _EngineCache] | None = getattr(engine, "__dict__", {}).get(_ENGINE_ATTRIBUTE)
@@ -278,10 +276,10 @@ class DropIn:
     def _load(self, engine: Any, kind: Kind, source: str | bytes | bytearray) -> Any:
         """The cached object for `source`, None to let wasmtime's original do it (and report)."""
         refused: BaseException | None = None
-        if isinstance(source, str) and not _regular_file(source):
-            return None  # what wasmtime says of it is the answer; no root opened (nor $HOME made) for it
+        if (isinstance(source, str) and not regular_file(source)) or not _open_engine(engine):
+            return None  # wasmtime's answer (its error for it, "already closed"); no root opened (nor $HOME made)
         try:
-            if _open_engine(engine) and not uses_wasmtime_cache(engine):
+            if not uses_wasmtime_cache(engine):
                 from ._fingerprint import engine_identity  # noqa: PLC0415 - loaded with the cache already
 
                 engine_identity(engine)  # the probe, before any root: an engine that cannot compile stops here
@@ -309,8 +307,8 @@ class DropIn:
     def _load_precompiled(self, engine: Any, kind: Kind, path: str) -> Any:
         # A snapshot is keyed by the artifact's own engine section: no probe of this engine.
         refused: BaseException | None = None
-        if not _regular_file(path):
-            return None  # as in _load
+        if not _open_engine(engine):
+            return None  # as in _load (deserialize_file leaves every path but a regular file to wasmtime)
         try:
             load_precompiled = getattr(self._cache_for(engine), "load_precompiled", None)
             if load_precompiled is None:
@@ -397,8 +395,9 @@ def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None
     original = getattr(exc, "wasmtime_error", None)
     if not isinstance(original, BaseException):
         return None
-    if path is not None and fd_named(str(original), path) != str(original):
-        original = wasmtime_error(fd_named(str(original), path))
+    named = fd_named(str(original), path) if path is not None else str(original)
+    if named != str(original):
+        original = wasmtime_error(named)
     return original.with_traceback(None)
 
 
@@ -408,14 +407,6 @@ def _open_engine(engine: Any) -> bool:
     except ValueError:  # closed
         return False
     return True
-
-
-def _regular_file(path: str) -> bool:
-    """Whether `path` names a regular file now (a load of anything else fails, or is wasmtime's alone)."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return False
 
 
 def _serving() -> DropIn | None:

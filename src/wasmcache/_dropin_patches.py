@@ -139,13 +139,14 @@ def _entry_bytes(served: Any) -> bytearray | None:
         os.close(fd)
 
 
-def _nothing_to_map(path: str) -> bool:
-    """Not a regular file (none, a directory, a device, a pipe): nothing a program rewrites under a mapping,
-    and wasmtime's own answer (its error, which names `path`) comes at once; a copy of /dev/zero never would."""
+def regular_file(path: str) -> bool:
+    """Whether `path` names a regular file now. Anything else (none, a directory, a device, a pipe) is
+    wasmtime's alone: nothing a program rewrites under a mapping, and wasmtime's answer (its error, which
+    names `path`) comes at once, where a copy of /dev/zero never would; no root is opened for it."""
     try:
-        return not stat.S_ISREG(os.stat(path).st_mode)
+        return stat.S_ISREG(os.stat(path).st_mode)
     except (OSError, ValueError):
-        return True
+        return False
 
 
 def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], Any]) -> dict[str, Any]:
@@ -191,7 +192,7 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
     def deserialize_file(cls_: Any, engine: Any, path: Any) -> Any:
         dropin = serving()
         if (dropin is None or not isinstance(engine, engine_type) or not isinstance(path, str) or "\0" in path
-                or dropin.owns(path) or _nothing_to_map(path)):
+                or dropin.owns(path) or not regular_file(path)):
             return original_deserialize_file(cls_, engine, path)
         cached = dropin._load_precompiled(engine, kind, path)  # noqa: SLF001
         if cached is None:
