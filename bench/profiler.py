@@ -30,12 +30,12 @@ EXPECTED = (
     "wasmcache._cache:ModuleCache.load",
     "wasmcache._cache:ModuleCache._load",
     "wasmcache._cache:ModuleCache._digest",
-    "wasmcache._key:SourceDigests.digest",
-    "wasmcache._context:CacheContext.engine_identity",
+    "wasmcache._core:SourceDigests.digest",
+    "wasmcache._core:CacheContext.engine_identity",
     "wasmcache._cache:load_entry",
-    "wasmcache._storage:Namespace.check",
+    "wasmcache._core:Namespace.check",
     "wasmcache._cache:_deserialize",
-    "wasmcache._native:deserialize_file",
+    "wasmcache._core:deserialize_file",
 )
 MODES = ("cprofile", "importtime", "strace")
 TINY_WAT = '(module (func (export "f") (result i32) i32.const 42) (memory (export "memory") 1))'

@@ -7,8 +7,8 @@ under `wasmcache exec` from the `_hook.zip` beside the package), imported at int
 `wasmtime` is imported: a process that never imports wasmtime pays one entry in `sys.meta_path`,
 not an import of wasmcache.
 
-It is also the one home of the switches' words (`env_flag`, read by the .pth, the sitecustomize,
-`_root` and doctor) and of the line a guest speaks on stderr (`say`: `wasmcache[PID]: ...`).
+It is also the one home of the switches' words (`env_flag`, read by the .pth, the sitecustomize, the
+core's `disabled_by_environment` and doctor) and of the line a guest speaks on stderr (`say`: `wasmcache[PID]: ...`).
 `when_imported(name, callback)` is the post-import hook the drop-in also uses for
 `wasmtime.component` (whose import costs ~10 ms, so it is patched only if the program imports it).
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import wasmcache
 from conftest import run_json
-from wasmcache._layout import lock_path
+from wasmcache._core import lock_path
 from wasmcache._lock import KeyLock
 
 CHAOS_SECONDS = float(os.environ.get("WASMCACHE_CHAOS_SECONDS", "8"))

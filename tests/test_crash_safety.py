@@ -244,9 +244,8 @@ def test_a_bad_entry_found_while_holding_the_key_lock_is_repaired_not_waited_on(
     # lock again on another fd would wait for ourselves (flock is per open file).
     import threading
 
-    from wasmcache._layout import lock_path, record_path
+    from wasmcache._core import Record, lock_path, record_path, write_record
     from wasmcache._lock import KeyLock
-    from wasmcache._record import Record, write_record
 
     cache = wasmcache.ModuleCache(root, lock_timeout=5)
     wasm = answer_module(88)

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import wasmcache
+from wasmcache._core import Record
 from wasmcache._elf import ENGINE_SECTION, find_section
-from wasmcache._record import Record
 from wasmgen import answer_module
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

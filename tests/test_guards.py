@@ -631,7 +631,7 @@ def test_gc_and_clear_leave_a_key_whose_lock_is_held(root: Path) -> None:
     # removal would leave half a pair (or take the entry it is about to map). The key nobody holds
     # is removed by the same calls (the control). Breakages: evict or clear without the key's lock
     # (mutants `gc-evict-under-key-lock`, `clear-under-key-lock`).
-    from wasmcache._layout import lock_path
+    from wasmcache._core import lock_path
     from wasmcache._lock import KeyLock
 
     cache = wasmcache.ModuleCache(root)

@@ -318,8 +318,7 @@ def test_a_program_using_wasmtimes_own_cache_finds_in_it_only_what_it_put_there(
     stats = json.loads(run_cli("stats", "--cache-dir", str(tmp_path / "guest"), "--json").stdout)
     assert (stats["dropin"]["hits"], stats["dropin"]["compiles"]) == (2, 1)  # the drop-in served it
     # ... keyed by that engine's exact settings (fingerprinted without its cache, not as a default engine)
-    from wasmcache._fingerprint import engine_fingerprint
-    from wasmcache._layout import namespace_name
+    from wasmcache._core import engine_fingerprint, namespace_name
 
     same = wasmtime.Config()
     same.cranelift_opt_level = "none"

@@ -225,7 +225,7 @@ def test_memory_mode_never_returns_a_mapped_module(tmp_path: Path) -> None:
 def test_size_accounting_runs_after_the_key_lock_is_released(tmp_path: Path) -> None:
     code = f"""
         import json, wasmcache, wasmcache._maintenance as m
-        from wasmcache._layout import lock_path
+        from wasmcache._core import lock_path
         from wasmcache._lock import try_lock
         from wasmgen import answer_module
         seen = []
@@ -247,7 +247,7 @@ def test_size_accounting_runs_after_the_key_lock_is_released(tmp_path: Path) -> 
 
 def test_verify_fix_leaves_an_entry_whose_key_is_locked(tmp_path: Path) -> None:
     import wasmcache
-    from wasmcache._layout import lock_path
+    from wasmcache._core import lock_path
     from wasmcache._lock import KeyLock
 
     cache = wasmcache.ModuleCache(tmp_path / "c")
@@ -278,8 +278,7 @@ def test_an_entry_wasmtime_refuses_costs_one_warning(tmp_path: Path, caplog: pyt
     import blake3
 
     import wasmcache
-    from wasmcache._layout import record_path
-    from wasmcache._record import Identity, read_record, write_record
+    from wasmcache._core import Identity, read_record, record_path, write_record
 
     cache = wasmcache.ModuleCache(tmp_path / "c")
     cache.load(answer_module(16))
@@ -326,7 +325,7 @@ def test_stats_reads_the_usage_record_without_scanning(tmp_path: Path) -> None:
 
 UPLOAD_OBSERVED = """
 import json, sys, wasmcache
-from wasmcache._layout import lock_path
+from wasmcache._core import lock_path
 from wasmcache._lock import try_lock
 from wasmcache._remote import _tier
 from wasmgen import answer_module
@@ -367,7 +366,7 @@ def test_the_default_root_is_platformdirs_user_cache_dir(home: Path, xdg: str | 
     extra = {} if xdg is None else {"XDG_CACHE_HOME": xdg}
     code = """
         import json, platformdirs
-        from wasmcache._root import user_cache_dir
+        from wasmcache._core import user_cache_dir
         print(json.dumps([user_cache_dir(), platformdirs.user_cache_dir("wasmcache", appauthor=False)]))
     """
     ours, theirs = json.loads(run_fresh(code, home, **extra).stdout)

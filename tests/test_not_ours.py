@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import wasmcache
 from conftest import run_cli
-from wasmcache._layout import lock_path, record_path
+from wasmcache._core import lock_path, record_path
 from wasmcache._lock import KeyLock
 from wasmgen import answer_module
 
@@ -113,7 +113,7 @@ def flock(fd, operation):
         os.unlink(path)
     return real(fd, operation)
 fcntl.flock = flock
-from wasmcache._fs import write_atomically
+from wasmcache._core import write_atomically
 target = Path(sys.argv[1])
 write_atomically(target, b"the whole file")
 print(len(reaped), target.read_bytes().decode())

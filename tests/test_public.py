@@ -24,8 +24,7 @@ import wasmtime
 from caddy_server import caddy_fixture  # noqa: F401 - the `caddy` fixture
 from conftest import declaring_site, run_cli, run_python
 from wasmcache._compat import isa_flags
-from wasmcache._fingerprint import engine_identity
-from wasmcache._key import wasm_digest
+from wasmcache._core import engine_identity, wasm_digest
 from wasmcache._public import _client, _transport, resolve_substituter_settings
 from wasmcache._public._build import compile_at_levels
 from wasmcache._public._levels import TARGETS_DIR
@@ -306,7 +305,7 @@ def test_revoked_artifacts_are_never_selected(published, caddy, tmp_path):
 
 
 def wasmtime_version() -> str:
-    from wasmcache._fingerprint import wasmtime_version as version
+    from wasmcache._core import wasmtime_version as version
 
     return version()
 
@@ -508,7 +507,7 @@ def test_disk_full_mid_download_leaves_nothing(published, tmp_path):
     dest = tmp_path / "entry.cwasm"
     code = f"""
         import json, resource, signal, wasmtime
-        from wasmcache._fingerprint import engine_identity
+        from wasmcache._core import engine_identity
         from wasmcache._public import PublicTier, resolve_substituter_settings
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
         section = engine_identity(wasmtime.Engine()).section
@@ -557,7 +556,7 @@ def test_a_tools_entry_point_declares_its_substituter(published, tmp_path):
     dest = tmp_path / "entry.cwasm"
     code = f"""
         import json, wasmtime
-        from wasmcache._fingerprint import engine_identity
+        from wasmcache._core import engine_identity
         from wasmcache._public import PublicTier, resolve_substituter_settings
         settings = resolve_substituter_settings()
         tier = PublicTier(settings)
@@ -585,7 +584,7 @@ def test_broken_declarations_are_one_plain_line_each_and_a_bad_environment_keeps
     dest = tmp_path / "entry.cwasm"
     code = f"""
         import json, wasmtime
-        from wasmcache._fingerprint import engine_identity
+        from wasmcache._core import engine_identity
         from wasmcache._public import PublicTier, settings_for_cache
         tier = PublicTier(settings_for_cache(None, None))
         fetched = tier.fetch(kind="module", wasm_digest="{published['digest']}",
@@ -819,7 +818,7 @@ def test_ssl_cert_file_makes_the_test_ca_trusted_in_a_fresh_process(published, c
     dest = tmp_path / "entry.cwasm"
     code = f"""
         import json, wasmtime
-        from wasmcache._fingerprint import engine_identity
+        from wasmcache._core import engine_identity
         from wasmcache._public import PublicTier, resolve_substituter_settings
         tier = PublicTier(resolve_substituter_settings())
         fetched = tier.fetch(kind="module", wasm_digest="{published['digest']}",

@@ -15,8 +15,8 @@ from wasmcache.cli._remote import write_keypair
 
 FETCH_AND_RUN = """
     import json, os, sys, tempfile, wasmtime
-    from wasmcache._fingerprint import engine_identity
-    from wasmcache._key import wasm_digest
+    from wasmcache._core import engine_identity
+    from wasmcache._core import wasm_digest
     from wasmcache._public import PublicTier, resolve_substituter_settings
     wasm, dest, out = sys.argv[1:4]
     engine = wasmtime.Engine()

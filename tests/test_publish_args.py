@@ -16,7 +16,7 @@ import pytest
 import wasmtime
 
 from conftest import run_cli
-from wasmcache._fingerprint import wasmtime_version
+from wasmcache._core import wasmtime_version
 from wasmcache._public._build import compile_at_levels
 from wasmcache._public._publish import PublishError, publish
 from wasmcache.cli._remote import write_keypair

@@ -193,7 +193,7 @@ def test_a_substituted_record_admits_cpu_levels_only_never_other_engine_settings
     import blake3
 
     import wasmcache
-    from wasmcache._record import Record, write_record
+    from wasmcache._core import Record, write_record
 
     wasm = wasmtime.wat2wasm(WAT)
     cache = wasmcache.ModuleCache(tmp_path / "root", engine=wasmcache.EngineSettings(opt_level="0"))

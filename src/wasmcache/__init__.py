@@ -18,19 +18,17 @@ if TYPE_CHECKING:
     import os
 
     from ._cache import ModuleCache
-    from ._context import Mode
+    from ._core import Mode, engine_fingerprint, parse_size
     from ._dropin import DropIn
     from ._engine import EngineSettings
-    from ._fingerprint import engine_fingerprint
     from ._maintenance import EntryInfo, GcReport
-    from ._root import parse_size
     from ._stats import CacheStats
     from ._verify import Finding, VerifyReport
     from ._version import __version__
 
 # name -> the private module that defines it
 _LAZY = {"CacheStats": "_stats", "ModuleCache": "_cache", "EngineSettings": "_engine",
-         "engine_fingerprint": "_fingerprint", "parse_size": "_root", "EntryInfo": "_maintenance",
+         "engine_fingerprint": "_core", "parse_size": "_core", "EntryInfo": "_maintenance",
          "GcReport": "_maintenance", "Finding": "_verify", "VerifyReport": "_verify", "DropIn": "_dropin",
          "__version__": "_version"}
 

@@ -22,18 +22,37 @@ import time
 from _thread import allocate_lock
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from . import _native
-from ._context import DEFAULT_LOCK_TIMEOUT, CacheContext, Mode, Place
+from . import _core
+from ._core import (
+    DEFAULT_LOCK_TIMEOUT,
+    CacheContext,
+    CheckedEntry,
+    EntryRefusedError,
+    Identity,
+    Kind,
+    Loaded,
+    Mode,
+    Namespace,
+    Place,
+    Source,
+    SourceDigests,
+    UntrustedEntryError,
+    artifact_fingerprint,
+    cache_key,
+    forget_all,
+    loaded_by_engine,
+    loaded_guard,
+    log,
+    read_fd,
+    remember,
+    resolve_max_size,
+    served_entries,
+    snapshot_key,
+    source_of,
+    unsafe_reason,
+    wasm_digest,
+)
 from ._errors import CacheError, CompileError, ConfigError, wasmtime_reason
-from ._fs import read_fd
-from ._key import Source, SourceDigests, artifact_fingerprint, cache_key, snapshot_key, source_of, wasm_digest
-from ._layout import Kind
-from ._loaded import Loaded, forget_all, loaded_by_engine, loaded_guard, remember, served_entries
-from ._log import log
-from ._native import EntryRefusedError
-from ._record import Identity
-from ._root import resolve_max_size, unsafe_reason
-from ._storage import CheckedEntry, Namespace, UntrustedEntryError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,8 +61,8 @@ if TYPE_CHECKING:
     import wasmtime
     from wasmtime.component import Component
 
+    from ._core import EngineIdentity
     from ._engine import EngineSettings
-    from ._fingerprint import EngineIdentity
     from ._maintenance import EntryInfo, GcReport
     from ._miss import MissPath
     from ._public import SubstituterSettings
@@ -84,7 +103,7 @@ class ModuleCache:
     ``$WASMCACHE_SUBSTITUTER_ROOTS``, plus what installed tools declare).
     """
 
-    # The per-process memo (see `_loaded`): one module per key and engine, kept while it is recent. The
+    # The per-process memo (see `Loaded`): one module per key and engine, kept while it is recent. The
     # drop-in's caches have none: a guest keeps no module (nor its descriptor) alive beyond the program.
     _memo = True
 
@@ -457,7 +476,7 @@ def _deserialize(ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any:
     try:
         if ctx.mode == "mmap":
             # Map the inode behind our checked fd, not whatever the entry's path names by now.
-            return _native.deserialize_file(kind, ctx.engine, f"{_FD_DIR}/{checked.fd}")
+            return _core.deserialize_file(kind, ctx.engine, f"{_FD_DIR}/{checked.fd}")
         try:
             data = read_fd(checked.fd, checked.stat.st_size)
             changed = Identity.of(os.fstat(checked.fd)) != Identity.of(checked.stat)
@@ -465,7 +484,7 @@ def _deserialize(ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any:
             raise _EntryChangedError from exc
         if changed:
             raise _EntryChangedError
-        return _native.deserialize(kind, ctx.engine, data)
+        return _core.deserialize(kind, ctx.engine, data)
     except wasmtime.WasmtimeError as exc:
         reason = wasmtime_reason(exc)
         if _out_of_resources(reason):  # this process's limits, not the entry's fault: never set aside
@@ -475,7 +494,8 @@ def _deserialize(ctx: CacheContext, checked: CheckedEntry, kind: Kind) -> Any:
 
 def _repair(ctx: CacheContext, namespace: Namespace, key: str, seen: Identity | None, reason: str, *,
             locked: bool = False) -> None:
-    """One warning, then quarantine the entry if it is still the file judged bad (see `_storage`)."""
+    """One warning, then quarantine the entry if it is still the file judged bad
+    (`Namespace.quarantine_if_unchanged`)."""
     log.warning("wasmcache: bad cache entry %s: %s; setting it aside and loading it anew", namespace.entry_path(key),
                 reason)
     if ctx.writable:

@@ -15,17 +15,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from ._elf import ENGINE_SECTION, find_section
-from ._layout import (
+from ._core import (
     ENTRY_SUFFIX,
+    Identity,
+    existing_root,
     is_entry_name,
     is_namespace_name,
     key_of,
+    namespaces,
+    read_record,
     record_path,
+    unsafe_fix,
+    unsafe_reason,
 )
-from ._record import Identity, read_record
-from ._root import existing_root, unsafe_fix, unsafe_reason
-from ._storage import namespaces
+from ._elf import ENGINE_SECTION, find_section
 from ._verify import verify_root
 
 DANGER: Final = "danger"

@@ -14,7 +14,7 @@ While installed, for any engine the program builds:
 What the program gets back is a real object of that class and engine: it adopts a clone of the
 cached object's native handle (a reference count in Rust; the same compiled code and mapping).
 Invalid wasm raises wasmtime's own WasmtimeError. wasmcache's own compiles and loads call the
-originals (captured by `_native` before anything is patched), and `uninstall()` puts them back.
+originals (captured by `_core.originals` before anything is patched), and `uninstall()` puts them back.
 """
 
 from __future__ import annotations
@@ -25,9 +25,20 @@ from typing import TYPE_CHECKING, Any, Final
 
 import _wasmcache_hook
 
-from . import _log
+from . import _core
 from ._cache import ModuleCache
-from ._context import Counters
+from ._core import (
+    Counters,
+    WeakKeyMap,
+    has_marker,
+    held_weakly,
+    is_entry_name,
+    is_namespace_name,
+    log,
+    resolve_max_size,
+    resolve_root,
+    unreachable_reason,
+)
 from ._dropin_patches import (
     apply,
     record_configs,
@@ -38,16 +49,11 @@ from ._dropin_patches import (
     wasmtime_error,
 )
 from ._errors import CacheError, CompileError, ConfigError, EngineCannotCompileError, SourceError, fd_named
-from ._layout import is_entry_name, is_namespace_name
-from ._loaded import WeakKeyMap, held_weakly
-from ._log import log
-from ._root import has_marker, resolve_max_size, resolve_root, unreachable_reason
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from ._context import Mode
-    from ._layout import Kind
+    from ._core import Kind, Mode
     from ._stats import CacheStats
 
 
@@ -255,8 +261,7 @@ class DropIn:
     def _own_cache_fingerprint(self, engine: Any) -> bool:
         """Fingerprint an engine that has wasmtime's own cache without compiling with it (our probe
         would write into that cache): False if its settings are not fully known."""
-        from ._fingerprint import EngineMemo, remember_fingerprint  # noqa: PLC0415
-        from ._layout import ENGINES_DIR  # noqa: PLC0415
+        from ._core import ENGINES_DIR, EngineMemo, remember_fingerprint  # noqa: PLC0415
 
         cache = self._root_cache
         memo = EngineMemo(cache.root / ENGINES_DIR, writable=cache.writable) if cache is not None else None
@@ -280,7 +285,7 @@ class DropIn:
             return None  # wasmtime's answer (its error for it, "already closed"); no root opened (nor $HOME made)
         try:
             if not uses_wasmtime_cache(engine):
-                from ._fingerprint import engine_identity  # noqa: PLC0415 - loaded with the cache already
+                from ._core import engine_identity  # noqa: PLC0415
 
                 engine_identity(engine)  # the probe, before any root: an engine that cannot compile stops here
             cache = self._cache_for(engine)
@@ -347,10 +352,10 @@ def _open_root_cache(root: str | os.PathLike[str] | None, mode: Mode, max_size: 
                      strict: bool) -> ModuleCache:
     """The root's cache; a guest holds back the core's word on a root it cannot create (the drop-in
     says once what that means for this program, see DropIn.warn_unusable)."""
-    with _log.held() as held:
+    with _core.held() as held:
         cache = ModuleCache(root, mode=mode, max_size=max_size, strict=strict)
     if cache.disabled or has_marker(cache.root):
-        _log.replay(held)
+        _core.replay(held)
     return cache
 
 
@@ -424,7 +429,7 @@ def _patch_components(_component_package: Any) -> None:
 
 
 def _disabled() -> bool:
-    from ._root import disabled_by_environment  # noqa: PLC0415
+    from ._core import disabled_by_environment  # noqa: PLC0415
 
     return disabled_by_environment()
 
@@ -490,7 +495,7 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
         finally:
             _installing = False
         if not _automatic:
-            _log.end_guest()  # the program installed wasmcache itself: its logging decides again
+            _core.end_guest()  # the program installed wasmcache itself: its logging decides again
         _active = dropin
         if _disabled():
             log.info("wasmcache: $WASMCACHE_DISABLE is set: the drop-in stays off")
@@ -523,7 +528,7 @@ def auto_install() -> DropIn | None:
     """$WASMCACHE_AUTO's activation (from the startup hook): never raises into the program."""
     if _disabled() or _installing or _active is not None:
         return None  # an explicit install() is under way (it imported wasmtime) or done: it wins
-    _log.become_guest()  # a program that never asked for wasmcache: nothing through its logging
+    _core.become_guest()  # a program that never asked for wasmcache: nothing through its logging
     try:
         return install(_automatic=True)
     except (CacheError, OSError) as exc:

@@ -15,14 +15,13 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _native
-from ._log import log
+from . import _core
+from ._core import log
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ._fingerprint import EngineMemo
-    from ._layout import Kind
+    from ._core import EngineMemo, Kind
 
 
 # The class attributes the drop-in replaces (each restored by identity on uninstall).
@@ -53,11 +52,7 @@ def section_without_wasmtime_cache(engine: Any, memo: EngineMemo | None) -> byte
     settings = [(name, value) for name, value in engine.__dict__.get(SETTINGS, ()) if name != "cache"]
     if engine.__dict__.get(RAW) or not all(isinstance(v, (bool, int, str)) for _, v in settings):
         return None
-    from ._fingerprint import (  # noqa: PLC0415
-        engine_section,
-        memo_key_for,
-        remembered_section,
-    )
+    from ._core import engine_section, memo_key_for, remembered_section  # noqa: PLC0415
 
     described = "wasmtime.Config(" + ", ".join(f"{name}={value!r}" for name, value in settings) + ")"
 
@@ -102,7 +97,7 @@ def _deserialize_copy(cls: Any, engine: Any, path: str, deserialize: Callable[..
 
 def _mark_entry(served: Any, engine: Any, cached: Any) -> Any:
     """Note on `served` (a clone of `cached`) the entry file `cached` maps, for `serialize`."""
-    from ._loaded import mapped_entry  # noqa: PLC0415 - loaded with the cache already
+    from ._core import mapped_entry  # noqa: PLC0415
 
     found = mapped_entry(engine, cached)
     if found is not None:
@@ -122,8 +117,7 @@ def _entry_bytes(served: Any) -> bytearray | None:
     found = served.__dict__.get(_ENTRY)
     if found is None:
         return None
-    from ._fs import READ_FLAGS, read_fd  # noqa: PLC0415
-    from ._record import Identity  # noqa: PLC0415
+    from ._core import READ_FLAGS, Identity, read_fd  # noqa: PLC0415
 
     path, identity = found
     try:
@@ -224,7 +218,7 @@ def apply(kind: Kind, serving: Callable[[], Any]) -> None:
     if kind in _patches:
         return
     # The core's own calls go through _native's originals: captured before we patch anything.
-    cls = _native.originals(kind)["class"]
+    cls = _core.originals(kind)["class"]
     # What is in place now (wasmtime's, or another tool's instrumentation of it) is what a call
     # we do not serve goes to, and what uninstall puts back.
     current = {name: cls.__dict__.get(name) for name in (*_PATCHED, "deserialize")}

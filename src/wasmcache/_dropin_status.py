@@ -70,8 +70,8 @@ def dropin_status(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 
 def _root_problem() -> str | None:
     """Why the drop-in's cache root (from the environment) would be refused, without creating it."""
+    from ._core import has_marker, not_a_root_message, resolve_max_size, resolve_root, unsafe_reason  # noqa: PLC0415
     from ._errors import CacheError  # noqa: PLC0415
-    from ._root import has_marker, not_a_root_message, resolve_max_size, resolve_root, unsafe_reason  # noqa: PLC0415
 
     try:
         resolve_max_size(None)

@@ -4,7 +4,7 @@ Building an engine is dangerous in wasmtime-py: `wasm_engine_new_with_config` *a
 process* (a Rust panic) when wasmtime rejects a combination (Winch with GC, GC without
 reference types, ...). So settings not seen before are tried once in a child process, which
 also compiles a function with them (Winch with exceptions builds, then cannot compile code);
-the verdict and the fingerprint are remembered (see `_fingerprint`), so later processes
+the verdict and the fingerprint are remembered (see `_core.remembered_section`), so later processes
 neither fork nor probe.
 """
 
@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ._errors import ConfigError
-from ._fingerprint import (
+from ._core import (
     FIRST_WINCH_RELEASE,
     EngineMemo,
     engine_section,
@@ -26,6 +25,7 @@ from ._fingerprint import (
     wasmtime_major,
     wasmtime_version,
 )
+from ._errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping

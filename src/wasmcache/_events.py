@@ -18,7 +18,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Final
 
-from ._layout import EVENTS_NAME, EVENTS_OLD_NAME
+from ._core import EVENTS_NAME, EVENTS_OLD_NAME
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -8,11 +8,18 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from ._core import (
+    ENTRY_SUFFIX,
+    NAMESPACE_ENGINE_FILE,
+    READ_FLAGS,
+    RECORD_SUFFIX,
+    digest_fd,
+    is_namespace_name,
+    read_record,
+    read_small_file,
+)
 from ._elf import ENGINE_SECTION, artifact_kind, find_section
 from ._errors import CacheError
-from ._fs import READ_FLAGS, digest_fd, read_small_file
-from ._layout import ENTRY_SUFFIX, NAMESPACE_ENGINE_FILE, RECORD_SUFFIX, is_namespace_name
-from ._record import read_record
 
 
 def _resolve(target: str, root: Path) -> tuple[Path, bool]:
@@ -22,7 +29,7 @@ def _resolve(target: str, root: Path) -> tuple[Path, bool]:
         return path, False
     if not re.fullmatch(r"[0-9a-fA-F]{4,64}", target):
         raise CacheError(f"{target}: neither a file nor an entry key (4 to 64 hex digits)")
-    from ._root import existing_root  # noqa: PLC0415 - a key is looked up in a root: one that is usable
+    from ._core import existing_root  # noqa: PLC0415
 
     matches = sorted(root.glob(f"ns-*/{target.lower()}*{ENTRY_SUFFIX}")) if existing_root(root, "look into") else []
     if not matches:

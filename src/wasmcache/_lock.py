@@ -18,8 +18,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Final
 
-from ._fs import O_CLOEXEC, O_NOFOLLOW
-from ._loaded import held_weakly
+from ._core import O_CLOEXEC, O_NOFOLLOW, held_weakly
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

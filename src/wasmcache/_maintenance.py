@@ -13,23 +13,25 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from ._errors import CacheError
-from ._fs import reap_if_dead
-from ._layout import (
+from ._core import (
     DIGESTS_DIR,
     ENGINES_DIR,
     GC_LOCK_NAME,
     QUARANTINE_DIR,
+    Namespace,
+    existing_root,
     is_entry_name,
     is_namespace_name,
     is_temp_name,
+    iter_entries,
+    log,
+    namespaces,
+    read_record,
+    reap_if_dead,
 )
+from ._errors import CacheError
 from ._lock import KeyLock, holder_name, wait_for_lock
-from ._log import log
-from ._record import read_record
-from ._root import existing_root
 from ._stats import read_usage, write_usage
-from ._storage import Namespace, iter_entries, namespaces
 
 if TYPE_CHECKING:
     from pathlib import Path

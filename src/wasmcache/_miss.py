@@ -16,28 +16,31 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from . import _native
-from ._context import Place
+from . import _core
+from ._core import (
+    SUBSTITUTERS_DIR,
+    EntryRefusedError,
+    Namespace,
+    Place,
+    Record,
+    artifact_section,
+    fingerprint_of_section,
+    log,
+    read_input,
+    snapshot_key,
+    wasm_digest,
+    wasmtime_version,
+)
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import CompileError, SourceError, fd_named, wasmtime_reason
-from ._fingerprint import fingerprint_of_section, wasmtime_version
-from ._key import artifact_section, read_input, snapshot_key, wasm_digest
-from ._layout import SUBSTITUTERS_DIR
-from ._log import log
-from ._native import EntryRefusedError
-from ._record import Record
-from ._storage import Namespace
 
 if TYPE_CHECKING:
-    from ._context import CacheContext
-    from ._layout import Kind
+    from ._core import CacheContext, CheckedEntry, Identity, Kind
     from ._lock import KeyLock
     from ._public import PublicTier, SubstituterSettings
     from ._public._client import Fetched
-    from ._record import Identity
     from ._remote import RemoteTier
     from ._remote._settings import RemoteSettings
-    from ._storage import CheckedEntry
 
 
 # A compile of this much wasm takes a second or more: a terminal is told it started, and why.
@@ -220,7 +223,7 @@ class MissPath:
                          f"; no precompiled substitute: {no_substitute}" if no_substitute else "")
         started = time.perf_counter()
         try:
-            compiled = _native.compile_wasm(kind, self._ctx.engine, data)
+            compiled = _core.compile_wasm(kind, self._ctx.engine, data)
         except wasmtime.WasmtimeError as exc:
             if data[:4] == b"\x7fELF":  # wasmtime would say "input was not valid utf-8" (it tried WAT)
                 raise CompileError(name, "a precompiled Wasmtime file (.cwasm), not wasm: load it with "
@@ -236,7 +239,7 @@ class MissPath:
         import wasmtime  # noqa: PLC0415
 
         try:
-            return _native.deserialize(kind, self._ctx.engine, data)
+            return _core.deserialize(kind, self._ctx.engine, data)
         except wasmtime.WasmtimeError as exc:
             raise CompileError(name, wasmtime_reason(exc), exc) from None
 
@@ -420,7 +423,7 @@ class MissPath:
                 return None
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE |
                         fcntl.F_SEAL_SEAL)
-            module = _native.deserialize_file(kind, self._ctx.engine, f"/proc/self/fd/{fd}")
+            module = _core.deserialize_file(kind, self._ctx.engine, f"/proc/self/fd/{fd}")
         except (OSError, wasmtime.WasmtimeError) as exc:
             log.info("wasmcache: the substitute for %s could not be mapped from memory (%s); compiling it", name, exc)
             return None

@@ -1,6 +1,6 @@
 """What a cache reports: the `CacheStats` snapshot it hands out, and the root's usage record.
 
-Not on the hit path (a process that only loads imports neither): the live counters are in `_context`."""
+Not on the hit path (a process that only loads imports neither): the live counters are `_core.Counters`."""
 
 # No `from __future__ import annotations`: typing.NamedTuple makes each string annotation a ForwardRef
 # and compiles it (~0.15 ms a class in every process that loads a module: issue 14, item 7).
@@ -8,8 +8,7 @@ import os
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
-from ._fs import read_small_file, write_atomically
-from ._layout import USAGE_NAME
+from ._core import USAGE_NAME, read_small_file, write_atomically
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

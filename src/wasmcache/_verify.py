@@ -12,22 +12,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from ._elf import ENGINE_SECTION, find_section
-from ._fingerprint import fingerprint_of_section
-from ._fs import READ_FLAGS
-from ._layout import (
+from ._core import (
     ENTRY_SUFFIX,
+    READ_FLAGS,
     ROOT_DIRS,
     ROOT_FILES,
+    Identity,
+    Namespace,
+    UntrustedEntryError,
+    disabled_by_environment,
+    existing_root,
+    fingerprint_of_section,
     is_namespace_name,
     is_temp_name,
     namespace_name,
+    namespaces,
+    read_record,
 )
+from ._elf import ENGINE_SECTION, find_section
 from ._maintenance import scan_usage
-from ._record import Identity, read_record
-from ._root import disabled_by_environment, existing_root
 from ._stats import write_usage
-from ._storage import Namespace, UntrustedEntryError, namespaces
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,7 @@ def settings_for_cache(substituters: Sequence[str] | str | None,
     ($WASMCACHE_SUBSTITUTERS & co., not the program's code) is one warning (`settings_from_environment`)."""
     if substituters is not None or roots is not None:
         return resolve_substituter_settings(substituters, roots)
-    from .._log import log  # noqa: PLC0415
+    from .._core import log  # noqa: PLC0415
 
     return settings_from_environment(
         lambda exc: log.warning("wasmcache: %s; only the substituters tools declare are asked", exc))

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 import blake3
 
 from .._compat import abi_hash, isa_flags
+from .._core import wasm_digest, wasm_kind
 from .._elf import ENGINE_SECTION, find_section
 from .._errors import ConfigError
-from .._key import wasm_digest, wasm_kind
 from ._levels import levels_for, target_path
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def target_custom(*, kind: str, digest: str, section: bytes, level: str, wasmtim
     info = decode_engine_section(section)
     return {
         "kind": kind,
-        "wasm": digest,  # wasmcache's `_key.wasm_digest` of the input
+        "wasm": digest,  # wasmcache's `wasm_digest` of the input
         "abi": abi_hash(section),
         "isa": sorted(isa_flags(section)),
         "level": level,
@@ -93,8 +93,8 @@ def _child_level_probe() -> None:
     """In a child (see `probe_levels`): build the level's engine, compile a function, print its section."""
     import wasmtime  # noqa: PLC0415
 
+    from .._core import engine_section  # noqa: PLC0415
     from .._engine import EngineSettings  # noqa: PLC0415
-    from .._fingerprint import engine_section  # noqa: PLC0415
 
     raw = json.loads(sys.argv[1])
     settings = EngineSettings(**raw["settings"])
@@ -138,8 +138,8 @@ def probe_levels(settings: EngineSettings | None, triple: str,
 
 def host_section(settings: EngineSettings | None) -> bytes:
     """This runner's native engine section for `settings` (its true ISA flags are this CPU's)."""
+    from .._core import engine_identity  # noqa: PLC0415
     from .._engine import EngineSettings  # noqa: PLC0415
-    from .._fingerprint import engine_identity  # noqa: PLC0415
 
     engine = (settings or EngineSettings()).build()
     return engine_identity(engine).section
@@ -150,11 +150,9 @@ def compile_at_levels(wasm_file: str, settings: EngineSettings | None, levels: S
     """Compile `wasm_file` once per CPU level (default: every level this runner can compile)."""
     import wasmtime  # noqa: PLC0415
 
+    from .._core import compile_wasm, read_input, wasmtime_version  # noqa: PLC0415
     from .._engine import EngineSettings  # noqa: PLC0415
     from .._engine_section import decode_engine_section  # noqa: PLC0415
-    from .._fingerprint import wasmtime_version  # noqa: PLC0415
-    from .._key import read_input  # noqa: PLC0415
-    from .._native import compile_wasm  # noqa: PLC0415
 
     native = host_section(settings)
     triple = decode_engine_section(native).target

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 import blake3
 
 from .._compat import abi_hash, isa_flags, loadable
+from .._core import log
 from .._elf import ENGINE_SECTION, artifact_kind, find_section
-from .._log import log
 from ._levels import METADATA_DIR, REVOKED_FIELD, TARGETS_DIR, level_rank, target_path
 from ._transport import (
     STALL_TIMEOUT,

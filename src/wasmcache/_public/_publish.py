@@ -30,10 +30,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from .._core import log, write_atomically
 from .._errors import CacheError, ConfigError
-from .._fs import write_atomically
 from .._lock import KeyLock
-from .._log import log
 from ._levels import METADATA_DIR, REVOKED_FIELD, TARGETS_DIR
 
 if TYPE_CHECKING:
@@ -287,7 +286,7 @@ class Tree:
         """A SPEC that revokes an artifact this run would build again, byte for byte (compiles are
         deterministic: the same wasm, settings, level and wasmtime), leaves that input unpublished (a revoked
         artifact is never published again): refused before compiling."""
-        from .._fingerprint import wasmtime_version  # noqa: PLC0415
+        from .._core import wasmtime_version  # noqa: PLC0415
 
         targets = self.targets.signed.targets if self.targets is not None else {}
         version = wasmtime_version()
@@ -468,8 +467,8 @@ def check_inputs(files: Sequence[str | os.PathLike[str]]) -> None:
 def rebuilds(files: Sequence[str | os.PathLike[str]], settings: EngineSettings | None,
              levels: Sequence[str] | None) -> list[Rebuild]:
     """What compiling `files` with `settings` at `levels` will build, told before compiling (`check_rebuilds`)."""
+    from .._core import read_input, wasm_digest  # noqa: PLC0415
     from .._engine import EngineSettings  # noqa: PLC0415
-    from .._key import read_input, wasm_digest  # noqa: PLC0415
 
     described = (settings or EngineSettings()).describe()
     return [Rebuild(wasm_digest(read_input(os.fsdecode(f), os.fsdecode(f))[0]), described, levels) for f in files]

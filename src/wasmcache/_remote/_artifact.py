@@ -8,8 +8,8 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+from .._core import is_key
 from .._errors import CacheError
-from .._layout import is_key
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

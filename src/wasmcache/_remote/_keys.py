@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import blake3
 
+from .._core import log
 from .._errors import ConfigError
-from .._log import log
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey

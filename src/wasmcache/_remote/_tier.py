@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import blake3
 
+from .._core import is_key, log
 from .._errors import CacheError, ConfigError
-from .._layout import is_key
-from .._log import log
 from ._artifact import (
     FORMAT_VERSION,
     MAGIC,
@@ -340,7 +339,7 @@ class RemoteTier:
         """The signed object body for `data` (what `upload` puts)."""
         import zstandard  # noqa: PLC0415
 
-        from .._fingerprint import wasmtime_version  # noqa: PLC0415
+        from .._core import wasmtime_version  # noqa: PLC0415
 
         if self._signing_key is None or self._signing_key_id is None:
             raise ConfigError(f"remote {self.url}: signing needs a signing key")

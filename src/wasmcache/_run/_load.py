@@ -12,7 +12,7 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any
 
-from .._key import wasm_kind
+from .._core import wasm_kind
 from ._outcome import USAGE_EXIT, RunError
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     """The console script: every error is one line (exit 2), a traceback only with --debug."""
     args = sys.argv[1:] if argv is None else argv
     _exec_fast_path(args)
-    from .._log import show_progress_on_terminal  # noqa: PLC0415 - light: loaded with the package
+    from .._core import show_progress_on_terminal  # noqa: PLC0415 - light: loaded with the package
 
     show_progress_on_terminal()
     debug = "--debug" in args

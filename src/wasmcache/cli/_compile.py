@@ -12,10 +12,9 @@ import click
 
 from _wasmcache_hook import one_line
 
+from .._core import has_marker, lock_path
 from .._errors import CacheError
-from .._layout import lock_path
 from .._lock import holder
-from .._root import has_marker
 from ._group import (
     cache_dir_option,
     cli,

@@ -157,7 +157,7 @@ def open_cache(cache_dir: Path | None, settings: EngineSettings | None = None, *
 
 def root_of(cache_dir: Path | None) -> Path:
     """The absolute root the commands work on (the library's one resolution rule)."""
-    from .._root import resolve_root  # noqa: PLC0415
+    from .._core import resolve_root  # noqa: PLC0415
 
     return resolve_root(cache_dir)
 
@@ -187,7 +187,7 @@ def input_kind(path: Path) -> str:
     if not head:
         fail(f"{name}: empty file, expected a .wasm module or component")
     if head[:4] == b"\0asm":
-        from .._key import wasm_kind  # noqa: PLC0415
+        from .._core import wasm_kind  # noqa: PLC0415
 
         return wasm_kind(head)
     if head[:4] == b"\x7fELF":

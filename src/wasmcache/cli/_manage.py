@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, trusted_keys: tuple[str, ...],
           as_json: bool) -> None:
     """Entries, size and namespaces of the cache root (and the remote tier configured, if any)."""
+    from .._core import existing_root, resolve_max_size  # noqa: PLC0415
+    from .._core import namespaces as namespaces_of  # noqa: PLC0415
     from .._remote._settings import resolve_remote_settings  # noqa: PLC0415
-    from .._root import existing_root, resolve_max_size  # noqa: PLC0415
     from .._stats import read_usage  # noqa: PLC0415
-    from .._storage import namespaces as namespaces_of  # noqa: PLC0415
 
     root = root_of(cache_dir)
     existing_root(root, "read")
@@ -144,8 +144,8 @@ def ls_(cache_dir: Path | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def gc(cache_dir: Path | None, max_size: str | None, as_json: bool) -> None:
     """Evict least recently used entries; reap temp files of dead writers."""
+    from .._core import resolve_max_size  # noqa: PLC0415
     from .._maintenance import collect_garbage_locked  # noqa: PLC0415
-    from .._root import resolve_max_size  # noqa: PLC0415
 
     # --max-size given: $WASMCACHE_MAX_SIZE is not consulted (a bad value there must not stop this).
     report = collect_garbage_locked(root_of(cache_dir), resolve_max_size(max_size))
@@ -194,8 +194,8 @@ def verify(cache_dir: Path | None, fix: bool, as_json: bool) -> None:
 @cache_dir_option
 def clear(cache_dir: Path | None) -> None:
     """Remove every entry of every namespace (running programs keep what they mapped)."""
+    from .._core import existing_root  # noqa: PLC0415
     from .._maintenance import clear_root  # noqa: PLC0415
-    from .._root import existing_root  # noqa: PLC0415
 
     root = root_of(cache_dir)
     if not existing_root(root, "clear"):
@@ -297,10 +297,9 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
 def _substituter_findings(root: Path) -> list[Any]:
     """One line per configured substituter: reachable, root valid, metadata expiry, rollback relative to
     what this root's consumer already trusts, artifacts fitting this host. Writes nothing anywhere."""
+    from .._core import SUBSTITUTERS_DIR, read_record  # noqa: PLC0415
     from .._doctor import DANGER, INFO, WARNING, Diagnosis, SubstituterDiagnosis  # noqa: PLC0415
-    from .._layout import SUBSTITUTERS_DIR  # noqa: PLC0415
     from .._public import settings_from_environment  # noqa: PLC0415
-    from .._record import read_record  # noqa: PLC0415
 
     config: list[Diagnosis] = []
 
@@ -361,7 +360,7 @@ def _default_host_section() -> bytes | None:
     try:
         import wasmtime  # noqa: PLC0415
 
-        from .._fingerprint import engine_identity  # noqa: PLC0415
+        from .._core import engine_identity  # noqa: PLC0415
 
         return engine_identity(wasmtime.Engine()).section
     except Exception:  # doctor still checks the hosts without this count

@@ -27,8 +27,8 @@ from ._group import (
 )
 
 if TYPE_CHECKING:
+    from .._core import Namespace
     from .._remote import PutResult, RemoteTier
-    from .._storage import Namespace
 
 PRIVATE_NAME = "wasmcache-signing.pem"
 PUBLIC_NAME = "wasmcache-signing.pub"
@@ -95,9 +95,7 @@ def push_entry(remote: RemoteTier, namespace: Namespace, key: str) -> tuple[PutR
     Signing is an attestation, so nothing is signed that the local cache would not load itself:
     the same check as `verify` (`Namespace.check`), on the very bytes that are uploaded.
     """
-    from .._fingerprint import fingerprint_of_section  # noqa: PLC0415
-    from .._layout import namespace_name  # noqa: PLC0415
-    from .._storage import UntrustedEntryError  # noqa: PLC0415
+    from .._core import UntrustedEntryError, fingerprint_of_section, namespace_name  # noqa: PLC0415
 
     section = namespace.read_section()
     if section is None:
@@ -161,7 +159,7 @@ def push(push_all: bool, wasm: tuple[str, ...], codegen: tuple[str, ...], optimi
     """Sign and upload local entries: every one (--all) or those of FILES (compiled first if needed)."""
     if push_all == bool(files):
         raise RemoteCommandError("name the FILES to push, or pass --all (not both)")
-    from .._storage import Namespace  # noqa: PLC0415
+    from .._core import Namespace  # noqa: PLC0415
 
     tier = _remote_tier(resolve_remote_settings(remote, signing_key, trusted_keys, require_trusted=False))
     results: list[tuple[str, str, str, str]] = []  # (what, key, outcome, detail)
