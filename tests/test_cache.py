@@ -385,8 +385,7 @@ def test_import_is_light() -> None:
 # What a library hit imports beyond wasmtime (issue 14, item 7: each module costs every hit process ~0.1 ms
 # however small, plus its code's share): a new one on this list is a decision, not an accident. The startup
 # hook, the lock, the miss path and the ELF reader are not on it.
-_A_HIT_IMPORTS = {"__future__", "_json", "blake3", "blake3.blake3", "wasmcache", "wasmcache._cache", "wasmcache._core",
-                  "wasmcache._errors"}
+_A_HIT_IMPORTS = {"__future__", "_json", "wasmcache", "wasmcache._cache", "wasmcache._core", "wasmcache._errors"}
 
 
 def test_a_library_hit_imports_only_what_a_hit_needs(root: Path, tmp_path: Path) -> None:
@@ -554,19 +553,25 @@ def test_the_memo_keeps_a_bounded_number_of_modules_alive(root: Path) -> None:
 
 def test_gc_bounds_the_digest_memos_that_fresh_temporary_files_leave(root: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    # A tool that loads a freshly written file each time leaves one digest memo per file identity:
-    # gc keeps the newest MEMO_KEEP, and --max-size 0 (empty everything) keeps none.
+    # A tool that loads a freshly written file each time leaves one digest memo per file identity (and
+    # one memo of the key they share): gc keeps the newest MEMO_KEEP, and --max-size 0 (empty everything)
+    # keeps none.
     from wasmcache import _maintenance
+    from wasmcache._core import Identity, memo_file_name
 
     cache = ModuleCache(root)
     for i in range(12):
         source = tmp_path / f"tool-{i}.wasm"
         source.write_bytes(answer_module(7))  # the same module: one entry, a memo per file
         cache.load(source)
-        memo = max((root / "digests").iterdir(), key=lambda p: p.stat().st_mtime_ns)
-        os.utime(memo, (time.time() - 100 + i, time.time() - 100 + i))  # distinct ages, the last newest
+    for memo in (root / "digests").iterdir():  # the key's memo: the oldest
+        os.utime(memo, (time.time() - 200, time.time() - 200))
+    for i in range(12):  # distinct ages, the last file's memo the newest
+        identity = ":".join(map(str, Identity.of(os.stat(tmp_path / f"tool-{i}.wasm"))))
+        os.utime(root / "digests" / memo_file_name(f"wasm:{identity}"), (time.time() - 100 + i, time.time() - 100 + i))
     memos = sorted((root / "digests").iterdir(), key=lambda p: p.stat().st_mtime)
-    assert len(memos) == 12
+    assert len(memos) == 13
+    assert memos[0].read_bytes().startswith(b"cache_key:")
     monkeypatch.setattr(_maintenance, "MEMO_KEEP", 5)
     cache.gc()
     assert sorted((root / "digests").iterdir(), key=lambda p: p.stat().st_mtime) == memos[-5:]

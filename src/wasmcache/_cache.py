@@ -55,7 +55,7 @@ from ._core import (
 from ._errors import CacheError, CompileError, ConfigError, wasmtime_reason
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     import wasmtime
@@ -237,7 +237,7 @@ class ModuleCache:
         ctx = self._ctx
         name, path, data = source_of(source)
         digest, data = self._digest(name, path, data)
-        place, key = self._compiled_place(kind, digest)
+        place, key = self._compiled_place(kind, digest, remembered=path is not None)
         ctx.counters.add("misses")
         module = self._miss.load(name, path, data, place, key, kind, digest, replace=True)
         loaded = self._loaded_modules()
@@ -275,10 +275,10 @@ class ModuleCache:
             if fingerprint is None:  # not a Wasmtime artifact: wasmtime's own error, nothing cached
                 return self._miss.refuse(name, path, data, kind)
             place = Place(Namespace.of(ctx.root, fingerprint), None, fingerprint, serialized=True)
-            key = snapshot_key(fingerprint, kind, digest)
+            key = self._key(snapshot_key, fingerprint, kind, digest, remembered=path is not None)
         else:
             digest, data = self._digest(name, path, data)
-            place, key = self._compiled_place(kind, digest)
+            place, key = self._compiled_place(kind, digest, remembered=path is not None)
         if ctx.disabled:  # $WASMCACHE_DISABLE: compile every time, remember nothing, not even here
             ctx.counters.add("misses")
             return self._miss.load(name, path, data, place, key, kind, digest)
@@ -317,11 +317,18 @@ class ModuleCache:
         del released  # outside the guard: a released module's destructor runs here
         return module
 
-    def _compiled_place(self, kind: Kind, digest: str) -> tuple[Place, str]:
+    def _compiled_place(self, kind: Kind, digest: str, *, remembered: bool) -> tuple[Place, str]:
         """Where this engine's compile of an input with `digest` lives, and its key."""
         identity = self._ctx.engine_identity
         return (Place(self._ctx.namespace, identity.section, identity.fingerprint, serialized=False),
-                cache_key(identity.fingerprint, kind, digest))
+                self._key(cache_key, identity.fingerprint, kind, digest, remembered=remembered))
+
+    def _key(self, derive: Callable[[str, str, str], str], fingerprint: str, kind: str, digest: str, *,
+             remembered: bool) -> str:
+        """`derive(fingerprint, kind, digest)`; for an input named by its path, remembered with its digest."""
+        if not remembered:  # bytes: hashed already, the key costs nothing more
+            return derive(fingerprint, kind, digest)
+        return self._digests.key(derive, fingerprint, kind, digest, self._ctx.memo_root, writable=self._ctx.stores)
 
     def _loaded_modules(self) -> dict[tuple[str, str, str, str], Loaded]:
         loaded: dict[tuple[str, str, str, str], Loaded] = (loaded_by_engine.get(self.engine)

@@ -24,8 +24,6 @@ from _weakref import ref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-import blake3
-
 from ._errors import CacheError, ConfigError, EngineCannotCompileError, NotACacheError, SourceError, UnsafeCacheError
 
 if TYPE_CHECKING:
@@ -48,8 +46,9 @@ if TYPE_CHECKING:
 #                                    bound need no scan (exact after gc/verify, approximate between)
 #       gc.lock                      one collector at a time
 #       events, events.1             what the drop-in did: a line per process that it served (at exit)
-#       engines/<memo>.engine        validated engine settings and their engine sections
-#       digests/<id>                 a file's digest by its identity (device, inode, size, mtime, ctime)
+#       engines/<memo>.engine        validated engine settings, their engine sections and fingerprints
+#       digests/<memo>               a file's digest by its identity (device, inode, size, mtime, ctime),
+#                                    and the key made of a digest for an engine (a hit hashes nothing)
 #       quarantine/<key>.<ns>.<t>    bad entries moved aside (neither .cwasm nor .tmp)
 #       substituters/                each substituter's trusted TUF metadata (rollback protection; kept by
 #                                    clear) and brief memories of a host that is down or has no artifact
@@ -316,9 +315,49 @@ def read_fd(fd: int, size: int) -> bytearray:
     return data
 
 
+def blake3_hasher() -> Any:
+    """`blake3.blake3`, imported at its first use: a hit by path hashes nothing (what it needs is
+    remembered: the input's digest, the engine's fingerprint, the key), and `import blake3` costs a hit
+    process ~0.5 ms, and ~0.2 ms more at its exit (issue 14, item 7)."""
+    global _blake3  # noqa: PLW0603 - imported once per process
+    if _blake3 is None:
+        from blake3 import blake3  # noqa: PLC0415
+
+        _blake3 = blake3
+    return _blake3
+
+
+_blake3: Any = None
+
+
+def require_blake3() -> None:
+    """Raise what `import blake3` would raise in this Python, without importing it: the drop-in asks at its
+    activation, so a guest in a Python that lacks blake3 is told how to enable it there and then (by the
+    startup hook) rather than failing at its first miss."""
+    if "blake3" in sys.modules:
+        if sys.modules["blake3"] is None:
+            raise ModuleNotFoundError("import of blake3 halted; None in sys.modules", name="blake3")
+        return
+    for finder in sys.meta_path:  # what an import asks, in its order, short of loading the module
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is not None and find_spec("blake3", None) is not None:
+            return
+    raise ModuleNotFoundError("No module named 'blake3'", name="blake3")
+# The largest prime below 2**128: a memo's file name is its text, as a number, modulo this prime.
+_NAME_MODULUS: Final = (1 << 128) - 159
+
+
+def memo_file_name(text: str) -> str:
+    """32 hex digits naming the memo file of `text` (what is remembered, spelled out), without a hash
+    library: a memo holds its whole `text` and is believed only when that matches, so two texts with
+    one name cost a recomputation, never one's value for the other's (see `SourceDigests`, `EngineMemo`)."""
+    return f"{int.from_bytes(text.encode(), 'little') % _NAME_MODULUS:032x}"
+
+
 def digest_fd(fd: int) -> tuple[str, int]:
     """blake3 of the whole file behind `fd` and its length, read in chunks (never mapped)."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    blake3 = blake3_hasher()
+    hasher = blake3(max_threads=blake3.AUTO)
     buffer = bytearray(_READ_CHUNK)
     view = memoryview(buffer)
     total = 0
@@ -1068,11 +1107,12 @@ def engine_section(engine: wasmtime.Engine) -> bytes:
 
 
 def fingerprint_of_section(section: bytes) -> str:
-    return blake3.blake3(b"wasmcache-engine-v1\0" + section).hexdigest()
+    return str(blake3_hasher()(b"wasmcache-engine-v1\0" + section).hexdigest())
 
 
 def remember_fingerprint(engine: wasmtime.Engine, section: bytes) -> EngineIdentity:
-    identity = EngineIdentity(section, fingerprint_of_section(section))
+    fingerprint = _memo_fingerprints.get(section)  # read with the section from a memo: no hashing on a hit
+    identity = EngineIdentity(section, fingerprint if fingerprint is not None else fingerprint_of_section(section))
     _identities.put(engine, identity)
     return identity
 
@@ -1109,6 +1149,7 @@ def engine_fingerprint(engine: wasmtime.Engine) -> str:
 
 
 _validated: dict[str, bytes] = {}
+_memo_fingerprints: dict[bytes, str] = {}  # section -> its fingerprint, as a memo file recorded them
 _in_memo: set[tuple[str, str]] = set()  # (memo directory, key) known to be on disk
 
 
@@ -1162,7 +1203,7 @@ class EngineMemo:
         return cls(root / ENGINES_DIR, writable=os.access(root, os.W_OK))
 
     def path(self, memo_key: str) -> Path:
-        return self.directory / f"{memo_key}.engine"
+        return self.directory / f"{memo_file_name(memo_key)}.engine"
 
     def read(self, memo_key: str) -> bytes | None:
         # Binary, read in one syscall: this runs in every fresh process (the JSON version cost 0.15 ms;
@@ -1171,19 +1212,26 @@ class EngineMemo:
         if raw is None:
             return None
         header, _, rest = raw.partition(b"\n")
-        key, _, length = header.partition(b" ")
-        if key != memo_key.encode() or not length.isdigit() or int(length) > len(rest):
-            return None
-        return rest[: int(length)]
+        fields = header.split(b" ")
+        key = memo_key.encode()
+        if (len(fields) != 3 or not fields[0].isdigit() or not fields[1].isdigit() or not is_key(fields[2].decode())
+                or int(fields[0]) + int(fields[1]) > len(rest) or rest[: int(fields[0])] != key):
+            return None  # another text's memo under the same name, an older format, or damage: not this one
+        section = rest[len(key): len(key) + int(fields[1])]
+        _memo_fingerprints[section] = fields[2].decode()
+        return section
 
     def write(self, memo_key: str, described: object, section: bytes) -> None:
         if not self.writable:
             return
-        # key, section length, section; then the settings as JSON for people reading the file.
+        # Lengths of the key and the section, the section's fingerprint; the key, the section; then the
+        # settings as JSON for people reading the file.
         import json  # noqa: PLC0415 - a miss's work: a hit only reads
 
         text = json.dumps(described).encode()
-        record = f"{memo_key} {len(section)}\n".encode() + section + b"\n" + text + b"\n"
+        key = memo_key.encode()
+        record = (f"{len(key)} {len(section)} {fingerprint_of_section(section)}\n".encode() + key + section + b"\n"
+                  + text + b"\n")
         path = self.path(memo_key)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -1193,9 +1241,9 @@ class EngineMemo:
 
 
 def memo_key_for(settings: str) -> str:
-    """Settings (a complete, canonical description) + the wasmtime library file + this boot + WASMTIME_*."""
-    identity = f"{settings}\0{_wasmtime_library_identity()}\0{host_identity()}\0{_wasmtime_environment()}"
-    return blake3.blake3(identity.encode()).hexdigest()[:32]
+    """Settings (a complete, canonical description) + the wasmtime library file + this boot + WASMTIME_*:
+    what an engine memo is remembered under, spelled out (its file is named by `memo_file_name`)."""
+    return f"{settings}\0{_wasmtime_library_identity()}\0{host_identity()}\0{_wasmtime_environment()}"
 
 
 def _wasmtime_environment() -> str:
@@ -1275,7 +1323,7 @@ def cpu_identity() -> str:
             import platform  # noqa: PLC0415
 
             parts.append(platform.processor())
-        _cpu_identity = blake3.blake3("\n".join(parts).encode()).hexdigest()[:32]
+        _cpu_identity = str(blake3_hasher()("\n".join(parts).encode()).hexdigest()[:32])
     return _cpu_identity
 
 
@@ -1770,7 +1818,8 @@ class Namespace:
                 try:
                     if keep_data:
                         data = read_fd(fd, st.st_size)
-                        digest, size = blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), len(data)
+                        blake3 = blake3_hasher()
+                        digest, size = blake3(data, max_threads=blake3.AUTO).hexdigest(), len(data)
                     else:
                         digest, size = digest_fd(fd)
                     from ._elf import ENGINE_SECTION, find_section  # noqa: PLC0415 - a full check only
@@ -2128,6 +2177,7 @@ def wasm_digest(data: bytes | bytearray | memoryview) -> str:
     it saves (7-14 ms for 49 MB either way, measured); plain threads hash it in ~6.5 ms on 2
     cores. Fixed chunks keep the digest the same whatever the core count.
     """
+    blake3 = blake3_hasher()
     view = memoryview(data).cast("B")
     size = view.nbytes
     chunks = [view[i : i + _DIGEST_CHUNK] for i in range(0, size, _DIGEST_CHUNK)] or [view]
@@ -2135,7 +2185,7 @@ def wasm_digest(data: bytes | bytearray | memoryview) -> str:
 
     def hash_every(start: int, step: int) -> None:
         for i in range(start, len(chunks), step):
-            leaves[i] = blake3.blake3(chunks[i]).digest()
+            leaves[i] = blake3(chunks[i]).digest()
 
     workers = min(_DIGEST_THREADS, os.cpu_count() or 1, len(chunks))
     import threading  # noqa: PLC0415 - only to hash a large input
@@ -2146,12 +2196,12 @@ def wasm_digest(data: bytes | bytearray | memoryview) -> str:
     hash_every(0, workers)
     for thread in threads:
         thread.join()
-    return blake3.blake3(b"wasmcache-wasm-v1\0" + size.to_bytes(8, "little") + b"".join(leaves)).hexdigest()
+    return str(blake3(b"wasmcache-wasm-v1\0" + size.to_bytes(8, "little") + b"".join(leaves)).hexdigest())
 
 
 def cache_key(fingerprint: str, kind: str, input_digest: str) -> str:
     """The entry key: engine fingerprint, what the input is (module, component, a serialized one) and its digest."""
-    return blake3.blake3(f"wasmcache-key-v1\0{fingerprint}\0{kind}\0{input_digest}".encode()).hexdigest()
+    return str(blake3_hasher()(f"wasmcache-key-v1\0{fingerprint}\0{kind}\0{input_digest}".encode()).hexdigest())
 
 
 def snapshot_key(fingerprint: str, kind: str, artifact_digest: str) -> str:
@@ -2221,19 +2271,12 @@ def source_of(source: Source) -> tuple[str, str | None, bytes | memoryview | Non
 
 
 class SourceDigests:
-    """Digests of input files by identity: in this process, and under `root`/digests/ when given."""
+    """Digests of input files by identity, and the keys made of them: in this process, and under
+    `root`/digests/ when given. A hit by path reads both and hashes nothing."""
 
     def __init__(self) -> None:
-        self._known: dict[tuple[str, Identity], str] = {}
+        self._known: dict[str, str] = {}
         self._guard = allocate_lock()
-
-    @staticmethod
-    def _memo_name(identity: Identity, tag: str) -> tuple[str, str]:
-        """(memo file name, check token) for a file's identity and what is remembered of it."""
-        prefix = "" if tag == "wasm" else f"{tag}:"  # "wasm" memos keep the names they always had
-        digest = blake3.blake3(f"{prefix}{identity.dev}:{identity.ino}:{identity.size}:{identity.mtime_ns}:"
-                               f"{identity.ctime_ns}".encode()).hexdigest()
-        return digest[:32], digest[32:48]
 
     def digest(self, name: str, path: str, root: Path | None, *, writable: bool) -> tuple[str, bytes | None]:
         """The digest of file `path`, and its bytes when they had to be read (a hit never reads them)."""
@@ -2246,6 +2289,17 @@ class SourceDigests:
         not a Wasmtime artifact), remembered together."""
         return self._remembered(name, path, root, writable=writable, artifact=True)
 
+    def key(self, derive: Callable[[str, str, str], str], fingerprint: str, kind: str, digest: str,
+            root: Path | None, *, writable: bool) -> str:
+        """`derive(fingerprint, kind, digest)` (`cache_key` or `snapshot_key`), remembered like a digest."""
+        text = f"{derive.__name__}:{fingerprint}:{kind}:{digest}"
+        known = self._recall(text, root)
+        if known is not None:
+            return known
+        key = derive(fingerprint, kind, digest)
+        self._keep(text, key, root, writable=writable)
+        return key
+
     def _remembered(self, name: str, path: str, root: Path | None, *, writable: bool, artifact: bool) -> tuple[
             str, bytes | None, str | None]:
         try:
@@ -2256,44 +2310,45 @@ class SourceDigests:
             what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
             raise SourceError(f"{name}: {what}, expected a .wasm file")
         identity = Identity.of(st)
-        tag = "artifact" if artifact else "wasm"
-        with self._guard:
-            known = self._known.get((tag, identity))
-        if known is None and root is not None:
-            known = self._read_memo(root, identity, tag)
+        text = f"{'artifact' if artifact else 'wasm'}:{':'.join(map(str, identity))}"  # dev:ino:size:mtime:ctime
+        known = self._recall(text, root)
         if known is not None:
-            with self._guard:
-                self._known[(tag, identity)] = known
             digest, _, remembered = known.partition(" ")
             return digest, None, (remembered if remembered != "-" else None) if artifact else None
         data, after = read_input(name, path)
         digest = wasm_digest(data)
         fingerprint = artifact_fingerprint(data) if artifact else None
-        value = f"{digest} {fingerprint or '-'}" if artifact else digest
         if after == identity:  # remember only what was read from a file that did not change under us
-            with self._guard:
-                self._known[(tag, identity)] = value
-            if root is not None and writable:
-                self._write_memo(root, identity, tag, value)
+            self._keep(text, f"{digest} {fingerprint or '-'}" if artifact else digest, root, writable=writable)
         return digest, data, fingerprint
 
-    def _read_memo(self, root: Path, identity: Identity, tag: str) -> str | None:
-        name, token = self._memo_name(identity, tag)
-        raw = read_small_file(f"{root}/{DIGESTS_DIR}/{name}", 256)
+    # A memo: ROOT/digests/<memo_file_name(text)> holds "<text> <value>", `text` spelling out what is
+    # remembered (a file's identity, or a key's inputs), `value` starting with a 64-hex digest or key.
+
+    def _recall(self, text: str, root: Path | None) -> str | None:
+        with self._guard:
+            known = self._known.get(text)
+        if known is not None or root is None:
+            return known
+        raw = read_small_file(f"{root}/{DIGESTS_DIR}/{memo_file_name(text)}", 512)
         if raw is None:
             return None
         found, _, value = raw.decode("ascii", "replace").partition(" ")
-        digest = value.partition(" ")[0]
-        if found != token or len(digest) != 64:
+        if found != text or not is_key(value.partition(" ")[0]):
             return None
+        with self._guard:
+            self._known[text] = value
         return value
 
-    def _write_memo(self, root: Path, identity: Identity, tag: str, value: str) -> None:
-        name, token = self._memo_name(identity, tag)
-        path = root / DIGESTS_DIR / name
+    def _keep(self, text: str, value: str, root: Path | None, *, writable: bool) -> None:
+        with self._guard:
+            self._known[text] = value
+        if root is None or not writable:
+            return
+        path = root / DIGESTS_DIR / memo_file_name(text)
         try:
             path.parent.mkdir(mode=0o700, exist_ok=True)
-            write_atomically(path, f"{token} {value}".encode())
+            write_atomically(path, f"{text} {value}".encode())
         except OSError as exc:
             log.debug("wasmcache: cannot remember a digest in %s: %s", path, exc)
 

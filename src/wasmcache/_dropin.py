@@ -35,6 +35,7 @@ from ._core import (
     is_entry_name,
     is_namespace_name,
     log,
+    require_blake3,
     resolve_max_size,
     resolve_root,
     unreachable_reason,
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from ._stats import CacheStats
 
 
+
+require_blake3()  # a miss hashes: a Python without blake3 gets no drop-in, and the startup hook says how to fix it
 
 _ENGINE_ATTRIBUTE: Final = "_wasmcache_dropin_caches"
 _LEFT_TO_WASMTIME: Final = "_wasmcache_left_to_wasmtime"  # wasmtime's own cache, settings unknown: not served

@@ -1,0 +1,133 @@
+"""A hit by path hashes nothing: what it needs is remembered (issue 14, item 7).
+
+The input's digest (by the file's identity), the key made of it and the engine's fingerprint are kept in
+small memo files under the root, each named by `memo_file_name` (the remembered text as a number modulo a
+prime: no hash library, so `import blake3` stays off a hit's path) and believed only when the whole text
+it holds matches. These tests run real processes on one root: what one process remembered, the next reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+import wasmtime
+
+from conftest import run_json
+from wasmcache._core import ENGINES_DIR, Identity, memo_file_name, memo_key_for
+from wasmgen import answer_module
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# A fresh process loading a file by path with the default engine, or wasmtime's settings at opt_level 0
+# (an engine wasmtime itself would hand the default engine's code to): what it computed, compiled, where
+# its entries live, and whether it imported a hash library.
+PATH_LOAD = """
+import json, sys, wasmtime, wasmcache
+from wasmcache import EngineSettings
+from wasmgen import call_answer
+root, engine_kind, path = sys.argv[1], sys.argv[2], sys.argv[3]
+cache = wasmcache.ModuleCache(root, engine=EngineSettings(opt_level="0") if engine_kind == "opt0" else None)
+module = cache.load_precompiled(path) if engine_kind == "precompiled" else cache.load(path)
+hashed = "blake3" in sys.modules  # before key_for, which derives the key itself
+stats = cache.stats()
+print(json.dumps({"answer": call_answer(cache.engine, module), "hits": stats.hits, "compiles": stats.compiles,
+                  "namespace": cache.namespace_dir.name, "fingerprint": cache.engine_identity.fingerprint,
+                  "key": None if engine_kind == "precompiled" else cache.key_for(path), "hashed": hashed}))
+"""
+
+
+def load(root: Path, engine_kind: str, path: Path) -> dict[str, object]:
+    result: dict[str, object] = run_json(PATH_LOAD, str(root), engine_kind, str(path))
+    return result
+
+
+def wasm_file(tmp_path: Path, name: str, answer: int) -> Path:
+    path = tmp_path / name
+    path.write_bytes(answer_module(answer))
+    return path
+
+
+def digest_memo(root: Path, path: Path) -> Path:
+    return root / "digests" / memo_file_name(f"wasm:{':'.join(map(str, Identity.of(os.stat(path))))}")
+
+
+def key_memo(root: Path, fingerprint: str, digest: str) -> Path:
+    return root / "digests" / memo_file_name(f"cache_key:{fingerprint}:module:{digest}")
+
+
+def test_a_hit_by_path_imports_no_hash_library(root: Path, tmp_path: Path) -> None:
+    wasm = wasm_file(tmp_path, "a module.wasm", 31)
+    assert load(root, "default", wasm)["compiles"] == 1
+    hit = load(root, "default", wasm)
+    assert (hit["answer"], hit["hits"], hit["compiles"], hit["hashed"]) == (31, 1, 0, False)
+    # A program's own serialized file (what the drop-in's deserialize_file snapshots): the same.
+    cwasm = tmp_path / "own [cache].cwasm"
+    cwasm.write_bytes(wasmtime.Module(wasmtime.Engine(), answer_module(32)).serialize())
+    first = load(root, "precompiled", cwasm)
+    assert (first["answer"], first["hits"]) == (32, 0)
+    again = load(root, "precompiled", cwasm)
+    assert (again["answer"], again["hits"], again["hashed"]) == (32, 1, False)
+    # Control: a load of bytes hashes them (and only a path's digest can be remembered).
+    code = ("import json, sys, wasmcache; wasmcache.ModuleCache(sys.argv[1]).load(open(sys.argv[2], 'rb').read()); "
+            "print(json.dumps('blake3' in sys.modules))")
+    assert run_json(code, str(root), str(wasm)) is True
+
+
+def test_one_file_under_two_engines_gets_each_engines_own_key_through_the_memos(root: Path,
+                                                                                   tmp_path: Path) -> None:
+    # Breakage: leave the fingerprint out of a remembered key's text (mutant `key-memo-without-fingerprint`):
+    # the second engine would file its compile under the first engine's key.
+    wasm = wasm_file(tmp_path, "m.wasm", 41)
+    default = load(root, "default", wasm)
+    other = load(root, "opt0", wasm)
+    assert (default["compiles"], other["compiles"]) == (1, 1)
+    assert default["namespace"] != other["namespace"]
+    assert default["key"] != other["key"]
+    for result in (default, other):  # each entry under the key its engine derives (key_for: no memo)
+        assert (root / str(result["namespace"]) / f"{result['key']}.cwasm").is_file()
+    for kind, expected in (("default", default), ("opt0", other)):
+        again = load(root, kind, wasm)
+        assert (again["answer"], again["hits"], again["compiles"], again["namespace"]) == (
+            41, 1, 0, expected["namespace"])
+
+
+def test_a_memo_file_holding_another_texts_value_is_not_believed(root: Path, tmp_path: Path) -> None:
+    # Breakage: believe a memo without comparing the text it holds (mutant `memo-text-unchecked`): a file's
+    # name collision (or a memo moved under another name) would hand one input another's digest or key,
+    # so its load would map the other module.
+    first, second = wasm_file(tmp_path, "first.wasm", 51), wasm_file(tmp_path, "second.wasm", 52)
+    loaded = {path: load(root, "default", path) for path in (first, second)}
+    assert [result["answer"] for result in loaded.values()] == [51, 52]
+    digest_memo(root, first).write_bytes(digest_memo(root, second).read_bytes())
+    result = load(root, "default", first)
+    assert (result["answer"], result["hits"], result["compiles"]) == (51, 1, 0)
+    # The key, likewise: the first file's key memo given the second one's key.
+    fingerprint = str(result["fingerprint"])
+    digests = [json.loads((root / str(r["namespace"]) / f"{r['key']}.rec").read_bytes())["wasm_digest"]
+               for r in loaded.values()]
+    mine, theirs = (key_memo(root, fingerprint, digest) for digest in digests)
+    assert mine.is_file()
+    assert theirs.is_file()
+    mine.write_bytes(theirs.read_bytes())
+    result = load(root, "default", first)
+    assert (result["answer"], result["hits"], result["compiles"]) == (51, 1, 0)
+
+
+def test_an_engine_memo_holding_other_settings_is_not_believed(root: Path, tmp_path: Path) -> None:
+    # Breakage: believe an engine memo without comparing the settings it holds (mutant
+    # `engine-memo-unchecked`): the default engine would take another configuration's fingerprint and
+    # map that configuration's entries (wasmtime itself accepts opt_level 0 code in a default engine).
+    wasm = wasm_file(tmp_path, "m.wasm", 61)
+    default = load(root, "default", wasm)
+    other = load(root, "opt0", wasm)
+    memos = sorted((root / ENGINES_DIR).glob("*.engine"))
+    assert len(memos) == 2
+    default_memo = root / ENGINES_DIR / f"{memo_file_name(memo_key_for('wasmtime.Engine()'))}.engine"
+    foreign = next(p for p in memos if p != default_memo)
+    default_memo.write_bytes(foreign.read_bytes())
+    result = load(root, "default", wasm)
+    assert (result["answer"], result["namespace"], result["hits"]) == (61, default["namespace"], 1)
+    assert result["namespace"] != other["namespace"]
