@@ -222,7 +222,7 @@ MUTANTS: tuple[Mutant, ...] = (
        ["tests/test_shared_content.py::test_an_entry_whose_record_does_not_vouch_for_it_is_never_shared"]),
     _m("dropin-maps-the-programs-file",
        "under the drop-in, deserialize_file never maps the program's own (rewritable) file",
-       [("_dropin_patches.py", "                or dropin.owns(path) or not regular_file(path)):",
+       [("_dropin.py", "                or dropin.owns(path) or not regular_file(path)):",
          "                or True):")],
        ["tests/test_dropin_crash.py::test_deserialize_file_maps_a_snapshot_never_the_programs_file[module]"]),
     # --- issue 13: substituters ------------------------------------------------------------------------
@@ -245,7 +245,7 @@ MUTANTS: tuple[Mutant, ...] = (
        ["tests/test_substituted.py::test_compile_says_a_module_was_substituted_and_pull_exits_1_on_a_tampered_artifact"]),
     _m("dropin-serialize-identity",
        "serialize() of a served object never returns the bytes of a file that replaced its entry",
-       [("_dropin_patches.py", "read_fd(fd, st.st_size) if Identity.of(st) == identity else None",
+       [("_dropin.py", "read_fd(fd, st.st_size) if Identity.of(st) == identity else None",
          "read_fd(fd, st.st_size)")],
        ["tests/test_dropin_serialize.py::test_an_entry_replaced_after_it_was_mapped_is_never_what_serialize_returns"]),
     _m("publish-revoked-never-again",

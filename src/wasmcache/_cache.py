@@ -29,12 +29,9 @@ from ._core import (
     CheckedEntry,
     EntryRefusedError,
     Identity,
-    Kind,
     Loaded,
-    Mode,
     Namespace,
     Place,
-    Source,
     SourceDigests,
     UntrustedEntryError,
     artifact_fingerprint,
@@ -61,7 +58,7 @@ if TYPE_CHECKING:
     import wasmtime
     from wasmtime.component import Component
 
-    from ._core import EngineIdentity
+    from ._core import EngineIdentity, Kind, Mode, Source
     from ._engine import EngineSettings
     from ._maintenance import EntryInfo, GcReport
     from ._miss import MissPath
@@ -70,7 +67,7 @@ if TYPE_CHECKING:
     from ._stats import CacheStats
     from ._verify import VerifyReport
 
-__all__ = ["Kind", "Mode", "ModuleCache", "Source"]
+__all__ = ["ModuleCache"]
 
 # A hit refreshes its record's mtime (the LRU clock) at most this often: one utime per minute
 # per entry, not one metadata write per load.

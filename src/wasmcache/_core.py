@@ -22,17 +22,23 @@ import time
 from _thread import allocate_lock
 from _weakref import ref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 from ._errors import CacheError, ConfigError, EngineCannotCompileError, NotACacheError, SourceError, UnsafeCacheError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
+    from typing import Literal, TypeAlias
 
     import wasmtime
 
     from ._engine import EngineSettings
     from ._lock import KeyLock
+
+    # Names for type checkers only: subscripting `Literal` costs every process that loads a module ~0.1 ms.
+    Kind: TypeAlias = Literal["module", "component"]
+    Mode: TypeAlias = Literal["mmap", "memory"]
+    Source: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview
 
 
 # ==================== layout =========================================================================================
@@ -82,7 +88,6 @@ LOCK_SUFFIX: Final = ".lock"
 TEMP_SUFFIX: Final = ".tmp"
 MEMO_SUFFIX: Final = ".engine"
 WHY_SUFFIX: Final = ".why"
-Kind = Literal["module", "component"]
 KINDS: Final = ("module", "component")
 _HEX: Final = "0123456789abcdef"
 # What wasmcache itself writes, exactly: nothing else in a root is ever collected, cleared or reaped.
@@ -2163,7 +2168,6 @@ def iter_entries(root: Path) -> Iterator[tuple[Namespace, KeyFiles]]:
 # one, so a hit costs a stat and one small read.
 #
 
-Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 
 _DIGEST_CHUNK: Final = 8 << 20
 _DIGEST_THREADS: Final = 4
@@ -2362,7 +2366,6 @@ class SourceDigests:
 # (`Namespace`) do that, each reading this one object rather than reaching into one another.
 #
 
-Mode = Literal["mmap", "memory"]
 
 # How long a loader waits for another process compiling the same key before compiling itself.
 DEFAULT_LOCK_TIMEOUT: Final = 900.0

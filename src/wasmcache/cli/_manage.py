@@ -41,7 +41,7 @@ def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, t
     max_size = resolve_max_size(None)
     data: dict[str, object] = {"root": str(root), "entries": entries, "size_bytes": size, "max_size": max_size,
                                "namespaces": namespaces}
-    from .._events import read_totals  # noqa: PLC0415
+    from .._dropin import read_totals  # noqa: PLC0415
 
     origins = _origins(root)
     data["origins"] = origins
