@@ -131,3 +131,35 @@ def test_an_engine_memo_holding_other_settings_is_not_believed(root: Path, tmp_p
     result = load(root, "default", wasm)
     assert (result["answer"], result["namespace"], result["hits"]) == (61, default["namespace"], 1)
     assert result["namespace"] != other["namespace"]
+
+
+OWN_ENTRY = """
+import json, os, sys, wasmtime
+entry, link = sys.argv[1], sys.argv[2]
+engine = wasmtime.Engine()
+for path in (entry, link):
+    wasmtime.Module.deserialize_file(engine, path)
+import wasmcache._dropin as dropin
+print(json.dumps(dropin._active.counts()))
+"""
+
+
+def test_deserialize_file_of_one_of_our_entries_maps_it_as_it_is_by_its_name_or_a_link(root: Path,
+                                                                                      tmp_path: Path) -> None:
+    # An entry is published once and replaced only by rename: the drop-in maps it as it is (no snapshot of
+    # it), whether the program names it or a symlink to it under any name. The drop-in tells an entry by one
+    # lstat of a name that is not an entry's (`DropIn.owns`); a link is followed to the end.
+    wasm = wasm_file(tmp_path, "m.wasm", 71)
+    assert load(root, "default", wasm)["compiles"] == 1
+    (entry,) = root.glob("ns-*/*.cwasm")
+    link = tmp_path / "program's own [copy].cwasm"
+    link.symlink_to(entry)
+    env = {**os.environ, "WASMCACHE_AUTO": "1", "WASMCACHE_DIR": str(root)}
+    counts = run_json(OWN_ENTRY, str(entry), str(link), env=env)
+    assert counts == dict.fromkeys(counts, 0)  # neither a hit nor a miss: wasmtime's own map of our entry
+    assert list(root.glob("ns-*/*.cwasm")) == [entry]
+    # Control: a copy of the entry is the program's own file (it may rewrite it): snapshotted, as any.
+    copy = tmp_path / "copy.cwasm"
+    copy.write_bytes(entry.read_bytes())
+    counts = run_json(OWN_ENTRY, str(copy), str(copy), env=env)
+    assert counts["hits"] + counts["misses"] == 2

@@ -339,6 +339,8 @@ class DropIn:
         if self._root_prefix is None:
             return False
         try:
+            if not is_entry_name(os.path.basename(path)) and not stat.S_ISLNK(os.lstat(path).st_mode):
+                return False  # the name an entry's real path ends with is its own: one lstat, not one per component
             real = os.path.realpath(path)
         except (OSError, ValueError):
             return False
