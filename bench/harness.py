@@ -114,14 +114,17 @@ Contender = Command | Callable[[], Command]
 
 
 def interleave(contenders: dict[str, Contender], rounds: int, *, warmup: int = 1,
-               check: Callable[[str, dict], None] | None = None) -> dict[str, list[dict]]:
+               check: Callable[[str, dict], None] | None = None, reverse_odd: bool = False) -> dict[str, list[dict]]:
     """Each contender once per round, order rotated (A B C, B C A, ...); `warmup` rounds discarded.
-    A contender may be a callable giving a fresh command per sample (e.g. a brand-new root)."""
+    A contender may be a callable giving a fresh command per sample (e.g. a brand-new root).
+    `reverse_odd`: every other round runs backwards, so neighbours (a pair compared round by round) take
+    turns going first."""
     names = list(contenders)
     samples: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(-warmup, rounds):
         shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+        order = names[shift:] + names[:shift]
+        for name in reversed(order) if reverse_odd and r % 2 else order:
             spec = contenders[name]
             result = sample(spec() if callable(spec) else spec)
             if check is not None:
@@ -143,6 +146,13 @@ def summarize(values: list[float]) -> dict:
 
 def summaries(samples: dict[str, list[dict]], key: str = "t") -> dict[str, dict]:
     return {name: summarize([r[key] for r in results]) for name, results in samples.items()}
+
+
+def paired_ratio(samples: dict[str, list[dict]], a: str, b: str, key: str = "wall") -> float:
+    """The median of `a`'s sample over `b`'s in the same round: what `a` costs against `b` run beside it.
+    On a shared VM whose speed drifts by 10-15% between minutes, this is steadier than the ratio of two
+    medians taken over the whole run (each median mixes the fast and the slow phases differently)."""
+    return statistics.median(x[key] / y[key] for x, y in zip(samples[a], samples[b], strict=True))
 
 
 def round_ratios(samples: dict[str, list[dict]], a: str, b: str, key: str = "wall") -> str:
