@@ -34,15 +34,27 @@ import _wasmcache_hook
 from . import _core
 from ._cache import ModuleCache
 from ._core import (
+    ENGINES_DIR,
     EVENTS_NAME,
     EVENTS_OLD_NAME,
+    READ_FLAGS,
     Counters,
+    EngineMemo,
+    Identity,
     WeakKeyMap,
+    disabled_by_environment,
+    engine_identity,
+    engine_section,
     has_marker,
     held_weakly,
     is_entry_name,
     is_namespace_name,
     log,
+    mapped_entry,
+    memo_key_for,
+    read_fd,
+    remember_fingerprint,
+    remembered_section,
     require_blake3,
     resolve_max_size,
     resolve_root,
@@ -54,7 +66,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from ._core import EngineMemo, Kind, Mode
+    from ._core import Kind, Mode
     from ._stats import CacheStats
 
 
@@ -261,8 +273,6 @@ class DropIn:
     def _own_cache_fingerprint(self, engine: Any) -> bool:
         """Fingerprint an engine that has wasmtime's own cache without compiling with it (our probe
         would write into that cache): False if its settings are not fully known."""
-        from ._core import ENGINES_DIR, EngineMemo, remember_fingerprint  # noqa: PLC0415
-
         cache = self._root_cache
         memo = EngineMemo(cache.root / ENGINES_DIR, writable=cache.writable) if cache is not None else None
         section = section_without_wasmtime_cache(engine, memo)
@@ -285,8 +295,6 @@ class DropIn:
             return None  # wasmtime's answer (its error for it, "already closed"); no root opened (nor $HOME made)
         try:
             if not uses_wasmtime_cache(engine):
-                from ._core import engine_identity  # noqa: PLC0415
-
                 engine_identity(engine)  # the probe, before any root: an engine that cannot compile stops here
             cache = self._cache_for(engine)
             if cache is None:
@@ -430,12 +438,6 @@ def _patch_components(_component_package: Any) -> None:
 # --- the public switch ----------------------------------------------------------------------------
 
 
-def _disabled() -> bool:
-    from ._core import disabled_by_environment  # noqa: PLC0415
-
-    return disabled_by_environment()
-
-
 _handles: list[DropIn] = []  # every drop-in this process installed: each reports at exit
 
 
@@ -499,7 +501,7 @@ def install(root: str | os.PathLike[str] | None = None, *, mode: Mode = "mmap", 
         if not _automatic:
             _core.end_guest()  # the program installed wasmcache itself: its logging decides again
         _active = dropin
-        if _disabled():
+        if disabled_by_environment():
             log.info("wasmcache: $WASMCACHE_DISABLE is set: the drop-in stays off")
             return dropin
         if dropin.unusable is not None:
@@ -528,7 +530,7 @@ def installed() -> DropIn | None:
 
 def auto_install() -> DropIn | None:
     """$WASMCACHE_AUTO's activation (from the startup hook): never raises into the program."""
-    if _disabled() or _installing or _active is not None:
+    if disabled_by_environment() or _installing or _active is not None:
         return None  # an explicit install() is under way (it imported wasmtime) or done: it wins
     _core.become_guest()  # a program that never asked for wasmcache: nothing through its logging
     try:
@@ -579,8 +581,6 @@ def section_without_wasmtime_cache(engine: Any, memo: EngineMemo | None) -> byte
     settings = [(name, value) for name, value in engine.__dict__.get(SETTINGS, ()) if name != "cache"]
     if engine.__dict__.get(RAW) or not all(isinstance(v, (bool, int, str)) for _, v in settings):
         return None
-    from ._core import engine_section, memo_key_for, remembered_section  # noqa: PLC0415
-
     described = "wasmtime.Config(" + ", ".join(f"{name}={value!r}" for name, value in settings) + ")"
 
     def probe_twin() -> bytes:
@@ -624,8 +624,6 @@ def _deserialize_copy(cls: Any, engine: Any, path: str, deserialize: Callable[..
 
 def _mark_entry(served: Any, engine: Any, cached: Any) -> Any:
     """Note on `served` (a clone of `cached`) the entry file `cached` maps, for `serialize`."""
-    from ._core import mapped_entry  # noqa: PLC0415
-
     found = mapped_entry(engine, cached)
     if found is not None:
         served.__dict__[_ENTRY] = found
@@ -644,8 +642,6 @@ def _entry_bytes(served: Any) -> bytearray | None:
     found = served.__dict__.get(_ENTRY)
     if found is None:
         return None
-    from ._core import READ_FLAGS, Identity, read_fd  # noqa: PLC0415
-
     path, identity = found
     try:
         fd = os.open(path, READ_FLAGS)
