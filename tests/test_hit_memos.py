@@ -163,3 +163,37 @@ def test_deserialize_file_of_one_of_our_entries_maps_it_as_it_is_by_its_name_or_
     copy.write_bytes(entry.read_bytes())
     counts = run_json(OWN_ENTRY, str(copy), str(copy), env=env)
     assert counts["hits"] + counts["misses"] == 2
+
+
+COUNTED_LOAD = """
+import json, sys, wasmcache, wasmcache._core as core
+from wasmgen import call_answer
+reads = []
+original = core.read_input
+core.read_input = lambda *args: reads.append(args) or original(*args)
+cache = wasmcache.ModuleCache(sys.argv[1])
+module = cache.load(sys.argv[2])
+print(json.dumps({"answer": call_answer(cache.engine, module), "hits": cache.stats().hits, "reads": len(reads)}))
+"""
+
+
+def test_a_digest_memo_an_older_version_wrote_is_read_and_renamed(root: Path, tmp_path: Path) -> None:
+    # Versions before 2026-12-04 named a digest memo by the blake3 of the file's identity (a root they filled,
+    # a read-only image's above all, must not be digested again in every process).
+    import blake3
+
+    wasm = wasm_file(tmp_path, "m.wasm", 81)
+    assert load(root, "default", wasm)["compiles"] == 1
+    memo = digest_memo(root, wasm)
+    digest = memo.read_bytes().split(b" ")[1]
+    memo.unlink()
+    text = ":".join(map(str, Identity.of(os.stat(wasm))))
+    name = blake3.blake3(text.encode()).hexdigest()
+    (root / "digests" / name[:32]).write_bytes(name[32:48].encode() + b" " + digest)
+    result = run_json(COUNTED_LOAD, str(root), str(wasm))
+    assert result == {"answer": 81, "hits": 1, "reads": 0}
+    assert memo.read_bytes().split(b" ")[1] == digest  # remembered under today's name
+    # Control: with neither memo the input is read again (and its digest remembered anew).
+    memo.unlink()
+    (root / "digests" / name[:32]).unlink()
+    assert run_json(COUNTED_LOAD, str(root), str(wasm)) == {"answer": 81, "hits": 1, "reads": 1}

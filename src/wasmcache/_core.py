@@ -2318,6 +2318,10 @@ class SourceDigests:
         identity = Identity.of(st)
         text = f"{'artifact' if artifact else 'wasm'}:{':'.join(map(str, identity))}"  # dev:ino:size:mtime:ctime
         known = self._recall(text, root)
+        if known is None and root is not None:
+            known = _legacy_digest_memo(root, identity, artifact)
+            if known is not None:
+                self._keep(text, known, root, writable=writable)
         if known is not None:
             digest, _, remembered = known.partition(" ")
             return digest, None, (remembered if remembered != "-" else None) if artifact else None
@@ -2357,6 +2361,19 @@ class SourceDigests:
             write_atomically(path, f"{text} {value}".encode())
         except OSError as exc:
             log.debug("wasmcache: cannot remember a digest in %s: %s", path, exc)
+
+
+def _legacy_digest_memo(root: Path, identity: Identity, artifact: bool) -> str | None:
+    """A digest memo as versions before 2026-12-04 named it (blake3 of the identity): read when the memo of
+    today's name is missing, so a root an older version filled (a read-only one above all) is not digested
+    again in every process. It costs blake3's import, which the digest it spares would need anyway."""
+    text = f"{'artifact:' if artifact else ''}{':'.join(map(str, identity))}"
+    name = str(blake3_hasher()(text.encode()).hexdigest())
+    raw = read_small_file(f"{root}/{DIGESTS_DIR}/{name[:32]}", 256)
+    if raw is None:
+        return None
+    found, _, value = raw.decode("ascii", "replace").partition(" ")
+    return value if found == name[32:48] and is_key(value.partition(" ")[0]) else None
 
 
 # ==================== context ========================================================================================
