@@ -197,3 +197,18 @@ def test_a_digest_memo_an_older_version_wrote_is_read_and_renamed(root: Path, tm
     memo.unlink()
     (root / "digests" / name[:32]).unlink()
     assert run_json(COUNTED_LOAD, str(root), str(wasm)) == {"answer": 81, "hits": 1, "reads": 1}
+
+
+def test_a_fifo_where_a_file_of_ours_belongs_never_hangs_a_load(root: Path, tmp_path: Path) -> None:
+    # Every file a load opens is opened without blocking (O_NONBLOCK) and used only if it is a regular file:
+    # a FIFO would otherwise hold the open until some writer came (found by an outside reader: a FIFO in
+    # place of a memo, a record, an entry or ROOT/usage hung every load).
+    wasm = wasm_file(tmp_path, "m.wasm", 91)
+    assert load(root, "default", wasm)["compiles"] == 1
+    ours = [*root.glob("digests/*"), *root.glob("engines/*.engine"), *root.glob("ns-*/*.rec"),
+            *root.glob("ns-*/*.cwasm"), root / "usage"]
+    for path in ours:
+        path.unlink()
+        os.mkfifo(path)
+    result = run_json(PATH_LOAD, str(root), "default", str(wasm), timeout=20)
+    assert result["answer"] == 91

@@ -159,7 +159,9 @@ def lock_path(namespace: Path, key: str) -> Path:
 
 O_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
 O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
-READ_FLAGS: Final = os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC
+# O_NONBLOCK: a FIFO put where a file of ours belongs must not hang the open (for a regular file it changes
+# nothing); every reader then checks it opened a regular file.
+READ_FLAGS: Final = os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 _READ_CHUNK: Final = 8 << 20
 
 
@@ -278,7 +280,7 @@ def read_small_file(path: Path | str, limit: int = 1 << 16) -> bytes | None:
     except OSError:
         return None
     try:
-        return os.read(fd, limit)
+        return os.read(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else None
     except OSError:
         return None
     finally:
