@@ -212,3 +212,40 @@ def test_a_fifo_where_a_file_of_ours_belongs_never_hangs_a_load(root: Path, tmp_
         os.mkfifo(path)
     result = run_json(PATH_LOAD, str(root), "default", str(wasm), timeout=20)
     assert result["answer"] == 91
+
+
+def test_a_key_memo_naming_another_inputs_key_neither_serves_nor_poisons(root: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: a key memo that named another input's key made a miss publish this input's
+    # code under that key, for good (and `verify` could not tell). A hit now needs the entry's record to name
+    # the input's digest, and a miss derives its key again before anything is compiled or published.
+    first, second = wasm_file(tmp_path, "first.wasm", 101), wasm_file(tmp_path, "second.wasm", 102)
+    loaded = {path: load(root, "default", path) for path in (first, second)}
+    fingerprint = str(loaded[first]["fingerprint"])
+    digests = {p: json.loads((root / str(r["namespace"]) / f"{r['key']}.rec").read_bytes())["wasm_digest"]
+               for p, r in loaded.items()}
+    mine = key_memo(root, fingerprint, digests[first])
+    lie = mine.read_bytes().rsplit(b" ", 1)[0] + b" " + str(loaded[second]["key"]).encode()
+    mine.write_bytes(lie)  # the second input's entry exists: a hit under the lie would serve it
+    result = load(root, "default", first)
+    assert (result["answer"], result["hits"], result["compiles"]) == (101, 1, 0)
+    assert mine.read_bytes().endswith(str(loaded[first]["key"]).encode())  # corrected
+    (root / str(loaded[first]["namespace"]) / f"{loaded[second]['key']}.cwasm").unlink()  # a miss under the lie
+    mine.write_bytes(lie)
+    assert load(root, "default", first)["answer"] == 101
+    assert load(root, "default", second)["answer"] == 102  # recompiled under its own key, its own code
+    assert run_json("import json, sys, wasmcache; print(json.dumps(wasmcache.ModuleCache(sys.argv[1]).verify().ok))",
+                    str(root)) is True
+
+
+def test_a_digest_memo_naming_another_digest_heals_at_the_first_miss(root: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: a damaged digest memo (the file unchanged) made every load of that file fail
+    # with "changed while being loaded; try again", for good. The miss path's read shows the memo wrong: it
+    # is forgotten, and the load asked once more.
+    wasm = wasm_file(tmp_path, "m.wasm", 111)
+    assert load(root, "default", wasm)["compiles"] == 1
+    memo = digest_memo(root, wasm)
+    text, digest = memo.read_bytes().split(b" ")
+    memo.write_bytes(text + b" " + bytes(reversed(digest)))
+    result = load(root, "default", wasm)
+    assert (result["answer"], result["hits"], result["compiles"]) == (111, 1, 0)
+    assert memo.read_bytes() == text + b" " + digest

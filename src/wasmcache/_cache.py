@@ -49,7 +49,7 @@ from ._core import (
     unsafe_reason,
     wasm_digest,
 )
-from ._errors import CacheError, CompileError, ConfigError, wasmtime_reason
+from ._errors import CacheError, CompileError, ConfigError, SourceError, wasmtime_reason
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -261,9 +261,10 @@ class ModuleCache:
 
     # --- the hit path --------------------------------------------------------------------------
 
-    def _load(self, source: Source, kind: Kind, *, serialized: bool = False) -> Any:
+    def _load(self, source: Source, kind: Kind, *, serialized: bool = False, again: bool = False) -> Any:
         ctx = self._ctx
         name, path, data = source_of(source)
+        derive: Callable[[str, str, str], str] = snapshot_key if serialized else cache_key
         if serialized:
             # A snapshot lives in the namespace of the artifact's own engine section, remembered
             # with its digest: no probe of this engine. wasmtime's own check at the map decides
@@ -291,13 +292,29 @@ class ModuleCache:
         mapped: Identity | None = None
         try:
             if module is None:
-                module, mapped = load_entry(ctx, place, key, kind)
+                module, mapped = load_entry(ctx, place, key, kind, digest=digest)
             if module is not None:
                 ctx.counters.add("hits")
                 log.info("wasmcache: hit %s (%s)", name, kind)
             else:
+                if path is not None and not again and derive(place.fingerprint, kind, digest) != key:
+                    # A remembered key that is not the one its digest makes (a damaged memo): nothing is
+                    # compiled or published under it; the memo is corrected and the load asked again.
+                    log.warning("wasmcache: a remembered key of %s was wrong; it is derived again", name)
+                    self._digests.key(derive, place.fingerprint, kind, digest, ctx.memo_root, writable=ctx.stores,
+                                      fresh=True)
+                    return self._load(source, kind, serialized=serialized, again=True)
                 ctx.counters.add("misses")
-                module = self._miss.load(name, path, data, place, key, kind, digest)
+                try:
+                    module = self._miss.load(name, path, data, place, key, kind, digest)
+                except SourceError:
+                    if path is None or data is not None or again:
+                        raise
+                    # The remembered digest was not the file's (the miss path reads it and checks): a file
+                    # changed under us, or a damaged memo. Forget it and ask once more.
+                    ctx.counters.add("misses", -1)
+                    self._digests.forget(path, artifact=serialized)
+                    return self._load(source, kind, serialized=serialized, again=True)
         except EntryRefusedError as refused:  # a snapshot this engine may not load: as wasmtime says
             raise CompileError(name, str(refused), refused.wasmtime_error) from None
         found = Loaded.of(module, place.namespace.entry_path(key), ctx.mode, mapped)
@@ -409,14 +426,15 @@ def _substituters_in_environment() -> bool:
 # --- check -> map: the one way an entry becomes a module (hits, and the miss path's publications) ---
 
 
-def load_entry(ctx: CacheContext, place: Place, key: str, kind: Kind, *, locked: bool = False) -> tuple[
-        Any, Identity | None]:
+def load_entry(ctx: CacheContext, place: Place, key: str, kind: Kind, *, locked: bool = False,
+               digest: str | None = None) -> tuple[Any, Identity | None]:
     """The checked entry for `key` in `place`, deserialized, and the identity of the entry it mapped;
     (None, None) on a miss (bad entries are quarantined).
 
     `locked`: the caller holds the key's lock (flock is per open file: taking it again here on
     another fd would wait for ourselves). A snapshot this engine may not load raises
-    EntryRefusedError: the entry is fine, the engine is another one.
+    EntryRefusedError: the entry is fine, the engine is another one. `digest`: the input's, which the
+    entry's record must name (a key remembered wrongly would otherwise serve another input's entry).
     """
     namespace = place.namespace
     if not ctx.namespace_usable(namespace):
@@ -427,6 +445,9 @@ def load_entry(ctx: CacheContext, place: Place, key: str, kind: Kind, *, locked:
         _repair(ctx, namespace, key, bad.seen, bad.detail, locked=locked)
         return None, None
     if checked is None:
+        return None, None
+    if digest is not None and checked.record.wasm_digest != digest:
+        checked.close()  # another input's good entry: not this input's, and not bad
         return None, None
     try:
         reason = unsafe_reason(checked.stat)  # the path is formatted only for the message

@@ -2284,6 +2284,7 @@ class SourceDigests:
 
     def __init__(self) -> None:
         self._known: dict[str, str] = {}
+        self._forgotten: set[Identity] = set()  # identities whose memo proved wrong: read, never recalled
         self._guard = allocate_lock()
 
     def digest(self, name: str, path: str, root: Path | None, *, writable: bool) -> tuple[str, bytes | None]:
@@ -2298,15 +2299,27 @@ class SourceDigests:
         return self._remembered(name, path, root, writable=writable, artifact=True)
 
     def key(self, derive: Callable[[str, str, str], str], fingerprint: str, kind: str, digest: str,
-            root: Path | None, *, writable: bool) -> str:
-        """`derive(fingerprint, kind, digest)` (`cache_key` or `snapshot_key`), remembered like a digest."""
+            root: Path | None, *, writable: bool, fresh: bool = False) -> str:
+        """`derive(fingerprint, kind, digest)` (`cache_key` or `snapshot_key`), remembered like a digest
+        (`fresh`: derived again, and remembered over what was)."""
         text = f"{derive.__name__}:{fingerprint}:{kind}:{digest}"
-        known = self._recall(text, root)
+        known = None if fresh else self._recall(text, root)
         if known is not None:
             return known
         key = derive(fingerprint, kind, digest)
         self._keep(text, key, root, writable=writable)
         return key
+
+    def forget(self, path: str, *, artifact: bool) -> None:
+        """Forget the digest remembered for file `path` as it is now (in this process; its memo file is
+        written anew when the digest is computed again)."""
+        try:
+            identity = Identity.of(os.stat(path))
+        except OSError:
+            return
+        with self._guard:
+            self._known.pop(f"{'artifact' if artifact else 'wasm'}:{':'.join(map(str, identity))}", None)
+        self._forgotten.add(identity)
 
     def _remembered(self, name: str, path: str, root: Path | None, *, writable: bool, artifact: bool) -> tuple[
             str, bytes | None, str | None]:
@@ -2319,8 +2332,8 @@ class SourceDigests:
             raise SourceError(f"{name}: {what}, expected a .wasm file")
         identity = Identity.of(st)
         text = f"{'artifact' if artifact else 'wasm'}:{':'.join(map(str, identity))}"  # dev:ino:size:mtime:ctime
-        known = self._recall(text, root)
-        if known is None and root is not None:
+        known = None if identity in self._forgotten else self._recall(text, root)
+        if known is None and root is not None and identity not in self._forgotten:
             known = _legacy_digest_memo(root, identity, artifact)
             if known is not None:
                 self._keep(text, known, root, writable=writable)
