@@ -249,3 +249,43 @@ def test_a_digest_memo_naming_another_digest_heals_at_the_first_miss(root: Path,
     result = load(root, "default", wasm)
     assert (result["answer"], result["hits"], result["compiles"]) == (111, 1, 0)
     assert memo.read_bytes() == text + b" " + digest
+
+
+STRICT_LOAD = """
+import json, logging, sys, wasmcache
+from wasmgen import call_answer
+warnings = []
+logging.getLogger("wasmcache").addHandler(type("H", (logging.Handler,), {"emit": lambda self, r: warnings.append(
+    r.getMessage()) if r.levelno >= logging.WARNING else None})())
+try:
+    cache = wasmcache.ModuleCache(sys.argv[1], strict=sys.argv[3] == "strict")
+    module = cache.load(sys.argv[2])
+    print(json.dumps({"answer": call_answer(cache.engine, module), "hits": cache.stats().hits, "warnings": warnings}))
+except wasmcache.UnsafeCacheError as exc:
+    print(json.dumps({"refused": str(exc)}))
+"""
+
+
+def test_memos_another_user_could_write_are_refused_as_a_namespace_is(root: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: digests/ and engines/ escaped the checks a root, a namespace and an entry
+    # get, and a memo decides which entry a load maps: a world-writable digests/ let anyone point a file at
+    # another module. Such a directory is refused (strict) or turns the cache off (strict=False), as a
+    # namespace is; a memo file owned by another user is not believed.
+    wasm = wasm_file(tmp_path, "m.wasm", 121)
+    assert load(root, "default", wasm)["compiles"] == 1
+    for name in ("digests", "engines"):
+        (root / name).chmod(0o777)
+        refused = run_json(STRICT_LOAD, str(root), str(wasm), "strict")
+        assert refused == {"refused": refused["refused"]}
+        assert f"{root / name} is world-writable" in refused["refused"]
+        lenient = run_json(STRICT_LOAD, str(root), str(wasm), "lenient")
+        assert (lenient["answer"], lenient["hits"]) == (121, 0)
+        assert any("is world-writable" in w for w in lenient["warnings"])
+        (root / name).chmod(0o700)
+    assert load(root, "default", wasm)["hits"] == 1
+    if os.geteuid() == 0:  # a file owned by someone else, in our own directory
+        memo = digest_memo(root, wasm)
+        os.chown(memo, 65534, 65534)
+        result = run_json(STRICT_LOAD, str(root), str(wasm), "strict")
+        assert (result["answer"], result["hits"]) == (121, 1)  # read again, not believed
+        assert digest_memo(root, wasm).stat().st_uid == os.geteuid()  # remembered anew, by us

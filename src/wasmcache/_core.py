@@ -270,17 +270,21 @@ def write_atomically(
     return commit_temp(temp, fd, final, durable=durable, read_only=read_only)
 
 
-def read_small_file(path: Path | str, limit: int = 1 << 16) -> bytes | None:
+def read_small_file(path: Path | str, limit: int = 1 << 16, *, trusted: bool = False) -> bytes | None:
     """Up to `limit` bytes of a small file in one read (never through a symlink), or None.
 
     os-level on purpose: markers, memos and records are read on every hit, in every process.
+    `trusted`: only a file nobody else could have written (a memo decides which entry a load maps).
     """
     try:
         fd = os.open(path, READ_FLAGS)
     except OSError:
         return None
     try:
-        return os.read(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (trusted and unsafe_reason(st) is not None):
+            return None
+        return os.read(fd, limit)
     except OSError:
         return None
     finally:
@@ -1217,7 +1221,7 @@ class EngineMemo:
     def read(self, memo_key: str) -> bytes | None:
         # Binary, read in one syscall: this runs in every fresh process (the JSON version cost 0.15 ms;
         # sections are ~1 KiB, and a 1 MiB read costs an mmap per process).
-        raw = read_small_file(self.path(memo_key), 1 << 16)
+        raw = read_small_file(self.path(memo_key), 1 << 16, trusted=True)
         if raw is None:
             return None
         header, _, rest = raw.partition(b"\n")
@@ -2355,7 +2359,7 @@ class SourceDigests:
             known = self._known.get(text)
         if known is not None or root is None:
             return known
-        raw = read_small_file(f"{root}/{DIGESTS_DIR}/{memo_file_name(text)}", 512)
+        raw = read_small_file(f"{root}/{DIGESTS_DIR}/{memo_file_name(text)}", 512, trusted=True)
         if raw is None:
             return None
         found, _, value = raw.decode("ascii", "replace").partition(" ")
@@ -2384,7 +2388,7 @@ def _legacy_digest_memo(root: Path, identity: Identity, artifact: bool) -> str |
     again in every process. It costs blake3's import, which the digest it spares would need anyway."""
     text = f"{'artifact:' if artifact else ''}{':'.join(map(str, identity))}"
     name = str(blake3_hasher()(text.encode()).hexdigest())
-    raw = read_small_file(f"{root}/{DIGESTS_DIR}/{name[:32]}", 256)
+    raw = read_small_file(f"{root}/{DIGESTS_DIR}/{name[:32]}", 256, trusted=True)
     if raw is None:
         return None
     found, _, value = raw.decode("ascii", "replace").partition(" ")
@@ -2478,8 +2482,25 @@ class CacheContext:
 
     @property
     def memo_root(self) -> Path | None:
-        """Where input digests are remembered: an initialized root, and only while caching."""
-        return self.root if self.initialized and not self.disabled else None
+        """Where input digests are remembered: an initialized root, and only while caching (and only if
+        nobody else could write its digests/: a memo decides which entry a load maps)."""
+        if not self.initialized or self.disabled or not self.memo_dir_usable(DIGESTS_DIR):
+            return None
+        return self.root
+
+    def memo_dir_usable(self, name: str) -> bool:
+        """ROOT/`name` (digests/, engines/) is absent or safe as a namespace is (checked once per cache)."""
+        if name in self._namespaces_checked:
+            return True
+        path = self.root / name
+        try:
+            st = os.stat(path)
+        except OSError:
+            return True  # not made yet: made by us, 0700
+        if not self.safe(path, st):
+            return False
+        self._namespaces_checked.add(name)
+        return True
 
     def _open_root(self) -> None:
         """Create or adopt the root; a root we cannot write still serves hits (read-only mode)."""
@@ -2562,7 +2583,8 @@ class CacheContext:
 
         arg = self._engine_arg
         # Memos live only inside an initialized root (written only where it is writable).
-        memo = EngineMemo(self.root / ENGINES_DIR, writable=self.writable) if self.initialized else None
+        memo = (EngineMemo(self.root / ENGINES_DIR, writable=self.writable)
+                if self.initialized and self.memo_dir_usable(ENGINES_DIR) else None)
         if arg is None:
             return default_engine(memo)
         if isinstance(arg, wasmtime.Engine):  # the program's own (the drop-in's case)
