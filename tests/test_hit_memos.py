@@ -78,8 +78,8 @@ def test_a_hit_by_path_imports_no_hash_library(root: Path, tmp_path: Path) -> No
 
 def test_one_file_under_two_engines_gets_each_engines_own_key_through_the_memos(root: Path,
                                                                                    tmp_path: Path) -> None:
-    # Breakage: leave the fingerprint out of a remembered key's text (mutant `key-memo-without-fingerprint`):
-    # the second engine would file its compile under the first engine's key.
+    # A key memo spelled without the fingerprint would hand the second engine the first one's key: the miss
+    # then derives its own (mutant `miss-derives-its-key`) and corrects the memo.
     wasm = wasm_file(tmp_path, "m.wasm", 41)
     default = load(root, "default", wasm)
     other = load(root, "opt0", wasm)
@@ -289,3 +289,23 @@ def test_memos_another_user_could_write_are_refused_as_a_namespace_is(root: Path
         result = run_json(STRICT_LOAD, str(root), str(wasm), "strict")
         assert (result["answer"], result["hits"]) == (121, 1)  # read again, not believed
         assert digest_memo(root, wasm).stat().st_uid == os.geteuid()  # remembered anew, by us
+
+
+def test_gc_and_clear_take_only_the_memos_from_digests_and_engines(root: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: `clear` removed digests/ whole and `gc --max-size 0` every file of digests/
+    # and engines/, a user's own notes included, where the README promises nothing wasmcache did not write is
+    # ever collected or cleared.
+    wasm = wasm_file(tmp_path, "m.wasm", 131)
+    assert load(root, "default", wasm)["compiles"] == 1
+    foreign = [root / "digests" / "README", root / "digests" / "notes.tmp", root / "engines" / "README"]
+    for path in foreign:
+        path.write_text("mine\n")
+    memos = [*root.glob("digests/[0-9a-f]*"), *root.glob("engines/*.engine")]
+    assert len(memos) == 3
+    run_json("import json, sys, wasmcache; wasmcache.ModuleCache(sys.argv[1]).gc(0); print(json.dumps(0))", str(root))
+    assert [p for p in memos if p.exists()] == []
+    assert all(p.read_text() == "mine\n" for p in foreign)
+    assert load(root, "default", wasm)["compiles"] == 1  # fills the memos again
+    run_json("import json, sys, wasmcache; print(json.dumps(wasmcache.ModuleCache(sys.argv[1]).clear()))", str(root))
+    assert list(root.glob("digests/[0-9a-f]*")) == []
+    assert all(p.read_text() == "mine\n" for p in foreign)

@@ -17,6 +17,7 @@ from ._core import (
     DIGESTS_DIR,
     ENGINES_DIR,
     GC_LOCK_NAME,
+    MEMO_SUFFIX,
     QUARANTINE_DIR,
     Namespace,
     existing_root,
@@ -183,9 +184,9 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
     for directory in (root, root / DIGESTS_DIR, root / ENGINES_DIR):
         report.reaped_temp_files += _reap_dead_temp_files(directory)
     memos = MEMO_KEEP if max_size > 0 else 0
-    for directory, age, keep in ((root / QUARANTINE_DIR, _QUARANTINE_AGE, None), (root / DIGESTS_DIR, max_age, memos),
-                                 (root / ENGINES_DIR, max_age, memos)):
-        other_bytes += _expire_files(directory, now - age, keep)
+    other_bytes += _expire_files(root / QUARANTINE_DIR, now - _QUARANTINE_AGE)
+    for directory in (root / DIGESTS_DIR, root / ENGINES_DIR):
+        other_bytes += _expire_files(directory, now - max_age, memos, memos=True)
     candidates.sort(key=lambda c: c.last_used)
     names: dict[tuple[int, int], int] = {}  # names per inode: its bytes count once, and go with its last name
     for c in candidates:
@@ -223,13 +224,22 @@ def _reap_dead_temp_files(directory: Path) -> int:
     return sum(reap_if_dead(path) for path in temps)
 
 
-def _expire_files(directory: Path, cutoff: float, keep: int | None = None) -> int:
+def _ours_in(directory: Path, name: str) -> bool:
+    """A file wasmcache writes in ROOT/digests/ or ROOT/engines/: a memo (32 hex digits, `.engine` in
+    engines/) or a writer's temp file. Nothing else there is collected, cleared or counted."""
+    stem = name[:-len(MEMO_SUFFIX)] if directory.name == ENGINES_DIR and name.endswith(MEMO_SUFFIX) else name
+    return is_temp_name(name) or (len(stem) == 32 and all(c in "0123456789abcdef" for c in stem))
+
+
+def _expire_files(directory: Path, cutoff: float, keep: int | None = None, *, memos: bool = False) -> int:
     """Remove the files of `directory` older than `cutoff` and, past `keep` files, the oldest; the bytes
-    of those that remain."""
+    of those that remain (`memos`: only files `_ours_in` the directory are looked at)."""
     remaining: list[tuple[float, str, int]] = []
     try:
         with os.scandir(directory) as it:
             for e in it:
+                if memos and not _ours_in(directory, e.name):
+                    continue
                 try:
                     st = e.stat(follow_symlinks=False)
                     if st.st_mtime < cutoff:
@@ -266,8 +276,10 @@ def clear_root(root: Path) -> int:
             namespace.remove_if_empty()
         import shutil  # noqa: PLC0415
 
-        for name in (DIGESTS_DIR, QUARANTINE_DIR):
-            shutil.rmtree(root / name, ignore_errors=True)
+        shutil.rmtree(root / QUARANTINE_DIR, ignore_errors=True)
+        _expire_files(root / DIGESTS_DIR, time.time() + 1, memos=True)  # every memo; files not ours stay
+        with contextlib.suppress(OSError):
+            os.rmdir(root / DIGESTS_DIR)
         with contextlib.suppress(OSError):
             write_usage(root, 0, 0)
     finally:

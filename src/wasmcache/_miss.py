@@ -106,9 +106,10 @@ class MissPath:
         lock: KeyLock | None = None
         if ctx.stores:
             key_lock = place.namespace.lock(key)
-            try:
+            with contextlib.suppress(OSError):  # no engine file (a full disk): publishing fails later, in its words
                 place.namespace.ensure(place.section)
-                if self._wait_for(key_lock, name):
+            try:
+                if self._wait_for(key_lock, name):  # still one compile per key, whoever stores nothing
                     lock = key_lock
             except OSError as exc:
                 log.warning("wasmcache: cannot lock %s (%s); compiling without caching", key_lock.path,
