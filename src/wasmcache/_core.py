@@ -116,6 +116,19 @@ def is_temp_name(name: str) -> bool:
     return re.match(_TEMP_RE, name) is not None
 
 
+def is_memo_name(directory: str, name: str) -> bool:
+    """A file wasmcache writes in ROOT/digests/ (a memo: 32 hex digits, see `memo_file_name`) or ROOT/engines/
+    (the same, `.engine`), or a writer's temp file in either. Nothing else there is collected or cleared."""
+    if is_temp_name(name):
+        return True
+    stem = name
+    if directory == ENGINES_DIR:
+        if not name.endswith(MEMO_SUFFIX):
+            return False
+        stem = name[: -len(MEMO_SUFFIX)]
+    return len(stem) == 32 and not stem.strip(_HEX)
+
+
 def is_entry_name(name: str) -> bool:
     return len(name) == 64 + len(ENTRY_SUFFIX) and name.endswith(ENTRY_SUFFIX) and is_key(name[:64])
 
@@ -1580,9 +1593,6 @@ def _ours_while_initializing(name: str) -> bool:
     return name.endswith(TEMP_SUFFIX) and key_of(name) in (MARKER_NAME, key_of(CACHEDIR_TAG_NAME))
 
 
-_MEMO_RE: Final = r"^[0-9a-f]{32}\.engine$"
-
-
 def _memos_of_old_versions(entry: os.DirEntry[str]) -> bool:
     """`engines/` holding only engine memos: what wasmcache 0.1 wrote into the default root before
     creating it (issue 8, item 1); it is ours, so such a root is completed, not refused."""
@@ -1590,8 +1600,7 @@ def _memos_of_old_versions(entry: os.DirEntry[str]) -> bool:
         return False
     try:
         with os.scandir(entry.path) as it:
-            return all(e.is_file(follow_symlinks=False) and (re.match(_MEMO_RE, e.name) or is_temp_name(e.name))
-                       for e in it)
+            return all(e.is_file(follow_symlinks=False) and is_memo_name(ENGINES_DIR, e.name) for e in it)
     except OSError:
         return False
 

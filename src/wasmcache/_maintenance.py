@@ -17,11 +17,11 @@ from ._core import (
     DIGESTS_DIR,
     ENGINES_DIR,
     GC_LOCK_NAME,
-    MEMO_SUFFIX,
     QUARANTINE_DIR,
     Namespace,
     existing_root,
     is_entry_name,
+    is_memo_name,
     is_namespace_name,
     is_temp_name,
     iter_entries,
@@ -224,21 +224,14 @@ def _reap_dead_temp_files(directory: Path) -> int:
     return sum(reap_if_dead(path) for path in temps)
 
 
-def _ours_in(directory: Path, name: str) -> bool:
-    """A file wasmcache writes in ROOT/digests/ or ROOT/engines/: a memo (32 hex digits, `.engine` in
-    engines/) or a writer's temp file. Nothing else there is collected, cleared or counted."""
-    stem = name[:-len(MEMO_SUFFIX)] if directory.name == ENGINES_DIR and name.endswith(MEMO_SUFFIX) else name
-    return is_temp_name(name) or (len(stem) == 32 and all(c in "0123456789abcdef" for c in stem))
-
-
 def _expire_files(directory: Path, cutoff: float, keep: int | None = None, *, memos: bool = False) -> int:
     """Remove the files of `directory` older than `cutoff` and, past `keep` files, the oldest; the bytes
-    of those that remain (`memos`: only files `_ours_in` the directory are looked at)."""
+    of those that remain (`memos`: only the files `is_memo_name` calls ours are looked at)."""
     remaining: list[tuple[float, str, int]] = []
     try:
         with os.scandir(directory) as it:
             for e in it:
-                if memos and not _ours_in(directory, e.name):
+                if memos and not is_memo_name(directory.name, e.name):
                     continue
                 try:
                     st = e.stat(follow_symlinks=False)
