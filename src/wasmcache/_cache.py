@@ -273,7 +273,7 @@ class ModuleCache:
             if fingerprint is None:  # not a Wasmtime artifact: wasmtime's own error, nothing cached
                 return self._miss.refuse(name, path, data, kind)
             place = Place(Namespace.of(ctx.root, fingerprint), None, fingerprint, serialized=True)
-            key = self._key(snapshot_key, fingerprint, kind, digest, remembered=path is not None)
+            key = self._key(derive, fingerprint, kind, digest, remembered=path is not None)
         else:
             digest, data = self._digest(name, path, data)
             place, key = self._compiled_place(kind, digest, remembered=path is not None)

@@ -2345,8 +2345,9 @@ class SourceDigests:
             raise SourceError(f"{name}: {what}, expected a .wasm file")
         identity = Identity.of(st)
         text = f"{'artifact' if artifact else 'wasm'}:{':'.join(map(str, identity))}"  # dev:ino:size:mtime:ctime
-        known = None if identity in self._forgotten else self._recall(text, root)
-        if known is None and root is not None and identity not in self._forgotten:
+        believed = identity not in self._forgotten
+        known = self._recall(text, root) if believed else None
+        if known is None and root is not None and believed:
             known = _legacy_digest_memo(root, identity, artifact)
             if known is not None:
                 self._keep(text, known, root, writable=writable)
