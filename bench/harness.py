@@ -152,14 +152,19 @@ def paired_ratio(samples: dict[str, list[dict]], a: str, b: str, key: str = "wal
     """The median of `a`'s sample over `b`'s in the same round: what `a` costs against `b` run beside it.
     On a shared VM whose speed drifts by 10-15% between minutes, this is steadier than the ratio of two
     medians taken over the whole run (each median mixes the fast and the slow phases differently)."""
-    return statistics.median(x[key] / y[key] for x, y in zip(samples[a], samples[b], strict=True))
+    return statistics.median(_ratios(samples, a, b, key))
+
+
+def _ratios(samples: dict[str, list[dict]], a: str, b: str, key: str) -> list[float]:
+    """`a`'s sample over `b`'s in each round, sorted."""
+    return sorted(x[key] / y[key] for x, y in zip(samples[a], samples[b], strict=True))
 
 
 def round_ratios(samples: dict[str, list[dict]], a: str, b: str, key: str = "wall") -> str:
     """`a`'s sample over `b`'s, round by round (interleave runs both in every round, close together):
     their median and middle half, so a figure near its goal shows whether this machine's noise could
     decide it."""
-    ratios = sorted(x[key] / y[key] for x, y in zip(samples[a], samples[b], strict=True))
+    ratios = _ratios(samples, a, b, key)
     if len(ratios) < 2:
         return ""
     q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
