@@ -2480,7 +2480,7 @@ class CacheContext:
         self._engine_ref: ref[wasmtime.Engine] | None = None  # instead of the two above (hold_engine_weakly)
         self._identity: EngineIdentity | None = None
         self._namespace: Namespace | None = None
-        self._namespaces_checked: set[str] = set()  # names of the namespaces whose permissions were checked
+        self._namespaces_checked: set[str] = set()  # namespaces, digests/ and engines/ whose permissions were checked
         self._guard = allocate_lock()
         if not self.disabled:
             self._open_root()
