@@ -33,6 +33,7 @@ def _m(id_: str, prop: str, edits: list[tuple[str, str, str]], tests: list[str])
 
 G = "tests/test_guards.py::"
 P = "tests/test_properties.py::"
+H = "tests/test_hit_memos.py::"
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- issue 14: the properties the audit's breakages survived (tests/test_guards.py) ---------------
@@ -61,6 +62,14 @@ MUTANTS: tuple[Mutant, ...] = (
        "an engine memo is believed only for the settings (and library, boot, environment) it holds",
        [("_core.py", " or rest[: int(fields[0])] != key):", "):")],
        ["tests/test_hit_memos.py::test_an_engine_memo_holding_other_settings_is_not_believed"]),
+    _m("memo-fingerprint-believed",
+       "a fingerprint an engine memo gives is hashed before a miss publishes under it or an entry is set aside",
+       [("_core.py", "right = fingerprint_of_section(identity.section)", "right = identity.fingerprint")],
+       [H + "test_an_engine_memo_naming_another_fingerprint_neither_quarantines_nor_recompiles"]),
+    _m("refused-entry-fingerprint-unchecked",
+       "an entry wasmtime refuses is not set aside when the engine's fingerprint was a memo's mistake",
+       [("_cache.py", "if ctx.fingerprint_corrected(place):  # the namespace", "if False:  # the namespace")],
+       [H + "test_an_engine_memo_naming_another_fingerprint_neither_quarantines_nor_recompiles"]),
     _m("hit-record-names-the-input",
        "a hit serves an entry only if its record names the input's digest (a wrong key memo serves nothing)",
        [("_cache.py", "if digest is not None and checked.record.wasm_digest != digest:", "if False:")],

@@ -554,8 +554,8 @@ def test_the_memo_keeps_a_bounded_number_of_modules_alive(root: Path) -> None:
 def test_gc_bounds_the_digest_memos_that_fresh_temporary_files_leave(root: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # A tool that loads a freshly written file each time leaves one digest memo per file identity (and
-    # one memo of the key they share): gc keeps the newest MEMO_KEEP, and --max-size 0 (empty everything)
-    # keeps none.
+    # one memo of the key they share): gc keeps the most recently used MEMO_KEEP of each kind (the key's
+    # memo, oldest of all, is the only one of its kind), and --max-size 0 (empty everything) keeps none.
     from wasmcache import _maintenance
     from wasmcache._core import Identity, memo_file_name
 
@@ -574,7 +574,7 @@ def test_gc_bounds_the_digest_memos_that_fresh_temporary_files_leave(root: Path,
     assert memos[0].read_bytes().startswith(b"cache_key:")
     monkeypatch.setattr(_maintenance, "MEMO_KEEP", 5)
     cache.gc()
-    assert sorted((root / "digests").iterdir(), key=lambda p: p.stat().st_mtime) == memos[-5:]
+    assert sorted((root / "digests").iterdir(), key=lambda p: p.stat().st_mtime) == [memos[0], *memos[-5:]]
     assert cache.entry_path(cache.key_for(answer_module(7))).exists()
     cache.gc(0)
     assert list((root / "digests").iterdir()) == []

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import time
 from typing import TYPE_CHECKING
 
+import pytest
 import wasmtime
 
-from conftest import run_json
+from conftest import run_cli, run_json
+from wasmcache import _maintenance
 from wasmcache._core import ENGINES_DIR, Identity, memo_file_name, memo_key_for
 from wasmgen import answer_module
 
@@ -309,3 +315,129 @@ def test_gc_and_clear_take_only_the_memos_from_digests_and_engines(root: Path, t
     run_json("import json, sys, wasmcache; print(json.dumps(wasmcache.ModuleCache(sys.argv[1]).clear()))", str(root))
     assert list(root.glob("digests/[0-9a-f]*")) == []
     assert all(p.read_text() == "mine\n" for p in foreign)
+
+
+FUEL_LOAD = """
+import json, sys, wasmcache
+from wasmcache import EngineSettings
+from wasmgen import answer_module
+import wasmtime
+root, engine_kind, path = sys.argv[1], sys.argv[2], sys.argv[3]
+fuel = engine_kind == "fuel"
+cache = wasmcache.ModuleCache(root, engine=EngineSettings(consume_fuel=True) if fuel else None)
+module = cache.load(path)
+store = wasmtime.Store(cache.engine)
+if fuel:
+    store.set_fuel(10**6)
+answer = wasmtime.Instance(store, module, []).exports(store)["answer"](store)
+stats = cache.stats()
+print(json.dumps({"answer": answer, "hits": stats.hits, "compiles": stats.compiles,
+                  "namespace": cache.namespace_dir.name, "fingerprint": cache.engine_identity.fingerprint}))
+"""
+
+
+def test_an_engine_memo_naming_another_fingerprint_neither_quarantines_nor_recompiles(root: Path,
+                                                                                     tmp_path: Path) -> None:
+    # Found by an outside reader: an engine memo whose fingerprint field names another configuration's
+    # namespace (damage, or a hand-edited file) sent the engine there; wasmtime refused that namespace's good
+    # entries, they were set aside and compiled again under the wrong fingerprint, and the other
+    # configuration then did the same: a cycle of quarantines and compiles. The fingerprint a memo gives is
+    # checked by a hash when wasmtime refuses an entry, and before a miss publishes anything.
+    wasm = wasm_file(tmp_path, "m.wasm", 62)
+    default = run_json(FUEL_LOAD, str(root), "default", str(wasm))
+    fuel = run_json(FUEL_LOAD, str(root), "fuel", str(wasm))
+    assert default["namespace"] != fuel["namespace"]
+    default_memo = root / ENGINES_DIR / f"{memo_file_name(memo_key_for('wasmtime.Engine()'))}.engine"
+    fuel_memo = next(p for p in (root / ENGINES_DIR).glob("*.engine") if p != default_memo)
+    header, _, rest = fuel_memo.read_bytes().partition(b"\n")
+    lengths = header.rsplit(b" ", 1)[0]
+    fuel_memo.write_bytes(lengths + b" " + str(default["fingerprint"]).encode() + b"\n" + rest)
+    for kind, first in (("fuel", fuel), ("default", default), ("fuel", fuel), ("default", default)):
+        again = run_json(FUEL_LOAD, str(root), kind, str(wasm))
+        assert again == {**first, "hits": 1, "compiles": 0}, kind
+    assert not list(root.glob("quarantine/*"))
+    # A miss under the lying memo publishes under the engine's real fingerprint too.
+    fuel_memo.write_bytes(lengths + b" " + str(default["fingerprint"]).encode() + b"\n" + rest)
+    other = wasm_file(tmp_path, "n.wasm", 63)
+    missed = run_json(FUEL_LOAD, str(root), "fuel", str(other))
+    assert (missed["answer"], missed["namespace"], missed["compiles"]) == (63, fuel["namespace"], 1)
+    assert run_json(FUEL_LOAD, str(root), "default", str(wasm))["hits"] == 1
+    assert not list(root.glob("quarantine/*"))
+
+
+GC = ("import json, sys, wasmcache\n"
+      "print(json.dumps(wasmcache.ModuleCache(sys.argv[1]).gc(int(sys.argv[2])).size_bytes))")
+USAGE = ("import json, sys, wasmcache\n"
+         "s = wasmcache.ModuleCache(sys.argv[1]).stats(); print(json.dumps([s.entries, s.size_bytes]))")
+
+
+def test_memos_stay_outside_max_size_before_and_after_gc(root: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: the README says memos are bounded by their count, outside --max-size, but
+    # gc (and verify's recount) added their bytes to the root's size: in a small bound, gc then evicted the
+    # very entries the memos lead to, and the size `stats` showed jumped at each collection.
+    wasm = wasm_file(tmp_path, "m.wasm", 141)
+    assert load(root, "default", wasm)["compiles"] == 1
+    entries, size = run_json(USAGE, str(root))
+    assert entries == 1
+    assert sum(p.stat().st_size for p in root.glob("ns-*/*") if p.name != "engine") == size  # entry + record
+    assert run_json(GC, str(root), str(size)) == size  # a bound of exactly the entries' size keeps them
+    assert run_json(USAGE, str(root)) == [1, size]
+    assert load(root, "default", wasm)["hits"] == 1
+    run_cli("--cache-dir", str(root), "verify")
+    assert run_json(USAGE, str(root)) == [1, size]
+
+
+def test_gc_keeps_the_most_recently_used_memos_of_each_kind(root: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found by an outside reader: the README says gc keeps 1,000 memos of each kind, dropping those unused;
+    # it kept 1,000 in all (each input has a digest memo and a key memo) and the newest written, so an input
+    # loaded every day for months lost its memos to a burst of new ones and was digested again.
+    files = [wasm_file(tmp_path, f"m{i}.wasm", 150 + i) for i in range(3)]
+    for path in files:
+        assert load(root, "default", path)["compiles"] == 1
+    old = time.time() - 10 * 24 * 3600
+    for path in files[:2]:  # the first two memos of each kind written ten days ago ...
+        digest = digest_memo(root, path).read_text().split(" ")[1]
+        for memo in (digest_memo(root, path), key_memo(root, load(root, "default", path)["fingerprint"], digest)):
+            os.utime(memo, (old, old))
+    assert load(root, "default", files[0])["hits"] == 1  # ... and the first one used today
+    monkeypatch.setattr(_maintenance, "MEMO_KEEP", 2)
+    _maintenance.collect_garbage(root, 1 << 30)
+    kept = {path.name: digest_memo(root, path).exists() for path in files}
+    assert kept == {"m0.wasm": True, "m1.wasm": False, "m2.wasm": True}
+    assert len(list(root.glob("digests/*"))) == 4  # two of each kind: the file identities, the keys
+    assert load(root, "default", files[0])["hits"] == 1
+
+
+def test_an_unreadable_digests_directory_is_named_by_gc_clear_and_doctor(root: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: with digests/ unreadable (its mode changed by hand), `gc` stopped with "a
+    # read-only cache can only be read" for a writable root, `clear` with a bare "Permission denied", and
+    # doctor said nothing while every load digested its input again. Run without the capabilities that let
+    # root read any directory, so the permission bits hold for this test's root user too.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to drop the capability that reads any directory")
+    wasm = wasm_file(tmp_path, "m.wasm", 161)
+    assert load(root, "default", wasm)["compiles"] == 1
+    digests = root / "digests"
+    digests.chmod(0)
+    try:
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable,
+                                   "-m", "wasmcache.cli", "--cache-dir", str(root), *args],
+                                  capture_output=True, text=True, check=False, timeout=300)
+        doctor = cli("doctor")
+        assert f"{digests}: digests cannot be read (Permission denied): every load digests its input again" \
+            in doctor.stdout, doctor
+        assert f"chmod u+rwx {digests}" in doctor.stdout
+        gc = cli("gc")
+        assert gc.returncode == 0, gc.stderr
+        assert gc.stderr.strip().splitlines() == [(
+            f"wasmcache: cannot read {digests} (Permission denied): its files are left as they are; "
+            f"fix: chmod u+rwx {digests}")]
+        assert "1 entries" in gc.stdout
+        cleared = cli("clear")
+        assert cleared.returncode == 0, cleared.stderr
+        assert "removed 1 entries" in cleared.stdout
+        assert "Traceback" not in gc.stderr + cleared.stderr + doctor.stderr
+    finally:
+        digests.chmod(0o700)

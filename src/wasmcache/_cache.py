@@ -297,6 +297,8 @@ class ModuleCache:
                 ctx.counters.add("hits")
                 log.info("wasmcache: hit %s (%s)", name, kind)
             else:
+                if not serialized and ctx.fingerprint_corrected(place):
+                    return self._load(source, kind, serialized=serialized, again=again)
                 if path is not None and not again and derive(place.fingerprint, kind, digest) != key:
                     # A remembered key that is not the one its digest makes (a damaged memo): nothing is
                     # compiled or published under it; the memo is corrected and the load asked again.
@@ -468,6 +470,8 @@ def load_entry(ctx: CacheContext, place: Place, key: str, kind: Kind, *, locked:
         except EntryRefusedError as refused:
             if place.serialized:
                 raise
+            if ctx.fingerprint_corrected(place):  # the namespace was another configuration's: its entry is good
+                return None, None
             _repair(ctx, namespace, key, Identity.of(checked.stat), f"wasmtime refused to load it: {refused}",
                     locked=locked)
             return None, None

@@ -283,11 +283,17 @@ def write_atomically(
     return commit_temp(temp, fd, final, durable=durable, read_only=read_only)
 
 
-def read_small_file(path: Path | str, limit: int = 1 << 16, *, trusted: bool = False) -> bytes | None:
+# A memo a hit reads is marked used (its mtime, which gc's retention goes by) at most this often.
+MEMO_TOUCH_INTERVAL: Final = 24 * 3600.0
+
+
+def read_small_file(path: Path | str, limit: int = 1 << 16, *, trusted: bool = False,
+                    mark_used: bool = False) -> bytes | None:
     """Up to `limit` bytes of a small file in one read (never through a symlink), or None.
 
     os-level on purpose: markers, memos and records are read on every hit, in every process.
     `trusted`: only a file nobody else could have written (a memo decides which entry a load maps).
+    `mark_used`: a memo of a writable root, its mtime set to now if older than MEMO_TOUCH_INTERVAL.
     """
     try:
         fd = os.open(path, READ_FLAGS)
@@ -297,9 +303,14 @@ def read_small_file(path: Path | str, limit: int = 1 << 16, *, trusted: bool = F
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (trusted and unsafe_reason(st) is not None):
             return None
-        return os.read(fd, limit)
+        data = os.read(fd, limit)
     except OSError:
         return None
+    else:
+        if mark_used and time.time() - st.st_mtime > MEMO_TOUCH_INTERVAL:
+            with contextlib.suppress(OSError):
+                os.utime(fd)
+        return data
     finally:
         os.close(fd)
 
@@ -1143,6 +1154,29 @@ def remember_fingerprint(engine: wasmtime.Engine, section: bytes) -> EngineIdent
     return identity
 
 
+def correct_fingerprint(identity: EngineIdentity) -> bool:
+    """Whether `identity`'s fingerprint, which a memo gave without hashing, was not its section's; if so it
+    is corrected (for every cache on its engine) and the memo file that named it removed (the next process
+    probes and remembers the right one).
+
+    A hit believes the memo (hashing is kept off its path); this hash is taken where a wrong fingerprint
+    would do harm: before a miss publishes under it, and when wasmtime refuses an entry of its namespace
+    (another configuration's good entry, which must not be set aside for it).
+    """
+    right = fingerprint_of_section(identity.section)
+    if right == identity.fingerprint:
+        return False
+    memo_file = _memo_files.pop(identity.section, None)
+    log.warning("wasmcache: the engine memo %s named another configuration's fingerprint; it is computed again",
+                memo_file)
+    _memo_fingerprints[identity.section] = right
+    identity.fingerprint = right
+    if memo_file is not None:
+        with contextlib.suppress(OSError):  # a read-only root: each process corrects it, at a miss or refusal
+            os.unlink(memo_file)
+    return True
+
+
 def default_engine(memo: EngineMemo | None) -> wasmtime.Engine:
     """`wasmtime.Engine()`, with its fingerprint remembered across processes in `memo`.
 
@@ -1176,6 +1210,7 @@ def engine_fingerprint(engine: wasmtime.Engine) -> str:
 
 _validated: dict[str, bytes] = {}
 _memo_fingerprints: dict[bytes, str] = {}  # section -> its fingerprint, as a memo file recorded them
+_memo_files: dict[bytes, Path] = {}  # section -> the memo file that recorded its fingerprint
 _in_memo: set[tuple[str, str]] = set()  # (memo directory, key) known to be on disk
 
 
@@ -1234,7 +1269,7 @@ class EngineMemo:
     def read(self, memo_key: str) -> bytes | None:
         # Binary, read in one syscall: this runs in every fresh process (the JSON version cost 0.15 ms;
         # sections are ~1 KiB, and a 1 MiB read costs an mmap per process).
-        raw = read_small_file(self.path(memo_key), 1 << 16, trusted=True)
+        raw = read_small_file(self.path(memo_key), 1 << 16, trusted=True, mark_used=self.writable)
         if raw is None:
             return None
         header, _, rest = raw.partition(b"\n")
@@ -1245,6 +1280,7 @@ class EngineMemo:
             return None  # another text's memo under the same name, an older format, or damage: not this one
         section = rest[len(key): len(key) + int(fields[1])]
         _memo_fingerprints[section] = fields[2].decode()
+        _memo_files[section] = self.path(memo_key)
         return section
 
     def write(self, memo_key: str, described: object, section: bytes) -> None:
@@ -2316,7 +2352,7 @@ class SourceDigests:
         """`derive(fingerprint, kind, digest)` (`cache_key` or `snapshot_key`), remembered like a digest
         (`fresh`: derived again, and remembered over what was)."""
         text = f"{derive.__name__}:{fingerprint}:{kind}:{digest}"
-        known = None if fresh else self._recall(text, root)
+        known = None if fresh else self._recall(text, root, writable=writable)
         if known is not None:
             return known
         key = derive(fingerprint, kind, digest)
@@ -2346,7 +2382,7 @@ class SourceDigests:
         identity = Identity.of(st)
         text = f"{'artifact' if artifact else 'wasm'}:{':'.join(map(str, identity))}"  # dev:ino:size:mtime:ctime
         believed = identity not in self._forgotten
-        known = self._recall(text, root) if believed else None
+        known = self._recall(text, root, writable=writable) if believed else None
         if known is None and root is not None and believed:
             known = _legacy_digest_memo(root, identity, artifact)
             if known is not None:
@@ -2364,12 +2400,12 @@ class SourceDigests:
     # A memo: ROOT/digests/<memo_file_name(text)> holds "<text> <value>", `text` spelling out what is
     # remembered (a file's identity, or a key's inputs), `value` starting with a 64-hex digest or key.
 
-    def _recall(self, text: str, root: Path | None) -> str | None:
+    def _recall(self, text: str, root: Path | None, *, writable: bool) -> str | None:
         with self._guard:
             known = self._known.get(text)
         if known is not None or root is None:
             return known
-        raw = read_small_file(f"{root}/{DIGESTS_DIR}/{memo_file_name(text)}", 512, trusted=True)
+        raw = read_small_file(f"{root}/{DIGESTS_DIR}/{memo_file_name(text)}", 512, trusted=True, mark_used=writable)
         if raw is None:
             return None
         found, _, value = raw.decode("ascii", "replace").partition(" ")
@@ -2479,6 +2515,7 @@ class CacheContext:
         self._engine: wasmtime.Engine | None = None
         self._engine_ref: ref[wasmtime.Engine] | None = None  # instead of the two above (hold_engine_weakly)
         self._identity: EngineIdentity | None = None
+        self._fingerprint_hashed = False  # the identity's fingerprint was checked against its section
         self._namespace: Namespace | None = None
         self._namespaces_checked: set[str] = set()  # namespaces, digests/ and engines/ whose permissions were checked
         self._guard = allocate_lock()
@@ -2611,9 +2648,18 @@ class CacheContext:
             self._identity = engine_identity(self.engine)
         return self._identity
 
+    def fingerprint_corrected(self, place: Place) -> bool:
+        """Whether `place` was chosen by a fingerprint that was not this engine's (a memo's, now corrected,
+        see `correct_fingerprint`; hashed once per cache): the load must choose its place again."""
+        if not self._fingerprint_hashed:
+            self._fingerprint_hashed = True
+            correct_fingerprint(self.engine_identity)
+        return place.fingerprint != self.engine_identity.fingerprint
+
     @property
     def namespace(self) -> Namespace:
         """The namespace of this engine's entries."""
-        if self._namespace is None:
-            self._namespace = Namespace.of(self.root, self.engine_identity.fingerprint)
+        fingerprint = self.engine_identity.fingerprint
+        if self._namespace is None or self._namespace.name != namespace_name(fingerprint):
+            self._namespace = Namespace.of(self.root, fingerprint)
         return self._namespace

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from ._core import (
+    DIGESTS_DIR,
+    ENGINES_DIR,
     ENTRY_SUFFIX,
     Identity,
     existing_root,
@@ -29,6 +31,7 @@ from ._core import (
     unsafe_reason,
 )
 from ._elf import ENGINE_SECTION, find_section
+from ._maintenance import unreadable_fix
 from ._verify import verify_root
 
 DANGER: Final = "danger"
@@ -60,13 +63,14 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     if not existing_root(root, "diagnose"):  # a directory that is not ours: one line, not advice about its files
         return [Diagnosis(INFO, str(root), "cache root does not exist yet, or is empty", "nothing to do")]
-    for directory in [root, *(ns.path for ns in namespaces(root))]:
+    for directory in [root, root / DIGESTS_DIR, root / ENGINES_DIR, *(ns.path for ns in namespaces(root))]:
         try:
             reason = unsafe_reason(os.stat(directory))
         except OSError:
             continue
         if reason is not None:
             out.append(Diagnosis(DANGER, str(directory), f"{directory.name} {reason}", unsafe_fix(directory, reason)))
+    out.extend(_unreadable_memos(root))
     for namespace in namespaces(root):
         for files in namespace.scan().keys:
             if files.temps:
@@ -99,6 +103,27 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
     for f in report.findings:
         severity = WARNING if f.problem in ("orphan", "foreign") else DANGER
         out.append(Diagnosis(severity, f.path, f"{f.problem}: {f.detail}", f.fix))
+    return out
+
+
+def _unreadable_memos(root: Path) -> list[Diagnosis]:
+    """digests/ or engines/ that this user cannot read: nothing breaks, but every load digests its input
+    (or every process probes its engine) again, and gc leaves their files."""
+    out = []
+    for name, cost in ((DIGESTS_DIR, "every load digests its input again"),
+                       (ENGINES_DIR, "every process probes its engine again")):
+        directory = root / name
+        try:
+            with os.scandir(directory):
+                pass
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:
+            out.append(Diagnosis(WARNING, str(directory), f"{name} is not a directory: {cost}",
+                                 "move it out of the cache root (wasmcache makes the directory again)"))
+        except OSError as exc:
+            out.append(Diagnosis(WARNING, str(directory), f"{name} cannot be read ({exc.strerror or exc}): {cost}",
+                                 unreadable_fix(directory).removeprefix("fix: ")))
     return out
 
 

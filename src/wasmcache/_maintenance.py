@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -17,6 +18,7 @@ from ._core import (
     DIGESTS_DIR,
     ENGINES_DIR,
     GC_LOCK_NAME,
+    NAMESPACE_ENGINE_FILE,
     QUARANTINE_DIR,
     Namespace,
     existing_root,
@@ -28,6 +30,7 @@ from ._core import (
     log,
     namespaces,
     read_record,
+    read_small_file,
     reap_if_dead,
 )
 from ._errors import CacheError
@@ -41,7 +44,8 @@ MAX_AGE: Final = 30 * 24 * 3600.0  # entries (and so namespaces of an old wasmti
 _QUARANTINE_AGE: Final = 24 * 3600.0
 # Digest and engine memos are only shortcuts (a digest is computed again, an engine probed again), one
 # small file each (a 4 KiB block on disk): a tool that loads fresh temporary files makes one per file. gc
-# keeps the newest this many of each kind (~4 MiB), and none at --max-size 0.
+# keeps the most recently used this many of each kind (~4 MiB each; a hit marks a memo used at most once a
+# day, `MEMO_TOUCH_INTERVAL`), none at --max-size 0; they are bounded by their count, outside max_size.
 MEMO_KEEP = 1_000
 # The usage record is recounted by a collection at least this often, whatever the publications say.
 _USAGE_RECOUNT_INTERVAL: Final = 24 * 3600.0
@@ -49,18 +53,21 @@ _ACCOUNT_WAIT: Final = 2.0
 
 
 def scan_usage(root: Path) -> tuple[int, int]:
-    """(entries, bytes) under the whole root, counted: entries, records, quarantine and memo files.
+    """(entries, bytes) under the whole root, counted as a collection counts them: the files of the keys
+    (entries, records) and quarantine; neither memos (bounded by their count, see MEMO_KEEP) nor a
+    namespace's engine file.
 
     An inode with several names (entries that share identical content) is counted once.
     """
     entries = 0
     total = 0
     inodes: set[tuple[int, int]] = set()
-    for directory in [*(ns.path for ns in namespaces(root)), root / QUARANTINE_DIR, root / DIGESTS_DIR,
-                      root / ENGINES_DIR]:
+    for directory in [*(ns.path for ns in namespaces(root)), root / QUARANTINE_DIR]:
         try:
             with os.scandir(directory) as it:
                 for e in it:
+                    if e.name == NAMESPACE_ENGINE_FILE and directory.name != QUARANTINE_DIR:
+                        continue
                     with contextlib.suppress(OSError):
                         st = e.stat(follow_symlinks=False)
                         inode = (st.st_dev, st.st_ino)
@@ -183,10 +190,9 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
                                          (entry_stat.st_dev, entry_stat.st_ino)))
     for directory in (root, root / DIGESTS_DIR, root / ENGINES_DIR):
         report.reaped_temp_files += _reap_dead_temp_files(directory)
-    memos = MEMO_KEEP if max_size > 0 else 0
     other_bytes += _expire_files(root / QUARANTINE_DIR, now - _QUARANTINE_AGE)
     for directory in (root / DIGESTS_DIR, root / ENGINES_DIR):
-        other_bytes += _expire_files(directory, now - max_age, memos, memos=True)
+        _expire_memos(directory, now - max_age, MEMO_KEEP if max_size > 0 else 0)
     candidates.sort(key=lambda c: c.last_used)
     names: dict[tuple[int, int], int] = {}  # names per inode: its bytes count once, and go with its last name
     for c in candidates:
@@ -224,32 +230,62 @@ def _reap_dead_temp_files(directory: Path) -> int:
     return sum(reap_if_dead(path) for path in temps)
 
 
-def _expire_files(directory: Path, cutoff: float, keep: int | None = None, *, memos: bool = False) -> int:
-    """Remove the files of `directory` older than `cutoff` and, past `keep` files, the oldest; the bytes
-    of those that remain (`memos`: only the files `is_memo_name` calls ours are looked at)."""
-    remaining: list[tuple[float, str, int]] = []
+def _expire_files(directory: Path, cutoff: float) -> int:
+    """Remove the files of `directory` older than `cutoff`; the bytes of those that remain."""
+    remaining = 0
+    for e, st in _files_of(directory):
+        if st.st_mtime < cutoff:
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+        else:
+            remaining += st.st_size
+    return remaining
+
+
+def _expire_memos(directory: Path, cutoff: float, keep: int) -> None:
+    """Remove the memos of `directory` (only the names `is_memo_name` calls ours) unused since `cutoff`
+    and, past `keep` of one kind, the least recently used: kinds are what a memo remembers (a file's
+    identity, a key made of a digest, an engine's settings), the text before its first ':'."""
+    kinds: dict[bytes, list[tuple[float, str]]] = {}
+    for e, st in _files_of(directory, memos=True):
+        if st.st_mtime < cutoff:
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+            continue
+        head = read_small_file(e.path, 32) or b""
+        kind, colon, _ = head.partition(b":")
+        kinds.setdefault(kind if colon else b"", []).append((st.st_mtime, e.path))
+    for used in kinds.values():
+        used.sort()
+        for _mtime, path in used[:max(0, len(used) - keep)]:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def unreadable_fix(directory: Path) -> str:
+    """What to do about a directory of a root that its user cannot read (its mode changed by hand)."""
+    return f"fix: chmod u+rwx {directory}"
+
+
+def _files_of(directory: Path, *, memos: bool = False) -> list[tuple[os.DirEntry[str], os.stat_result]]:
+    """The regular files of `directory` and their stats (`memos`: only memo names); a directory that
+    cannot be read is one warning (its files stay), not the end of a collection."""
+    found = []
     try:
         with os.scandir(directory) as it:
             for e in it:
                 if memos and not is_memo_name(directory.name, e.name):
                     continue
-                try:
+                with contextlib.suppress(OSError):
                     st = e.stat(follow_symlinks=False)
-                    if st.st_mtime < cutoff:
-                        os.unlink(e.path)
-                    else:
-                        remaining.append((st.st_mtime, e.path, st.st_size))
-                except OSError:
-                    continue
+                    if stat.S_ISREG(st.st_mode):
+                        found.append((e, st))
     except (FileNotFoundError, NotADirectoryError):
         pass
-    if keep is not None and len(remaining) > keep:
-        remaining.sort()
-        for _mtime, path, _size in remaining[:len(remaining) - keep]:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        remaining = remaining[len(remaining) - keep:]
-    return sum(size for _mtime, _path, size in remaining)
+    except OSError as exc:
+        log.warning("wasmcache: cannot read %s (%s): its files are left as they are; %s", directory,
+                    exc.strerror or exc, unreadable_fix(directory))
+    return found
 
 
 def clear_root(root: Path) -> int:
@@ -270,7 +306,7 @@ def clear_root(root: Path) -> int:
         import shutil  # noqa: PLC0415
 
         shutil.rmtree(root / QUARANTINE_DIR, ignore_errors=True)
-        _expire_files(root / DIGESTS_DIR, time.time() + 1, memos=True)  # every memo; files not ours stay
+        _expire_memos(root / DIGESTS_DIR, time.time() + 1, 0)  # every memo; files not ours stay
         with contextlib.suppress(OSError):
             os.rmdir(root / DIGESTS_DIR)
         with contextlib.suppress(OSError):
