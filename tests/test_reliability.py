@@ -471,3 +471,43 @@ def test_disk_full_threads_waiting_on_one_key_share_one_compile(tiny_tmpfs: Path
     assert all(call_answer(cache.engine, module) == 12 for module in modules)
     assert cache.stats().compiles == 1
     _no_partial_files(root)
+
+
+def test_a_root_made_immutable_is_diagnosed_with_advice_that_can_work(root: Path,
+                                                                      immutable: Callable[[Path], None]) -> None:
+    # Found by an outside reader: `chattr -R +i` on a root changes every entry's ctime, so every load checks
+    # content in full (as on a read-only root whose files were copied); doctor then advised `verify --fix`,
+    # which cannot record anything there. Its advice now says what a load does and when the fix can work.
+    from wasmcache._doctor import diagnose_root
+
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(17))
+    entry = cache.entry_path(cache.key_for(answer_module(17)))
+    immutable(entry)  # its ctime changes: no longer the file that was published
+    immutable(cache.namespace_dir)
+    found = [d for d in diagnose_root(root) if d.path == str(entry)]
+    assert [d.problem for d in found] == [
+        "entry is not the file that was published (copied, restored or modified since)"]
+    assert "cannot be written" in found[0].fix
+    assert "settles it once it can be" in found[0].fix
+    fresh = wasmcache.ModuleCache(root)
+    assert call_answer(fresh.engine, fresh.load(answer_module(17))) == 17
+    assert fresh.stats().hits == 1
+
+
+def test_a_python_without_blake3_gets_one_line_naming_the_fix_not_a_traceback(root: Path) -> None:
+    # Found by an outside reader: blake3 is a declared dependency, but a broken installation without it got a
+    # raw ModuleNotFoundError from deep inside a miss.
+    code = """
+import json, sys
+sys.modules["blake3"] = None  # as in a Python where it is not installed
+import wasmcache
+from wasmgen import answer_module
+try:
+    wasmcache.ModuleCache(sys.argv[1]).load(answer_module(18))
+except wasmcache.CacheError as exc:
+    print(json.dumps(str(exc)))
+"""
+    message = run_json(code, str(root))
+    assert message.startswith("cannot hash: blake3 does not import in ")
+    assert message.endswith("-m pip install blake3")

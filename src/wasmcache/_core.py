@@ -356,8 +356,11 @@ def blake3_hasher() -> Any:
     process ~0.5 ms, and ~0.2 ms more at its exit (issue 14, item 7)."""
     global _blake3  # noqa: PLW0603 - imported once per process
     if _blake3 is None:
-        from blake3 import blake3  # noqa: PLC0415
-
+        try:
+            from blake3 import blake3  # noqa: PLC0415
+        except ImportError as exc:  # a declared dependency: only a broken installation lacks it
+            raise CacheError(f"cannot hash: blake3 does not import in {sys.executable} ({exc}); "
+                             f"fix: {sys.executable} -m pip install blake3") from None
         _blake3 = blake3
     return _blake3
 

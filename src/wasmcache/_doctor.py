@@ -72,6 +72,10 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
             out.append(Diagnosis(DANGER, str(directory), f"{directory.name} {reason}", unsafe_fix(directory, reason)))
     out.extend(_unreadable_memos(root))
     for namespace in namespaces(root):
+        settle = ("the next load checks its content; `wasmcache verify --fix` settles it now"
+                  if os.access(namespace.path, os.W_OK) else
+                  "every load checks its content in full, for this directory cannot be written (a read-only mount, "
+                  "chattr +i ...); `wasmcache verify --fix` settles it once it can be")
         for files in namespace.scan().keys:
             if files.temps:
                 with namespace.key_free(files.key) as free:
@@ -96,7 +100,7 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
                 if found is not None and found[0].identity not in (None, Identity.of(st)):
                     out.append(Diagnosis(WARNING, path, "entry is not the file that was published "
                                          "(copied, restored or modified since)",
-                                         "the next load checks its content; `wasmcache verify --fix` settles it now"))
+                                         settle))
     report = verify_root(root)
     judged = {f.path for f in report.findings}  # verify's verdict on a file replaces the identity warning
     out = [d for d in out if not (d.severity == WARNING and d.path in judged)]
