@@ -450,6 +450,9 @@ def _loads(raw: bytes) -> Any:
     """
     global _scan  # noqa: PLW0603 - made once per process
     text = raw.decode("utf-8")
+    plain = _plain_json(text)
+    if plain is not None:
+        return plain
     if _scan is None:
         try:
             from _json import make_scanner  # noqa: PLC0415
@@ -467,6 +470,63 @@ def _loads(raw: bytes) -> Any:
     if text[end:].strip(" \t\n\r"):
         raise ValueError(f"record is not JSON (extra data at character {end})")
     return value
+
+
+_LITERALS: Final = {"null": None, "true": True, "false": False}
+
+
+def _plain_json(text: str) -> Any:
+    """A record as `Record.to_json` writes it (json.dumps: ASCII, `", "` and `": "` between its parts, no
+    escapes, no arrays) parsed without `_json`, whose import (an extension module) costs a hit process
+    ~0.2 ms (issue 14, item 7); None for anything else, which the real parser reads (or refuses).
+
+    Hand-written because of that measured cost, and kept to a strict subset of JSON: what it accepts,
+    json.loads reads as the same value (tests/test_hit_memos.py compares the two on damaged records).
+    """
+    if not (text.isascii() and text.isprintable()) or "\\" in text or "[" in text:
+        return None
+    try:
+        value, end = _plain_value(text, 0)
+    except (ValueError, IndexError, RecursionError):
+        return None
+    return value if end == len(text) else None
+
+
+def _plain_value(text: str, i: int) -> tuple[Any, int]:
+    """The value at `text[i:]` and where it ends; ValueError for what `_plain_json` leaves to json."""
+    if text.startswith('"', i):
+        end = text.index('"', i + 1)  # no escapes: the next quote closes the string
+        return text[i + 1:end], end + 1
+    if text.startswith("{", i):
+        found: dict[str, Any] = {}
+        i += 1
+        if text.startswith("}", i):
+            return found, i + 1
+        while True:
+            if not text.startswith('"', i):
+                raise ValueError(i)
+            name, i = _plain_value(text, i)
+            if not text.startswith(": ", i):
+                raise ValueError(i)
+            found[name], i = _plain_value(text, i + 2)
+            if text.startswith(", ", i):
+                i += 2
+            elif text.startswith("}", i):
+                return found, i + 1
+            else:
+                raise ValueError(i)
+    ends = [end for end in (text.find(",", i), text.find("}", i)) if end >= 0]
+    end = min(ends) if ends else len(text)
+    token = text[i:end]
+    if token in _LITERALS:
+        return _LITERALS[token], end
+    mantissa, exp, exponent = token.removeprefix("-").lower().partition("e")
+    whole, dot, fraction = mantissa.partition(".")
+    digits = exponent[1:] if exponent[:1] in ("+", "-") else exponent
+    if (not whole.isdigit() or (whole.startswith("0") and whole != "0") or (dot and not fraction.isdigit())
+            or (exp and not digits.isdigit())):
+        raise ValueError(token)
+    return (float(token) if dot or exp else int(token)), end
 
 
 # Identity and Record are written out, not NamedTuples (nor dataclasses, whose import costs ~5 ms):
