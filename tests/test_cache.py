@@ -602,3 +602,24 @@ def test_verify_accepts_a_namespace_whose_engine_file_was_lost_if_its_entries_na
     report = cache.verify()
     assert not report.ok
     assert any(f.problem == "mismatched" for f in report.findings)
+
+
+def test_the_running_size_counts_records_and_gc_drops_quarantine_before_good_entries(root: Path) -> None:
+    # Found by an outside reader: the size a publication adds left out its record (~4% of a root of small
+    # modules), so a root could sit over its bound with no collection; and gc evicted a good, used entry while
+    # keeping a quarantined copy, which is kept only for inspection.
+    cache = ModuleCache(root)
+    for answer in range(4):
+        cache.load(answer_module(300 + answer))
+    running = cache.stats().size_bytes
+    assert running == sum(p.stat().st_size for p in root.glob("ns-*/*.*") if p.suffix in (".cwasm", ".rec"))
+    bad = cache.entry_path(cache.key_for(answer_module(300)))
+    bad.chmod(0o644)
+    with bad.open("r+b") as f:
+        f.seek(bad.stat().st_size // 2)
+        f.write(b"XXXX")
+    assert cache.verify(fix=True).fixed == 1
+    good = sum(p.stat().st_size for p in root.glob("ns-*/*.*") if p.suffix in (".cwasm", ".rec"))
+    kept = cache.gc(good)  # exactly the three good entries: the quarantined copy goes, none of them
+    assert (kept.evicted_entries, kept.entries) == (0, 3)
+    assert list(root.glob("quarantine/*")) == []

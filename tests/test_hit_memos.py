@@ -364,6 +364,17 @@ def test_an_engine_memo_naming_another_fingerprint_neither_quarantines_nor_recom
     assert (missed["answer"], missed["namespace"], missed["compiles"]) == (63, fuel["namespace"], 1)
     assert run_json(FUEL_LOAD, str(root), "default", str(wasm))["hits"] == 1
     assert not list(root.glob("quarantine/*"))
+    # In a copied root (every entry checked in full, its engine section compared before wasmtime sees it), the
+    # default engine's memo naming the fuel configuration's fingerprint sets nothing aside either.
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    default_copy = copy / ENGINES_DIR / default_memo.name
+    header, _, rest = default_copy.read_bytes().partition(b"\n")
+    default_copy.write_bytes(header.rsplit(b" ", 1)[0] + b" " + str(fuel["fingerprint"]).encode() + b"\n" + rest)
+    for kind, first in (("default", default), ("fuel", fuel)):
+        again = run_json(FUEL_LOAD, str(copy), kind, str(wasm))
+        assert again == {**first, "hits": 1, "compiles": 0}, kind
+    assert not list(copy.glob("quarantine/*"))
 
 
 GC = ("import json, sys, wasmcache\n"
@@ -498,3 +509,83 @@ def test_the_records_parser_accepts_only_what_json_reads_the_same(tmp_path: Path
         accepted += 1
         assert repr(parsed) == repr(json.loads(damaged)), damaged
     assert accepted > 5_000
+
+
+def test_a_link_where_a_memo_directory_belongs_is_never_followed(root: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: a digests/ that is a symbolic link had memos written outside the root, gc
+    # deleting memo files there, doctor silent; pointing at a world-writable directory, doctor advised
+    # `chmod o-w ROOT/digests`, which would change the shared target. Such a link is never followed: loads
+    # neither read nor write memos through it, gc and clear leave its target alone, doctor names the link.
+    wasm = wasm_file(tmp_path, "m.wasm", 181)
+    assert load(root, "default", wasm)["compiles"] == 1
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o1777)
+    (elsewhere / "keep.txt").write_text("mine\n")
+    shutil.rmtree(root / "digests")
+    (root / "digests").symlink_to(elsewhere)
+    hit = load(root, "default", wasm)
+    assert (hit["answer"], hit["hits"]) == (181, 1)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]  # nothing written through the link
+    for name in ("0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"):
+        (elsewhere / name).write_text(f"wasm:1:2:3:4:5 {'a' * 64}")  # memos by name and content, but not ours
+    doctor = run_cli("--cache-dir", str(root), "doctor")
+    assert f"{root / 'digests'}: digests is a symbolic link (to {elsewhere})" in doctor.stdout
+    assert "chmod o-w" not in doctor.stdout
+    assert run_cli("--cache-dir", str(root), "gc", "--max-size", "0").returncode == 0
+    assert run_cli("--cache-dir", str(root), "clear").returncode == 0
+    assert len(list(elsewhere.iterdir())) == 3
+
+
+def test_memo_directories_that_cannot_be_written_and_files_that_are_not_memos(root: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: a digests/ that could be read but not written, or a directory where a memo
+    # belongs, made every load digest its input again with nothing said; gc and clear removed any file of a
+    # memo's name, whatever it held; gc advised `chmod u+rwx` for a digests/ another user owns.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to drop the capability that writes any directory")
+    wasm = wasm_file(tmp_path, "m.wasm", 191)
+    assert load(root, "default", wasm)["compiles"] == 1
+    mine = root / "digests" / "0123456789abcdef0123456789abcdef"
+    mine.write_text("my notes, under a name like a memo's\n")
+    engine_memo = next((root / ENGINES_DIR).glob("*.engine"))
+    engine_memo.unlink()
+    engine_memo.mkdir()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m",
+                               "wasmcache.cli", "--cache-dir", str(root), *args],
+                              capture_output=True, text=True, check=False, timeout=300)
+
+    (root / "digests").chmod(0o500)
+    try:
+        doctor = cli("doctor").stdout
+    finally:
+        (root / "digests").chmod(0o700)
+    assert f"{root / 'digests'}: digests cannot be written: every load digests its input again" in doctor
+    assert f"chmod u+rwx {root / 'digests'}" in doctor
+    assert f"{engine_memo}: a directory where a memo belongs: every process probes its engine again" in doctor
+    assert cli("clear").returncode == 0
+    assert mine.read_text() == "my notes, under a name like a memo's\n"  # not a memo: left alone
+    os.chown(root / "digests", 65534, 65534)
+    try:
+        gc = cli("gc")
+    finally:
+        os.chown(root / "digests", 0, 0)
+    assert gc.returncode == 0
+    assert f"fix: chown $(id -u) {root / 'digests'}" in gc.stderr
+
+
+def test_doctor_names_an_engine_memo_whose_fingerprint_is_not_its_engines(root: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: on a root that cannot be written, an edited engine memo is corrected by each
+    # process for itself, in every process; doctor never named the one file to remove.
+    wasm = wasm_file(tmp_path, "m.wasm", 201)
+    fuel = run_json(FUEL_LOAD, str(root), "fuel", str(wasm))
+    default = run_json(FUEL_LOAD, str(root), "default", str(wasm))
+    memo = root / ENGINES_DIR / f"{memo_file_name(memo_key_for('wasmtime.Engine()'))}.engine"
+    assert "engine memo" not in run_cli("--cache-dir", str(root), "doctor").stdout
+    header, _, rest = memo.read_bytes().partition(b"\n")
+    memo.write_bytes(header.rsplit(b" ", 1)[0] + b" " + str(fuel["fingerprint"]).encode() + b"\n" + rest)
+    doctor = run_cli("--cache-dir", str(root), "doctor").stdout
+    assert f"{memo}: engine memo names a fingerprint that is not its engine's" in doctor
+    assert run_json(FUEL_LOAD, str(root), "default", str(wasm)) == {**default, "hits": 1, "compiles": 0}
+    assert not memo.exists() or "engine memo" not in run_cli("--cache-dir", str(root), "doctor").stdout

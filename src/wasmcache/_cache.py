@@ -444,6 +444,8 @@ def load_entry(ctx: CacheContext, place: Place, key: str, kind: Kind, *, locked:
     try:
         checked = namespace.check(key, kind=kind, section=place.section)
     except UntrustedEntryError as bad:
+        if not place.serialized and ctx.fingerprint_corrected(place):  # the namespace was another configuration's
+            return None, None
         _repair(ctx, namespace, key, bad.seen, bad.detail, locked=locked)
         return None, None
     if checked is None:
@@ -525,7 +527,8 @@ def _repair(ctx: CacheContext, namespace: Namespace, key: str, seen: Identity | 
             locked: bool = False) -> None:
     """One warning, then quarantine the entry if it is still the file judged bad
     (`Namespace.quarantine_if_unchanged`)."""
-    log.warning("wasmcache: bad cache entry %s: %s; setting it aside and loading it anew", namespace.entry_path(key),
-                reason)
+    log.warning("wasmcache: bad cache entry %s: %s; %s", namespace.entry_path(key), reason,
+                "setting it aside and loading it anew" if ctx.writable else
+                "compiling it in memory (this root cannot be written, so it stays: `wasmcache doctor` says more)")
     if ctx.writable:
         namespace.quarantine_if_unchanged(key, seen, reason, lock_held=locked)

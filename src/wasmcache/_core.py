@@ -116,6 +116,11 @@ def is_temp_name(name: str) -> bool:
     return re.match(_TEMP_RE, name) is not None
 
 
+# What a memo of ROOT/digests/ remembers, the text before its first ':' (see `SourceDigests`): a file's identity
+# (a wasm, or a serialized artifact) or a key made of a digest (`cache_key`, `snapshot_key`).
+DIGEST_MEMO_KINDS: Final = (b"wasm", b"artifact", b"cache_key", b"snapshot_key")
+
+
 def is_memo_name(directory: str, name: str) -> bool:
     """A file wasmcache writes in ROOT/digests/ (a memo: 32 hex digits, see `memo_file_name`) or ROOT/engines/
     (the same, `.engine`), or a writer's temp file in either. Nothing else there is collected or cleared."""
@@ -1303,6 +1308,17 @@ def remembered_section(memo_key: str, memo: EngineMemo | None, described: object
     return section
 
 
+def parse_engine_memo(raw: bytes) -> tuple[bytes, bytes, str] | None:
+    """An engine memo's (key, section, fingerprint) as `EngineMemo.write` wrote them, or None."""
+    header, _, rest = raw.partition(b"\n")
+    fields = header.split(b" ")
+    if (len(fields) != 3 or not fields[0].isdigit() or not fields[1].isdigit()
+            or not is_key(fields[2].decode("latin-1")) or int(fields[0]) + int(fields[1]) > len(rest)):
+        return None
+    length = int(fields[0])
+    return rest[:length], rest[length: length + int(fields[1])], fields[2].decode()
+
+
 class EngineMemo:
     """Where verdicts and fingerprints are remembered: ROOT/engines/ of an initialized root.
 
@@ -1333,16 +1349,11 @@ class EngineMemo:
         # Binary, read in one syscall: this runs in every fresh process (the JSON version cost 0.15 ms;
         # sections are ~1 KiB, and a 1 MiB read costs an mmap per process).
         raw = read_small_file(self.path(memo_key), 1 << 16, trusted=True, mark_used=self.writable)
-        if raw is None:
-            return None
-        header, _, rest = raw.partition(b"\n")
-        fields = header.split(b" ")
-        key = memo_key.encode()
-        if (len(fields) != 3 or not fields[0].isdigit() or not fields[1].isdigit() or not is_key(fields[2].decode())
-                or int(fields[0]) + int(fields[1]) > len(rest) or rest[: int(fields[0])] != key):
+        parsed = parse_engine_memo(raw) if raw is not None else None
+        if parsed is None or parsed[0] != memo_key.encode():
             return None  # another text's memo under the same name, an older format, or damage: not this one
-        section = rest[len(key): len(key) + int(fields[1])]
-        _memo_fingerprints[section] = fields[2].decode()
+        _key, section, fingerprint = parsed
+        _memo_fingerprints[section] = fingerprint
         _memo_files[section] = self.path(memo_key)
         return section
 
@@ -2604,9 +2615,11 @@ class CacheContext:
             return True
         path = self.root / name
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except OSError:
             return True  # not made yet: made by us, 0700
+        if stat.S_ISLNK(st.st_mode):
+            return False  # memos are never read or written through a link out of the root (doctor says so)
         if not self.safe(path, st):
             return False
         self._namespaces_checked.add(name)

@@ -21,11 +21,16 @@ from ._core import (
     ENTRY_SUFFIX,
     Identity,
     existing_root,
+    fingerprint_of_section,
     is_entry_name,
+    is_memo_name,
     is_namespace_name,
+    is_temp_name,
     key_of,
     namespaces,
+    parse_engine_memo,
     read_record,
+    read_small_file,
     record_path,
     unsafe_fix,
     unsafe_reason,
@@ -64,13 +69,15 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
     if not existing_root(root, "diagnose"):  # a directory that is not ours: one line, not advice about its files
         return [Diagnosis(INFO, str(root), "cache root does not exist yet, or is empty", "nothing to do")]
     for directory in [root, root / DIGESTS_DIR, root / ENGINES_DIR, *(ns.path for ns in namespaces(root))]:
+        if directory in (root / DIGESTS_DIR, root / ENGINES_DIR) and directory.is_symlink():
+            continue  # never followed (its target may be anyone's): `_memo_directories` names the link
         try:
             reason = unsafe_reason(os.stat(directory))
         except OSError:
             continue
         if reason is not None:
             out.append(Diagnosis(DANGER, str(directory), f"{directory.name} {reason}", unsafe_fix(directory, reason)))
-    out.extend(_unreadable_memos(root))
+    out.extend(_memo_directories(root))
     for namespace in namespaces(root):
         settle = ("the next load checks its content; `wasmcache verify --fix` settles it now"
                   if os.access(namespace.path, os.W_OK) else
@@ -110,24 +117,48 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
     return out
 
 
-def _unreadable_memos(root: Path) -> list[Diagnosis]:
-    """digests/ or engines/ that this user cannot read: nothing breaks, but every load digests its input
-    (or every process probes its engine) again, and gc leaves their files."""
+def _memo_directories(root: Path) -> list[Diagnosis]:
+    """What keeps digests/ or engines/ from doing their work: a link out of the root (never followed), a
+    directory this user cannot read or write, a directory where a memo belongs, an engine memo whose
+    fingerprint is not its section's (each load then corrects it: loads stay right, every process pays)."""
     out = []
+    writable = os.access(root, os.W_OK)
     for name, cost in ((DIGESTS_DIR, "every load digests its input again"),
                        (ENGINES_DIR, "every process probes its engine again")):
         directory = root / name
+        if directory.is_symlink():
+            out.append(Diagnosis(WARNING, str(directory), f"{name} is a symbolic link (to {os.readlink(directory)}): "
+                                 f"memos are never read or written through it; {cost}",
+                                 "move the link out of the cache root (wasmcache makes the directory again)"))
+            continue
         try:
-            with os.scandir(directory):
-                pass
+            with os.scandir(directory) as it:
+                entries = list(it)
         except FileNotFoundError:
             continue
         except NotADirectoryError:
             out.append(Diagnosis(WARNING, str(directory), f"{name} is not a directory: {cost}",
                                  "move it out of the cache root (wasmcache makes the directory again)"))
+            continue
         except OSError as exc:
             out.append(Diagnosis(WARNING, str(directory), f"{name} cannot be read ({exc.strerror or exc}): {cost}",
                                  unreadable_fix(directory).removeprefix("fix: ")))
+            continue
+        if writable and not os.access(directory, os.W_OK | os.X_OK):
+            out.append(Diagnosis(WARNING, str(directory), f"{name} cannot be written: {cost}",
+                                 unreadable_fix(directory).removeprefix("fix: ")))
+        for e in entries:
+            if not is_memo_name(name, e.name) or is_temp_name(e.name):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                out.append(Diagnosis(WARNING, e.path, f"a directory where a memo belongs: {cost}",
+                                     "move it out of the cache root"))
+            elif name == ENGINES_DIR:
+                parsed = parse_engine_memo(read_small_file(e.path, 1 << 16) or b"")
+                if parsed is not None and fingerprint_of_section(parsed[1]) != parsed[2]:
+                    out.append(Diagnosis(WARNING, e.path, "engine memo names a fingerprint that is not its engine's "
+                                         "(edited or damaged): each process that reads it corrects it for itself",
+                                         "remove it (wasmcache writes it again at the next load)"))
     return out
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from ._core import (
+    DIGEST_MEMO_KINDS,
     DIGESTS_DIR,
     ENGINES_DIR,
     GC_LOCK_NAME,
@@ -29,9 +30,12 @@ from ._core import (
     iter_entries,
     log,
     namespaces,
+    parse_engine_memo,
     read_record,
     read_small_file,
     reap_if_dead,
+    unsafe_fix,
+    unsafe_reason,
 )
 from ._errors import CacheError
 from ._lock import KeyLock, holder_name, wait_for_lock
@@ -165,7 +169,6 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
     report = GcReport()
     now = time.time()
     candidates: list[_Candidate] = []
-    other_bytes = 0
     for namespace in namespaces(root):
         scan = namespace.scan()
         report.reaped_temp_files += sum(reap_if_dead(e.path) for e in scan.other_temps)
@@ -190,15 +193,17 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
                                          (entry_stat.st_dev, entry_stat.st_ino)))
     for directory in (root, root / DIGESTS_DIR, root / ENGINES_DIR):
         report.reaped_temp_files += _reap_dead_temp_files(directory)
-    other_bytes += _expire_files(root / QUARANTINE_DIR, now - _QUARANTINE_AGE)
+    quarantined = _expire_files(root / QUARANTINE_DIR, now - _QUARANTINE_AGE)
     for directory in (root / DIGESTS_DIR, root / ENGINES_DIR):
         _expire_memos(directory, now - max_age, MEMO_KEEP if max_size > 0 else 0)
     candidates.sort(key=lambda c: c.last_used)
     names: dict[tuple[int, int], int] = {}  # names per inode: its bytes count once, and go with its last name
     for c in candidates:
         names[c.inode] = names.get(c.inode, 0) + 1
-    total = other_bytes + sum(c.record_size for c in candidates) + sum(
+    total = quarantined + sum(c.record_size for c in candidates) + sum(
         {c.inode: c.entry_size for c in candidates}.values())
+    if total > max_size and quarantined:  # bad copies kept for inspection go before any good entry
+        total -= quarantined - _expire_files(root / QUARANTINE_DIR, now + 1)
     kept: list[_Candidate] = []
     for c in candidates:
         if (total > max_size or now - c.last_used > max_age) and c.namespace.evict(c.key):
@@ -222,6 +227,8 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
 
 def _reap_dead_temp_files(directory: Path) -> int:
     """Temp files of dead writers of the small files (usage, markers, memos) in `directory`."""
+    if os.path.islink(directory):
+        return 0
     try:
         with os.scandir(directory) as it:
             temps = [e.path for e in it if is_temp_name(e.name) and e.is_file(follow_symlinks=False)]
@@ -243,18 +250,18 @@ def _expire_files(directory: Path, cutoff: float) -> int:
 
 
 def _expire_memos(directory: Path, cutoff: float, keep: int) -> None:
-    """Remove the memos of `directory` (only the names `is_memo_name` calls ours) unused since `cutoff`
-    and, past `keep` of one kind, the least recently used: kinds are what a memo remembers (a file's
-    identity, a key made of a digest, an engine's settings), the text before its first ':'."""
+    """Remove the memos of `directory` unused since `cutoff` and, past `keep` of one kind, the least recently
+    used. A memo is a file of a memo's name holding a memo (`_memo_kind`): nothing else there is touched."""
     kinds: dict[bytes, list[tuple[float, str]]] = {}
     for e, st in _files_of(directory, memos=True):
+        kind = _memo_kind(directory.name, e.path)
+        if kind is None:
+            continue
         if st.st_mtime < cutoff:
             with contextlib.suppress(OSError):
                 os.unlink(e.path)
-            continue
-        head = read_small_file(e.path, 32) or b""
-        kind, colon, _ = head.partition(b":")
-        kinds.setdefault(kind if colon else b"", []).append((st.st_mtime, e.path))
+        else:
+            kinds.setdefault(kind, []).append((st.st_mtime, e.path))
     for used in kinds.values():
         used.sort()
         for _mtime, path in used[:max(0, len(used) - keep)]:
@@ -262,20 +269,42 @@ def _expire_memos(directory: Path, cutoff: float, keep: int) -> None:
                 os.unlink(path)
 
 
+def _memo_kind(directory: str, path: str) -> bytes | None:
+    """What the memo at `path` remembers (an engine's settings, a file's identity, a key made of a digest; an
+    older version's digest memo), or None for a file that holds no memo of ours."""
+    raw = read_small_file(path, 1 << 16)
+    if raw is None:
+        return None
+    if directory == ENGINES_DIR:
+        return b"engine" if parse_engine_memo(raw) is not None else None
+    kind, colon, _ = raw[:32].partition(b":")
+    if colon and kind in DIGEST_MEMO_KINDS:
+        return kind
+    old, space, _ = raw.partition(b" ")  # before 2026-12-04: "<16 hex of blake3(identity)> <digest>"
+    return b"legacy" if space and len(old) == 16 and not old.strip(b"0123456789abcdef") else None
+
+
 def unreadable_fix(directory: Path) -> str:
-    """What to do about a directory of a root that its user cannot read (its mode changed by hand)."""
+    """What to do about a directory of a root that its user cannot read or write: its mode changed by hand,
+    or (the same advice as for a namespace) another user owns it."""
+    with contextlib.suppress(OSError):
+        reason = unsafe_reason(os.lstat(directory))
+        if reason is not None:
+            return f"fix: {unsafe_fix(directory, reason)}"
     return f"fix: chmod u+rwx {directory}"
 
 
 def _files_of(directory: Path, *, memos: bool = False) -> list[tuple[os.DirEntry[str], os.stat_result]]:
     """The regular files of `directory` and their stats (`memos`: only memo names); a directory that
     cannot be read is one warning (its files stay), not the end of a collection."""
-    found = []
+    found: list[tuple[os.DirEntry[str], os.stat_result]] = []
+    if os.path.islink(directory):
+        return found  # memos are never read, written or removed through a link out of the root (doctor says so)
     try:
         with os.scandir(directory) as it:
             for e in it:
-                if memos and not is_memo_name(directory.name, e.name):
-                    continue
+                if memos and (not is_memo_name(directory.name, e.name) or is_temp_name(e.name)):
+                    continue  # (a writer's temp file is reaped by its lock, never by age)
                 with contextlib.suppress(OSError):
                     st = e.stat(follow_symlinks=False)
                     if stat.S_ISREG(st.st_mode):

@@ -308,6 +308,8 @@ class MissPath:
                 self._ctx.counters.add("uploads")
         from ._maintenance import account_publication  # noqa: PLC0415 - only after a publication
 
+        with contextlib.suppress(OSError):  # its record counts too, as gc and verify count it
+            size += os.stat(place.namespace.record_path(key)).st_size
         account_publication(self._ctx.root, size, self._ctx.max_size)
 
     # --- the remote tier: consulted only on a local miss, under the key lock ----------------------

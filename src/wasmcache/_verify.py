@@ -58,6 +58,10 @@ class VerifyReport:
 
 
 _FIX: Final = "run `wasmcache verify --fix` (sets it aside in quarantine/; the next load recompiles)"
+# Where nothing can be set aside (a read-only mount, chattr +i): what a load does, and where the fix works.
+_READ_ONLY_FIX: Final = ("this namespace cannot be written (a read-only mount, chattr +i ...), so nothing can be set "
+                         "aside here and every load compiles it in memory; run `wasmcache verify --fix` where the "
+                         "root can be written (the image or directory it comes from)")
 # Nothing wasmcache did not write is ever moved, collected or cleared (quarantine/ is emptied by gc and
 # clear: a user's file moved there would be deleted later).
 _FOREIGN_FIX: Final = "not wasmcache's, so it is left alone (verify --fix included); move it out of the cache root"
@@ -128,7 +132,8 @@ def _verify_entry(namespace: Namespace, key: str, section: bytes | None, report:
                     return None
             raise UntrustedEntryError("orphan", "entry without a valid record")
     except UntrustedEntryError as bad:
-        report.findings.append(Finding(str(path), bad.problem, bad.detail, _FIX))
+        fix_text = _FIX if os.access(namespace.path, os.W_OK) else _READ_ONLY_FIX
+        report.findings.append(Finding(str(path), bad.problem, bad.detail, fix_text))
         seen = bad.seen
         if fix and namespace.quarantine_if_unchanged(key, seen, f"wasmcache verify --fix: {bad.detail}"):
             report.fixed += 1
