@@ -580,14 +580,21 @@ def test_gc_bounds_the_digest_memos_that_fresh_temporary_files_leave(root: Path,
     assert list((root / "digests").iterdir()) == []
 
 
-def test_gc_removes_an_entry_that_no_record_vouches_for(root: Path) -> None:
+def test_gc_sets_aside_an_entry_that_no_record_vouches_for(root: Path) -> None:
+    # As `verify --fix` does (an outside reader found gc deleting it, while verify advised quarantine): it may
+    # be a file of someone's that only has an entry's name, so it is kept a day in quarantine/.
     cache = ModuleCache(root)
     cache.load(answer_module(49))
     key = cache.key_for(answer_module(49))
     (cache.namespace_dir / f"{key}.rec").unlink()  # e.g. a clear that raced a publisher (older versions)
+    mine = cache.namespace_dir / f"{'0' * 64}.cwasm"
+    mine.write_text("my note\n")
     assert not cache.verify().ok
     cache.gc()
     assert not cache.entry_path(key).exists()
+    assert not mine.exists()
+    assert [p.read_text() for p in (root / "quarantine").glob(f"{'0' * 64}-cwasm.*") if p.suffix != ".why"] == [
+        "my note\n"]
     assert cache.verify().ok
 
 

@@ -315,6 +315,7 @@ def test_gc_and_clear_take_only_the_memos_from_digests_and_engines(root: Path, t
     assert load(root, "default", wasm)["compiles"] == 1  # fills the memos again
     run_json("import json, sys, wasmcache; print(json.dumps(wasmcache.ModuleCache(sys.argv[1]).clear()))", str(root))
     assert list(root.glob("digests/[0-9a-f]*")) == []
+    assert list(root.glob("engines/*.engine")) == []  # clear forgets every memo (a reader expected so)
     assert all(p.read_text() == "mine\n" for p in foreign)
 
 
@@ -363,6 +364,11 @@ def test_an_engine_memo_naming_another_fingerprint_neither_quarantines_nor_recom
     missed = run_json(FUEL_LOAD, str(root), "fuel", str(other))
     assert (missed["answer"], missed["namespace"], missed["compiles"]) == (63, fuel["namespace"], 1)
     assert run_json(FUEL_LOAD, str(root), "default", str(wasm))["hits"] == 1
+    assert not list(root.glob("quarantine/*"))
+    # A namespace without its engine file (a gc racing a writer can leave one): wasmtime's refusal is the check.
+    (root / str(default["namespace"]) / "engine").unlink()
+    fuel_memo.write_bytes(lengths + b" " + str(default["fingerprint"]).encode() + b"\n" + rest)
+    assert run_json(FUEL_LOAD, str(root), "fuel", str(wasm)) == {**fuel, "hits": 1, "compiles": 0}
     assert not list(root.glob("quarantine/*"))
     # In a copied root (every entry checked in full, its engine section compared before wasmtime sees it), the
     # default engine's memo naming the fuel configuration's fingerprint sets nothing aside either.
@@ -589,3 +595,40 @@ def test_doctor_names_an_engine_memo_whose_fingerprint_is_not_its_engines(root: 
     assert f"{memo}: engine memo names a fingerprint that is not its engine's" in doctor
     assert run_json(FUEL_LOAD, str(root), "default", str(wasm)) == {**default, "hits": 1, "compiles": 0}
     assert not memo.exists() or "engine memo" not in run_cli("--cache-dir", str(root), "doctor").stdout
+
+
+NAN_LOAD = """
+import json, sys, wasmcache, wasmtime
+from wasmcache import EngineSettings
+root, engine_kind, path = sys.argv[1], sys.argv[2], sys.argv[3]
+cache = wasmcache.ModuleCache(root, engine=EngineSettings(nan_canonicalization=True) if engine_kind == "nan" else None)
+module = cache.load(path)
+store = wasmtime.Store(cache.engine)
+bits = wasmtime.Instance(store, module, []).exports(store)["f"](store) & 0xFFFFFFFF
+stats = cache.stats()
+print(json.dumps({"bits": hex(bits), "hits": stats.hits, "compiles": stats.compiles,
+                  "fingerprint": cache.engine_identity.fingerprint}))
+"""
+
+
+def test_an_engine_memo_naming_a_configuration_wasmtime_accepts_never_serves_its_code(root: Path,
+                                                                                     tmp_path: Path) -> None:
+    # Found by an outside reader: an engine memo naming the default configuration's fingerprint, read by an
+    # engine that canonicalizes NaNs, served the default's code on every hit (wasmtime accepts it: the flag is
+    # not part of its compatibility check), and 0/0 gave 0xffc00000 instead of 0x7fc00000. A hit compares its
+    # namespace's engine file with the engine's section, once per namespace and cache: one small read.
+    wasm = tmp_path / "nan.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm(
+        '(module (func (export "f") (result i32) (i32.reinterpret_f32 (f32.div (f32.const 0) (f32.const 0)))))'))
+    default = run_json(NAN_LOAD, str(root), "default", str(wasm))
+    nan = run_json(NAN_LOAD, str(root), "nan", str(wasm))
+    assert nan["bits"] == "0x7fc00000"
+    assert default["fingerprint"] != nan["fingerprint"]
+    default_memo = root / ENGINES_DIR / f"{memo_file_name(memo_key_for('wasmtime.Engine()'))}.engine"
+    nan_memo = next(p for p in (root / ENGINES_DIR).glob("*.engine") if p != default_memo)
+    header, _, rest = nan_memo.read_bytes().partition(b"\n")
+    nan_memo.write_bytes(header.rsplit(b" ", 1)[0] + b" " + str(default["fingerprint"]).encode() + b"\n" + rest)
+    again = run_json(NAN_LOAD, str(root), "nan", str(wasm))
+    assert again == {**nan, "hits": 1, "compiles": 0}
+    assert run_json(NAN_LOAD, str(root), "default", str(wasm)) == {**default, "hits": 1, "compiles": 0}
+    assert not list(root.glob("quarantine/*"))

@@ -61,5 +61,5 @@ def test_a_damaged_entry_of_a_read_only_root_gets_advice_that_can_work(tmpfs: Pa
     again = subprocess.run([sys.executable, "-c", LOAD, str(tmpfs / "cache"), str(wasm)], capture_output=True,
                            text=True, check=True, timeout=120)
     assert again.stdout.split() == ["0", "1"]
-    assert "compiling it in memory (this root cannot be written" in again.stderr
+    assert "compiling it in memory (it cannot be set aside: its directory cannot be written" in again.stderr
     assert "setting it aside" not in again.stderr

@@ -511,3 +511,52 @@ except wasmcache.CacheError as exc:
     message = run_json(code, str(root))
     assert message.startswith("cannot hash: blake3 does not import in ")
     assert message.endswith("-m pip install blake3")
+
+
+def _damage(entry: Path) -> None:
+    entry.chmod(0o644)
+    with entry.open("r+b") as f:
+        f.seek(entry.stat().st_size // 2)
+        f.write(b"XXXX")
+
+
+def test_a_link_where_quarantine_belongs_is_never_followed(root: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: with ROOT/quarantine a symbolic link, `verify --fix` moved a damaged entry and
+    # its reason out of the root into the link's target (world-writable in the reader's test), and `stats`
+    # counted what was behind it. A bad entry is removed instead; doctor names the link.
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(21))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "big").write_bytes(b"x" * 100_000)
+    (root / "quarantine").symlink_to(elsewhere)
+    entry = cache.entry_path(cache.key_for(answer_module(21)))
+    _damage(entry)
+    report = cache.verify(fix=True)
+    assert report.fixed == 1
+    assert not entry.exists()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["big"]
+    assert cache.stats().size_bytes < 100_000
+    doctor = run_cli("--cache-dir", str(root), "doctor").stdout
+    assert f"{root / 'quarantine'}: quarantine is a symbolic link" in doctor
+
+
+def test_a_namespace_nobody_may_change_is_never_reported_cleared_or_fixed(
+        root: Path, immutable: Callable[[Path], None], caplog: pytest.LogCaptureFixture) -> None:
+    # Found by an outside reader: with a namespace made immutable (chattr +i), `clear` printed "removed 3
+    # entries" and reset the usage record to 0 while all three stayed, `verify --fix` counted one quarantined
+    # that was not, and each load warned twice that it was "setting aside" an entry it could not move.
+    cache = wasmcache.ModuleCache(root)
+    for answer in (22, 23):
+        cache.load(answer_module(answer))
+    _damage(cache.entry_path(cache.key_for(answer_module(22))))
+    immutable(cache.namespace_dir)
+    fresh = wasmcache.ModuleCache(root)
+    with caplog.at_level("WARNING", logger="wasmcache"):
+        assert call_answer(fresh.engine, fresh.load(answer_module(22))) == 22
+    said = [r.getMessage() for r in caplog.records if "bad cache entry" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "it cannot be set aside: its directory cannot be written" in said[0]
+    assert fresh.verify(fix=True).fixed == 0
+    assert fresh.clear() == 0
+    assert fresh.stats().entries == 2

@@ -441,6 +441,8 @@ def load_entry(ctx: CacheContext, place: Place, key: str, kind: Kind, *, locked:
     namespace = place.namespace
     if not ctx.namespace_usable(namespace):
         return None, None
+    if not ctx.namespace_holds(place) and ctx.fingerprint_corrected(place):  # a memo named another's namespace
+        return None, None
     try:
         checked = namespace.check(key, kind=kind, section=place.section)
     except UntrustedEntryError as bad:
@@ -527,8 +529,13 @@ def _repair(ctx: CacheContext, namespace: Namespace, key: str, seen: Identity | 
             locked: bool = False) -> None:
     """One warning, then quarantine the entry if it is still the file judged bad
     (`Namespace.quarantine_if_unchanged`)."""
-    log.warning("wasmcache: bad cache entry %s: %s; %s", namespace.entry_path(key), reason,
-                "setting it aside and loading it anew" if ctx.writable else
-                "compiling it in memory (this root cannot be written, so it stays: `wasmcache doctor` says more)")
-    if ctx.writable:
+    changeable = ctx.writable and os.access(namespace.path, os.W_OK)
+    said = (str(namespace.entry_path(key)), seen)
+    if said not in ctx.bad_entries_said:  # once per cache (the miss path finds the same entry again)
+        ctx.bad_entries_said.add(said)
+        log.warning("wasmcache: bad cache entry %s: %s; %s", said[0], reason,
+                    "setting it aside and loading it anew" if changeable else
+                    "compiling it in memory (it cannot be set aside: its directory cannot be written, a read-only "
+                    "mount or chattr +i; `wasmcache doctor` says more)")
+    if changeable:
         namespace.quarantine_if_unchanged(key, seen, reason, lock_held=locked)

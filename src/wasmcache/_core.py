@@ -364,6 +364,10 @@ def blake3_hasher() -> Any:
         try:
             from blake3 import blake3  # noqa: PLC0415
         except ImportError as exc:  # a declared dependency: only a broken installation lacks it
+            shadow = getattr(exc, "path", None)
+            if shadow and not isinstance(exc, ModuleNotFoundError):  # a blake3.py of the program's own
+                raise CacheError(f"cannot hash: {shadow} shadows blake3, the hash library wasmcache imports; "
+                                 "rename it") from None
             raise CacheError(f"cannot hash: blake3 does not import in {sys.executable} ({exc}); "
                              f"fix: {sys.executable} -m pip install blake3") from None
         _blake3 = blake3
@@ -1859,6 +1863,8 @@ def quarantine(root: Path, path: Path, reason: str) -> Path | None:
     target = target_dir / f"{path.name.replace('.', '-')}.{path.parent.name}.{int(time.time())}.{os.urandom(3).hex()}"
     try:
         target_dir.mkdir(mode=0o700, exist_ok=True)
+        if not stat.S_ISDIR(os.lstat(target_dir).st_mode):  # a link out of the root is never followed
+            raise NotADirectoryError(target_dir)
         os.rename(path, target)
         with contextlib.suppress(OSError):
             write_atomically(target_dir / (target.name + WHY_SUFFIX), (reason + "\n").encode("utf-8", "replace"))
@@ -1907,9 +1913,9 @@ class Namespace:
 
         return try_lock(self.path / f"{key}{LOCK_SUFFIX}")
 
-    def read_section(self) -> bytes | None:
+    def read_section(self, limit: int = 1 << 20) -> bytes | None:
         """The engine section every entry here must carry (the namespace's `engine` file)."""
-        return read_small_file(self.path / NAMESPACE_ENGINE_FILE, 1 << 20)
+        return read_small_file(self.path / NAMESPACE_ENGINE_FILE, limit)
 
     def ensure(self, section: bytes | None) -> None:
         """The directory, and its engine file once the section is known."""
@@ -2154,7 +2160,7 @@ class Namespace:
                 quarantine(self.root, entry, reason)
             with contextlib.suppress(OSError):
                 os.unlink(self.record_path(key))
-            return True
+            return not os.path.lexists(entry)  # (a directory nobody may change, chattr +i: nothing was)
         finally:
             lock.release()
 
@@ -2188,7 +2194,7 @@ class Namespace:
                     os.unlink(path)  # mapped entries live on in the processes using them
         finally:
             lock.release(unlink=True)
-        return had_entry
+        return had_entry and not os.path.lexists(self.entry_path(key))
 
     def remove_leftovers(self, files: KeyFiles) -> tuple[int, bool]:
         """Under a free key lock: a dead writer's temp files, a record without entry, an entry without
@@ -2205,9 +2211,10 @@ class Namespace:
                     with contextlib.suppress(OSError):
                         os.unlink(files.record.path)
                 if files.record is None and files.entry is not None:
-                    with contextlib.suppress(OSError):
-                        os.unlink(files.entry.path)
-                    entry_left = False
+                    # Set aside as `verify --fix` does (kept a day in quarantine/): nothing vouches for it, and
+                    # it may be someone's file of an entry's name.
+                    quarantine(self.root, Path(files.entry.path), "an entry no record vouches for (gc)")
+                    entry_left = os.path.lexists(files.entry.path)
         if not entry_left:
             lock = self.lock(files.key)
             if lock.try_acquire():
@@ -2592,6 +2599,8 @@ class CacheContext:
         self._fingerprint_hashed = False  # the identity's fingerprint was checked against its section
         self._namespace: Namespace | None = None
         self._namespaces_checked: set[str] = set()  # namespaces, digests/ and engines/ whose permissions were checked
+        self._sections_checked: set[str] = set()  # namespaces whose engine file was compared (namespace_holds)
+        self.bad_entries_said: set[tuple[str, Identity | None]] = set()  # (entry, identity) warned about once
         self._guard = allocate_lock()
         if not self.disabled:
             self._open_root()
@@ -2723,6 +2732,16 @@ class CacheContext:
         if self._identity is None:
             self._identity = engine_identity(self.engine)
         return self._identity
+
+    def namespace_holds(self, place: Place) -> bool:
+        """Whether `place`'s namespace is its engine's: its `engine` file, if any, holds the section (one small read
+        per namespace and cache, on the hit path). A fingerprint an engine memo gave wrongly would otherwise
+        serve another configuration's code wherever wasmtime accepts it (NaN canonicalization, opt-level)."""
+        if place.section is None or place.namespace.name in self._sections_checked:
+            return True
+        held = place.namespace.read_section(len(place.section) + 1)
+        self._sections_checked.add(place.namespace.name)
+        return held is None or held == place.section
 
     def fingerprint_corrected(self, place: Place) -> bool:
         """Whether `place` was chosen by a fingerprint that was not this engine's (a memo's, now corrected,

@@ -19,6 +19,7 @@ from ._core import (
     DIGESTS_DIR,
     ENGINES_DIR,
     ENTRY_SUFFIX,
+    QUARANTINE_DIR,
     Identity,
     existing_root,
     fingerprint_of_section,
@@ -78,6 +79,10 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
         if reason is not None:
             out.append(Diagnosis(DANGER, str(directory), f"{directory.name} {reason}", unsafe_fix(directory, reason)))
     out.extend(_memo_directories(root))
+    if (root / QUARANTINE_DIR).is_symlink():
+        out.append(Diagnosis(WARNING, str(root / QUARANTINE_DIR), "quarantine is a symbolic link: nothing is ever "
+                             "moved through it (a bad entry is removed instead of set aside)",
+                             "move the link out of the cache root (wasmcache makes the directory again)"))
     for namespace in namespaces(root):
         settle = ("the next load checks its content; `wasmcache verify --fix` settles it now"
                   if os.access(namespace.path, os.W_OK) else

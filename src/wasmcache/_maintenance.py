@@ -67,6 +67,8 @@ def scan_usage(root: Path) -> tuple[int, int]:
     total = 0
     inodes: set[tuple[int, int]] = set()
     for directory in [*(ns.path for ns in namespaces(root)), root / QUARANTINE_DIR]:
+        if os.path.islink(directory):
+            continue  # never followed: what is behind it is not the root's
         try:
             with os.scandir(directory) as it:
                 for e in it:
@@ -335,11 +337,12 @@ def clear_root(root: Path) -> int:
         import shutil  # noqa: PLC0415
 
         shutil.rmtree(root / QUARANTINE_DIR, ignore_errors=True)
-        _expire_memos(root / DIGESTS_DIR, time.time() + 1, 0)  # every memo; files not ours stay
+        for directory in (root / DIGESTS_DIR, root / ENGINES_DIR):
+            _expire_memos(directory, time.time() + 1, 0)  # every memo; files not ours stay
         with contextlib.suppress(OSError):
             os.rmdir(root / DIGESTS_DIR)
         with contextlib.suppress(OSError):
-            write_usage(root, 0, 0)
+            write_usage(root, *scan_usage(root))  # what could not be removed (chattr +i ...) still counts
     finally:
         gc_lock.release()
     return removed
