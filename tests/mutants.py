@@ -72,7 +72,7 @@ MUTANTS: tuple[Mutant, ...] = (
        [H + "test_an_engine_memo_naming_a_configuration_wasmtime_accepts_never_serves_its_code"]),
     _m("refused-entry-fingerprint-unchecked",
        "an entry wasmtime refuses is not set aside when the engine's fingerprint was a memo's mistake",
-       [("_cache.py", "if ctx.fingerprint_corrected(place):  # the namespace", "if False:  # the namespace")],
+       [("_cache.py", "if _another_configurations(ctx, place):  # refused for its engine", "if False:  #")],
        [H + "test_an_engine_memo_naming_another_fingerprint_neither_quarantines_nor_recompiles"]),
     _m("memo-dir-link-followed",
        "memos are never read or written through a link where digests/ or engines/ belongs",

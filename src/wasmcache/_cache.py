@@ -297,7 +297,7 @@ class ModuleCache:
                 ctx.counters.add("hits")
                 log.info("wasmcache: hit %s (%s)", name, kind)
             else:
-                if not serialized and ctx.fingerprint_corrected(place):
+                if _another_configurations(ctx, place):  # never compile and publish under a wrong fingerprint
                     return self._load(source, kind, serialized=serialized, again=again)
                 if path is not None and not again and derive(place.fingerprint, kind, digest) != key:
                     # A remembered key that is not the one its digest makes (a damaged memo): nothing is
@@ -441,12 +441,12 @@ def load_entry(ctx: CacheContext, place: Place, key: str, kind: Kind, *, locked:
     namespace = place.namespace
     if not ctx.namespace_usable(namespace):
         return None, None
-    if not ctx.namespace_holds(place) and ctx.fingerprint_corrected(place):  # a memo named another's namespace
+    if not ctx.namespace_holds(place) and _another_configurations(ctx, place):
         return None, None
     try:
         checked = namespace.check(key, kind=kind, section=place.section)
     except UntrustedEntryError as bad:
-        if not place.serialized and ctx.fingerprint_corrected(place):  # the namespace was another configuration's
+        if _another_configurations(ctx, place):
             return None, None
         _repair(ctx, namespace, key, bad.seen, bad.detail, locked=locked)
         return None, None
@@ -474,7 +474,7 @@ def load_entry(ctx: CacheContext, place: Place, key: str, kind: Kind, *, locked:
         except EntryRefusedError as refused:
             if place.serialized:
                 raise
-            if ctx.fingerprint_corrected(place):  # the namespace was another configuration's: its entry is good
+            if _another_configurations(ctx, place):  # refused for its engine, not for its bytes
                 return None, None
             _repair(ctx, namespace, key, Identity.of(checked.stat), f"wasmtime refused to load it: {refused}",
                     locked=locked)
@@ -484,6 +484,13 @@ def load_entry(ctx: CacheContext, place: Place, key: str, kind: Kind, *, locked:
     if time.time() - checked.record_stat.st_mtime > _TOUCH_INTERVAL:
         namespace.touch(key)
     return module, Identity.of(checked.stat)
+
+
+def _another_configurations(ctx: CacheContext, place: Place) -> bool:
+    """Whether `place` is another engine configuration's namespace, which an engine memo named by mistake (see
+    `CacheContext.fingerprint_corrected`): then its entries are good, none is set aside, and the load asks again.
+    Asked wherever a namespace disagrees with the engine: its engine file, a section check, wasmtime's refusal."""
+    return not place.serialized and ctx.fingerprint_corrected(place)
 
 
 def _out_of_resources(reason: str) -> bool:
