@@ -1232,8 +1232,9 @@ def correct_fingerprint(identity: EngineIdentity) -> bool:
     probes and remembers the right one).
 
     A hit believes the memo (hashing is kept off its path); this hash is taken where a wrong fingerprint
-    would do harm: before a miss publishes under it, and when wasmtime refuses an entry of its namespace
-    (another configuration's good entry, which must not be set aside for it).
+    would do harm or shows: before a miss publishes under it, and wherever its namespace disagrees with the
+    engine (its engine file, a full check's section comparison, wasmtime's refusal of an entry: another
+    configuration's good entry, which must not be set aside for it). See `_cache._another_configurations`.
     """
     right = fingerprint_of_section(identity.section)
     if right == identity.fingerprint:
@@ -1244,7 +1245,7 @@ def correct_fingerprint(identity: EngineIdentity) -> bool:
     _memo_fingerprints[identity.section] = right
     identity.fingerprint = right
     if memo_file is not None:
-        with contextlib.suppress(OSError):  # a read-only root: each process corrects it, at a miss or refusal
+        with contextlib.suppress(OSError):  # a read-only root: each process corrects it, at its first load
             os.unlink(memo_file)
     return True
 

@@ -12,7 +12,8 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from pathlib import Path
+from typing import Final
 
 from ._core import (
     DIGEST_MEMO_KINDS,
@@ -41,9 +42,6 @@ from ._errors import CacheError
 from ._lock import KeyLock, holder_name, wait_for_lock
 from ._stats import read_usage, write_usage
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
 MAX_AGE: Final = 30 * 24 * 3600.0  # entries (and so namespaces of an old wasmtime) unused this long go
 _QUARANTINE_AGE: Final = 24 * 3600.0
 # Digest and engine memos are only shortcuts (a digest is computed again, an engine probed again), one
@@ -67,23 +65,15 @@ def scan_usage(root: Path) -> tuple[int, int]:
     total = 0
     inodes: set[tuple[int, int]] = set()
     for directory in [*(ns.path for ns in namespaces(root)), root / QUARANTINE_DIR]:
-        if os.path.islink(directory):
-            continue  # never followed: what is behind it is not the root's
-        try:
-            with os.scandir(directory) as it:
-                for e in it:
-                    if e.name == NAMESPACE_ENGINE_FILE and directory.name != QUARANTINE_DIR:
-                        continue
-                    with contextlib.suppress(OSError):
-                        st = e.stat(follow_symlinks=False)
-                        inode = (st.st_dev, st.st_ino)
-                        if st.st_nlink == 1 or inode not in inodes:
-                            total += st.st_size
-                            inodes.add(inode)
-                    if is_entry_name(e.name) and is_namespace_name(directory.name):
-                        entries += 1
-        except (FileNotFoundError, NotADirectoryError):
-            continue
+        for e, st in _files_of(directory):
+            if e.name == NAMESPACE_ENGINE_FILE and directory.name != QUARANTINE_DIR:
+                continue
+            inode = (st.st_dev, st.st_ino)
+            if st.st_nlink == 1 or inode not in inodes:
+                total += st.st_size
+                inodes.add(inode)
+            if is_entry_name(e.name) and is_namespace_name(directory.name):
+                entries += 1
     return entries, total
 
 
@@ -193,7 +183,8 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
                 continue
             candidates.append(_Candidate(namespace, files.key, used, record_size, entry_stat.st_size,
                                          (entry_stat.st_dev, entry_stat.st_ino)))
-    for directory in (root, root / DIGESTS_DIR, root / ENGINES_DIR):
+    # (The root itself may be a link, `~/.cache/wasmcache -> /data/...`: only what is inside it is never followed.)
+    for directory in (Path(os.path.realpath(root)), root / DIGESTS_DIR, root / ENGINES_DIR):
         report.reaped_temp_files += _reap_dead_temp_files(directory)
     quarantined = _expire_files(root / QUARANTINE_DIR, now - _QUARANTINE_AGE)
     for directory in (root / DIGESTS_DIR, root / ENGINES_DIR):
@@ -229,14 +220,7 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
 
 def _reap_dead_temp_files(directory: Path) -> int:
     """Temp files of dead writers of the small files (usage, markers, memos) in `directory`."""
-    if os.path.islink(directory):
-        return 0
-    try:
-        with os.scandir(directory) as it:
-            temps = [e.path for e in it if is_temp_name(e.name) and e.is_file(follow_symlinks=False)]
-    except OSError:
-        return 0
-    return sum(reap_if_dead(path) for path in temps)
+    return sum(reap_if_dead(e.path) for e, _st in _files_of(directory, quiet=True) if is_temp_name(e.name))
 
 
 def _expire_files(directory: Path, cutoff: float) -> int:
@@ -296,9 +280,11 @@ def unreadable_fix(directory: Path) -> str:
     return f"fix: chmod u+rwx {directory}"
 
 
-def _files_of(directory: Path, *, memos: bool = False) -> list[tuple[os.DirEntry[str], os.stat_result]]:
+def _files_of(directory: Path, *, memos: bool = False, quiet: bool = False) -> list[
+        tuple[os.DirEntry[str], os.stat_result]]:
     """The regular files of `directory` and their stats (`memos`: only memo names); a directory that
-    cannot be read is one warning (its files stay), not the end of a collection."""
+    cannot be read is one warning (its files stay; `quiet`: said by another pass over it), not the end of a
+    collection."""
     found: list[tuple[os.DirEntry[str], os.stat_result]] = []
     if os.path.islink(directory):
         return found  # memos are never read, written or removed through a link out of the root (doctor says so)
@@ -314,8 +300,9 @@ def _files_of(directory: Path, *, memos: bool = False) -> list[tuple[os.DirEntry
     except (FileNotFoundError, NotADirectoryError):
         pass
     except OSError as exc:
-        log.warning("wasmcache: cannot read %s (%s): its files are left as they are; %s", directory,
-                    exc.strerror or exc, unreadable_fix(directory))
+        if not quiet:
+            log.warning("wasmcache: cannot read %s (%s): its files are left as they are; %s", directory,
+                        exc.strerror or exc, unreadable_fix(directory))
     return found
 
 
