@@ -122,10 +122,8 @@ DIGEST_MEMO_KINDS: Final = (b"wasm", b"artifact", b"cache_key", b"snapshot_key")
 
 
 def is_memo_name(directory: str, name: str) -> bool:
-    """A file wasmcache writes in ROOT/digests/ (a memo: 32 hex digits, see `memo_file_name`) or ROOT/engines/
-    (the same, `.engine`), or a writer's temp file in either. Nothing else there is collected or cleared."""
-    if is_temp_name(name):
-        return True
+    """The name of a memo wasmcache writes in ROOT/digests/ (32 hex digits, see `memo_file_name`) or ROOT/engines/
+    (the same, `.engine`). Nothing else there is collected or cleared (a writer's temp file is reaped by its lock)."""
     stem = name
     if directory == ENGINES_DIR:
         if not name.endswith(MEMO_SUFFIX):
@@ -1715,7 +1713,8 @@ def _memos_of_old_versions(entry: os.DirEntry[str]) -> bool:
         return False
     try:
         with os.scandir(entry.path) as it:
-            return all(e.is_file(follow_symlinks=False) and is_memo_name(ENGINES_DIR, e.name) for e in it)
+            return all(e.is_file(follow_symlinks=False) and (is_memo_name(ENGINES_DIR, e.name) or is_temp_name(e.name))
+                       for e in it)
     except OSError:
         return False
 
@@ -2449,7 +2448,7 @@ class SourceDigests:
         except OSError:
             return
         with self._guard:
-            self._known.pop(f"{'artifact' if artifact else 'wasm'}:{':'.join(map(str, identity))}", None)
+            self._known.pop(_identity_text(identity, artifact=artifact), None)
         self._forgotten.add(identity)
 
     def _remembered(self, name: str, path: str, root: Path | None, *, writable: bool, artifact: bool) -> tuple[
@@ -2462,7 +2461,7 @@ class SourceDigests:
             what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
             raise SourceError(f"{name}: {what}, expected a .wasm file")
         identity = Identity.of(st)
-        text = f"{'artifact' if artifact else 'wasm'}:{':'.join(map(str, identity))}"  # dev:ino:size:mtime:ctime
+        text = _identity_text(identity, artifact=artifact)
         believed = identity not in self._forgotten
         known = self._recall(text, root, writable=writable) if believed else None
         if known is None and root is not None and believed:
@@ -2508,6 +2507,11 @@ class SourceDigests:
             write_atomically(path, f"{text} {value}".encode())
         except OSError as exc:
             log.debug("wasmcache: cannot remember a digest in %s: %s", path, exc)
+
+
+def _identity_text(identity: Identity, *, artifact: bool) -> str:
+    """What a digest memo remembers a file by: its kind (`DIGEST_MEMO_KINDS`) and dev:ino:size:mtime:ctime."""
+    return f"{'artifact' if artifact else 'wasm'}:{':'.join(map(str, identity))}"
 
 
 def _legacy_digest_memo(root: Path, identity: Identity, artifact: bool) -> str | None:

@@ -26,7 +26,6 @@ from ._core import (
     is_entry_name,
     is_memo_name,
     is_namespace_name,
-    is_temp_name,
     key_of,
     namespaces,
     parse_engine_memo,
@@ -147,13 +146,13 @@ def _memo_directories(root: Path) -> list[Diagnosis]:
             continue
         except OSError as exc:
             out.append(Diagnosis(WARNING, str(directory), f"{name} cannot be read ({exc.strerror or exc}): {cost}",
-                                 unreadable_fix(directory).removeprefix("fix: ")))
+                                 unreadable_fix(directory)))
             continue
         if writable and not os.access(directory, os.W_OK | os.X_OK):
             out.append(Diagnosis(WARNING, str(directory), f"{name} cannot be written: {cost}",
-                                 unreadable_fix(directory).removeprefix("fix: ")))
+                                 unreadable_fix(directory)))
         for e in entries:
-            if not is_memo_name(name, e.name) or is_temp_name(e.name):
+            if not is_memo_name(name, e.name):
                 continue
             if e.is_dir(follow_symlinks=False):
                 out.append(Diagnosis(WARNING, e.path, f"a directory where a memo belongs: {cost}",

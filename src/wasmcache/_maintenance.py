@@ -276,8 +276,8 @@ def unreadable_fix(directory: Path) -> str:
     with contextlib.suppress(OSError):
         reason = unsafe_reason(os.lstat(directory))
         if reason is not None:
-            return f"fix: {unsafe_fix(directory, reason)}"
-    return f"fix: chmod u+rwx {directory}"
+            return unsafe_fix(directory, reason)
+    return f"chmod u+rwx {directory}"
 
 
 def _files_of(directory: Path, *, memos: bool = False, quiet: bool = False) -> list[
@@ -291,8 +291,8 @@ def _files_of(directory: Path, *, memos: bool = False, quiet: bool = False) -> l
     try:
         with os.scandir(directory) as it:
             for e in it:
-                if memos and (not is_memo_name(directory.name, e.name) or is_temp_name(e.name)):
-                    continue  # (a writer's temp file is reaped by its lock, never by age)
+                if memos and not is_memo_name(directory.name, e.name):
+                    continue
                 with contextlib.suppress(OSError):
                     st = e.stat(follow_symlinks=False)
                     if stat.S_ISREG(st.st_mode):
@@ -301,7 +301,7 @@ def _files_of(directory: Path, *, memos: bool = False, quiet: bool = False) -> l
         pass
     except OSError as exc:
         if not quiet:
-            log.warning("wasmcache: cannot read %s (%s): its files are left as they are; %s", directory,
+            log.warning("wasmcache: cannot read %s (%s): its files are left as they are; fix: %s", directory,
                         exc.strerror or exc, unreadable_fix(directory))
     return found
 
