@@ -160,12 +160,31 @@ def test_world_writable_root_namespace_or_entry_is_refused(root: Path) -> None:
             assert str(path) in str(info.value)
             assert "chmod o-w" in str(info.value)
             assert isinstance(info.value, wasmcache.CacheError)
+            # verify never calls ok a root every load refuses: the same path, the same fix; --fix changes no mode
+            for args in ((), ("--fix",)):
+                checked = run_cli("verify", *args, "--cache-dir", str(root))
+                assert checked.returncode == 1, checked.stdout
+                assert f"unsafe: {path}: " in checked.stdout
+                assert f"fix: chmod o-w {path}" in checked.stdout
+            assert path.stat().st_mode & 0o002
             # strict=False: a warning, and compile-only (the entry is not mapped, nothing written)
             relaxed = wasmcache.ModuleCache(root, strict=False)
             assert call_answer(relaxed.engine, relaxed.load(answer_module(1))) == 1
             assert relaxed.stats().compiles == 1
         finally:
             path.chmod(original)
+    assert run_cli("verify", "--cache-dir", str(root)).returncode == 0
+    wasm = root.parent / "answer.wasm"
+    wasm.write_bytes(answer_module(1))
+    wasmcache.ModuleCache(root).load(wasm)  # a load by path remembers its digest in digests/
+    digests = root / "digests"  # what such a load consults first (test_hit_memos: refused the same way)
+    digests.chmod(0o777)
+    try:
+        report = wasmcache.ModuleCache(root).verify()
+        found = [(f.path, f.problem, f.fix) for f in report.findings]
+        assert found == [(str(digests), "unsafe", f"chmod o-w {digests}")]
+    finally:
+        digests.chmod(0o700)
 
 
 def test_control_the_naive_cache_maps_a_planted_world_writable_entry(root: Path, tmp_path: Path) -> None:

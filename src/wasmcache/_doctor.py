@@ -32,8 +32,6 @@ from ._core import (
     read_record,
     read_small_file,
     record_path,
-    unsafe_fix,
-    unsafe_reason,
 )
 from ._elf import ENGINE_SECTION, find_section
 from ._maintenance import unreadable_fix
@@ -68,15 +66,6 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     if not existing_root(root, "diagnose"):  # a directory that is not ours: one line, not advice about its files
         return [Diagnosis(INFO, str(root), "cache root does not exist yet, or is empty", "nothing to do")]
-    for directory in [root, root / DIGESTS_DIR, root / ENGINES_DIR, *(ns.path for ns in namespaces(root))]:
-        if directory in (root / DIGESTS_DIR, root / ENGINES_DIR) and directory.is_symlink():
-            continue  # never followed (its target may be anyone's): `_memo_directories` names the link
-        try:
-            reason = unsafe_reason(os.stat(directory))
-        except OSError:
-            continue
-        if reason is not None:
-            out.append(Diagnosis(DANGER, str(directory), f"{directory.name} {reason}", unsafe_fix(directory, reason)))
     out.extend(_memo_directories(root))
     if (root / QUARANTINE_DIR).is_symlink():
         out.append(Diagnosis(WARNING, str(root / QUARANTINE_DIR), "quarantine is a symbolic link: nothing is ever "
@@ -104,16 +93,14 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
                     st = os.lstat(path)
                 except OSError:
                     continue
-                reason = unsafe_reason(st)
-                if reason is not None:
-                    out.append(Diagnosis(DANGER, path, f"entry {reason}", unsafe_fix(Path(path), reason)))
                 found = read_record(namespace.record_path(files.key))
                 if found is not None and found[0].identity not in (None, Identity.of(st)):
                     out.append(Diagnosis(WARNING, path, "entry is not the file that was published "
                                          "(copied, restored or modified since)",
                                          settle))
     report = verify_root(root)
-    judged = {f.path for f in report.findings}  # verify's verdict on a file replaces the identity warning
+    # verify's verdict on a file's content replaces the identity warning (its unsafe paths are verify's too)
+    judged = {f.path for f in report.findings if f.problem != "unsafe"}
     out = [d for d in out if not (d.severity == WARNING and d.path in judged)]
     for f in report.findings:
         severity = WARNING if f.problem in ("orphan", "foreign") else DANGER

@@ -2,6 +2,9 @@
 
 The check is `Namespace.check`, the one the hit path and `push` use; `fix` sets bad entries
 aside with `Namespace.quarantine_if_unchanged` (under the key lock, only if still the file judged).
+A path a load refuses because others could rewrite it (`unsafe_reason`: the root, digests/, engines/,
+a namespace, an entry) is a finding too, with the load's own fix: `verify` never calls a root ok that
+every load refuses. `fix` leaves modes and owners alone (the fix names the command).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 from typing import Final
 
 from ._core import (
+    DIGESTS_DIR,
+    ENGINES_DIR,
     ENTRY_SUFFIX,
     READ_FLAGS,
     ROOT_DIRS,
@@ -28,6 +33,8 @@ from ._core import (
     namespace_name,
     namespaces,
     read_record,
+    unsafe_fix,
+    unsafe_reason,
 )
 from ._elf import ENGINE_SECTION, find_section
 from ._maintenance import scan_usage
@@ -39,7 +46,7 @@ class Finding:
     """One problem `verify` found: which file, what is wrong, what fixes it."""
 
     path: str
-    problem: str  # "corrupt" | "mismatched" | "orphan" | "foreign"
+    problem: str  # "corrupt" | "mismatched" | "orphan" | "foreign" | "unsafe"
     detail: str
     fix: str
 
@@ -79,6 +86,21 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
     def finding(path: Path, problem: str, detail: str, fix_text: str = _FIX) -> None:
         report.findings.append(Finding(str(path), problem, detail, fix_text))
 
+    def unsafe(path: Path, what: str) -> None:
+        """A path others could rewrite: every load refuses it (strict) or compiles without the cache.
+        The root as loads open it (through a link to it); nothing inside it through a link."""
+        try:
+            reason = unsafe_reason(os.stat(path) if path == root else os.lstat(path))
+        except OSError:
+            return
+        if reason is not None:
+            finding(path, "unsafe", f"{what} {reason}: loads refuse it", unsafe_fix(path, reason))
+
+    unsafe(root, "cache root")
+    for name in (DIGESTS_DIR, ENGINES_DIR):
+        if not (root / name).is_symlink():  # never followed (doctor names such a link)
+            unsafe(root / name, f"{name}/")
+
     with os.scandir(root) as it:
         for e in it:
             if e.name in ROOT_FILES or e.name in ROOT_DIRS or is_temp_name(e.name):
@@ -88,6 +110,7 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
             detail = "namespace is not a directory" if is_namespace_name(e.name) else "not written by wasmcache"
             finding(Path(e.path), "foreign", detail, _FOREIGN_FIX)
     for namespace in namespaces(root):
+        unsafe(namespace.path, "namespace")
         section = namespace.read_section()
         if section is None:
             # A writer killed between a concurrent gc's removal of the engine file and its own
@@ -107,6 +130,7 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
             if files.entry is None:
                 continue
             report.checked += 1
+            unsafe(Path(files.entry.path), "entry")
             if _verify_entry(namespace, files.key, section, report, fix=fix):
                 report.intact += 1
     if os.access(root, os.W_OK) and not disabled_by_environment():  # disabled: touch nothing, even here

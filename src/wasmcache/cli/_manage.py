@@ -158,10 +158,12 @@ def gc(cache_dir: Path | None, max_size: str | None, as_json: bool) -> None:
 
 @cli.command()
 @cache_dir_option
-@click.option("--fix", is_flag=True, help="Quarantine corrupt, mismatched and foreign files.")
+@click.option("--fix", is_flag=True, help="Quarantine corrupt, mismatched and orphaned entries (nothing else is "
+              "moved, no mode changed).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify(cache_dir: Path | None, fix: bool, as_json: bool) -> None:
-    """Check every entry's content and engine against its record; exit 1 if anything was found (also after --fix)."""
+    """Check every entry's content and engine against its record, and who may write the root's paths; exit 1 if
+    anything was found (also after --fix)."""
     from .._maintenance import list_entries  # noqa: PLC0415
     from .._verify import verify_root  # noqa: PLC0415
 
