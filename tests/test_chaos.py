@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import wasmcache
-from conftest import run_json
+from conftest import run_cli, run_json
 from wasmcache._core import lock_path
 from wasmcache._lock import KeyLock
 
@@ -217,6 +217,11 @@ def test_gc_reaps_dead_writers_temp_files_of_small_files_but_not_a_live_ones(roo
     fd = os.open(live, os.O_WRONLY | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)  # what write_small_file_atomically holds while it writes
     try:
+        # doctor names each one gc would reap (by gc's own test of the writer's lock), and not the live one
+        report = run_cli("doctor", "--json", "--cache-dir", str(root))
+        named = {f["path"] for f in json.loads(report.stdout) if f["problem"] == "temp file of a writer that died"}
+        assert named == {str(path) for path in dead}, report.stdout
+        assert all(path.exists() for path in dead)
         code = """
         import json, sys, wasmcache
         print(json.dumps(wasmcache.ModuleCache(sys.argv[1]).gc().reaped_temp_files))

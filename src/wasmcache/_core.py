@@ -318,8 +318,9 @@ def read_small_file(path: Path | str, limit: int = 1 << 16, *, trusted: bool = F
         os.close(fd)
 
 
-def reap_if_dead(temp: str | Path) -> bool:
-    """Unlink temp file `temp` if no writer holds its flock (see `write_atomically`)."""
+def reap_if_dead(temp: str | Path, *, dry_run: bool = False) -> bool:
+    """Unlink temp file `temp` if no writer holds its flock (see `write_atomically`); with `dry_run`,
+    only say whether it would (doctor's question, answered by gc's own test)."""
     try:
         fd = os.open(temp, READ_FLAGS)
     except OSError:
@@ -332,7 +333,8 @@ def reap_if_dead(temp: str | Path) -> bool:
         current = os.stat(temp, follow_symlinks=False)
         if (held.st_dev, held.st_ino) != (current.st_dev, current.st_ino):
             return False
-        os.unlink(temp)
+        if not dry_run:
+            os.unlink(temp)
     except OSError:  # BlockingIOError: a live writer holds it
         return False
     finally:

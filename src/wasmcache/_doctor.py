@@ -31,10 +31,11 @@ from ._core import (
     parse_engine_memo,
     read_record,
     read_small_file,
+    reap_if_dead,
     record_path,
 )
 from ._elf import ENGINE_SECTION, find_section
-from ._maintenance import unreadable_fix
+from ._maintenance import dead_temp_files, small_file_directories, unreadable_fix
 from ._verify import verify_root
 
 DANGER: Final = "danger"
@@ -62,11 +63,17 @@ class SubstituterDiagnosis(Diagnosis):
     check: dict[str, Any] = field(default_factory=dict)  # reachable, root_valid, days_left, rolled_back ...
 
 
+def _left_by_a_dead_writer(path: str) -> Diagnosis:
+    return Diagnosis(WARNING, path, "temp file of a writer that died", "`wasmcache gc` reaps it")
+
+
 def diagnose_root(root: Path) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     if not existing_root(root, "diagnose"):  # a directory that is not ours: one line, not advice about its files
         return [Diagnosis(INFO, str(root), "cache root does not exist yet, or is empty", "nothing to do")]
     out.extend(_memo_directories(root))
+    out.extend(_left_by_a_dead_writer(path) for directory in small_file_directories(root)
+               for path in dead_temp_files(directory))
     if (root / QUARANTINE_DIR).is_symlink():
         out.append(Diagnosis(WARNING, str(root / QUARANTINE_DIR), "quarantine is a symbolic link: nothing is ever "
                              "moved through it (a bad entry is removed instead of set aside)",
@@ -76,12 +83,13 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
                   if os.access(namespace.path, os.W_OK) else
                   "every load checks its content in full, for this directory cannot be written (a read-only mount, "
                   "chattr +i ...); `wasmcache verify --fix` settles it once it can be")
-        for files in namespace.scan().keys:
+        scan = namespace.scan()
+        out.extend(_left_by_a_dead_writer(e.path) for e in scan.other_temps if reap_if_dead(e.path, dry_run=True))
+        for files in scan.keys:
             if files.temps:
                 with namespace.key_free(files.key) as free:
                     if free:
-                        out.extend(Diagnosis(WARNING, e.path, "temp file of a writer that died",
-                                             "`wasmcache gc` reaps it") for e in files.temps)
+                        out.extend(_left_by_a_dead_writer(e.path) for e in files.temps)
             if files.interrupted and files.record is not None:
                 with namespace.key_free(files.key) as free:
                     if free:

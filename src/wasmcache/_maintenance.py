@@ -183,9 +183,8 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
                 continue
             candidates.append(_Candidate(namespace, files.key, used, record_size, entry_stat.st_size,
                                          (entry_stat.st_dev, entry_stat.st_ino)))
-    # (The root itself may be a link, `~/.cache/wasmcache -> /data/...`: only what is inside it is never followed.)
-    for directory in (Path(os.path.realpath(root)), root / DIGESTS_DIR, root / ENGINES_DIR):
-        report.reaped_temp_files += _reap_dead_temp_files(directory)
+    for directory in small_file_directories(root):
+        report.reaped_temp_files += len(dead_temp_files(directory, reap=True))
     quarantined = _expire_files(root / QUARANTINE_DIR, now - _QUARANTINE_AGE)
     for directory in (root / DIGESTS_DIR, root / ENGINES_DIR):
         _expire_memos(directory, now - max_age, MEMO_KEEP if max_size > 0 else 0)
@@ -218,9 +217,16 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
     return report
 
 
-def _reap_dead_temp_files(directory: Path) -> int:
-    """Temp files of dead writers of the small files (usage, markers, memos) in `directory`."""
-    return sum(reap_if_dead(e.path) for e, _st in _files_of(directory, quiet=True) if is_temp_name(e.name))
+def small_file_directories(root: Path) -> tuple[Path, ...]:
+    """Where the small files (usage, markers, memos) are written, each through a temp file of its own."""
+    # (The root itself may be a link, `~/.cache/wasmcache -> /data/...`: only what is inside it is never followed.)
+    return Path(os.path.realpath(root)), root / DIGESTS_DIR, root / ENGINES_DIR
+
+
+def dead_temp_files(directory: Path, *, reap: bool = False) -> list[str]:
+    """The temp files of dead writers of the small files in `directory` (gc reaps them, doctor names them)."""
+    return [e.path for e, _st in _files_of(directory, quiet=True)
+            if is_temp_name(e.name) and reap_if_dead(e.path, dry_run=not reap)]
 
 
 def _expire_files(directory: Path, cutoff: float) -> int:
