@@ -579,3 +579,10 @@ def test_a_namespace_nobody_may_change_is_never_reported_cleared_or_fixed(
     assert fresh.verify(fix=True).fixed == 0
     assert fresh.clear() == 0
     assert fresh.stats().entries == 2
+    # gc down to nothing evicts nothing there, and says why both stay rather than only that they remain
+    collected = run_cli("gc", "--max-size", "0", "--cache-dir", str(root))
+    assert collected.returncode == 0, collected.stderr
+    assert "evicted 0 entries" in collected.stdout
+    assert f"2 entries over the limit stay: {cache.namespace_dir} cannot be written" in collected.stdout
+    report = fresh.gc(max_size=0)
+    assert (report.not_evicted, report.unwritable_namespaces) == (2, [str(cache.namespace_dir)])

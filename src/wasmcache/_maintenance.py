@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -141,6 +141,10 @@ class GcReport:
     removed_namespaces: int = 0
     entries: int = 0
     size_bytes: int = 0
+    # Entries over the bound (or older than max_age) that stayed: a writer held them, or their namespace
+    # cannot be written (listed in `unwritable_namespaces`: a read-only mount, chattr +i ...).
+    not_evicted: int = 0
+    unwritable_namespaces: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -206,6 +210,11 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
             report.freed_bytes += freed
         else:
             kept.append(c)
+            if total > max_size or now - c.last_used > max_age:
+                report.not_evicted += 1
+                if str(c.namespace.path) not in report.unwritable_namespaces and not os.access(c.namespace.path,
+                                                                                                os.W_OK):
+                    report.unwritable_namespaces.append(str(c.namespace.path))
     report.removed_namespaces = sum(ns.remove_if_empty() for ns in namespaces(root))
     report.entries = len(kept)
     report.size_bytes = total

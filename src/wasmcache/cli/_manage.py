@@ -154,6 +154,11 @@ def gc(cache_dir: Path | None, max_size: str | None, as_json: bool) -> None:
         return
     say(f"evicted {report.evicted_entries} entries ({human(report.freed_bytes)}), "
         f"reaped {report.reaped_temp_files} temp files; {report.entries} entries, {human(report.size_bytes)} remain")
+    if report.unwritable_namespaces:
+        say(f"{report.not_evicted} entries over the limit stay: {', '.join(report.unwritable_namespaces)} cannot be "
+            "written (a read-only mount, chattr +i ...); run gc where it can be")
+    elif report.not_evicted:
+        say(f"{report.not_evicted} entries over the limit stay: a writer holds them now; the next gc evicts them")
 
 
 @cli.command()
