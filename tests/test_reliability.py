@@ -586,3 +586,23 @@ def test_a_namespace_nobody_may_change_is_never_reported_cleared_or_fixed(
     assert f"2 entries over the limit stay: {cache.namespace_dir} cannot be written" in collected.stdout
     report = fresh.gc(max_size=0)
     assert (report.not_evicted, report.unwritable_namespaces) == (2, [str(cache.namespace_dir)])
+
+
+def test_the_usage_record_stays_exact_when_a_load_replaces_a_damaged_entry(root: Path) -> None:
+    # Found by an outside reader: a load that set a damaged entry aside and published it anew counted one
+    # entry (and one record) more than the root held, until the next recount.
+    from wasmcache._maintenance import scan_usage
+    from wasmcache._stats import read_usage
+
+    cache = wasmcache.ModuleCache(root)
+    for answer in (31, 32):
+        cache.load(answer_module(answer))
+    _damage(cache.entry_path(cache.key_for(answer_module(31))))
+    fresh = wasmcache.ModuleCache(root)
+    assert call_answer(fresh.engine, fresh.load(answer_module(31))) == 31
+    set_aside = [p for p in (root / "quarantine").iterdir() if not p.name.endswith(".why")]
+    assert len(set_aside) == 1  # the damaged one (and a note of why, beside it)
+    usage = read_usage(root)
+    assert usage is not None
+    assert (usage.entries, usage.size_bytes) == scan_usage(root)
+    assert fresh.stats().entries == 2

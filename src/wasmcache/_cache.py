@@ -544,5 +544,7 @@ def _repair(ctx: CacheContext, namespace: Namespace, key: str, seen: Identity | 
                     "setting it aside and loading it anew" if changeable else
                     "compiling it in memory (it cannot be set aside: its directory cannot be written, a read-only "
                     "mount or chattr +i; `wasmcache doctor` says more)")
-    if changeable:
-        namespace.quarantine_if_unchanged(key, seen, reason, lock_held=locked)
+    if changeable and namespace.quarantine_if_unchanged(key, seen, reason, lock_held=locked):
+        from ._maintenance import account_repair  # noqa: PLC0415 - only after a repair
+
+        account_repair(ctx.root)

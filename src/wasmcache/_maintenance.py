@@ -13,7 +13,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._core import (
     DIGEST_MEMO_KINDS,
@@ -41,6 +41,9 @@ from ._core import (
 from ._errors import CacheError
 from ._lock import KeyLock, holder_name, wait_for_lock
 from ._stats import read_usage, write_usage
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 MAX_AGE: Final = 30 * 24 * 3600.0  # entries (and so namespaces of an old wasmtime) unused this long go
 _QUARANTINE_AGE: Final = 24 * 3600.0
@@ -79,24 +82,42 @@ def scan_usage(root: Path) -> tuple[int, int]:
 
 def account_publication(root: Path, added_bytes: int, max_size: int) -> None:
     """Add one publication to the usage record; collect when over the bound (so no load ever scans)."""
-    gc_lock = KeyLock(root / GC_LOCK_NAME)
-    try:
-        # Publishers hold it for a read and a write; a collection for a scan (~0.2 s at 10,000
-        # entries), after which its count includes what we just published.
-        if not wait_for_lock(gc_lock, _ACCOUNT_WAIT)[0]:
+    with _usage_held(root) as held:
+        if not held:
             return  # a collection under way (or stopped: not worth a wait) counts this entry itself
-    except OSError:
-        return
-    try:
         usage = read_usage(root)
         if usage is None or usage.age > _USAGE_RECOUNT_INTERVAL or usage.size_bytes + added_bytes > max_size:
             collect_garbage(root, max_size)
         else:
             write_usage(root, usage.entries + 1, usage.size_bytes + added_bytes)
+
+
+def account_repair(root: Path) -> None:
+    """Count the root again after a load set a bad entry aside (its record gone, the entry and a note in
+    quarantine/, or the entry unlinked where it could not be moved): rare, and then exact, so the
+    republication that follows adds itself to a true count."""
+    with _usage_held(root) as held:
+        if held:
+            write_usage(root, *scan_usage(root))
+
+
+@contextlib.contextmanager
+def _usage_held(root: Path) -> Iterator[bool]:
+    """The collector's lock, for a change of the usage record: whether it was had (never an error)."""
+    gc_lock = KeyLock(root / GC_LOCK_NAME)
+    try:
+        # Publishers hold it for a read and a write; a collection for a scan (~0.2 s at 10,000
+        # entries), after which its count includes what we just published.
+        held = wait_for_lock(gc_lock, _ACCOUNT_WAIT)[0]
+    except OSError:
+        held = False
+    try:
+        yield held
     except (OSError, CacheError) as exc:
         log.warning("wasmcache: automatic gc of %s failed: %s", root, exc)
     finally:
-        gc_lock.release()
+        if held:
+            gc_lock.release()
 
 
 def _cannot(root: Path, action: str, exc: OSError) -> CacheError:
