@@ -597,6 +597,21 @@ def test_doctor_names_an_engine_memo_whose_fingerprint_is_not_its_engines(root: 
     assert not memo.exists() or "engine memo" not in run_cli("--cache-dir", str(root), "doctor").stdout
 
 
+def test_engine_fingerprint_never_hands_out_a_fingerprint_an_engine_memo_gave_wrongly(root: Path,
+                                                                                     tmp_path: Path) -> None:
+    # Found by an outside reader: wasmcache.engine_fingerprint() returned an edited engine memo's fingerprint
+    # until the process's first load corrected it.
+    wasm = wasm_file(tmp_path, "m.wasm", 202)
+    fuel = run_json(FUEL_LOAD, str(root), "fuel", str(wasm))
+    default = run_json(FUEL_LOAD, str(root), "default", str(wasm))
+    memo = root / ENGINES_DIR / f"{memo_file_name(memo_key_for('wasmtime.Engine()'))}.engine"
+    header, _, rest = memo.read_bytes().partition(b"\n")
+    memo.write_bytes(header.rsplit(b" ", 1)[0] + b" " + str(fuel["fingerprint"]).encode() + b"\n" + rest)
+    code = ("import json, sys, wasmcache\n"
+            "print(json.dumps(wasmcache.engine_fingerprint(wasmcache.ModuleCache(sys.argv[1]).engine)))")
+    assert run_json(code, str(root)) == default["fingerprint"]
+
+
 NAN_LOAD = """
 import json, sys, wasmcache, wasmtime
 from wasmcache import EngineSettings

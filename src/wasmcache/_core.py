@@ -1275,7 +1275,9 @@ def engine_identity(engine: wasmtime.Engine) -> EngineIdentity:
 
 def engine_fingerprint(engine: wasmtime.Engine) -> str:
     """A hex digest that differs for every engine configuration that changes compiled code."""
-    return engine_identity(engine).fingerprint
+    identity = engine_identity(engine)
+    correct_fingerprint(identity)  # one a memo gave unhashed is checked before it is handed out (and shows)
+    return identity.fingerprint
 
 
 # --- the memo: engine sections and verdicts remembered across processes ---------------------------
