@@ -606,3 +606,30 @@ def test_the_usage_record_stays_exact_when_a_load_replaces_a_damaged_entry(root:
     assert usage is not None
     assert (usage.entries, usage.size_bytes) == scan_usage(root)
     assert fresh.stats().entries == 2
+
+
+def test_a_link_where_a_namespace_belongs_is_never_followed(root: Path, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    # Found by an outside reader: with ROOT/ns-... a symbolic link to a directory elsewhere, loads served hits from
+    # it and published new entries through it, while gc, verify, ls and stats called it foreign and never looked
+    # there (nothing bounded what it held). Loads never follow it now, as for digests/, engines/ and quarantine/.
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(41))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = elsewhere / cache.namespace_dir.name
+    cache.namespace_dir.rename(moved)
+    cache.namespace_dir.symlink_to(moved)
+    before = sorted(p.name for p in moved.iterdir())
+    fresh = wasmcache.ModuleCache(root)
+    with caplog.at_level("WARNING", logger="wasmcache"):
+        assert call_answer(fresh.engine, fresh.load(answer_module(41))) == 41
+        assert call_answer(fresh.engine, fresh.load(answer_module(42))) == 42
+    assert (fresh.stats().hits, fresh.stats().compiles) == (0, 2)  # nothing served from it
+    assert sorted(p.name for p in moved.iterdir()) == before  # nothing written through it
+    said = [r.getMessage() for r in caplog.records if "symbolic link" in r.getMessage()]
+    assert len(said) == 1, said
+    assert f"{cache.namespace_dir} is a symbolic link, never followed" in said[0]
+    checked = run_cli("verify", "--cache-dir", str(root))
+    assert checked.returncode == 1
+    assert f"foreign: {cache.namespace_dir}: namespace is a symbolic link: never followed" in checked.stdout

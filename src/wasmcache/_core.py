@@ -2610,6 +2610,7 @@ class CacheContext:
         self._namespaces_checked: set[str] = set()  # namespaces, digests/ and engines/ whose permissions were checked
         self._sections_checked: set[str] = set()  # namespaces whose engine file was compared (namespace_holds)
         self.bad_entries_said: set[tuple[str, Identity | None]] = set()  # (entry, identity) warned about once
+        self._links_said: set[str] = set()  # namespaces found to be links (said once)
         self._guard = allocate_lock()
         if not self.disabled:
             self._open_root()
@@ -2685,16 +2686,38 @@ class CacheContext:
         return False
 
     def namespace_usable(self, namespace: Namespace) -> bool:
-        """The namespace exists and nobody else could write it (checked once per cache)."""
+        """The namespace exists, is the root's own directory and nobody else could write it (checked once per
+        cache)."""
         if namespace.name in self._namespaces_checked:
             return True
         try:
-            namespace_stat = os.stat(namespace.path)
+            namespace_stat = os.lstat(namespace.path)
         except OSError:
             return False  # no namespace yet: nothing to load
-        if not self.safe(namespace.path, namespace_stat):
+        if self._a_link(namespace, namespace_stat) or not self.safe(namespace.path, namespace_stat):
             return False
         self._namespaces_checked.add(namespace.name)
+        return True
+
+    def stores_in(self, namespace: Namespace) -> bool:
+        """Whether a miss may publish into `namespace`: the cache stores, and the namespace is not a link (one
+        that is not there yet is made by the publication)."""
+        if not self.stores:
+            return False
+        try:
+            return not self._a_link(namespace, os.lstat(namespace.path))
+        except OSError:
+            return True
+
+    def _a_link(self, namespace: Namespace, st: os.stat_result) -> bool:
+        """A link where a namespace belongs is never followed, like digests/, engines/ and quarantine/: what it
+        points to may be anyone's, and gc, verify and `ls` never look there. Loads compile (said once per cache)."""
+        if not stat.S_ISLNK(st.st_mode):
+            return False
+        if namespace.name not in self._links_said:
+            self._links_said.add(namespace.name)
+            log.warning("wasmcache: %s is a symbolic link, never followed: its engine's modules are compiled, not "
+                        "cached (`wasmcache doctor` says more)", namespace.path)
         return True
 
     # --- the engine ---------------------------------------------------------------------------

@@ -107,6 +107,10 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
                 continue
             if is_namespace_name(e.name) and e.is_dir(follow_symlinks=False):
                 continue
+            if is_namespace_name(e.name) and e.is_symlink():
+                finding(Path(e.path), "foreign", "namespace is a symbolic link: never followed (loads compile what "
+                        "it would hold, nothing is written through it)", "move the link out of the cache root")
+                continue
             detail = "namespace is not a directory" if is_namespace_name(e.name) else "not written by wasmcache"
             finding(Path(e.path), "foreign", detail, _FOREIGN_FIX)
     for namespace in namespaces(root):
