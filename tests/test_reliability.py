@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -633,3 +634,40 @@ def test_a_link_where_a_namespace_belongs_is_never_followed(root: Path, tmp_path
     checked = run_cli("verify", "--cache-dir", str(root))
     assert checked.returncode == 1
     assert f"foreign: {cache.namespace_dir}: namespace is a symbolic link: never followed" in checked.stdout
+
+
+def test_verify_fix_on_an_entry_that_cannot_be_moved_changes_nothing_and_says_so(
+        root: Path, immutable: Callable[[Path], None]) -> None:
+    # Found by an outside reader: `verify --fix` on a damaged entry made immutable (chattr +i) deleted its record,
+    # left the file (now an orphan whose origin was lost), printed "0 quarantined" and advised `verify --fix`.
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(51))
+    entry = cache.entry_path(cache.key_for(answer_module(51)))
+    record = entry.with_suffix(".rec")
+    _damage(entry)
+    immutable(entry)
+    fixed = run_cli("verify", "--fix", "--cache-dir", str(root))
+    assert fixed.returncode == 1
+    assert "0 quarantined" in fixed.stdout
+    assert f"corrupt: {entry}: " in fixed.stdout
+    assert f"it could not be set aside now: the file cannot be moved (immutable? `lsattr {entry}`" in fixed.stdout
+    assert entry.exists()
+    assert record.exists()  # all of it stays: still a corrupt entry, not an orphan
+    assert "corrupt: " in run_cli("verify", "--cache-dir", str(root)).stdout
+
+
+def test_a_fix_names_a_path_as_one_inert_shell_word(tmp_path: Path) -> None:
+    # Found by an outside reader: `fix: chmod o-w /x/q $(touch pwned)`, pasted into a shell, ran the command
+    # in the name (and a name with a space split into two words).
+    root = tmp_path / "q $(touch pwned) 'x'"
+    wasmcache.ModuleCache(root).load(answer_module(52))
+    root.chmod(0o777)
+    try:
+        checked = run_cli("verify", "--cache-dir", str(root))
+        fix = checked.stdout.split("fix: ", 1)[1].splitlines()[0]
+        assert fix == f"chmod o-w {shlex.quote(str(root))}"
+        subprocess.run(["sh", "-c", fix], check=True, cwd=tmp_path)  # what pasting it does
+        assert not (tmp_path / "pwned").exists()
+        assert not root.stat().st_mode & 0o002
+    finally:
+        root.chmod(0o700)

@@ -1603,8 +1603,18 @@ def unsafe_fix(path: Path, reason: str) -> str:
     if not _ours_to_fix(path):
         return f"it is not a cache root of yours: choose a directory of your own ({_ROOT_SETTINGS})"
     if "world-writable" in reason:
-        return f"chmod o-w {path}"
-    return f"chown $(id -u) {path}, or use a cache directory of your own"
+        return f"chmod o-w {shell_word(path)}"
+    if is_entry_name(path.name) and is_namespace_name(path.parent.name):  # never make another's code your own
+        return f"rm {shell_word(path)} (another user's file where an entry belongs; the next load compiles it again)"
+    return f"chown $(id -u) {shell_word(path)}, or use a cache directory of your own"
+
+
+def shell_word(path: Path | str) -> str:
+    """`path` as one inert word of a command a fix tells the user to run: a name with a space, a quote or
+    `$(...)` pastes as itself, never as two words or a command of its own."""
+    import shlex  # noqa: PLC0415 - only for a message
+
+    return shlex.quote(str(path))
 
 
 def _ours_to_fix(path: Path) -> bool:
@@ -2162,9 +2172,11 @@ class Namespace:
                 return False  # republished since it was judged: the new entry is someone else's good work
             if current is not None:
                 quarantine(self.root, entry, reason)
+            if os.path.lexists(entry):
+                return False  # neither moved nor removed (chattr +i, a directory nobody may change): all stays
             with contextlib.suppress(OSError):
                 os.unlink(self.record_path(key))
-            return not os.path.lexists(entry)  # (a directory nobody may change, chattr +i: nothing was)
+            return True
         finally:
             lock.release()
 

@@ -35,6 +35,7 @@ from ._core import (
     read_record,
     read_small_file,
     reap_if_dead,
+    shell_word,
     unsafe_fix,
     unsafe_reason,
 )
@@ -313,7 +314,7 @@ def unreadable_fix(directory: Path) -> str:
         reason = unsafe_reason(os.lstat(directory))
         if reason is not None:
             return unsafe_fix(directory, reason)
-    return f"chmod u+rwx {directory}"
+    return f"chmod u+rwx {shell_word(directory)}"
 
 
 def _files_of(directory: Path, *, memos: bool = False, quiet: bool = False) -> list[

@@ -33,6 +33,7 @@ from ._core import (
     namespace_name,
     namespaces,
     read_record,
+    shell_word,
     unsafe_fix,
     unsafe_reason,
 )
@@ -69,6 +70,9 @@ _FIX: Final = "run `wasmcache verify --fix` (sets it aside in quarantine/; the n
 _READ_ONLY_FIX: Final = ("this namespace cannot be written (a read-only mount, chattr +i ...), so nothing can be set "
                          "aside here and every load compiles it in memory; run `wasmcache verify --fix` where the "
                          "root can be written (the image or directory it comes from)")
+# --fix could not set it aside in a directory it may write: the file itself refused (or a writer held its key).
+_STUCK_FIX: Final = ("it could not be set aside now: the file cannot be moved (immutable? `lsattr {path}`; "
+                     "`chattr -i {path}`), or a writer held it; then run `wasmcache verify --fix` again")
 # Nothing wasmcache did not write is ever moved, collected or cleared (quarantine/ is emptied by gc and
 # clear: a user's file moved there would be deleted later).
 _FOREIGN_FIX: Final = "not wasmcache's, so it is left alone (verify --fix included); move it out of the cache root"
@@ -161,10 +165,12 @@ def _verify_entry(namespace: Namespace, key: str, section: bytes | None, report:
             raise UntrustedEntryError("orphan", "entry without a valid record")
     except UntrustedEntryError as bad:
         fix_text = _FIX if os.access(namespace.path, os.W_OK) else _READ_ONLY_FIX
-        report.findings.append(Finding(str(path), bad.problem, bad.detail, fix_text))
         seen = bad.seen
         if fix and namespace.quarantine_if_unchanged(key, seen, f"wasmcache verify --fix: {bad.detail}"):
             report.fixed += 1
+        elif fix and fix_text is _FIX and os.path.lexists(path):
+            fix_text = _STUCK_FIX.format(path=shell_word(path))
+        report.findings.append(Finding(str(path), bad.problem, bad.detail, fix_text))
         return False
     checked.close()
     if checked.record.identity != Identity.of(checked.stat):
