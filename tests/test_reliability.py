@@ -671,3 +671,34 @@ def test_a_fix_names_a_path_as_one_inert_shell_word(tmp_path: Path) -> None:
         assert not root.stat().st_mode & 0o002
     finally:
         root.chmod(0o700)
+
+
+def test_gc_and_clear_never_half_remove_an_entry_and_say_which_file_refused(
+        root: Path, immutable: Callable[[Path], None]) -> None:
+    # Found by an outside reader: with one entry's file and another's record made immutable, `gc --max-size 0`
+    # removed the other file of each (an entry without its record, a record without its entry), blamed "a writer",
+    # and `clear` printed "removed 0 entries" and exited 0 on a namespace it could not change.
+    cache = wasmcache.ModuleCache(root)
+    keys = []
+    for answer in (61, 62, 63):
+        cache.load(answer_module(answer))
+        keys.append(cache.key_for(answer_module(answer)))
+    stuck_entry, stuck_record = cache.entry_path(keys[0]), cache.entry_path(keys[1]).with_suffix(".rec")
+    immutable(stuck_entry)
+    immutable(stuck_record)
+    collected = run_cli("gc", "--max-size", "0", "--cache-dir", str(root))
+    assert collected.returncode == 0, collected.stderr
+    assert "evicted 1 entries" in collected.stdout
+    assert f"2 entries over the limit stay: {stuck_entry} and 1 more refused to go (immutable?" in collected.stdout
+    for key in keys[:2]:  # each whole: its entry and its record
+        assert cache.entry_path(key).exists()
+        assert cache.entry_path(key).with_suffix(".rec").exists()
+    assert not cache.entry_path(keys[2]).exists()
+    cleared = run_cli("clear", "--cache-dir", str(root))
+    assert cleared.returncode == 1
+    assert "removed 0 entries" in cleared.stdout
+    assert "2 entries stay: " in cleared.stderr
+    assert "refused to go (immutable?" in cleared.stderr
+    for key in keys[:2]:
+        assert cache.entry_path(key).exists()
+        assert cache.entry_path(key).with_suffix(".rec").exists()

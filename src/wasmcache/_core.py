@@ -2180,20 +2180,41 @@ class Namespace:
         finally:
             lock.release()
 
-    def evict(self, key: str) -> bool:
-        """Unlink an entry and its record under the key's lock (a mapped entry lives on in its users)."""
+    def evict(self, key: str) -> bool | None:
+        """Unlink an entry and its record under the key's lock (a mapped entry lives on in its users): True;
+        None if a writer holds the key; False if a file refused to go (chattr +i ...), and then both stay."""
         lock = self.lock(key)
         if not lock.try_acquire():
-            return False  # being compiled, published or repaired right now
+            return None  # being compiled, published or repaired right now
         try:
-            for path in (self.entry_path(key), self.record_path(key)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+            self._unlink_entry_and_record(key)
         except OSError:
             lock.release()
             return False
         lock.release(unlink=True)
         return True
+
+    def _unlink_entry_and_record(self, key: str) -> None:
+        """Both, or neither (OSError): the record is moved aside first and put back if the entry refuses
+        (chattr +i ...), so no entry is ever left without its record, nor a record without its entry."""
+        entry, record = self.entry_path(key), self.record_path(key)
+        aside = temp_path_for(record)
+        moved = True
+        try:
+            os.rename(record, aside)
+        except FileNotFoundError:
+            moved = False
+        try:
+            os.unlink(entry)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            if moved:
+                os.rename(aside, record)
+            raise
+        if moved:
+            with contextlib.suppress(OSError):
+                os.unlink(aside)
 
     def clear_key(self, key: str) -> bool | None:
         """Remove every file of `key` under its lock; None if the key is busy, else whether it had an entry."""
@@ -2202,12 +2223,15 @@ class Namespace:
             return None  # a writer between its record and its rename keeps its key: its entry is whole when it lands
         try:
             had_entry = os.path.lexists(self.entry_path(key))
+            with contextlib.suppress(OSError):
+                self._unlink_entry_and_record(key)
             with os.scandir(self.path) as it:
                 mine = [e.path for e in it if key_of(e.name) == key and is_keyed_name(e.name)
                         and not e.name.endswith(LOCK_SUFFIX)]
             for path in mine:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)  # mapped entries live on in the processes using them
+                if path not in (str(self.entry_path(key)), str(self.record_path(key))):  # (both, or neither: above)
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)  # mapped entries live on in the processes using them
         finally:
             lock.release(unlink=True)
         return had_entry and not os.path.lexists(self.entry_path(key))

@@ -167,6 +167,8 @@ class GcReport:
     # cannot be written (listed in `unwritable_namespaces`: a read-only mount, chattr +i ...).
     not_evicted: int = 0
     unwritable_namespaces: list[str] = field(default_factory=list)
+    unremovable: list[str] = field(default_factory=list)  # entries whose files refused to go (immutable ...)
+    held_by_writers: int = 0  # entries a writer held the lock of (the next gc evicts them)
 
 
 @dataclass
@@ -224,7 +226,10 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
         total -= quarantined - _expire_files(root / QUARANTINE_DIR, now + 1)
     kept: list[_Candidate] = []
     for c in candidates:
-        if (total > max_size or now - c.last_used > max_age) and c.namespace.evict(c.key):
+        if not (total > max_size or now - c.last_used > max_age):
+            kept.append(c)
+            continue
+        if _evicted(c, report):
             names[c.inode] -= 1
             freed = c.record_size + (c.entry_size if names[c.inode] == 0 else 0)
             total -= freed
@@ -232,11 +237,6 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
             report.freed_bytes += freed
         else:
             kept.append(c)
-            if total > max_size or now - c.last_used > max_age:
-                report.not_evicted += 1
-                if str(c.namespace.path) not in report.unwritable_namespaces and not os.access(c.namespace.path,
-                                                                                                os.W_OK):
-                    report.unwritable_namespaces.append(str(c.namespace.path))
     report.removed_namespaces = sum(ns.remove_if_empty() for ns in namespaces(root))
     report.entries = len(kept)
     report.size_bytes = total
@@ -246,6 +246,23 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
         log.info("wasmcache: gc of %s evicted %d entries (%d bytes), reaped %d temp files", root,
                  report.evicted_entries, report.freed_bytes, report.reaped_temp_files)
     return report
+
+
+def _evicted(c: _Candidate, report: GcReport) -> bool:
+    """Evict `c`; if it stays, note in `report` why (its namespace cannot be written, a file of it refused to
+    go, or a writer holds it)."""
+    evicted = c.namespace.evict(c.key)
+    if evicted:
+        return True
+    report.not_evicted += 1
+    if not os.access(c.namespace.path, os.W_OK):
+        if str(c.namespace.path) not in report.unwritable_namespaces:
+            report.unwritable_namespaces.append(str(c.namespace.path))
+    elif evicted is False:
+        report.unremovable.append(str(c.namespace.entry_path(c.key)))
+    else:
+        report.held_by_writers += 1
+    return False
 
 
 def small_file_directories(root: Path) -> tuple[Path, ...]:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from .._errors import ConfigError
+    from .._maintenance import GcReport
 
 
 @cli.command()
@@ -154,11 +155,25 @@ def gc(cache_dir: Path | None, max_size: str | None, as_json: bool) -> None:
         return
     say(f"evicted {report.evicted_entries} entries ({human(report.freed_bytes)}), "
         f"reaped {report.reaped_temp_files} temp files; {report.entries} entries, {human(report.size_bytes)} remain")
+    if report.not_evicted:
+        say(f"{report.not_evicted} entries over the limit stay: {_why_they_stay(report)}")
+
+
+def _why_they_stay(report: GcReport) -> str:
+    """Why gc left entries it meant to evict, each cause in its own words."""
+    from .._core import shell_word  # noqa: PLC0415
+
+    why = []
     if report.unwritable_namespaces:
-        say(f"{report.not_evicted} entries over the limit stay: {', '.join(report.unwritable_namespaces)} cannot be "
-            "written (a read-only mount, chattr +i ...); run gc where it can be")
-    elif report.not_evicted:
-        say(f"{report.not_evicted} entries over the limit stay: a writer holds them now; the next gc evicts them")
+        why.append(f"{', '.join(report.unwritable_namespaces)} cannot be written (a read-only mount, chattr +i ...); "
+                   "run it where it can be written")
+    if report.unremovable:
+        first = shell_word(report.unremovable[0])
+        more = f" and {len(report.unremovable) - 1} more" if len(report.unremovable) > 1 else ""
+        why.append(f"{report.unremovable[0]}{more} refused to go (immutable? `lsattr {first}`; `chattr -i {first}`)")
+    if report.held_by_writers:
+        why.append(f"{report.held_by_writers} held by a writer now (the next gc evicts them)")
+    return "; ".join(why)
 
 
 @cli.command()
@@ -210,6 +225,20 @@ def clear(cache_dir: Path | None) -> None:
         return
     removed = clear_root(root)
     say(f"removed {removed} entries from {root}")
+    from .._core import iter_entries  # noqa: PLC0415
+    from .._maintenance import GcReport  # noqa: PLC0415
+
+    left = GcReport()  # what stayed, in gc's words
+    for namespace, files in iter_entries(root):
+        left.not_evicted += 1
+        if not os.access(namespace.path, os.W_OK):
+            if str(namespace.path) not in left.unwritable_namespaces:
+                left.unwritable_namespaces.append(str(namespace.path))
+        else:
+            left.unremovable.append(str(namespace.entry_path(files.key)))
+    if left.not_evicted:
+        say(f"{left.not_evicted} entries stay: {_why_they_stay(left)}", err=True)
+        sys.exit(1)
 
 
 @cli.command()
