@@ -702,3 +702,36 @@ def test_gc_and_clear_never_half_remove_an_entry_and_say_which_file_refused(
     for key in keys[:2]:
         assert cache.entry_path(key).exists()
         assert cache.entry_path(key).with_suffix(".rec").exists()
+
+
+def test_verify_and_doctor_name_an_empty_root_every_load_refuses(tmp_path: Path) -> None:
+    # Found by an outside reader: an empty world-writable directory as the root passed verify ("ok") and doctor
+    # ("nothing to do") while every load refused it.
+    root = tmp_path / "shared-empty"
+    root.mkdir()
+    root.chmod(0o777)
+    try:
+        with pytest.raises(wasmcache.UnsafeCacheError):
+            wasmcache.ModuleCache(root).load(answer_module(71))
+        checked = run_cli("verify", "--cache-dir", str(root))
+        assert checked.returncode == 1
+        assert f"unsafe: {root}: cache root is world-writable: loads refuse it; fix: chmod o-w {root}" in checked.stdout
+        doctor = run_cli("doctor", "--cache-dir", str(root))
+        assert doctor.returncode == 1
+        assert f"danger: {root}: unsafe: cache root is world-writable" in doctor.stdout
+        assert "nothing to do" not in doctor.stdout
+    finally:
+        root.chmod(0o700)
+    assert run_cli("verify", "--cache-dir", str(root)).returncode == 0
+
+
+def test_doctor_names_a_max_size_setting_that_stops_every_command(root: Path) -> None:
+    # Found by an outside reader: with WASMCACHE_MAX_SIZE=bogus, run, compile, gc and stats all failed while
+    # doctor said "no problems found".
+    wasmcache.ModuleCache(root).load(answer_module(72))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WASMCACHE_")} | {"WASMCACHE_MAX_SIZE": "bogus"}
+    doctor = subprocess.run([sys.executable, "-m", "wasmcache.cli", "doctor", "--cache-dir", str(root)],
+                            capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert doctor.returncode == 1
+    assert "danger: $WASMCACHE_MAX_SIZE: size 'bogus'" in doctor.stdout
+    assert "fix: set it to a size such as 2G or 500M, or unset it" in doctor.stdout

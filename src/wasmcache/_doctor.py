@@ -33,8 +33,10 @@ from ._core import (
     read_small_file,
     reap_if_dead,
     record_path,
+    resolve_max_size,
 )
 from ._elf import ENGINE_SECTION, find_section
+from ._errors import ConfigError
 from ._maintenance import dead_temp_files, small_file_directories, unreadable_fix
 from ._verify import verify_root
 
@@ -67,10 +69,23 @@ def _left_by_a_dead_writer(path: str) -> Diagnosis:
     return Diagnosis(WARNING, path, "temp file of a writer that died", "`wasmcache gc` reaps it")
 
 
+def diagnose_settings() -> list[Diagnosis]:
+    """The environment's settings every command reads: one that stops them all is a danger."""
+    try:
+        resolve_max_size(None)
+    except ConfigError as exc:
+        problem = str(exc).removeprefix("$WASMCACHE_MAX_SIZE: ")
+        return [Diagnosis(DANGER, "$WASMCACHE_MAX_SIZE", f"{problem}: every load, compile and gc refuses to start",
+                          "set it to a size such as 2G or 500M, or unset it (4 GiB)")]
+    return []
+
+
 def diagnose_root(root: Path) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     if not existing_root(root, "diagnose"):  # a directory that is not ours: one line, not advice about its files
-        return [Diagnosis(INFO, str(root), "cache root does not exist yet, or is empty", "nothing to do")]
+        # (an empty directory others could write is refused by every load: verify says so)
+        dangers = [Diagnosis(DANGER, f.path, f"{f.problem}: {f.detail}", f.fix) for f in verify_root(root).findings]
+        return dangers or [Diagnosis(INFO, str(root), "cache root does not exist yet, or is empty", "nothing to do")]
     out.extend(_memo_directories(root))
     out.extend(_left_by_a_dead_writer(path) for directory in small_file_directories(root)
                for path in dead_temp_files(directory))

@@ -84,8 +84,6 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
     A root that does not exist has nothing to verify; a directory that is not ours is refused.
     """
     report = VerifyReport()
-    if not existing_root(root, "fix" if fix else "verify"):
-        return report
 
     def finding(path: Path, problem: str, detail: str, fix_text: str = _FIX) -> None:
         report.findings.append(Finding(str(path), problem, detail, fix_text))
@@ -100,7 +98,10 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
         if reason is not None:
             finding(path, "unsafe", f"{what} {reason}: loads refuse it", unsafe_fix(path, reason))
 
-    unsafe(root, "cache root")
+    if os.path.lexists(root):
+        unsafe(root, "cache root")  # even empty: a load refuses it before writing anything into it
+    if not existing_root(root, "fix" if fix else "verify"):
+        return report
     for name in (DIGESTS_DIR, ENGINES_DIR):
         if not (root / name).is_symlink():  # never followed (doctor names such a link)
             unsafe(root / name, f"{name}/")

@@ -271,7 +271,7 @@ def inspect(cache_dir: Path | None, as_json: bool, target: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
     """Find dangers in the cache root (or in a live process's mapped modules), each with its fix."""
-    from .._doctor import DANGER, diagnose_pid, diagnose_root, embedder_of  # noqa: PLC0415
+    from .._doctor import DANGER, diagnose_pid, diagnose_root, diagnose_settings, embedder_of  # noqa: PLC0415
 
     if pid is not None:
         try:
@@ -308,7 +308,7 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
     from .._dropin_exec import launcher_status  # noqa: PLC0415
     from .._dropin_status import dropin_status  # noqa: PLC0415
 
-    findings = diagnose_root(root_of(cache_dir))
+    findings = diagnose_settings() + diagnose_root(root_of(cache_dir))
     findings += _substituter_findings(root_of(cache_dir))  # writes nothing: checks refresh in a temporary copy
     danger = any(f.severity == DANGER for f in findings)
     dropin = dropin_status()
