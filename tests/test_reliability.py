@@ -735,3 +735,17 @@ def test_doctor_names_a_max_size_setting_that_stops_every_command(root: Path) ->
     assert doctor.returncode == 1
     assert "danger: $WASMCACHE_MAX_SIZE: size 'bogus'" in doctor.stdout
     assert "fix: set it to a size such as 2G or 500M, or unset it" in doctor.stdout
+
+
+def test_stats_counts_the_root_when_its_usage_record_cannot_be_read(root: Path) -> None:
+    # Found by an outside reader: without a readable usage record (another user's root), stats said "size 0 B"
+    # on the line before "3 entries (39.9 KiB)".
+    from wasmcache._maintenance import scan_usage
+
+    cache = wasmcache.ModuleCache(root)
+    for answer in (81, 82):
+        cache.load(answer_module(answer))
+    (root / "usage").unlink()
+    stats = json.loads(run_cli("stats", "--json", "--cache-dir", str(root)).stdout)
+    assert (stats["entries"], stats["size_bytes"]) == scan_usage(root)
+    assert stats["size_bytes"] > 0

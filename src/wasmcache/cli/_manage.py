@@ -37,8 +37,12 @@ def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, t
     namespaces: dict[str, dict[str, int]] = {}
     for namespace in namespaces_of(root):  # one scandir per namespace: names only, no stat, no record
         namespaces[namespace.name] = {"entries": sum(files.entry is not None for files in namespace.scan().keys)}
-    entries = usage.entries if usage else sum(ns["entries"] for ns in namespaces.values())
-    size = usage.size_bytes if usage else 0
+    if usage is not None:
+        entries, size = usage.entries, usage.size_bytes
+    else:  # no usage record, or one this user cannot read: counted now, as gc and verify count
+        from .._maintenance import scan_usage  # noqa: PLC0415
+
+        entries, size = scan_usage(root)
     max_size = resolve_max_size(None)
     data: dict[str, object] = {"root": str(root), "entries": entries, "size_bytes": size, "max_size": max_size,
                                "namespaces": namespaces}
