@@ -749,3 +749,25 @@ def test_stats_counts_the_root_when_its_usage_record_cannot_be_read(root: Path) 
     stats = json.loads(run_cli("stats", "--json", "--cache-dir", str(root)).stdout)
     assert (stats["entries"], stats["size_bytes"]) == scan_usage(root)
     assert stats["size_bytes"] > 0
+
+
+def test_verify_words_a_link_where_an_entry_belongs_and_a_directory_that_is_not_a_root(
+        root: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: a link where an entry belongs was "cannot open the entry safely: Too many levels
+    # of symbolic links"; verify of a directory that is not a root was "refusing to list it".
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(91))
+    entry = cache.entry_path(cache.key_for(answer_module(91)))
+    target = tmp_path / "precious.txt"
+    target.write_text("mine")
+    entry.unlink()
+    entry.symlink_to(target)
+    checked = run_cli("verify", "--cache-dir", str(root))
+    assert f"corrupt: {entry}: the entry is a symbolic link (never followed)" in checked.stdout
+    other = tmp_path / "not-a-root"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    refused = run_cli("verify", "--cache-dir", str(other))
+    assert refused.returncode == 2
+    assert "refusing to verify it" in refused.stderr
+    assert target.read_text() == "mine"

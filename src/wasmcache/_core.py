@@ -1958,7 +1958,9 @@ class Namespace:
         except FileNotFoundError:
             return None
         except OSError as exc:  # ELOOP: a symlink where an entry should be; EACCES ...
-            raise UntrustedEntryError("corrupt", f"cannot open the entry safely: {exc.strerror}") from None
+            detail = ("the entry is a symbolic link (never followed)" if exc.errno == errno.ELOOP
+                      else f"cannot open the entry safely: {exc.strerror}")
+            raise UntrustedEntryError("corrupt", detail) from None
         try:
             st = os.fstat(fd)
             seen = Identity.of(st)

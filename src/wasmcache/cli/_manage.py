@@ -188,10 +188,12 @@ def _why_they_stay(report: GcReport) -> str:
 def verify(cache_dir: Path | None, fix: bool, as_json: bool) -> None:
     """Check every entry's content and engine against its record, and who may write the root's paths; exit 1 if
     anything was found (also after --fix)."""
+    from .._core import existing_root  # noqa: PLC0415
     from .._maintenance import list_entries  # noqa: PLC0415
     from .._verify import verify_root  # noqa: PLC0415
 
     root = root_of(cache_dir)
+    existing_root(root, "fix" if fix else "verify")  # a directory that is not ours: refused in verify's words
     # Where each entry came from, read before verify (a --fix moves bad entries away).
     known = {info.path: _origin_of(info) for info in list_entries(root)} if os.path.isdir(root) else {}
     report = verify_root(root, fix=fix)
