@@ -771,3 +771,17 @@ def test_verify_words_a_link_where_an_entry_belongs_and_a_directory_that_is_not_
     assert refused.returncode == 2
     assert "refusing to verify it" in refused.stderr
     assert target.read_text() == "mine"
+
+
+def test_a_users_directory_named_like_a_namespace_is_foreign_not_mismatched(root: Path) -> None:
+    # Found by an outside reader: a directory named like a namespace holding only the user's file was a "danger:
+    # mismatched" whose fix (`wasmcache clear`) left it as it was; the finding came back after the fix.
+    wasmcache.ModuleCache(root).load(answer_module(93))
+    lookalike = root / ("ns-" + "0123456789abcdef" * 2)
+    lookalike.mkdir()
+    (lookalike / "keep.txt").write_text("mine")
+    checked = run_cli("verify", "--cache-dir", str(root))
+    assert f"foreign: {lookalike}: named like a namespace, but holds nothing wasmcache wrote" in checked.stdout
+    assert "mismatched" not in checked.stdout
+    assert run_cli("clear", "--cache-dir", str(root)).returncode == 0
+    assert (lookalike / "keep.txt").read_text() == "mine"

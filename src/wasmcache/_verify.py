@@ -126,11 +126,14 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
             # re-creation of it leaves entries without it: their engine sections still name the
             # namespace, which is all the file is for. (The next publication restores it.)
             section = _section_from_entries(namespace)
-        if section is None or namespace_name(fingerprint_of_section(section)) != namespace.name:
+        scan = namespace.scan()
+        if section is None and not scan.keys and scan.foreign:  # nothing of ours in it: a directory named like one
+            finding(namespace.path, "foreign", "named like a namespace, but holds nothing wasmcache wrote",
+                    _FOREIGN_FIX)
+        elif section is None or namespace_name(fingerprint_of_section(section)) != namespace.name:
             detail = "namespace has no engine record" if section is None else "engine record does not match its name"
             finding(namespace.path, "mismatched", detail, "`wasmcache clear` removes its entries")
             section = None
-        scan = namespace.scan()
         for e in scan.foreign:
             finding(Path(e.path), "foreign", "file wasmcache did not write", _FOREIGN_FIX)
         for files in scan.keys:
