@@ -164,3 +164,18 @@ def test_management_commands_refuse_a_foreign_directory(tmp_path: Path) -> None:
 def test_version_and_help() -> None:
     assert run_cli("--version").stdout.startswith("wasmcache, version")
     assert "run" in run_cli("--help").stdout
+
+
+def test_compile_of_wat_text_warms_run_of_the_same_file(tmp_path: Path) -> None:
+    # Found by an outside reader: `compile x.wat` keyed the file by its text, `run x.wat` by its binary: two
+    # entries for one module, and precompiling WAT never warmed `run`.
+    wat = tmp_path / "answer.wat"
+    wat.write_text('(module (func (export "answer") (result i32) i32.const 42))')
+    root = tmp_path / "cache"
+    compiled = run_cli("compile", "--cache-dir", str(root), str(wat))
+    assert compiled.returncode == 0, compiled.stderr
+    ran = run_cli("-v", "run", "--cache-dir", str(root), "--invoke", "answer", str(wat))
+    assert (ran.returncode, ran.stdout) == (0, "42\n"), ran.stderr
+    assert "wasmcache: hit " in ran.stderr
+    assert "compiled" not in ran.stderr
+    assert len(list(root.glob("ns-*/*.cwasm"))) == 1

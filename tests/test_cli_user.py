@@ -200,7 +200,7 @@ def test_odd_inputs_name_the_file_and_what_is_wrong(root: Path, tmp_path: Path) 
     text = tmp_path / "hello.wat"
     text.write_text("hello world")
     line = one_line_error(run_cli("compile", "--cache-dir", str(root), str(text)), code=1)
-    assert "expected `(` at" in line  # wasmtime's WAT error, readable on one line
+    assert "not valid WAT text: expected `(` (line 1, column 1)" in line  # wat's error on one line, as `run` says it
 
 
 def test_a_non_utf8_file_name_runs(root: Path, tmp_path: Path) -> None:

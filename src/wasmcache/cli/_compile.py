@@ -60,12 +60,12 @@ def compile_(
     failed = 0
     for file in files:
         try:
-            kind, before, after, elapsed = load_counted(cache, file)
-            key = cache.key_for(file, "component" if kind == "component" else "module")
+            kind, source, before, after, elapsed = load_counted(cache, file)
+            key = cache.key_for(source, "component" if kind == "component" else "module")
             info = cache.entry_info(key) if native else None
             if info is not None and info.origin in ("substituted", "remote"):
                 started = time.perf_counter()
-                cache.recompile(file, "component" if kind == "component" else "module")
+                cache.recompile(source, "component" if kind == "component" else "module")
                 elapsed, after = time.perf_counter() - started, cache.stats()
         except CacheError as exc:
             failed += 1

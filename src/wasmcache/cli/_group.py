@@ -163,7 +163,8 @@ def root_of(cache_dir: Path | None) -> Path:
 
 
 def input_kind(path: Path) -> str:
-    """module | component, from the file's first bytes; a one-line error for what is not a wasm input."""
+    """module | component | text (WAT, or anything else wat2wasm may read), from the file's first bytes; a
+    one-line error for what is not a wasm input."""
     import os  # noqa: PLC0415
     import stat  # noqa: PLC0415
 
@@ -192,21 +193,38 @@ def input_kind(path: Path) -> str:
         return wasm_kind(head)
     if head[:4] == b"\x7fELF":
         fail(f"{name}: a precompiled .cwasm, not wasm; `wasmcache inspect` describes it")
-    return "module"  # WAT text, as wasmtime accepts it
+    return "text"
 
 
-def load_counted(cache: ModuleCache, file: Path) -> tuple[str, CacheStats, CacheStats, float]:
-    """Load `file` as what its header says it is: (kind, stats before, stats after, seconds)."""
+def wasm_input(file: Path) -> tuple[str, Path | bytes]:
+    """(kind, what to load) for `file`: a binary by its path (a hit never reads it); WAT text as its binary,
+    which is how `run` keys it, so `compile x.wat` warms `run x.wat` (one entry for both)."""
+    kind = input_kind(file)
+    if kind != "text":
+        return kind, file
+    from .._errors import CompileError  # noqa: PLC0415
+    from .._run._load import read_input  # noqa: PLC0415
+    from .._run._outcome import RunError  # noqa: PLC0415
+
+    try:
+        kind, data = read_input(str(file))
+    except RunError as exc:
+        raise CompileError(shown(file), str(exc).removeprefix(f"{file}: ")) from None
+    return kind, data if isinstance(data, bytes) else file
+
+
+def load_counted(cache: ModuleCache, file: Path) -> tuple[str, Path | bytes, CacheStats, CacheStats, float]:
+    """Load `file` as what its header says it is: (kind, what was loaded, stats before, stats after, seconds)."""
     import time  # noqa: PLC0415
 
-    kind = input_kind(file)
+    kind, source = wasm_input(file)
     before = cache.stats()
     started = time.perf_counter()
     if kind == "component":
-        cache.load_component(file)
+        cache.load_component(source)
     else:
-        cache.load(file)
-    return kind, before, cache.stats(), time.perf_counter() - started
+        cache.load(source)
+    return kind, source, before, cache.stats(), time.perf_counter() - started
 
 
 # --- the group ----------------------------------------------------------------------------------

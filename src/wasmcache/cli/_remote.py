@@ -16,7 +16,6 @@ from ._group import (
     cache_dir_option,
     cli,
     engine_options,
-    input_kind,
     load_counted,
     remote_kwargs,
     remote_options,
@@ -24,6 +23,7 @@ from ._group import (
     say,
     settings_of,
     substituter_options,
+    wasm_input,
 )
 
 if TYPE_CHECKING:
@@ -179,12 +179,12 @@ def push(push_all: bool, wasm: tuple[str, ...], codegen: tuple[str, ...], optimi
         cache = ModuleCache(cache_dir, engine=settings_of(wasm, codegen, optimize),
                             remote=False)
         for file in files:
-            kind = input_kind(file)
+            kind, source = wasm_input(file)
             if kind == "component":
-                cache.load_component(file)
+                cache.load_component(source)
             else:
-                cache.load(file)
-            key = cache.key_for(file, kind)  # type: ignore[arg-type]
+                cache.load(source)
+            key = cache.key_for(source, kind)  # type: ignore[arg-type]
             outcome, detail = push_entry(tier, Namespace(cache.root, cache.namespace_dir), key)
             results.append((str(file), key, outcome, detail))
             _report(results[-1], as_json=as_json)
@@ -229,7 +229,7 @@ def pull(wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, .
         raise RemoteCommandError(f"{cache.root}: {why}; nothing to warm")
     rejected = 0
     for file in files:
-        kind, before, after, elapsed = load_counted(cache, file)
+        kind, source, before, after, elapsed = load_counted(cache, file)
         if after.remote_hits > before.remote_hits:
             outcome = "remote hit"
         elif after.substituted > before.substituted:
@@ -240,7 +240,7 @@ def pull(wasm: tuple[str, ...], codegen: tuple[str, ...], optimize: tuple[str, .
             outcome = "already cached"
         rejected += after.rejected - before.rejected
         if as_json:
-            say(json.dumps({"file": str(file), "key": cache.key_for(file, kind),  # type: ignore[arg-type]
+            say(json.dumps({"file": str(file), "key": cache.key_for(source, kind),  # type: ignore[arg-type]
                                    "outcome": outcome, "rejected": after.rejected - before.rejected,
                                    "seconds": round(elapsed, 3)}))
         else:
