@@ -785,3 +785,22 @@ def test_a_users_directory_named_like_a_namespace_is_foreign_not_mismatched(root
     assert "mismatched" not in checked.stdout
     assert run_cli("clear", "--cache-dir", str(root)).returncode == 0
     assert (lookalike / "keep.txt").read_text() == "mine"
+
+
+def test_a_root_that_cannot_be_read_is_one_line_saying_so(root: Path) -> None:
+    # Found by an outside reader: --cache-dir naming a directory this user cannot read got click's three-line usage
+    # error; without click's check, the commands said "no wasmcache-layout file", which is not what is wrong.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to drop the capability that reads any directory")
+    wasmcache.ModuleCache(root).load(answer_module(94))
+    root.chmod(0)
+    try:
+        for command in ("stats", "verify", "ls", "gc"):
+            said = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable,
+                                   "-m", "wasmcache.cli", command, "--cache-dir", str(root)],
+                                  capture_output=True, text=True, check=False, timeout=120)
+            assert said.returncode == 2, (command, said.stderr)
+            assert said.stderr.count("\n") == 1, (command, said.stderr)
+            assert f"{root}: cannot be read (Permission denied" in said.stderr, (command, said.stderr)
+    finally:
+        root.chmod(0o700)

@@ -1675,6 +1675,9 @@ def existing_root(root: Path, action: str) -> bool:
                              f"refusing to {action} it")
     if not os.path.lexists(root) or (os.path.isdir(root) and _empty_directory(root)):
         return False
+    if os.path.isdir(root) and not os.access(root, os.R_OK | os.X_OK):  # not "no marker": we may not look
+        raise NotACacheError(f"{root}: cannot be read (Permission denied: another user's, or its mode changed); "
+                             f"refusing to {action} it")
     marker = _read_marker(root)
     if not marker.startswith("wasmcache"):
         raise NotACacheError(f"{not_a_root_message(root)}; refusing to {action} it")

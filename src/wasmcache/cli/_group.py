@@ -95,7 +95,7 @@ class _RootPath(click.Path):
         return super().convert(value, param, ctx)
 
 
-_CACHE_DIR_TYPE = _RootPath(path_type=Path)
+_CACHE_DIR_TYPE = _RootPath(path_type=Path, readable=False)  # an unreadable root: each command says it in one line
 
 
 def cache_dir_option(f: Callable[..., Any]) -> Callable[..., Any]:
