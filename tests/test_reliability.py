@@ -804,3 +804,22 @@ def test_a_root_that_cannot_be_read_is_one_line_saying_so(root: Path) -> None:
             assert f"{root}: cannot be read (Permission denied" in said.stderr, (command, said.stderr)
     finally:
         root.chmod(0o700)
+
+
+def test_gc_removes_a_record_of_an_interrupted_publication_but_never_a_file_that_only_has_its_name(
+        root: Path) -> None:
+    # Found by an outside reader: a file of the reader's own, named like a record (`<64 hex>.rec`, holding `{}`),
+    # was deleted by a plain gc as "a record of an interrupted publication".
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(95))
+    entry = cache.entry_path(cache.key_for(answer_module(95)))
+    interrupted = entry.with_suffix(".rec")
+    entry.unlink()  # what a writer killed between its record and its rename leaves: a record of ours, alone
+    users = cache.namespace_dir / ("b" * 64 + ".rec")
+    users.write_text("{}")
+    doctor = run_cli("doctor", "--cache-dir", str(root)).stdout
+    assert f"{interrupted}: record of an interrupted publication" in doctor
+    assert f"{users}: record of an interrupted publication" not in doctor
+    cache.gc()
+    assert not interrupted.exists()
+    assert users.read_text() == "{}"

@@ -1854,8 +1854,9 @@ class KeyFiles:
 
     @property
     def interrupted(self) -> bool:
-        """A record without its entry: a writer killed between its record and its rename."""
-        return self.record is not None and self.entry is None
+        """A record of ours without its entry: a writer killed between its record and its rename. (A file of
+        a record's name that does not hold one is not ours: nothing removes it.) Reads the record."""
+        return self.record is not None and self.entry is None and read_record(Path(self.record.path)) is not None
 
 
 class Scan:
@@ -2252,7 +2253,7 @@ class Namespace:
                     with contextlib.suppress(OSError):
                         os.unlink(e.path)
                         reaped += 1
-                if files.entry is None and files.record is not None:
+                if files.interrupted and files.record is not None:
                     with contextlib.suppress(OSError):
                         os.unlink(files.record.path)
                 if files.record is None and files.entry is not None:
