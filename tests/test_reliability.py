@@ -823,3 +823,24 @@ def test_gc_removes_a_record_of_an_interrupted_publication_but_never_a_file_that
     cache.gc()
     assert not interrupted.exists()
     assert users.read_text() == "{}"
+
+
+def test_gc_reports_the_quarantine_it_empties_and_the_entries_it_sets_aside(root: Path) -> None:
+    # Found by an outside reader: gc removed a quarantined copy and reported "freed_bytes": 0, and moved an entry
+    # file no record vouched for into quarantine/ without a word.
+    from wasmcache._maintenance import scan_usage
+
+    cache = wasmcache.ModuleCache(root)
+    for answer in (96, 97):
+        cache.load(answer_module(answer))
+    bad = cache.entry_path(cache.key_for(answer_module(96)))
+    _damage(bad)
+    assert cache.verify(fix=True).fixed == 1  # a quarantined copy, kept a day
+    lone = cache.entry_path(cache.key_for(answer_module(97)))
+    lone.with_suffix(".rec").unlink()  # an entry nothing vouches for
+    before = scan_usage(root)[1]
+    collected = json.loads(run_cli("gc", "--json", "--max-size", "1", "--cache-dir", str(root)).stdout)
+    assert collected["set_aside"] == 1
+    assert collected["evicted_entries"] == 0
+    # what left the root, quarantine included (and the note gc wrote beside the file it set aside, removed too)
+    assert collected["freed_bytes"] >= before - scan_usage(root)[1] > 0

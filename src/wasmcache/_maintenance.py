@@ -158,7 +158,7 @@ def _take_gc_lock(lock: KeyLock, root: Path, action: str) -> None:
 @dataclass
 class GcReport:
     evicted_entries: int = 0
-    freed_bytes: int = 0
+    freed_bytes: int = 0  # evicted entries and their records, and quarantined copies gc removed
     reaped_temp_files: int = 0
     removed_namespaces: int = 0
     entries: int = 0
@@ -169,6 +169,7 @@ class GcReport:
     unwritable_namespaces: list[str] = field(default_factory=list)
     unremovable: list[str] = field(default_factory=list)  # entries whose files refused to go (immutable ...)
     held_by_writers: int = 0  # entries a writer held the lock of (the next gc evicts them)
+    set_aside: int = 0  # entry files no record vouches for, moved to quarantine/ (kept a day there)
 
 
 @dataclass
@@ -188,32 +189,11 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
     """
     report = GcReport()
     now = time.time()
-    candidates: list[_Candidate] = []
-    for namespace in namespaces(root):
-        scan = namespace.scan()
-        report.reaped_temp_files += sum(reap_if_dead(e.path) for e in scan.other_temps)
-        for files in scan.keys:
-            entry, record = files.entry, files.record
-            if not files.published:
-                # A temp file, a record without an entry (a writer killed before its rename) or an
-                # entry without a record (nothing vouches for it): leftovers if nobody holds the key.
-                reaped, entry_left = namespace.remove_leftovers(files)
-                report.reaped_temp_files += reaped
-                if not entry_left:
-                    continue
-            if entry is None:
-                continue
-            try:
-                entry_stat = entry.stat(follow_symlinks=False)
-                record_size = record.stat(follow_symlinks=False).st_size if record is not None else 0
-                used = (record or entry).stat(follow_symlinks=False).st_mtime
-            except OSError:
-                continue
-            candidates.append(_Candidate(namespace, files.key, used, record_size, entry_stat.st_size,
-                                         (entry_stat.st_dev, entry_stat.st_ino)))
+    candidates = _candidates(root, report)
     for directory in small_file_directories(root):
         report.reaped_temp_files += len(dead_temp_files(directory, reap=True))
-    quarantined = _expire_files(root / QUARANTINE_DIR, now - _QUARANTINE_AGE)
+    quarantined, expired = _expire_files(root / QUARANTINE_DIR, now - _QUARANTINE_AGE)
+    report.freed_bytes += expired
     for directory in (root / DIGESTS_DIR, root / ENGINES_DIR):
         _expire_memos(directory, now - max_age, MEMO_KEEP if max_size > 0 else 0)
     candidates.sort(key=lambda c: c.last_used)
@@ -223,7 +203,9 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
     total = quarantined + sum(c.record_size for c in candidates) + sum(
         {c.inode: c.entry_size for c in candidates}.values())
     if total > max_size and quarantined:  # bad copies kept for inspection go before any good entry
-        total -= quarantined - _expire_files(root / QUARANTINE_DIR, now + 1)
+        dropped = _expire_files(root / QUARANTINE_DIR, now + 1)[1]
+        total -= dropped
+        report.freed_bytes += dropped
     kept: list[_Candidate] = []
     for c in candidates:
         if not (total > max_size or now - c.last_used > max_age):
@@ -246,6 +228,36 @@ def collect_garbage(root: Path, max_size: int, *, max_age: float = MAX_AGE) -> G
         log.info("wasmcache: gc of %s evicted %d entries (%d bytes), reaped %d temp files", root,
                  report.evicted_entries, report.freed_bytes, report.reaped_temp_files)
     return report
+
+
+def _candidates(root: Path, report: GcReport) -> list[_Candidate]:
+    """Every published entry of the root, with its last use and sizes; leftovers of dead writers go (counted
+    in `report`) on the way."""
+    candidates: list[_Candidate] = []
+    for namespace in namespaces(root):
+        scan = namespace.scan()
+        report.reaped_temp_files += sum(reap_if_dead(e.path) for e in scan.other_temps)
+        for files in scan.keys:
+            entry, record = files.entry, files.record
+            if not files.published:
+                # A temp file, a record without an entry (a writer killed before its rename) or an
+                # entry without a record (nothing vouches for it): leftovers if nobody holds the key.
+                reaped, entry_left = namespace.remove_leftovers(files)
+                report.reaped_temp_files += reaped
+                report.set_aside += files.entry is not None and not entry_left
+                if not entry_left:
+                    continue
+            if entry is None:
+                continue
+            try:
+                entry_stat = entry.stat(follow_symlinks=False)
+                record_size = record.stat(follow_symlinks=False).st_size if record is not None else 0
+                used = (record or entry).stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            candidates.append(_Candidate(namespace, files.key, used, record_size, entry_stat.st_size,
+                                         (entry_stat.st_dev, entry_stat.st_ino)))
+    return candidates
 
 
 def _evicted(c: _Candidate, report: GcReport) -> bool:
@@ -277,16 +289,20 @@ def dead_temp_files(directory: Path, *, reap: bool = False) -> list[str]:
             if is_temp_name(e.name) and reap_if_dead(e.path, dry_run=not reap)]
 
 
-def _expire_files(directory: Path, cutoff: float) -> int:
-    """Remove the files of `directory` older than `cutoff`; the bytes of those that remain."""
-    remaining = 0
+def _expire_files(directory: Path, cutoff: float) -> tuple[int, int]:
+    """Remove the files of `directory` older than `cutoff`: (the bytes of those that remain, bytes removed)."""
+    remaining = removed = 0
     for e, st in _files_of(directory):
         if st.st_mtime < cutoff:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(e.path)
+            except OSError:
+                remaining += st.st_size
+            else:
+                removed += st.st_size
         else:
             remaining += st.st_size
-    return remaining
+    return remaining, removed
 
 
 def _expire_memos(directory: Path, cutoff: float, keep: int) -> None:

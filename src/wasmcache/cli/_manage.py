@@ -157,8 +157,10 @@ def gc(cache_dir: Path | None, max_size: str | None, as_json: bool) -> None:
     if as_json:
         say(json.dumps(asdict(report)))
         return
-    say(f"evicted {report.evicted_entries} entries ({human(report.freed_bytes)}), "
+    say(f"evicted {report.evicted_entries} entries, freed {human(report.freed_bytes)}, "
         f"reaped {report.reaped_temp_files} temp files; {report.entries} entries, {human(report.size_bytes)} remain")
+    if report.set_aside:
+        say(f"set aside {report.set_aside} entry file(s) no record vouches for (in quarantine/ for a day)")
     if report.not_evicted:
         say(f"{report.not_evicted} entries over the limit stay: {_why_they_stay(report)}")
 
