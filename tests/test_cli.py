@@ -179,3 +179,14 @@ def test_compile_of_wat_text_warms_run_of_the_same_file(tmp_path: Path) -> None:
     assert "wasmcache: hit " in ran.stderr
     assert "compiled" not in ran.stderr
     assert len(list(root.glob("ns-*/*.cwasm"))) == 1
+
+
+def test_ls_keeps_one_row_per_entry_whatever_the_source_name_holds(tmp_path: Path) -> None:
+    # Found by an outside reader: a file name with a newline split its row of `ls` in two.
+    odd = tmp_path / "one\ntwo\x1b[2J.wasm"
+    odd.write_bytes(answer_module(98))
+    root = tmp_path / "cache"
+    assert run_cli("compile", "--cache-dir", str(root), str(odd)).returncode == 0
+    listed = run_cli("ls", "--cache-dir", str(root)).stdout.splitlines()
+    assert len(listed) == 2  # the header and the entry
+    assert listed[1].endswith("one\\ntwo\\x1b[2J.wasm")

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from _wasmcache_hook import one_line
+
 from ._group import asdict, cache_dir_option, cli, fail, human, remote_options, root_of, say
 
 if TYPE_CHECKING:
@@ -136,8 +138,8 @@ def ls_(cache_dir: Path | None, as_json: bool) -> None:
     rows = [("key", "kind", "size", "last used", "wasmtime", "origin", "source")]
     rows += [(info.key[:16], info.kind, human(info.size),
               time.strftime("%Y-%m-%d %H:%M", time.localtime(info.last_used)), info.wasmtime_version,
-              f"{info.origin} {info.level}" if info.level else info.origin, info.source)
-             for info in listing]
+              f"{info.origin} {info.level}" if info.level else info.origin, one_line(info.source))
+             for info in listing]  # (a source name's newline or ESC would break the table, or the terminal)
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     say("\n".join("  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
                              *(row[i].ljust(widths[i]) for i in range(3, 6)), row[6]]).rstrip() for row in rows))
