@@ -694,6 +694,8 @@ def test_gc_and_clear_never_half_remove_an_entry_and_say_which_file_refused(
         assert cache.entry_path(key).exists()
         assert cache.entry_path(key).with_suffix(".rec").exists()
     assert not cache.entry_path(keys[2]).exists()
+    # each named by the file that refused: the entry of one, the record of the other (not its entry)
+    assert wasmcache.ModuleCache(root).gc(max_size=0).unremovable == [str(stuck_entry), str(stuck_record)]
     cleared = run_cli("clear", "--cache-dir", str(root))
     assert cleared.returncode == 1
     assert "removed 0 entries" in cleared.stdout
@@ -702,6 +704,25 @@ def test_gc_and_clear_never_half_remove_an_entry_and_say_which_file_refused(
     for key in keys[:2]:
         assert cache.entry_path(key).exists()
         assert cache.entry_path(key).with_suffix(".rec").exists()
+
+
+def test_clear_says_a_writer_holds_what_stays_when_one_does(root: Path) -> None:
+    # Found by an outside reader: with compiles running, clear blamed an immutable file (`lsattr`, `chattr -i`)
+    # for an entry a writer held at that moment; gc said it right.
+    from wasmcache._core import lock_path
+    from wasmcache._lock import KeyLock
+
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(99))
+    holder = KeyLock(lock_path(cache.namespace_dir, cache.key_for(answer_module(99))))
+    assert holder.acquire()
+    try:
+        cleared = run_cli("clear", "--cache-dir", str(root))
+    finally:
+        holder.release()
+    assert cleared.returncode == 1
+    assert "1 entries stay: 1 held by a writer now" in cleared.stderr
+    assert "immutable" not in cleared.stderr
 
 
 def test_verify_and_doctor_name_an_empty_root_every_load_refuses(tmp_path: Path) -> None:

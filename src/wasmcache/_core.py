@@ -2186,17 +2186,21 @@ class Namespace:
         finally:
             lock.release()
 
-    def evict(self, key: str) -> bool | None:
+    def evict(self, key: str) -> Literal[True] | str | None:
         """Unlink an entry and its record under the key's lock (a mapped entry lives on in its users): True;
-        None if a writer holds the key; False if a file refused to go (chattr +i ...), and then both stay."""
+        None if a writer holds the key; else the path of the file that refused (the entry, its record, or its
+        lock file: chattr +i, a link, a directory ...), and then everything stays."""
         lock = self.lock(key)
-        if not lock.try_acquire():
-            return None  # being compiled, published or repaired right now
+        try:
+            if not lock.acquire(blocking=False):
+                return None  # being compiled, published or repaired right now
+        except OSError as exc:
+            return str(exc.filename or lock.path)
         try:
             self._unlink_entry_and_record(key)
-        except OSError:
+        except OSError as exc:
             lock.release()
-            return False
+            return str(exc.filename or self.entry_path(key))
         lock.release(unlink=True)
         return True
 

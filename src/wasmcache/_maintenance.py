@@ -264,17 +264,23 @@ def _evicted(c: _Candidate, report: GcReport) -> bool:
     """Evict `c`; if it stays, note in `report` why (its namespace cannot be written, a file of it refused to
     go, or a writer holds it)."""
     evicted = c.namespace.evict(c.key)
-    if evicted:
+    if evicted is True:
         return True
+    note_not_evicted(report, c.namespace, evicted)
+    return False
+
+
+def note_not_evicted(report: GcReport, namespace: Namespace, refused: str | None) -> None:
+    """Why an entry gc or clear meant to remove stayed: its namespace cannot be written, `refused` (a file of
+    it that would not go), or a writer holds it (`refused` None)."""
     report.not_evicted += 1
-    if not os.access(c.namespace.path, os.W_OK):
-        if str(c.namespace.path) not in report.unwritable_namespaces:
-            report.unwritable_namespaces.append(str(c.namespace.path))
-    elif evicted is False:
-        report.unremovable.append(str(c.namespace.entry_path(c.key)))
+    if not os.access(namespace.path, os.W_OK):
+        if str(namespace.path) not in report.unwritable_namespaces:
+            report.unwritable_namespaces.append(str(namespace.path))
+    elif refused is not None:
+        report.unremovable.append(refused)
     else:
         report.held_by_writers += 1
-    return False
 
 
 def small_file_directories(root: Path) -> tuple[Path, ...]:

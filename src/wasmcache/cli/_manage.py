@@ -180,7 +180,7 @@ def _why_they_stay(report: GcReport) -> str:
         more = f" and {len(report.unremovable) - 1} more" if len(report.unremovable) > 1 else ""
         why.append(f"{report.unremovable[0]}{more} refused to go (immutable? `lsattr {first}`; `chattr -i {first}`)")
     if report.held_by_writers:
-        why.append(f"{report.held_by_writers} held by a writer now (the next gc evicts them)")
+        why.append(f"{report.held_by_writers} held by a writer now (run it again once the writer is done)")
     return "; ".join(why)
 
 
@@ -236,16 +236,13 @@ def clear(cache_dir: Path | None) -> None:
     removed = clear_root(root)
     say(f"removed {removed} entries from {root}")
     from .._core import iter_entries  # noqa: PLC0415
-    from .._maintenance import GcReport  # noqa: PLC0415
+    from .._maintenance import GcReport, note_not_evicted  # noqa: PLC0415
 
-    left = GcReport()  # what stayed, in gc's words
+    left = GcReport()  # what stayed, in gc's words: each tried once more, as gc evicts it, to learn why
     for namespace, files in iter_entries(root):
-        left.not_evicted += 1
-        if not os.access(namespace.path, os.W_OK):
-            if str(namespace.path) not in left.unwritable_namespaces:
-                left.unwritable_namespaces.append(str(namespace.path))
-        else:
-            left.unremovable.append(str(namespace.entry_path(files.key)))
+        refused = namespace.evict(files.key)
+        if refused is not True:
+            note_not_evicted(left, namespace, refused)
     if left.not_evicted:
         say(f"{left.not_evicted} entries stay: {_why_they_stay(left)}", err=True)
         sys.exit(1)
