@@ -190,3 +190,22 @@ def test_ls_keeps_one_row_per_entry_whatever_the_source_name_holds(tmp_path: Pat
     listed = run_cli("ls", "--cache-dir", str(root)).stdout.splitlines()
     assert len(listed) == 2  # the header and the entry
     assert listed[1].endswith("one\\ntwo\\x1b[2J.wasm")
+
+
+def test_verify_and_doctor_print_one_line_per_finding_whatever_a_name_holds(tmp_path: Path) -> None:
+    # Found by an outside reader: a file named "x\nunsafe: ..." put a fake finding line into verify's and doctor's
+    # output.
+    root = tmp_path / "cache"
+    assert run_cli("compile", "--cache-dir", str(root), str(_answer_file(tmp_path))).returncode == 0
+    namespace = next(root.glob("ns-*"))
+    (namespace / "x\nunsafe: etc: all is lost; fix: rm -rf ~").write_text("planted")
+    for command in ("verify", "doctor"):
+        out = run_cli(command, "--cache-dir", str(root)).stdout
+        assert not any(line.startswith("unsafe: etc") for line in out.splitlines()), out
+        assert "x\\nunsafe: etc" in out
+
+
+def _answer_file(tmp_path: Path) -> Path:
+    wasm = tmp_path / "answer.wasm"
+    wasm.write_bytes(answer_module(5))
+    return wasm

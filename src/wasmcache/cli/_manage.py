@@ -211,7 +211,7 @@ def verify(cache_dir: Path | None, fix: bool, as_json: bool) -> None:
             came = known.get(f.path)
             where = (f" (substituted from {came['substituter']}, {came['level']})"
                      if came is not None and came["origin"] == "substituted" else "")
-            say(f"{f.problem}: {f.path}{where}: {f.detail}; fix: {f.fix}")
+            say(one_line(f"{f.problem}: {f.path}{where}: {f.detail}; fix: {f.fix}"))  # a name cannot fake a line
         state = "ok" if report.ok else f"{len(report.findings)} problem(s)"
         fixed = f", {report.fixed} quarantined" if fix else ""
         say(f"checked {report.checked} entries: {report.intact} intact, {state}{fixed}")
@@ -329,7 +329,7 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
         say(json.dumps([*(asdict(f) for f in findings), status], indent=2))
     else:
         for f in findings:
-            say(f"{f.severity}: {f.path}: {f.problem}\n  fix: {f.fix}")
+            say(one_line(f"{f.severity}: {f.path}: {f.problem}") + "\n" + one_line(f"  fix: {f.fix}"))
         say("no problems found" if not findings else f"{len(findings)} finding(s)")
         say(f"drop-in: {dropin['reason']}")
         if dropin["exec_launcher"] is not None:
