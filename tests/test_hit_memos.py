@@ -578,7 +578,7 @@ def test_memo_directories_that_cannot_be_written_and_files_that_are_not_memos(ro
     finally:
         os.chown(root / "digests", 0, 0)
     assert gc.returncode == 0
-    assert f"fix: chown $(id -u) {root / 'digests'}" in gc.stderr
+    assert f"make this one yours: sudo chown $(id -u) {root / 'digests'}" in gc.stderr
 
 
 def test_doctor_names_an_engine_memo_whose_fingerprint_is_not_its_engines(root: Path, tmp_path: Path) -> None:

@@ -865,3 +865,23 @@ def test_gc_reports_the_quarantine_it_empties_and_the_entries_it_sets_aside(root
     assert collected["evicted_entries"] == 0
     # what left the root, quarantine included (and the note gc wrote beside the file it set aside, removed too)
     assert collected["freed_bytes"] >= before - scan_usage(root)[1] > 0
+
+
+def test_an_empty_namespace_a_writer_left_is_a_warning_gc_settles_not_a_danger_clear_would_settle(root: Path) -> None:
+    # Found by the second outside reader: a writer stopped between making a new namespace and its engine file
+    # left a directory verify and doctor called a danger, advising `wasmcache clear`, which would remove every good
+    # entry of every other namespace; gc removes it without losing anything.
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(101))
+    left = root / ("ns-" + "f" * 32)
+    left.mkdir()
+    (left / "engine.a1b2c3d4e5f6.tmp").write_bytes(b"half an engine file")
+    checked = run_cli("verify", "--cache-dir", str(root)).stdout
+    assert f"orphan: {left}: an empty namespace a writer left when it stopped; fix: `wasmcache gc` removes it" \
+        in checked
+    doctor = run_cli("doctor", "--cache-dir", str(root))
+    assert doctor.returncode == 0  # a warning, not a danger
+    assert "wasmcache clear" not in doctor.stdout
+    cache.gc()
+    assert not left.exists()
+    assert cache.stats().entries == 1

@@ -1606,7 +1606,7 @@ def unsafe_fix(path: Path, reason: str) -> str:
         return f"chmod o-w {shell_word(path)}"
     if is_entry_name(path.name) and is_namespace_name(path.parent.name):  # never make another's code your own
         return f"rm {shell_word(path)} (another user's file where an entry belongs; the next load compiles it again)"
-    return f"chown $(id -u) {shell_word(path)}, or use a cache directory of your own"
+    return f"use a cache directory of your own, or make this one yours: sudo chown $(id -u) {shell_word(path)}"
 
 
 def shell_word(path: Path | str) -> str:

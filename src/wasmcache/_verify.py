@@ -130,6 +130,9 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
         if section is None and not scan.keys and scan.foreign:  # nothing of ours in it: a directory named like one
             finding(namespace.path, "foreign", "named like a namespace, but holds nothing wasmcache wrote",
                     _FOREIGN_FIX)
+        elif section is None and not scan.keys:  # a writer stopped between the directory and its engine file
+            finding(namespace.path, "orphan", "an empty namespace a writer left when it stopped",
+                    "`wasmcache gc` removes it (the next load here makes it again)")
         elif section is None or namespace_name(fingerprint_of_section(section)) != namespace.name:
             detail = "namespace has no engine record" if section is None else "engine record does not match its name"
             finding(namespace.path, "mismatched", detail, "`wasmcache clear` removes its entries")
