@@ -209,8 +209,12 @@ def test_gc_reaps_dead_writers_temp_files_of_small_files_but_not_a_live_ones(roo
     cache.load(b"\0asm\x01\0\0\0")
     (root / "digests").mkdir(exist_ok=True)
     (root / "engines").mkdir(exist_ok=True)
-    dead = [root / "usage.0123456789ab.tmp", root / "digests" / "d.0123456789ab.tmp",
-            root / "engines" / "e.0123456789ab.tmp", cache.namespace_dir / "engine.0123456789ab.tmp"]
+    dead = [root / "usage.0123456789ab.tmp", root / "digests" / ("d" * 32 + ".0123456789ab.tmp"),
+            root / "engines" / ("e" * 32 + ".0123456789ab.tmp"), cache.namespace_dir / "engine.0123456789ab.tmp"]
+    users = [root / "my.0123456789ab.tmp", root / "digests" / "notes.0123456789ab.tmp",
+             cache.namespace_dir / "draft.0123456789ab.tmp"]  # only named like temp files: never reaped
+    for path in users:
+        path.write_text("mine")
     for path in dead:
         path.write_bytes(b"left by a SIGKILLed writer")
     live = root / "usage.ba9876543210.tmp"
@@ -232,4 +236,5 @@ def test_gc_reaps_dead_writers_temp_files_of_small_files_but_not_a_live_ones(roo
     finally:
         os.close(fd)
     assert cache.gc().reaped_temp_files == 1
-    assert not list(root.rglob("*.tmp"))
+    assert sorted(root.rglob("*.tmp")) == sorted(users)
+    assert all(path.read_text() == "mine" for path in users)

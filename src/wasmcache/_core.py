@@ -94,7 +94,10 @@ _HEX: Final = "0123456789abcdef"
 # Patterns, compiled by `re` on first use (and cached there): a hit needs none of them, and each
 # compile costs every process ~0.1 ms at import.
 _NAMESPACE_RE: Final = r"^ns-[0-9a-f]{32}$"
-_TEMP_RE: Final = r"^[^.]+\.[0-9a-f]{12}\.tmp$"  # <stem>.<12 hex>.tmp (`temp_path_for`)
+# <stem>.<12 hex>.tmp (`temp_path_for`), the stem of a file wasmcache writes through one: a key (entry, record),
+# a memo (32 hex), a namespace's engine file, the root's usage, marker and CACHEDIR.TAG. (A user's `my.<hex>.tmp`
+# is not one: gc never reaps it.)
+_TEMP_RE: Final = r"^([0-9a-f]{64}|[0-9a-f]{32}|engine|usage|wasmcache-layout|CACHEDIR)\.[0-9a-f]{12}\.tmp$"
 _KEYED_RE: Final = r"^[0-9a-f]{64}(\.cwasm|\.rec|\.lock|\.[0-9a-f]{12}\.tmp)$"
 
 
