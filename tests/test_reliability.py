@@ -885,3 +885,20 @@ def test_an_empty_namespace_a_writer_left_is_a_warning_gc_settles_not_a_danger_c
     cache.gc()
     assert not left.exists()
     assert cache.stats().entries == 1
+
+
+def test_a_root_a_first_load_stopped_making_reads_as_empty_and_the_next_load_completes_it(tmp_path: Path) -> None:
+    # Found by the second outside reader: a first run killed while making the root left CACHEDIR.TAG and the
+    # marker's temp file; verify, doctor, gc, ls, stats and clear refused it ("not a wasmcache cache root", exit
+    # 2) while the next load adopted it.
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "CACHEDIR.TAG").write_text("Signature: 8a477f597d28d172789f06886806bc55\n")
+    (root / "wasmcache-layout.a1b2c3d4e5f6.tmp").write_text("wasm")
+    for command in ("verify", "doctor", "gc", "ls", "stats", "clear"):
+        said = run_cli(command, "--cache-dir", str(root))
+        assert said.returncode == 0, (command, said.stdout, said.stderr)
+    cache = wasmcache.ModuleCache(root)
+    assert call_answer(cache.engine, cache.load(answer_module(102))) == 102
+    assert (root / "wasmcache-layout").exists()
+    assert run_cli("verify", "--cache-dir", str(root)).returncode == 0

@@ -1681,6 +1681,8 @@ def existing_root(root: Path, action: str) -> bool:
     if os.path.isdir(root) and not os.access(root, os.R_OK | os.X_OK):  # not "no marker": we may not look
         raise NotACacheError(f"{root}: cannot be read (Permission denied: another user's, or its mode changed); "
                              f"refusing to {action} it")
+    if not os.path.lexists(root / MARKER_NAME) and os.path.isdir(root) and _adoptable(root):
+        return False  # a first load stopped while making it: the next completes it (an empty cache until then)
     marker = _read_marker(root)
     if not marker.startswith("wasmcache"):
         raise NotACacheError(f"{not_a_root_message(root)}; refusing to {action} it")
@@ -1726,6 +1728,13 @@ def _ours_while_initializing(name: str) -> bool:
     return name.endswith(TEMP_SUFFIX) and key_of(name) in (MARKER_NAME, key_of(CACHEDIR_TAG_NAME))
 
 
+def _adoptable(root: Path) -> bool:
+    """`root` holds nothing but what a process initializing it writes before its marker (the markers' temp
+    files, CACHEDIR.TAG, old versions' memos): a load completes it, and maintenance reads it as empty."""
+    with os.scandir(root) as it:
+        return all(_ours_while_initializing(e.name) or _memos_of_old_versions(e) for e in it)
+
+
 def _memos_of_old_versions(entry: os.DirEntry[str]) -> bool:
     """`engines/` holding only engine memos: what wasmcache 0.1 wrote into the default root before
     creating it (issue 8, item 1); it is ours, so such a root is completed, not refused."""
@@ -1754,11 +1763,9 @@ def initialize_root(root: Path) -> None:
             return  # another process completed this root a moment ago
         raise NotACacheError(f"{not_a_root_message(root)}; refusing to use it")  # garbage, empty, a directory ...
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with os.scandir(root) as it:
-        foreign = [e.name for e in it if not _ours_while_initializing(e.name) and not _memos_of_old_versions(e)]
     # Another process may be initializing the same new root right now: once its marker exists,
     # whatever else it has written is ours too (8 processes starting on a new root raced here).
-    if foreign and not _read_marker(root).startswith("wasmcache"):
+    if not _adoptable(root) and not _read_marker(root).startswith("wasmcache"):
         raise NotACacheError(
             f"{root}: exists, is not empty and is not a wasmcache root (no {MARKER_NAME} file); "
             "refusing to use it, so that clear or gc can never delete files that are not ours. "
