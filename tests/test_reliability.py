@@ -756,6 +756,14 @@ def test_doctor_names_a_max_size_setting_that_stops_every_command(root: Path) ->
     assert doctor.returncode == 1
     assert "danger: $WASMCACHE_MAX_SIZE: size 'bogus'" in doctor.stdout
     assert "fix: set it to a size such as 2G or 500M, or unset it" in doctor.stdout
+    # Found by the second outside reader: 0 or 1K, which keeps nothing, passed as "no problems found".
+    for useless in ("0", "1K"):
+        doctor = subprocess.run([sys.executable, "-m", "wasmcache.cli", "doctor", "--cache-dir", str(root)],
+                                capture_output=True, text=True, timeout=120, check=False,
+                                env={**env, "WASMCACHE_MAX_SIZE": useless})
+        assert doctor.returncode == 0  # a warning: it works, uselessly
+        assert "warning: $WASMCACHE_MAX_SIZE: " in doctor.stdout
+        assert "evicted as soon as they are stored" in doctor.stdout
 
 
 def test_stats_counts_the_root_when_its_usage_record_cannot_be_read(root: Path) -> None:
@@ -902,3 +910,26 @@ def test_a_root_a_first_load_stopped_making_reads_as_empty_and_the_next_load_com
     assert call_answer(cache.engine, cache.load(answer_module(102))) == 102
     assert (root / "wasmcache-layout").exists()
     assert run_cli("verify", "--cache-dir", str(root)).returncode == 0
+
+
+def test_a_namespace_whose_own_write_bit_is_off_gets_chmod_from_gc_and_doctor(root: Path) -> None:
+    # Found by the second outside reader: for a namespace at mode 0500 gc guessed "a read-only mount, chattr +i"
+    # and doctor found no problem.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to drop the capability that writes any directory")
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(103))
+    cache.namespace_dir.chmod(0o500)
+    try:
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable,
+                                   "-m", "wasmcache.cli", *args, "--cache-dir", str(root)],
+                                  capture_output=True, text=True, check=False, timeout=120)
+        collected = cli("gc", "--max-size", "0")
+        assert f"cannot be written (its mode: chmod u+w {cache.namespace_dir})" in collected.stdout
+        doctor = cli("doctor")
+        assert f"{cache.namespace_dir}: namespace cannot be written (its mode)" in doctor.stdout
+        assert f"fix: chmod u+w {cache.namespace_dir}" in doctor.stdout
+    finally:
+        cache.namespace_dir.chmod(0o700)
+    assert "chmod u+w" not in run_cli("doctor", "--cache-dir", str(root)).stdout

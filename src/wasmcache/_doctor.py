@@ -37,7 +37,7 @@ from ._core import (
 )
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import ConfigError
-from ._maintenance import dead_temp_files, small_file_directories, unreadable_fix
+from ._maintenance import dead_temp_files, own_mode_fix, small_file_directories, unreadable_fix
 from ._verify import verify_root
 
 DANGER: Final = "danger"
@@ -72,12 +72,19 @@ def _left_by_a_dead_writer(path: str) -> Diagnosis:
 def diagnose_settings() -> list[Diagnosis]:
     """The environment's settings every command reads: one that stops them all is a danger."""
     try:
-        resolve_max_size(None)
+        max_size = resolve_max_size(None)
     except ConfigError as exc:
         problem = str(exc).removeprefix("$WASMCACHE_MAX_SIZE: ")
         return [Diagnosis(DANGER, "$WASMCACHE_MAX_SIZE", f"{problem}: every load, compile and gc refuses to start",
                           "set it to a size such as 2G or 500M, or unset it (4 GiB)")]
+    if max_size < _USEFUL_MAX_SIZE:
+        return [Diagnosis(WARNING, "$WASMCACHE_MAX_SIZE", f"{max_size} bytes: compiled modules (a few MiB to hundreds "
+                          "each) are evicted as soon as they are stored, so loads compile again",
+                          "set it to a size such as 2G or 500M, or unset it (4 GiB)")]
     return []
+
+
+_USEFUL_MAX_SIZE: Final = 16 << 20  # below this, most compiled modules outgrow the bound on their own
 
 
 def diagnose_root(root: Path) -> list[Diagnosis]:
@@ -98,6 +105,10 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
                   if os.access(namespace.path, os.W_OK) else
                   "every load checks its content in full, for this directory cannot be written (a read-only mount, "
                   "chattr +i ...); `wasmcache verify --fix` settles it once it can be")
+        mode_fix = own_mode_fix(namespace.path)
+        if mode_fix is not None:
+            out.append(Diagnosis(WARNING, str(namespace.path), "namespace cannot be written (its mode): its entries "
+                                 "are served, anything new compiled in memory and never stored", mode_fix))
         scan = namespace.scan()
         out.extend(_left_by_a_dead_writer(e.path) for e in scan.other_temps if reap_if_dead(e.path, dry_run=True))
         for files in scan.keys:

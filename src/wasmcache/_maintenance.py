@@ -346,6 +346,18 @@ def _memo_kind(directory: str, path: str) -> bytes | None:
     return b"legacy" if space and len(old) == 16 and not old.strip(b"0123456789abcdef") else None
 
 
+def own_mode_fix(directory: Path | str) -> str | None:
+    """`chmod u+w DIR` for a directory of this user's whose own write bit is off (its mode changed by hand);
+    None for anything else (a read-only mount, chattr +i, another user's: each said in its own words)."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    if st.st_uid != os.getuid() or st.st_mode & stat.S_IWUSR:
+        return None
+    return f"chmod u+w {shell_word(directory)}"
+
+
 def unreadable_fix(directory: Path) -> str:
     """What to do about a directory of a root that its user cannot read or write: its mode changed by hand,
     or (the same advice as for a namespace) another user owns it."""

@@ -173,8 +173,12 @@ def _why_they_stay(report: GcReport) -> str:
 
     why = []
     if report.unwritable_namespaces:
-        why.append(f"{', '.join(report.unwritable_namespaces)} cannot be written (a read-only mount, chattr +i ...); "
-                   "run it where it can be written")
+        from .._maintenance import own_mode_fix  # noqa: PLC0415
+
+        fixes = [fix for path in report.unwritable_namespaces if (fix := own_mode_fix(path)) is not None]
+        why.append(f"{', '.join(report.unwritable_namespaces)} cannot be written ("
+                   + (f"its mode: {'; '.join(fixes)})" if fixes else
+                      "a read-only mount, chattr +i ...); run it where it can be written"))
     if report.unremovable:
         first = shell_word(report.unremovable[0])
         more = f" and {len(report.unremovable) - 1} more" if len(report.unremovable) > 1 else ""
