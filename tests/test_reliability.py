@@ -933,3 +933,24 @@ def test_a_namespace_whose_own_write_bit_is_off_gets_chmod_from_gc_and_doctor(ro
     finally:
         cache.namespace_dir.chmod(0o700)
     assert "chmod u+w" not in run_cli("doctor", "--cache-dir", str(root)).stdout
+
+
+def test_a_root_behind_a_directory_this_user_may_not_enter_is_one_it_cannot_reach(tmp_path: Path) -> None:
+    # Found by the second outside reader: `run` said "cannot create cache root" for a root that exists, behind a
+    # directory the user may not enter.
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to drop the capability that enters any directory")
+    root = tmp_path / "locked" / "cache"
+    wasmcache.ModuleCache(root).load(answer_module(104))
+    wasm = tmp_path / "answer.wasm"
+    wasm.write_bytes(answer_module(104))
+    (tmp_path / "locked").chmod(0)
+    try:
+        ran = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m",
+                              "wasmcache.cli", "run", "--cache-dir", str(root), "--invoke", "answer", str(wasm)],
+                             capture_output=True, text=True, check=False, timeout=120)
+    finally:
+        (tmp_path / "locked").chmod(0o700)
+    assert (ran.returncode, ran.stdout) == (0, "104\n"), ran.stderr
+    assert f"cannot reach cache root {root} (Permission denied); nothing will be cached" in ran.stderr
+    assert "cannot create" not in ran.stderr

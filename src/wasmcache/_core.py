@@ -2702,10 +2702,13 @@ class CacheContext:
 
     def _open_root(self) -> None:
         """Create or adopt the root; a root we cannot write still serves hits (read-only mode)."""
+        verb = "create"
         try:
             existing: os.stat_result | None = os.stat(self.root)
-        except OSError:
+        except FileNotFoundError:
             existing = None
+        except OSError:
+            existing, verb = None, "reach"  # it may well exist: a directory on its way we may not enter
         if existing is not None and not self.safe(self.root, existing):
             return  # refused before anything is written into it
         try:
@@ -2713,7 +2716,7 @@ class CacheContext:
         except OSError as exc:
             if not has_marker(self.root):
                 log.warning("wasmcache: cannot %s cache root %s (%s); nothing will be cached",
-                            "create" if existing is None else "initialize", self.root,
+                            verb if existing is None else "initialize", self.root,
                             unreachable_reason(self.root) or exc.strerror or exc)
                 return
         if existing is None and not self.safe(self.root, os.stat(self.root)):
