@@ -150,7 +150,7 @@ def ls_(cache_dir: Path | None, as_json: bool) -> None:
 @click.option("--max-size", metavar="SIZE", help="Evict down to this size (512M, 2G); default: the configured limit.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def gc(cache_dir: Path | None, max_size: str | None, as_json: bool) -> None:
-    """Evict least recently used entries; reap temp files of dead writers."""
+    """Evict least recently used entries; reap temp files of dead writers; say why any over the limit stay."""
     from .._core import resolve_max_size  # noqa: PLC0415
     from .._maintenance import collect_garbage_locked  # noqa: PLC0415
 
@@ -229,7 +229,8 @@ def verify(cache_dir: Path | None, fix: bool, as_json: bool) -> None:
 @cli.command()
 @cache_dir_option
 def clear(cache_dir: Path | None) -> None:
-    """Remove every entry of every namespace (running programs keep what they mapped)."""
+    """Remove every entry of every namespace (running programs keep what they mapped); exit 1, saying why, if any
+    stay."""
     from .._core import existing_root  # noqa: PLC0415
     from .._maintenance import clear_root  # noqa: PLC0415
 
