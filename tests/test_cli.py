@@ -147,7 +147,7 @@ def test_ls_gc_verify_clear(root: Path, tmp_path: Path) -> None:
     assert run_cli("compile", "--cache-dir", str(root), str(wasm)).returncode == 0
     cleared = run_cli("clear", "--cache-dir", str(root))
     assert cleared.returncode == 0
-    assert "removed 1 entries" in cleared.stdout
+    assert "removed 1 entry" in cleared.stdout
 
 
 def test_management_commands_refuse_a_foreign_directory(tmp_path: Path) -> None:

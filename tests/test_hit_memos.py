@@ -452,10 +452,10 @@ def test_an_unreadable_digests_directory_is_named_by_gc_clear_and_doctor(root: P
         assert gc.stderr.strip().splitlines() == [(
             f"wasmcache: cannot read {digests} (Permission denied): its files are left as they are; "
             f"fix: chmod u+rwx {digests}")]
-        assert "1 entries" in gc.stdout
+        assert "1 entry" in gc.stdout
         cleared = cli("clear")
         assert cleared.returncode == 0, cleared.stderr
-        assert "removed 1 entries" in cleared.stdout
+        assert "removed 1 entry" in cleared.stdout
         assert "Traceback" not in gc.stderr + cleared.stderr + doctor.stderr
     finally:
         digests.chmod(0o700)

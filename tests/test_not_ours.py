@@ -68,7 +68,7 @@ def test_ls_and_stats_count_only_entries(root: Path) -> None:
     assert "own" not in listing.stdout
     assert len(cache.entries()) == 1
     stats = run_cli("stats", "--cache-dir", str(root))
-    assert "1 entries" in stats.stdout
+    assert "1 entry" in stats.stdout
 
 
 def test_verify_leaves_an_entry_that_gc_or_clear_is_removing(root: Path) -> None:

@@ -94,7 +94,7 @@ def test_stats_verify_and_inspect_name_the_substituter_and_level_of_a_substitute
     # stats: entries and bytes per origin, and per substituter and level.
     stats = cli(env, "stats")
     assert stats.returncode == 0, stats.stderr
-    assert "substituted   1 entries, " in stats.stdout
+    assert "substituted   1 entry, " in stats.stdout
     assert f"{level}, from {url}" in stats.stdout, stats.stdout
     origins_line = next(line for line in stats.stdout.splitlines() if line.startswith("origins"))
     assert "compiled 1" in origins_line

@@ -584,7 +584,7 @@ def test_a_namespace_nobody_may_change_is_never_reported_cleared_or_fixed(
     collected = run_cli("gc", "--max-size", "0", "--cache-dir", str(root))
     assert collected.returncode == 0, collected.stderr
     assert "evicted 0 entries" in collected.stdout
-    assert f"2 entries over the limit stay: {cache.namespace_dir} cannot be written" in collected.stdout
+    assert f"2 entries stay over the limit: {cache.namespace_dir} cannot be written" in collected.stdout
     report = fresh.gc(max_size=0)
     assert (report.not_evicted, report.unwritable_namespaces) == (2, [str(cache.namespace_dir)])
 
@@ -688,8 +688,8 @@ def test_gc_and_clear_never_half_remove_an_entry_and_say_which_file_refused(
     immutable(stuck_record)
     collected = run_cli("gc", "--max-size", "0", "--cache-dir", str(root))
     assert collected.returncode == 0, collected.stderr
-    assert "evicted 1 entries" in collected.stdout
-    assert f"2 entries over the limit stay: {stuck_entry} and 1 more refused to go (immutable?" in collected.stdout
+    assert "evicted 1 entry" in collected.stdout
+    assert f"2 entries stay over the limit: {stuck_entry} and 1 more refused to go (immutable?" in collected.stdout
     for key in keys[:2]:  # each whole: its entry and its record
         assert cache.entry_path(key).exists()
         assert cache.entry_path(key).with_suffix(".rec").exists()
@@ -721,7 +721,7 @@ def test_clear_says_a_writer_holds_what_stays_when_one_does(root: Path) -> None:
     finally:
         holder.release()
     assert cleared.returncode == 1
-    assert "1 entries stay: 1 held by a writer now" in cleared.stderr
+    assert "1 entry stays: 1 held by a writer now" in cleared.stderr
     assert "immutable" not in cleared.stderr
 
 

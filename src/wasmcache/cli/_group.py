@@ -63,6 +63,11 @@ def human(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def count(n: int, one: str, many: str) -> str:
+    """`1 entry`, `3 entries`: a count with its noun."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def asdict(obj: Any) -> dict[str, Any]:
     from dataclasses import asdict as dataclass_asdict  # noqa: PLC0415 - 5 ms to import; only --json needs it
 

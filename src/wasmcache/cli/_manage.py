@@ -12,7 +12,7 @@ import click
 
 from _wasmcache_hook import one_line
 
-from ._group import asdict, cache_dir_option, cli, fail, human, remote_options, root_of, say
+from ._group import asdict, cache_dir_option, cli, count, fail, human, remote_options, root_of, say
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -78,11 +78,11 @@ def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, t
                                            for o in _by_origin(origins)))
         for o in origins:
             if o["origin"] == "substituted":
-                say(f"  substituted   {o['entries']} entries, {human(o['size_bytes'])}, {o['level']}, "
-                    f"from {o['substituter']}")
+                say(f"  substituted   {count(o['entries'], 'entry', 'entries')}, {human(o['size_bytes'])}, "
+                    f"{o['level']}, from {o['substituter']}")
     say(f"namespaces      {len(namespaces)}")
     for name, ns in sorted(namespaces.items()):
-        say(f"  {name}  {ns['entries']} entries")
+        say(f"  {name}  {count(ns['entries'], 'entry', 'entries')}")
 
 
 def _origin_of(info: Any) -> dict[str, Any]:
@@ -159,12 +159,13 @@ def gc(cache_dir: Path | None, max_size: str | None, as_json: bool) -> None:
     if as_json:
         say(json.dumps(asdict(report)))
         return
-    say(f"evicted {report.evicted_entries} entries, freed {human(report.freed_bytes)}, "
-        f"reaped {report.reaped_temp_files} temp files; {report.entries} entries, {human(report.size_bytes)} remain")
+    say(f"evicted {count(report.evicted_entries, 'entry', 'entries')}, freed {human(report.freed_bytes)}, "
+        f"reaped {count(report.reaped_temp_files, 'temp file', 'temp files')}; "
+        f"{count(report.entries, 'entry', 'entries')}, {human(report.size_bytes)} remain")
     if report.set_aside:
         say(f"set aside {report.set_aside} entry file(s) no record vouches for (in quarantine/ for a day)")
     if report.not_evicted:
-        say(f"{report.not_evicted} entries over the limit stay: {_why_they_stay(report)}")
+        say(f"{count(report.not_evicted, 'entry stays', 'entries stay')} over the limit: {_why_they_stay(report)}")
 
 
 def _why_they_stay(report: GcReport) -> str:
@@ -216,9 +217,9 @@ def verify(cache_dir: Path | None, fix: bool, as_json: bool) -> None:
             where = (f" (substituted from {came['substituter']}, {came['level']})"
                      if came is not None and came["origin"] == "substituted" else "")
             say(one_line(f"{f.problem}: {f.path}{where}: {f.detail}; fix: {f.fix}"))  # a name cannot fake a line
-        state = "ok" if report.ok else f"{len(report.findings)} problem(s)"
+        state = "ok" if report.ok else count(len(report.findings), "problem", "problems")
         fixed = f", {report.fixed} quarantined" if fix else ""
-        say(f"checked {report.checked} entries: {report.intact} intact, {state}{fixed}")
+        say(f"checked {count(report.checked, 'entry', 'entries')}: {report.intact} intact, {state}{fixed}")
         for o in _origins(root):
             if o["origin"] == "substituted":
                 say(f"  {o['entries']} substituted from {o['substituter']} ({o['level']})")
@@ -239,7 +240,7 @@ def clear(cache_dir: Path | None) -> None:
         say(f"{root}: nothing to clear")
         return
     removed = clear_root(root)
-    say(f"removed {removed} entries from {root}")
+    say(f"removed {count(removed, 'entry', 'entries')} from {root}")
     from .._core import iter_entries  # noqa: PLC0415
     from .._maintenance import GcReport, note_not_evicted  # noqa: PLC0415
 
@@ -249,7 +250,7 @@ def clear(cache_dir: Path | None) -> None:
         if refused is not True:
             note_not_evicted(left, namespace, refused)
     if left.not_evicted:
-        say(f"{left.not_evicted} entries stay: {_why_they_stay(left)}", err=True)
+        say(f"{count(left.not_evicted, 'entry stays', 'entries stay')}: {_why_they_stay(left)}", err=True)
         sys.exit(1)
 
 
@@ -335,7 +336,7 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
     else:
         for f in findings:
             say(one_line(f"{f.severity}: {f.path}: {f.problem}") + "\n" + one_line(f"  fix: {f.fix}"))
-        say("no problems found" if not findings else f"{len(findings)} finding(s)")
+        say("no problems found" if not findings else count(len(findings), "finding", "findings"))
         say(f"drop-in: {dropin['reason']}")
         if dropin["exec_launcher"] is not None:
             say(f"exec: {dropin['exec_launcher']}")
