@@ -818,13 +818,14 @@ print("result", wasmtime.Instance(s, m, []).exports(s)["f"](s))
 @pytest.mark.parametrize("shadow", ["blake3", "token", "fcntl"])
 def test_a_module_of_the_programs_directory_that_shadows_a_dependency_leaves_it_running(
         tmp_path: Path, shadow: str) -> None:
-    # The drop-in imports what it needs when the program first loads a module, with the program's
-    # directory first on sys.path: a `token.py` there (reached through tokenize on a miss) or a `blake3.py`
-    # (on every load) made the program die with the drop-in's traceback. It now runs as unwrapped, and
-    # one warning names the file.
+    # The drop-in imports what it needs when the program first loads a module: a program that has imported a
+    # module of its own under the name of one the drop-in needs (`token`, reached through tokenize on a miss;
+    # `fcntl`; `blake3`) made the program die with the drop-in's traceback. It now runs as unwrapped, and one
+    # warning names the file. (A module of that name the program never imported is not the drop-in's: see
+    # test_a_program_named_like_a_standard_module_runs_once_and_never_hangs.)
     app = tmp_path / "my app"
     app.mkdir()
-    (app / "main.py").write_text(SHADOWED)
+    (app / "main.py").write_text(f"import {shadow}\n" + SHADOWED)
     (app / f"{shadow}.py").write_text("print('their module')\n")
     bare = run([sys.executable, str(app / "main.py"), "7"], clean_env())
     assert (bare.returncode, bare.stdout.splitlines()[-1]) == (0, "result 7"), bare.stderr
@@ -837,6 +838,34 @@ def test_a_module_of_the_programs_directory_that_shadows_a_dependency_leaves_it_
     assert GUEST_LINE.match(lines[0])
     assert f"{app / shadow}.py" in lines[0]  # the file to rename
     assert "Traceback" not in proc.stderr
+
+
+NAMED_LIKE_THE_STANDARD_LIBRARY = """
+import wasmtime
+print("start")
+e = wasmtime.Engine()
+m = wasmtime.Module(e, '(module (func (export "f") (result i32) i32.const 7))')
+s = wasmtime.Store(e)
+print(wasmtime.Instance(s, m, []).exports(s)["f"](s))
+"""
+
+
+@pytest.mark.parametrize("name", ["email", "random", "json", "calendar"])
+def test_a_program_named_like_a_standard_module_runs_once_and_never_hangs(tmp_path: Path, name: str) -> None:
+    # Found by an outside reader: `email.py` (or random.py, json.py, calendar.py) under exec, on a new root, printed
+    # its first line twice and hung for good: compiling under its key's lock, the drop-in imported json and
+    # importlib.metadata, which imported `email` & co. from the program's directory, first on sys.path: the program
+    # again, whose load then waited on the lock its own process held. A `token.py` beside a program ran twice.
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / f"{name}.py").write_text(NAMED_LIKE_THE_STANDARD_LIBRARY)
+    (app / "token.py").write_text("print('their token module ran')\n")  # beside it, never imported by it
+    bare = run([sys.executable, str(app / f"{name}.py")], clean_env())
+    assert (bare.returncode, bare.stdout) == (0, "start\n7\n"), bare.stderr
+    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(tmp_path / "new-root"), "exec",
+                           sys.executable, str(app / f"{name}.py")], env=clean_env(), capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (bare.returncode, bare.stdout, bare.stderr)
 
 
 HOLD_THE_KEY = """

@@ -26,7 +26,7 @@ import os
 import stat
 import sys
 import time
-from _thread import RLock
+from _thread import RLock, _local
 from typing import TYPE_CHECKING, Any, Final
 
 import _wasmcache_hook
@@ -666,6 +666,48 @@ def regular_file(path: str) -> bool:
         return False
 
 
+class _StandardLibraryFirst:
+    """A meta-path finder in place only while a thread of the program is inside the drop-in (`_inside`):
+    a standard-library module the drop-in imports there (json, importlib.metadata and all they import) comes
+    from the standard library, never from the program's own directory. Python puts a script's directory first
+    on sys.path: a program named `email.py` or `random.py` (or a `token.py` beside it) would otherwise be
+    imported, and run, a second time under that name, and a compile waiting there on its own key's lock hung
+    for good. The program's other threads, and the program outside the drop-in, import exactly as before."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> Any:
+        if path is not None or not getattr(_inside, "depth", 0) or name not in sys.stdlib_module_names:
+            return None
+        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        programs = {os.path.dirname(os.path.realpath(main_file))} if isinstance(main_file, str) else set()
+        elsewhere = [p for p in sys.path if isinstance(p, str) and p and os.path.realpath(p) not in programs]
+        finder = sys.modules["_frozen_importlib_external"].PathFinder  # loaded at every start: no import here
+        return finder.find_spec(name, elsewhere, target)
+
+
+_inside = _local()
+_standard_first = _StandardLibraryFirst()
+_guests = [0]  # threads inside the drop-in now: the finder is in sys.meta_path only while one is
+
+
+class _AsAGuest:
+    """`with _AsAGuest():` around the drop-in's work in the program's process (see _StandardLibraryFirst)."""
+
+    def __enter__(self) -> None:
+        with _state_lock:
+            if _guests[0] == 0 and _standard_first not in sys.meta_path:
+                sys.meta_path.insert(0, _standard_first)
+            _guests[0] += 1
+        _inside.depth = getattr(_inside, "depth", 0) + 1
+
+    def __exit__(self, *_exc: object) -> None:
+        _inside.depth -= 1
+        with _state_lock:
+            _guests[0] -= 1
+            if _guests[0] == 0 and _standard_first in sys.meta_path:
+                sys.meta_path.remove(_standard_first)
+
+
 def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], Any]) -> dict[str, Any]:
     import wasmtime  # noqa: PLC0415
     from wasmtime import _ffi  # noqa: PLC0415
@@ -688,7 +730,8 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
         if kind == "module" and isinstance(binary, bytearray) and binary[:4] != b"\0asm":
             original_init(self, engine, binary)  # wasmtime reads WAT text from str and bytes only: its error
             return
-        cached = dropin._load(engine, kind, binary)  # noqa: SLF001
+        with _AsAGuest():
+            cached = dropin._load(engine, kind, binary)  # noqa: SLF001
         if cached is None:
             original_init(self, engine, binary)
             return
@@ -701,7 +744,8 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
                 or cls_.__init__ is not __init__ or not isinstance(path, (str, bytes, os.PathLike))):
             return original_from_file(cls_, engine, path)
         name = os.fspath(path)
-        cached = dropin._load(engine, kind, os.fsdecode(name))  # noqa: SLF001
+        with _AsAGuest():
+            cached = dropin._load(engine, kind, os.fsdecode(name))  # noqa: SLF001
         if cached is None:
             return original_from_file(cls_, engine, path)
         return _mark_entry(cls_._from_ptr(clone(cached.ptr())), engine, cached)  # noqa: SLF001
@@ -711,7 +755,8 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
         if (dropin is None or not isinstance(engine, engine_type) or not isinstance(path, str) or "\0" in path
                 or dropin.owns(path) or not regular_file(path)):
             return original_deserialize_file(cls_, engine, path)
-        cached = dropin._load_precompiled(engine, kind, path)  # noqa: SLF001
+        with _AsAGuest():
+            cached = dropin._load_precompiled(engine, kind, path)  # noqa: SLF001
         if cached is None:
             return _deserialize_copy(cls_, engine, path, original_deserialize)
         return _mark_entry(cls_._from_ptr(clone(cached.ptr())), engine, cached)  # noqa: SLF001
