@@ -2236,25 +2236,28 @@ class Namespace:
             with contextlib.suppress(OSError):
                 os.unlink(aside)
 
-    def clear_key(self, key: str) -> bool | None:
-        """Remove every file of `key` under its lock; None if the key is busy, else whether it had an entry."""
+    def clear_key(self, key: str) -> bool | str | None:
+        """Remove every file of `key` under its lock: True if its entry went, False if it had none; None if the
+        key is busy; else the path of the file that refused (its entry and record then stay, as in `evict`)."""
         lock = self.lock(key)
         if not lock.try_acquire():
             return None  # a writer between its record and its rename keeps its key: its entry is whole when it lands
+        refused: str | None = None
         try:
             had_entry = os.path.lexists(self.entry_path(key))
-            with contextlib.suppress(OSError):
+            try:
                 self._unlink_entry_and_record(key)
-            with os.scandir(self.path) as it:
+            except OSError as exc:
+                refused = str(exc.filename or self.entry_path(key))
+            with os.scandir(self.path) as it:  # the rest: temp files (the entry and record went together above)
                 mine = [e.path for e in it if key_of(e.name) == key and is_keyed_name(e.name)
-                        and not e.name.endswith(LOCK_SUFFIX)]
+                        and not e.name.endswith((LOCK_SUFFIX, ENTRY_SUFFIX, RECORD_SUFFIX))]
             for path in mine:
-                if path not in (str(self.entry_path(key)), str(self.record_path(key))):  # (both, or neither: above)
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)  # mapped entries live on in the processes using them
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # mapped entries live on in the processes using them
         finally:
             lock.release(unlink=True)
-        return had_entry and not os.path.lexists(self.entry_path(key))
+        return refused if refused is not None else had_entry
 
     def remove_leftovers(self, files: KeyFiles) -> tuple[int, bool]:
         """Under a free key lock: a dead writer's temp files, a record without entry, an entry without

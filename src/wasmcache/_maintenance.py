@@ -394,8 +394,9 @@ def _files_of(directory: Path, *, memos: bool = False, quiet: bool = False) -> l
     return found
 
 
-def clear_root(root: Path) -> int:
-    """Remove every entry of every namespace (and memos, quarantine); keep the root and its markers."""
+def clear_root(root: Path, left: GcReport | None = None) -> int:
+    """Remove every entry of every namespace (and memos, quarantine); keep the root and its markers. `left`: what
+    stayed, and why, in gc's words (`note_not_evicted`)."""
     if not existing_root(root, "clear"):
         return 0
     gc_lock = KeyLock(root / GC_LOCK_NAME)
@@ -407,7 +408,11 @@ def clear_root(root: Path) -> int:
     try:
         for namespace in namespaces(root):
             for files in namespace.scan().keys:
-                removed += bool(namespace.clear_key(files.key))
+                outcome = namespace.clear_key(files.key)
+                removed += outcome is True
+                stayed = isinstance(outcome, str) or (outcome is None and files.entry is not None)
+                if left is not None and stayed:
+                    note_not_evicted(left, namespace, outcome if isinstance(outcome, str) else None)
             namespace.remove_if_empty()
         import shutil  # noqa: PLC0415
 

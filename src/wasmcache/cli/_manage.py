@@ -233,22 +233,15 @@ def clear(cache_dir: Path | None) -> None:
     """Remove every entry of every namespace (running programs keep what they mapped); exit 1, saying why, if any
     stay."""
     from .._core import existing_root  # noqa: PLC0415
-    from .._maintenance import clear_root  # noqa: PLC0415
+    from .._maintenance import GcReport, clear_root  # noqa: PLC0415
 
     root = root_of(cache_dir)
     if not existing_root(root, "clear"):
         say(f"{root}: nothing to clear")
         return
-    removed = clear_root(root)
+    left = GcReport()  # what stayed, and why, in gc's words
+    removed = clear_root(root, left)
     say(f"removed {count(removed, 'entry', 'entries')} from {root}")
-    from .._core import iter_entries  # noqa: PLC0415
-    from .._maintenance import GcReport, note_not_evicted  # noqa: PLC0415
-
-    left = GcReport()  # what stayed, in gc's words: each tried once more, as gc evicts it, to learn why
-    for namespace, files in iter_entries(root):
-        refused = namespace.evict(files.key)
-        if refused is not True:
-            note_not_evicted(left, namespace, refused)
     if left.not_evicted:
         say(f"{count(left.not_evicted, 'entry stays', 'entries stay')}: {_why_they_stay(left)}", err=True)
         sys.exit(1)
