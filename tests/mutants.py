@@ -310,6 +310,11 @@ MUTANTS: tuple[Mutant, ...] = (
          "if sys.__stderr__ is None or _STDERR_AT_START is None or _stderr_identity() != _STDERR_AT_START:",
          "if False:")],
        ["tests/test_guest.py::test_a_program_started_with_stderr_closed_gets_no_guest_line_in_its_own_file"]),
+    _m("foreign-python-writes-subpackage-bytecode",
+       "another Python under exec writes no bytecode into the launcher's installation, subpackages included",
+       [("../_wasmcache_hook.py", "                    sys.path_importer_cache[location] = read_only(location)",
+         "                    pass")],
+       ["tests/test_guest.py::test_another_python_under_exec_writes_no_bytecode_into_the_launchers_installation"]),
     # --- the native launcher (bin/wasmcache) serves `exec` as the Python CLI does (tests/test_launcher.py) -----
     _m("launcher-root-not-pinned",
        "exec pins one root for CMD and everything it starts, through the native launcher too",

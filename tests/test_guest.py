@@ -22,12 +22,13 @@ from pathlib import Path
 import pytest
 import wasmtime
 
+import wasmcache
 from conftest import remount_read_only, run_cli
 from naive import naive_load
 from wasmgen import answer_module
 
 TESTS = str(Path(__file__).parent)
-SRC = Path(__file__).resolve().parent.parent / "src"
+SRC = Path(wasmcache.__file__).resolve().parents[1]  # this checkout's, or the copy `make mutants` made
 GUEST_LINE = re.compile(r"^wasmcache\[(\d+)\]: ")
 
 # Knows nothing of wasmcache; logs at INFO through the root logger, as many programs do.
@@ -377,7 +378,7 @@ def test_another_python_under_exec_writes_no_bytecode_into_the_launchers_install
     program.write_text(CHATTY)
     launch = (f"import sys; sys.dont_write_bytecode = True; sys.path.insert(0, {str(installation)!r}); "
               "import wasmcache._dropin_exec as e; e.exec_main(sys.argv[1:])")
-    env = clean_env(WASMCACHE_DIR=str(tmp_path / "guest"))
+    env = clean_env(WASMCACHE_DIR=str(tmp_path / "guest"), PYTHONPATH="")  # only the installation's wasmcache
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as on a user's machine: Python writes bytecode where it may
     for _ in range(2):
         proc = run([sys.executable, "-c", launch, foreign, str(program)], env)
