@@ -679,12 +679,21 @@ class _StandardLibraryFirst:
         if path is not None or not getattr(_inside, "depth", 0) or name not in sys.stdlib_module_names:
             return None
         main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-        programs = {os.path.dirname(os.path.realpath(main_file))} if isinstance(main_file, str) else set()
-        elsewhere = [p for p in sys.path if isinstance(p, str) and p and os.path.realpath(p) not in programs]
+        programs = {os.path.dirname(_real_path(main_file))} if isinstance(main_file, str) else set()
+        elsewhere = [p for p in sys.path if isinstance(p, str) and p and _real_path(p) not in programs]
         finder = sys.modules["_frozen_importlib_external"].PathFinder  # loaded at every start: no import here
         return finder.find_spec(name, elsewhere, target)
 
 
+def _real_path(path: str) -> str:
+    """os.path.realpath(path), once per path while a guest is inside (each realpath lstats every component)."""
+    real = _realpaths.get(path)
+    if real is None:
+        real = _realpaths[path] = os.path.realpath(path)
+    return real
+
+
+_realpaths: dict[str, str] = {}  # emptied when the last guest leaves: a link may change between windows
 _inside = _local()
 _standard_first = _StandardLibraryFirst()
 _guests = [0]  # threads inside the drop-in now: the finder is in sys.meta_path only while one is
@@ -706,6 +715,7 @@ class _AsAGuest:
             _guests[0] -= 1
             if _guests[0] == 0 and _standard_first in sys.meta_path:
                 sys.meta_path.remove(_standard_first)
+                _realpaths.clear()
 
 
 def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], Any]) -> dict[str, Any]:
