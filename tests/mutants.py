@@ -315,6 +315,11 @@ MUTANTS: tuple[Mutant, ...] = (
        [("../_wasmcache_hook.py", "                    sys.path_importer_cache[location] = read_only(location)",
          "                    pass")],
        ["tests/test_guest.py::test_another_python_under_exec_writes_no_bytecode_into_the_launchers_installation"]),
+    _m("guest-imports-the-programs-email-py",
+       "the drop-in's own standard-library imports never come from the program's directory (a program named "
+       "email.py ran twice and hung on a new root)",
+       [("_dropin.py", 'not getattr(_inside, "depth", 0) or name not in sys.stdlib_module_names:', "True:")],
+       ["tests/test_guest.py::test_a_program_named_like_a_standard_module_runs_once_and_never_hangs[email]"]),
     # --- the native launcher (bin/wasmcache) serves `exec` as the Python CLI does (tests/test_launcher.py) -----
     _m("launcher-root-not-pinned",
        "exec pins one root for CMD and everything it starts, through the native launcher too",
