@@ -1676,12 +1676,15 @@ def existing_root(root: Path, action: str) -> bool:
     if unreachable is not None:
         raise NotACacheError(f"{root}: cannot be reached ({unreachable}); check the cache root ({_ROOT_SETTINGS}); "
                              f"refusing to {action} it")
-    if not os.path.lexists(root) or (os.path.isdir(root) and _empty_directory(root)):
+    if not os.path.lexists(root):
         return False
-    if os.path.isdir(root) and not os.access(root, os.R_OK | os.X_OK):  # not "no marker": we may not look
+    directory = os.path.isdir(root)
+    if directory and _empty_directory(root):
+        return False
+    if directory and not os.access(root, os.R_OK | os.X_OK):  # not "no marker": we may not look
         raise NotACacheError(f"{root}: cannot be read (Permission denied: another user's, or its mode changed); "
                              f"refusing to {action} it")
-    if not os.path.lexists(root / MARKER_NAME) and os.path.isdir(root) and _adoptable(root):
+    if directory and not os.path.lexists(root / MARKER_NAME) and _adoptable(root):
         return False  # a first load stopped while making it: the next completes it (an empty cache until then)
     marker = _read_marker(root)
     if not marker.startswith("wasmcache"):
