@@ -571,6 +571,7 @@ def test_exec_pins_one_root_for_the_command_and_every_process_it_starts(tmp_path
     assert list((tmp_path / "relroot").glob("ns-*/*.cwasm"))
     assert not (tmp_path / "sub" / "relroot").exists()
     env.pop("WASMCACHE_DIR")
+    (tmp_path / "home").mkdir()
     env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME="")
     proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "exec", sys.executable, "-c", code], cwd=tmp_path,
                           capture_output=True, text=True, env=env, timeout=120, check=False)

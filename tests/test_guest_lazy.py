@@ -118,7 +118,9 @@ def test_a_program_that_only_imports_wasmtime_leaves_no_trace_not_even_a_home(pl
     assert (guest.returncode, guest.stdout, guest.stderr) == (bare.returncode, bare.stdout, bare.stderr)
     assert not home.exists()
     assert tree(place) == before  # no root, no ~/.cache, nothing in the working directory nor in TMPDIR
-    # Control: the drop-in was there, and does create the root under the same HOME once a module is loaded.
+    # Control: the drop-in was there, and does create the root under the same HOME once a module is loaded (and
+    # the home directory exists: one that does not is never made, see test_a_missing_home_directory_is_never_created).
+    home.mkdir()
     loads = run_as(how, place / "programs" / "loads.py", str(place / "out"), env=env, cwd=place / "work")
     assert loads.returncode == 0, loads.stderr
     assert list((home / ".cache" / "wasmcache").glob("ns-*/*.cwasm"))

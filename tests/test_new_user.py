@@ -389,3 +389,32 @@ def test_a_default_root_left_with_only_engine_memos_by_wasmcache_0_1_is_adopted(
     (other / "engines" / "notes.txt").write_text("mine")
     refused = run_fresh(f"import wasmcache; wasmcache.ModuleCache({str(other)!r})", home)
     assert "NotACacheError" in refused.stderr
+
+
+def test_a_missing_home_directory_is_never_created(tmp_path: Path) -> None:
+    # Found by an outside reader: with HOME naming a directory that does not exist (a service account's
+    # /nonexistent), the first load made it, and its parents, to hold ~/.cache/wasmcache. The module is compiled
+    # without a cache, one warning says why, and nothing is made; under exec the same.
+    home = tmp_path / "absent" / "home"
+    (tmp_path / "m.wasm").write_bytes(answer_module(7))
+    code = """
+        import wasmcache, wasmtime
+        cache = wasmcache.ModuleCache()
+        module = cache.load("m.wasm")
+        store = wasmtime.Store(cache.engine)
+        print(wasmtime.Instance(store, module, []).exports(store)["answer"](store))
+    """
+    proc = run_fresh(code, home, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (0, "7\n"), proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert f"the home directory {home} does not exist" in proc.stderr
+    assert not (tmp_path / "absent").exists()
+    program = ("import wasmtime; e = wasmtime.Engine(); m = wasmtime.Module.from_file(e, 'm.wasm'); "
+               "s = wasmtime.Store(e); print(wasmtime.Instance(s, m, []).exports(s)['answer'](s))")
+    wrapped = subprocess.run([sys.executable, "-m", "wasmcache.cli", "exec", sys.executable, "-c", program],
+                             capture_output=True, text=True, env=fresh_env(home), cwd=tmp_path, timeout=120,
+                             check=False)
+    assert (wrapped.returncode, wrapped.stdout) == (0, "7\n"), wrapped.stderr
+    assert wrapped.stderr.count("\n") == 1, wrapped.stderr
+    assert f"the home directory {home} does not exist" in wrapped.stderr
+    assert not (tmp_path / "absent").exists()

@@ -30,6 +30,7 @@ ADD = '(module (func (export "add") (param i32 i32) (result i32) local.get 0 loc
 
 def fresh_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WASMCACHE_", "XDG_"))}
+    home.mkdir(parents=True, exist_ok=True)  # a new user's, empty (a missing one is never made: test_new_user)
     env["HOME"] = str(home)
     env.update(extra)
     return env

@@ -1693,14 +1693,27 @@ def existing_root(root: Path, action: str) -> bool:
     return True
 
 
+def _missing_home_above(root: Path) -> str | None:
+    """Why `root` cannot be made if it lies in the user's home directory and that does not exist, else None:
+    a root's missing parents are made (as the XDG spec asks of $XDG_CACHE_HOME), never the home directory."""
+    home = os.path.expanduser("~")
+    if not os.path.isabs(home) or os.path.lexists(home):
+        return None
+    home = os.path.normpath(home)
+    if os.path.commonpath([home, str(root)]) != home:
+        return None
+    return f"the home directory {home} does not exist"
+
+
 def unreachable_reason(root: Path) -> str | None:
     """Why nothing can ever be at `root`, in a few words, or None (it is there, or merely not created yet):
-    what looking it up says (Not a directory, a loop, a name too long, no permission), or the link to nothing
-    a missing root lies under (`~/.cache` -> an unmounted disk), which mkdir would report as "File exists"."""
+    what looking it up says (Not a directory, a loop, a name too long, no permission), the link to nothing
+    a missing root lies under (`~/.cache` -> an unmounted disk), which mkdir would report as "File exists",
+    or the missing home directory it lies in (never made: `_missing_home_above`)."""
     try:
         os.lstat(root)
     except FileNotFoundError:
-        return _dangling_link_above(root)
+        return _dangling_link_above(root) or _missing_home_above(root)
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
@@ -1765,6 +1778,9 @@ def initialize_root(root: Path) -> None:
         if _read_marker(root).startswith("wasmcache"):
             return  # another process completed this root a moment ago
         raise NotACacheError(f"{not_a_root_message(root)}; refusing to use it")  # garbage, empty, a directory ...
+    missing_home = _missing_home_above(root)
+    if missing_home is not None:  # HOME=/nonexistent (a service account's): making it is not a cache's business
+        raise FileNotFoundError(errno.ENOENT, missing_home)
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Another process may be initializing the same new root right now: once its marker exists,
     # whatever else it has written is ours too (8 processes starting on a new root raced here).
