@@ -391,6 +391,25 @@ def test_permission_denied_still_returns_a_working_module(root: Path, immutable:
     _no_partial_files(root)
 
 
+def test_an_immutable_namespace_is_named_by_compile_and_doctor(root: Path, immutable: Callable[[Path], None],
+                                                               tmp_path: Path) -> None:
+    # Found by an outside reader: with a namespace made immutable, every miss warned "cannot lock", `compile` then
+    # blamed the size limit ("evicted at once: the size limit is 4.0 GiB") and doctor said "no problems found".
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(13))
+    immutable(cache.namespace_dir)
+    (tmp_path / "m.wasm").write_bytes(answer_module(14))
+    done = run_cli("compile", "--cache-dir", str(root), str(tmp_path / "m.wasm"))
+    assert done.returncode == 0, done.stderr
+    said = done.stderr.splitlines()[-1]
+    assert "not cached (cannot lock" in said and "Operation not permitted" in said, done.stderr
+    assert "size limit" not in done.stderr
+    doctor = run_cli("doctor", "--cache-dir", str(root))
+    assert doctor.returncode == 0, doctor.stdout  # a warning: hits are served, misses compile
+    assert f"warning: {cache.namespace_dir}: namespace cannot be written though the root can" in doctor.stdout
+    assert f"chattr -i {cache.namespace_dir}" in doctor.stdout
+
+
 def test_inspect_decodes_a_cwasm_that_is_not_ours(tmp_path: Path) -> None:
     for name, engine in (("cranelift", wasmtime.Engine()), ("winch", winch_engine())):
         path = tmp_path / f"{name}.cwasm"

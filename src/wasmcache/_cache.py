@@ -155,6 +155,10 @@ class ModuleCache:
                                                map_checked=map_checked)
         return self._miss_path
 
+    def _why_not_stored(self, key: str) -> str | None:
+        """Why this cache's last miss of `key` stored nothing (its warning's words), if one did."""
+        return self._miss_path.not_stored.get(key) if self._miss_path is not None else None
+
     # --- what the cache is ------------------------------------------------------------------------
 
     @property

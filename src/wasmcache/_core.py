@@ -1620,6 +1620,12 @@ def shell_word(path: Path | str) -> str:
     return shlex.quote(str(path))
 
 
+def immutable_fix(path: Path | str) -> str:
+    """What to run when a file or directory of ours refuses every change though its mode allows it."""
+    word = shell_word(path)
+    return f"immutable? `lsattr -d {word}`; `chattr -i {word}`"
+
+
 def _ours_to_fix(path: Path) -> bool:
     if any(has_marker(place) for place in (path, path.parent, path.parent.parent)):
         return True

@@ -23,6 +23,7 @@ from ._core import (
     Identity,
     existing_root,
     fingerprint_of_section,
+    immutable_fix,
     is_entry_name,
     is_memo_name,
     is_namespace_name,
@@ -109,6 +110,10 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
         if mode_fix is not None:
             out.append(Diagnosis(WARNING, str(namespace.path), "namespace cannot be written (its mode): its entries "
                                  "are served, anything new compiled in memory and never stored", mode_fix))
+        elif not os.access(namespace.path, os.W_OK) and os.access(root, os.W_OK):  # the root may: not a read-only mount
+            out.append(Diagnosis(WARNING, str(namespace.path), "namespace cannot be written though the root can: "
+                                 "its entries are served, anything new compiled in memory and never stored",
+                                 immutable_fix(namespace.path)))
         scan = namespace.scan()
         out.extend(_left_by_a_dead_writer(e.path) for e in scan.other_temps if reap_if_dead(e.path, dry_run=True))
         for files in scan.keys:

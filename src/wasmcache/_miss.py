@@ -77,6 +77,8 @@ class MissPath:
         # Modules this process produced but could not store (disk full ...), by key, while the program
         # holds them: a thread that waited on the key's lock takes the same one instead of compiling again.
         self._unstored: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        # Why the last miss of a key stored nothing, in the words of its warning (`wasmcache compile` says it).
+        self.not_stored: dict[str, str] = {}
 
     @property
     def rejected(self) -> int:
@@ -112,8 +114,8 @@ class MissPath:
                 if self._wait_for(key_lock, name):  # still one compile per key, whoever stores nothing
                     lock = key_lock
             except OSError as exc:
-                log.warning("wasmcache: cannot lock %s (%s); compiling without caching", key_lock.path,
-                            exc.strerror or exc)
+                self.not_stored[key] = f"cannot lock {key_lock.path} ({exc.strerror or exc})"
+                log.warning("wasmcache: %s; compiling without caching", self.not_stored[key])
         upload: bytes | bytearray | None = None
         try:
             module, added, upload = self._produce(name, path, data, place, key, kind, digest, lock is not None,
@@ -264,8 +266,9 @@ class MissPath:
             raise
         except Exception as exc:
             instead = "loading it as a copy, not mapped from the file" if origin == "snapshot" else "using it uncached"
-            log.warning("wasmcache: could not store %s in the cache (%s); %s", name,
-                        getattr(exc, "strerror", None) or exc, instead)
+            why = getattr(exc, "strerror", None) or exc
+            self.not_stored[key] = f"could not store it in {place.namespace.path} ({why})"
+            log.warning("wasmcache: could not store %s in the cache (%s); %s", name, why, instead)
             return None, 0
         try:
             module = self._load_entry(self._ctx, place, key, kind, locked=True)[0]

@@ -28,12 +28,12 @@ from ._core import (
     disabled_by_environment,
     existing_root,
     fingerprint_of_section,
+    immutable_fix,
     is_namespace_name,
     is_temp_name,
     namespace_name,
     namespaces,
     read_record,
-    shell_word,
     unsafe_fix,
     unsafe_reason,
 )
@@ -71,8 +71,8 @@ _READ_ONLY_FIX: Final = ("this namespace cannot be written (a read-only mount, c
                          "aside here and every load compiles it in memory; run `wasmcache verify --fix` where the "
                          "root can be written (the image or directory it comes from)")
 # --fix could not set it aside in a directory it may write: the file itself refused (or a writer held its key).
-_STUCK_FIX: Final = ("it could not be set aside now: the file cannot be moved (immutable? `lsattr {path}`; "
-                     "`chattr -i {path}`), or a writer held it; then run `wasmcache verify --fix` again")
+_STUCK_FIX: Final = ("it could not be set aside now: the file cannot be moved ({immutable}), or a writer held it; "
+                     "then run `wasmcache verify --fix` again")
 # Nothing wasmcache did not write is ever moved, collected or cleared (quarantine/ is emptied by gc and
 # clear: a user's file moved there would be deleted later).
 _FOREIGN_FIX: Final = "not wasmcache's, so it is left alone (verify --fix included); move it out of the cache root"
@@ -176,7 +176,7 @@ def _verify_entry(namespace: Namespace, key: str, section: bytes | None, report:
         if fix and namespace.quarantine_if_unchanged(key, seen, f"wasmcache verify --fix: {bad.detail}"):
             report.fixed += 1
         elif fix and fix_text is _FIX and os.path.lexists(path):
-            fix_text = _STUCK_FIX.format(path=shell_word(path))
+            fix_text = _STUCK_FIX.format(immutable=immutable_fix(path))
         report.findings.append(Finding(str(path), bad.problem, bad.detail, fix_text))
         return False
     checked.close()

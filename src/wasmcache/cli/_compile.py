@@ -109,6 +109,9 @@ def _why_not_cached(cache: ModuleCache, entry: Path, key: str) -> str:
     if not cache.writable:
         return f"{cache.root} is not writable" if has_marker(cache.root) else \
             f"{cache.root} could not be set up (see the warning above)"
+    failed = cache._why_not_stored(key)  # noqa: SLF001 - the CLI's own package
+    if failed is not None:
+        return failed
     pid = holder(lock_path(entry.parent, key))
     if pid is not None:
         return f"process {pid} holds its key: see the warning above"

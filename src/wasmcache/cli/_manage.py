@@ -170,7 +170,7 @@ def gc(cache_dir: Path | None, max_size: str | None, as_json: bool) -> None:
 
 def _why_they_stay(report: GcReport) -> str:
     """Why gc left entries it meant to evict, each cause in its own words."""
-    from .._core import shell_word  # noqa: PLC0415
+    from .._core import immutable_fix  # noqa: PLC0415
 
     why = []
     if report.unwritable_namespaces:
@@ -181,9 +181,8 @@ def _why_they_stay(report: GcReport) -> str:
                    + (f"its mode: {'; '.join(fixes)})" if fixes else
                       "a read-only mount, chattr +i ...); run it where it can be written"))
     if report.unremovable:
-        first = shell_word(report.unremovable[0])
         more = f" and {len(report.unremovable) - 1} more" if len(report.unremovable) > 1 else ""
-        why.append(f"{report.unremovable[0]}{more} refused to go (immutable? `lsattr {first}`; `chattr -i {first}`)")
+        why.append(f"{report.unremovable[0]}{more} refused to go ({immutable_fix(report.unremovable[0])})")
     if report.held_by_writers:
         why.append(f"{report.held_by_writers} held by a writer now (run it again once the writer is done)")
     return "; ".join(why)
