@@ -669,7 +669,7 @@ def test_verify_fix_on_an_entry_that_cannot_be_moved_changes_nothing_and_says_so
     assert fixed.returncode == 1
     assert "0 quarantined" in fixed.stdout
     assert f"corrupt: {entry}: " in fixed.stdout
-    assert f"it could not be set aside now: the file cannot be moved (immutable? `lsattr {entry}`" in fixed.stdout
+    assert f"it could not be set aside now: the file cannot be moved (immutable? `lsattr -d {entry}`" in fixed.stdout
     assert entry.exists()
     assert record.exists()  # all of it stays: still a corrupt entry, not an orphan
     assert "corrupt: " in run_cli("verify", "--cache-dir", str(root)).stdout
