@@ -526,12 +526,33 @@ def test_a_root_made_immutable_is_diagnosed_with_advice_that_can_work(root: Path
     immutable(cache.namespace_dir)
     found = [d for d in diagnose_root(root) if d.path == str(entry)]
     assert [d.problem for d in found] == [
-        "entry is not the file that was published (copied, restored or modified since)"]
+        "entry is not the file that was published (a chmod, a copy or a restore since): its content checks out"]
     assert "cannot be written" in found[0].fix
-    assert "settles it once it can be" in found[0].fix
+    assert "records it once it can be" in found[0].fix
     fresh = wasmcache.ModuleCache(root)
     assert call_answer(fresh.engine, fresh.load(answer_module(17))) == 17
     assert fresh.stats().hits == 1
+
+
+def test_following_doctors_chmod_fix_leaves_no_warning(root: Path) -> None:
+    # Found by an outside reader: after the advised `chmod o-w` on a world-writable entry, doctor warned that the
+    # entry "is not the file that was published (copied, restored or modified since)": the chmod changed its ctime.
+    # Doctor checked its content meanwhile (verify's check): a note, not a warning; `verify --fix` settles it.
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(18))
+    entry = cache.entry_path(cache.key_for(answer_module(18)))
+    entry.chmod(entry.stat().st_mode | 0o002)
+    before = json.loads(run_cli("doctor", "--json", "--cache-dir", str(root)).stdout)
+    assert [(d["severity"], d["fix"]) for d in before if d["problem"].startswith("unsafe")] == [
+        ("danger", f"chmod o-w {entry}")]
+    subprocess.run(["chmod", "o-w", str(entry)], check=True)  # the fix, as the user runs it
+    after = [d for d in json.loads(run_cli("doctor", "--json", "--cache-dir", str(root)).stdout)
+             if d["path"].startswith(str(root))]
+    assert [(d["severity"], d["path"]) for d in after] == [("info", str(entry))], after
+    assert "its content checks out" in after[0]["problem"]
+    run_cli("verify", "--fix", "--cache-dir", str(root))
+    settled = json.loads(run_cli("doctor", "--json", "--cache-dir", str(root)).stdout)
+    assert [d for d in settled if d["path"].startswith(str(root))] == []
 
 
 def test_a_python_without_blake3_gets_one_line_naming_the_fix_not_a_traceback(root: Path) -> None:

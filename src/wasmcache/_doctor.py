@@ -102,10 +102,6 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
                              "moved through it (a bad entry is removed instead of set aside)",
                              "move the link out of the cache root (wasmcache makes the directory again)"))
     for namespace in namespaces(root):
-        settle = ("the next load checks its content; `wasmcache verify --fix` settles it now"
-                  if os.access(namespace.path, os.W_OK) else
-                  "every load checks its content in full, for this directory cannot be written (a read-only mount, "
-                  "chattr +i ...); `wasmcache verify --fix` settles it once it can be")
         mode_fix = own_mode_fix(namespace.path)
         if mode_fix is not None:
             out.append(Diagnosis(WARNING, str(namespace.path), "namespace cannot be written (its mode): its entries "
@@ -126,25 +122,21 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
                     if free:
                         out.append(Diagnosis(INFO, files.record.path, "record of an interrupted publication",
                                              "`wasmcache gc` removes it"))
-            if files.entry is not None:
-                path = files.entry.path
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue
-                found = read_record(namespace.record_path(files.key))
-                if found is not None and found[0].identity not in (None, Identity.of(st)):
-                    out.append(Diagnosis(WARNING, path, "entry is not the file that was published "
-                                         "(copied, restored or modified since)",
-                                         settle))
-    report = verify_root(root)
-    # verify's verdict on a file's content replaces the identity warning (its unsafe paths are verify's too)
-    judged = {f.path for f in report.findings if f.problem != "unsafe"}
-    out = [d for d in out if not (d.severity == WARNING and d.path in judged)]
+    report = verify_root(root)  # each entry's content checked: what doctor says of an entry is verify's verdict
+    out.extend(Diagnosis(INFO, path, "entry is not the file that was published (a chmod, a copy or a restore since): "
+                         "its content checks out", settle(Path(path).parent)) for path in report.changed)
     for f in report.findings:
         severity = WARNING if f.problem in ("orphan", "foreign") else DANGER
         out.append(Diagnosis(severity, f.path, f"{f.problem}: {f.detail}", f.fix))
     return out
+
+
+def settle(namespace: Path) -> str:
+    """What settles an intact entry whose identity changed, in `namespace`."""
+    if os.access(namespace, os.W_OK):
+        return "the next load checks it in full once and records it again; `wasmcache verify --fix` does it now"
+    return ("every load checks it in full, for this directory cannot be written (a read-only mount, chattr +i ...); "
+            "`wasmcache verify --fix` records it once it can be")
 
 
 def _memo_directories(root: Path) -> list[Diagnosis]:

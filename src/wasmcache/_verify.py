@@ -59,6 +59,9 @@ class VerifyReport:
     findings: list[Finding] = field(default_factory=list)
     fixed: int = 0
     rerecorded: int = 0
+    # Intact entries whose file is not the one published (a chmod, a copy, a restore): each load checks them in
+    # full until their identity is recorded again (by the next load that may write, or by --fix).
+    changed: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -181,6 +184,8 @@ def _verify_entry(namespace: Namespace, key: str, section: bytes | None, report:
         return False
     checked.close()
     if checked.record.identity != Identity.of(checked.stat):
+        if checked.record.identity is not None:  # None: a publication stopped before its last step, not a change
+            report.changed.append(str(path))
         report.rerecorded += fix
         if fix:
             namespace.rerecord(key, checked)
