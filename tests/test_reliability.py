@@ -245,6 +245,7 @@ def test_disk_full_still_returns_a_working_module(tiny_tmpfs: Path, caplog: pyte
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert "could not store" in warnings[0].getMessage()
+    assert f"in the cache at {cache.namespace_dir} (No space left on device)" in warnings[0].getMessage()  # which disk
     _no_partial_files(root)
 
 

@@ -268,7 +268,8 @@ class MissPath:
             instead = "loading it as a copy, not mapped from the file" if origin == "snapshot" else "using it uncached"
             why = getattr(exc, "strerror", None) or exc
             self.not_stored[key] = f"could not store it in {place.namespace.path} ({why})"
-            log.warning("wasmcache: could not store %s in the cache (%s); %s", name, why, instead)
+            log.warning("wasmcache: could not store %s in the cache at %s (%s); %s", name, place.namespace.path, why,
+                        instead)
             return None, 0
         try:
             module = self._load_entry(self._ctx, place, key, kind, locked=True)[0]
@@ -398,8 +399,8 @@ class MissPath:
         try:
             place.namespace.publish(key, temp, record, place.section)
         except Exception as exc:
-            log.warning("wasmcache: could not store the substitute for %s (%s); compiling it",
-                        name, getattr(exc, "strerror", None) or exc)
+            log.warning("wasmcache: could not store the substitute for %s in the cache at %s (%s); compiling it",
+                        name, place.namespace.path, getattr(exc, "strerror", None) or exc)
             return None, None
         # wasmtime is the final judge: an artifact it refuses is set aside by the checked load, and compiled.
         module, _ = self._load_entry(self._ctx, place, key, kind, locked=True)
