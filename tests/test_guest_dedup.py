@@ -101,6 +101,9 @@ def _assert_stored_once(root: Path) -> None:
     origins = json.loads(shown.stdout)["origins"]
     assert sum(o["entries"] for o in origins) == 2, origins
     assert sum(o["size_bytes"] for o in origins) == entry_bytes, origins  # by origin too, the bytes count once
+    assert sum(o["sharing"] for o in origins) == 1, origins  # and the entry whose bytes are the other's says so
+    text = run_cli("stats", "--cache-dir", str(root)).stdout
+    assert "1 shares another entry's file" in text, text  # never a bare "(0 B)" for a 2-entry root
     collected = cache.gc()
     assert (collected.entries, collected.evicted_entries) == (2, 0)
     assert entry_bytes < collected.size_bytes < 2 * entry_bytes

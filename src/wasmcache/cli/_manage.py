@@ -74,11 +74,11 @@ def stats(cache_dir: Path | None, remote: str | None, signing_key: str | None, t
             f"{counted.get('compiles', 0)} compiles in {events.processes} process(es) since "
             f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(events.since or 0))} ({root}/events)")
     if origins:
-        say("origins         " + ", ".join(f"{o['origin']} {o['entries']} ({human(o['size_bytes'])})"
-                                           for o in _by_origin(origins)))
+        by_origin = _by_origin(origins)
+        say("origins         " + ", ".join(f"{o['origin']} {o['entries']} ({_bytes_of(o)})" for o in by_origin))
         for o in origins:
             if o["origin"] == "substituted":
-                say(f"  substituted   {count(o['entries'], 'entry', 'entries')}, {human(o['size_bytes'])}, "
+                say(f"  substituted   {count(o['entries'], 'entry', 'entries')}, {_bytes_of(o)}, "
                     f"{o['level']}, from {o['substituter']}")
     say(f"namespaces      {len(namespaces)}")
     for name, ns in sorted(namespaces.items()):
@@ -97,7 +97,7 @@ def _origins(root: Path) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str | None, str | None], list[int]] = {}
     inodes: set[tuple[int, int]] = set()  # entries sharing identical content: their bytes count once
     for info in list_entries(root):
-        counted = groups.setdefault((info.origin, info.substituter, info.level), [0, 0])
+        counted = groups.setdefault((info.origin, info.substituter, info.level), [0, 0, 0])
         counted[0] += 1
         try:
             st = os.stat(info.path, follow_symlinks=False)
@@ -106,20 +106,32 @@ def _origins(root: Path) -> list[dict[str, Any]]:
         if (st.st_dev, st.st_ino) not in inodes:
             inodes.add((st.st_dev, st.st_ino))
             counted[1] += info.size
+        else:
+            counted[2] += 1  # its bytes are counted with the entry it shares a file with
     rows: list[dict[str, Any]] = [
-        {"origin": origin, "substituter": substituter, "level": level, "entries": n, "size_bytes": size}
-        for (origin, substituter, level), (n, size) in groups.items()]
+        {"origin": origin, "substituter": substituter, "level": level, "entries": n, "size_bytes": size,
+         "sharing": sharing}
+        for (origin, substituter, level), (n, size, sharing) in groups.items()]
     rows.sort(key=lambda row: (-row["entries"], row["origin"], row["substituter"] or "", row["level"] or ""))
     return rows
+
+
+def _bytes_of(row: dict[str, Any]) -> str:
+    """A row's bytes, saying how many of its entries share the file of an entry counted before (identical
+    content is stored once: `stats` would otherwise show a snapshot of 210 MB as "0 B" without a word)."""
+    if not row["sharing"]:
+        return human(row["size_bytes"])
+    verb = "shares" if row["sharing"] == 1 else "share"
+    return f"{human(row['size_bytes'])}; {row['sharing']} {verb} another entry's file"
 
 
 def _by_origin(origins: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`_origins` summed per origin alone (compiled, substituted, remote, snapshot)."""
     totals: dict[str, dict[str, Any]] = {}
     for row in origins:
-        total = totals.setdefault(row["origin"], {"origin": row["origin"], "entries": 0, "size_bytes": 0})
-        total["entries"] += row["entries"]
-        total["size_bytes"] += row["size_bytes"]
+        total = totals.setdefault(row["origin"], {"origin": row["origin"], "entries": 0, "size_bytes": 0, "sharing": 0})
+        for field in ("entries", "size_bytes", "sharing"):
+            total[field] += row[field]
     return sorted(totals.values(), key=lambda total: -total["entries"])
 
 
