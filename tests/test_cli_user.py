@@ -112,6 +112,22 @@ def test_a_default_root_under_a_dangling_link_is_refused_by_name_on_a_fresh_home
         wasmcache.ModuleCache(home / ".cache" / "wasmcache").entries()
 
 
+def test_a_root_that_is_a_link_to_nothing_is_named_so(tmp_path: Path) -> None:
+    # Found by an outside reader: --cache-dir naming a link to a missing directory read "exists and is not a
+    # directory" (compile, run) or "not a directory, so not a wasmcache cache root" (ls, stats ...).
+    (tmp_path / "a.wat").write_text('(module (func (export "_start")))')
+    link = tmp_path / "root link"
+    link.symlink_to(tmp_path / "gone" / "cache")
+    why = f"it is a symbolic link to {tmp_path / 'gone' / 'cache'}, which does not exist"
+    for command in (["compile", "a.wat"], ["run", "a.wat"], ["stats"], ["ls"], ["doctor"], ["gc"], ["verify"]):
+        proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(link), *command],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert f"{link}: " in one_line_error(proc)
+        assert why in proc.stderr, (command, proc.stderr)
+    assert not (tmp_path / "gone").exists()
+
+
 @pytest.mark.parametrize("command", [("stats",), ("ls",), ("doctor",), ("--help",)])
 def test_output_to_a_full_device_is_one_line_not_an_internal_error(root: Path, command: tuple[str, ...]) -> None:
     with open("/dev/full", "w") as full:

@@ -1717,12 +1717,12 @@ def unreachable_reason(root: Path) -> str | None:
     a missing root lies under (`~/.cache` -> an unmounted disk), which mkdir would report as "File exists",
     or the missing home directory it lies in (never made: `_missing_home_above`)."""
     try:
-        os.lstat(root)
+        st = os.lstat(root)
     except FileNotFoundError:
         return _dangling_link_above(root) or _missing_home_above(root)
     except OSError as exc:
         return exc.strerror or str(exc)
-    return None
+    return _dangling_link_above(root) if stat.S_ISLNK(st.st_mode) else None  # a root that is a link to nothing
 
 
 def _empty_directory(path: Path) -> bool:
@@ -1734,11 +1734,12 @@ def _empty_directory(path: Path) -> bool:
 
 
 def _dangling_link_above(path: Path) -> str | None:
-    above = next((p for p in path.parents if os.path.lexists(p)), None)
+    """`path` itself, or the nearest of its parents that is there, if that is a link to nothing (in words)."""
+    above = next((p for p in (path, *path.parents) if os.path.lexists(p)), None)
     if above is None or not os.path.islink(above) or os.path.exists(above):
         return None
     try:
-        return f"{above} is a symbolic link to {os.readlink(above)}, which does not exist"
+        return f"{'it' if above == path else above} is a symbolic link to {os.readlink(above)}, which does not exist"
     except OSError:
         return None
 
@@ -1778,8 +1779,8 @@ def initialize_root(root: Path) -> None:
             _check_layout(root, marker)  # raises, naming the layout found
         return
     if os.path.lexists(root) and not root.is_dir():
-        raise NotACacheError(f"{root}: exists and is not a directory; choose a new or empty directory as the "
-                             f"cache root ({_ROOT_SETTINGS})")
+        raise NotACacheError(f"{root}: {unreachable_reason(root) or 'exists and is not a directory'}; choose a new or "
+                             f"empty directory as the cache root ({_ROOT_SETTINGS})")
     if os.path.lexists(root / MARKER_NAME):
         if _read_marker(root).startswith("wasmcache"):
             return  # another process completed this root a moment ago
