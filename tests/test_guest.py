@@ -852,16 +852,19 @@ print(wasmtime.Instance(s, m, []).exports(s)["f"](s))
 """
 
 
-@pytest.mark.parametrize("name", ["email", "random", "json", "calendar"])
+@pytest.mark.parametrize("name", ["email", "random", "json", "calendar", "blake3"])
 def test_a_program_named_like_a_standard_module_runs_once_and_never_hangs(tmp_path: Path, name: str) -> None:
     # Found by an outside reader: `email.py` (or random.py, json.py, calendar.py) under exec, on a new root, printed
     # its first line twice and hung for good: compiling under its key's lock, the drop-in imported json and
     # importlib.metadata, which imported `email` & co. from the program's directory, first on sys.path: the program
     # again, whose load then waited on the lock its own process held. A `token.py` beside a program ran twice.
+    # Found by the next reader: the same with the drop-in's own dependencies (a program named blake3.py ran twice;
+    # a blake3.py beside a program ran on every wrapped start, though the program never imports it).
     app = tmp_path / "app"
     app.mkdir()
     (app / f"{name}.py").write_text(NAMED_LIKE_THE_STANDARD_LIBRARY)
-    (app / "token.py").write_text("print('their token module ran')\n")  # beside it, never imported by it
+    for beside in {"token", "blake3"} - {name}:  # never imported by the program
+        (app / f"{beside}.py").write_text(f"print('their {beside} module ran')\n")
     bare = run([sys.executable, str(app / f"{name}.py")], clean_env())
     assert (bare.returncode, bare.stdout) == (0, "start\n7\n"), bare.stderr
     try:  # a few seconds when it works; the hang it guards against is for good
@@ -871,6 +874,22 @@ def test_a_program_named_like_a_standard_module_runs_once_and_never_hangs(tmp_pa
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{name}.py hung under exec; its output so far: {exc.stdout!r}")
     assert (proc.returncode, proc.stdout, proc.stderr) == (bare.returncode, bare.stdout, bare.stderr)
+
+
+@pytest.mark.parametrize("how", ["-c", "-m"])
+def test_a_blake3_py_in_the_working_directory_of_a_c_or_m_program_is_never_run(tmp_path: Path, how: str) -> None:
+    # `python -c` and `python -m` put the working directory first on sys.path: the drop-in's imports skip it too.
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "blake3.py").write_text("print('their blake3 module ran')\n")
+    (work / "prog.py").write_text(NAMED_LIKE_THE_STANDARD_LIBRARY)
+    argv = [sys.executable, "-c", NAMED_LIKE_THE_STANDARD_LIBRARY] if how == "-c" else [sys.executable, "-m", "prog"]
+    bare = subprocess.run(argv, cwd=work, env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
+    assert (bare.returncode, bare.stdout) == (0, "start\n7\n"), bare.stderr
+    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(tmp_path / "new-root"), "exec",
+                           *argv], cwd=work, env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (bare.returncode, bare.stdout, bare.stderr)
+    assert list((tmp_path / "new-root").glob("ns-*/*.cwasm"))  # control: the drop-in compiled it, with blake3
 
 
 HOLD_THE_KEY = """

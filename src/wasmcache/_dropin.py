@@ -666,23 +666,34 @@ def regular_file(path: str) -> bool:
         return False
 
 
-class _StandardLibraryFirst:
-    """A meta-path finder in place only while a thread of the program is inside the drop-in (`_inside`):
-    a standard-library module the drop-in imports there (json, importlib.metadata and all they import) comes
-    from the standard library, never from the program's own directory. Python puts a script's directory first
-    on sys.path: a program named `email.py` or `random.py` (or a `token.py` beside it) would otherwise be
-    imported, and run, a second time under that name, and a compile waiting there on its own key's lock hung
-    for good. The program's other threads, and the program outside the drop-in, import exactly as before."""
+class _ImportsFromElsewhere:
+    """A meta-path finder in place only while a thread of the program is inside the drop-in (`_inside`): a
+    module the drop-in imports there (json, importlib.metadata, blake3, zstandard, tuf and all they import) never
+    comes from the program's own directory. Python puts a script's directory first on sys.path (the working
+    directory for `-c` and `-m`): a program named `email.py` or `blake3.py`, or a `token.py` or `blake3.py` beside
+    it, would otherwise be imported, and run, under that name (a compile waiting there on its own key's lock hung
+    for good). A module found only there is not found at all: the drop-in falls back to wasmtime, as for any
+    missing dependency. The program's other threads, and the program outside the drop-in, import as before."""
 
     @staticmethod
     def find_spec(name: str, path: Any = None, target: Any = None) -> Any:
-        if path is not None or not getattr(_inside, "depth", 0) or name not in sys.stdlib_module_names:
+        if path is not None or not getattr(_inside, "depth", 0):
             return None
-        main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+        main = sys.modules.get("__main__")
+        main_file = getattr(main, "__file__", None)
         programs = {os.path.dirname(_real_path(main_file))} if isinstance(main_file, str) else set()
-        elsewhere = [p for p in sys.path if isinstance(p, str) and p and _real_path(p) not in programs]
+        if getattr(main, "__spec__", None) is not None or not isinstance(main_file, str):  # -m, -c: where it runs
+            try:
+                programs.add(_real_path(os.getcwd()))
+            except OSError:  # the working directory is gone: nothing of it can be found either
+                pass
+        entries = [p for p in sys.path if isinstance(p, str)]
+        theirs = [p for p in entries if not p or _real_path(p) in programs]
         finder = sys.modules["_frozen_importlib_external"].PathFinder  # loaded at every start: no import here
-        return finder.find_spec(name, elsewhere, target)
+        spec = finder.find_spec(name, [p for p in entries if p not in theirs], target)
+        if spec is None and theirs and finder.find_spec(name, theirs) is not None:
+            raise ModuleNotFoundError(f"No module named {name!r} (but for the program's own file)", name=name)
+        return spec
 
 
 def _real_path(path: str) -> str:
@@ -695,17 +706,17 @@ def _real_path(path: str) -> str:
 
 _realpaths: dict[str, str] = {}  # emptied when the last guest leaves: a link may change between windows
 _inside = _local()
-_standard_first = _StandardLibraryFirst()
+_from_elsewhere = _ImportsFromElsewhere()
 _guests = [0]  # threads inside the drop-in now: the finder is in sys.meta_path only while one is
 
 
 class _AsAGuest:
-    """`with _AsAGuest():` around the drop-in's work in the program's process (see _StandardLibraryFirst)."""
+    """`with _AsAGuest():` around the drop-in's work in the program's process (see _ImportsFromElsewhere)."""
 
     def __enter__(self) -> None:
         with _state_lock:
-            if _guests[0] == 0 and _standard_first not in sys.meta_path:
-                sys.meta_path.insert(0, _standard_first)
+            if _guests[0] == 0 and _from_elsewhere not in sys.meta_path:
+                sys.meta_path.insert(0, _from_elsewhere)
             _guests[0] += 1
         _inside.depth = getattr(_inside, "depth", 0) + 1
 
@@ -713,8 +724,8 @@ class _AsAGuest:
         _inside.depth -= 1
         with _state_lock:
             _guests[0] -= 1
-            if _guests[0] == 0 and _standard_first in sys.meta_path:
-                sys.meta_path.remove(_standard_first)
+            if _guests[0] == 0 and _from_elsewhere in sys.meta_path:
+                sys.meta_path.remove(_from_elsewhere)
                 _realpaths.clear()
 
 
