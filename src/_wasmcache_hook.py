@@ -47,13 +47,35 @@ def xdg_cache_root(environ: Any = os.environ) -> str | None:
     if not sys.platform.startswith("linux"):
         return None
     configured = environ.get("XDG_CACHE_HOME", "")
-    base = configured if os.path.isabs(configured) else os.path.expanduser("~/.cache")
+    base = configured if os.path.isabs(configured) else os.path.join(home_directory(environ) or "~", ".cache")
     return os.path.join(base, "wasmcache")
 
 
+def home_directory(environ: Any = os.environ) -> str | None:
+    """The user's home directory: $HOME if it is an absolute path, else the password database's (platformdirs'
+    rule: an empty or relative $HOME is taken as unset, never as `/` or the working directory); None if
+    neither is an absolute path."""
+    home = environ.get("HOME", "")
+    if os.path.isabs(home):
+        return str(home)
+    try:
+        import pwd  # noqa: PLC0415 - a builtin module, only when $HOME is no help
+
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except (ImportError, KeyError):
+        return None
+    return home if os.path.isabs(home) else None
+
+
 def expand_user(path: str) -> str:
-    """os.path.expanduser, refusing what it leaves unexpanded (`~nosuchuser`, `~` with no $HOME and no
-    password entry): a root spelled so must not become a directory named `~...` under the current one."""
+    """os.path.expanduser, with `~` read as `home_directory` does, refusing what it leaves unexpanded
+    (`~nosuchuser`, `~` with no home directory at all): a root spelled so must not become a directory named
+    `~...` under the current one."""
+    if path == "~" or path.startswith("~/"):
+        home = home_directory()
+        if home is None:
+            raise ValueError(f"{path!r}: cannot expand '~': no absolute $HOME and no home directory on record")
+        return home.rstrip("/") + path[1:] or "/"
     expanded = os.path.expanduser(path)
     if expanded.startswith("~"):
         user = expanded.split("/", 1)[0]

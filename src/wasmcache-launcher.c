@@ -175,13 +175,14 @@ static void normpath(char *path) {
     if (path[0] == '\0') strcpy(path, ".");
 }
 
-/* os.path.expanduser into `expanded`: 0 for the Python CLI to judge (`~user`, `~` with no $HOME, which
- * Python looks up in the password database). $HOME as Python's os.environ has it (the first of two). */
+/* _wasmcache_hook.expand_user into `expanded`: 0 for the Python CLI to judge (`~user`, and `~` with no
+ * absolute $HOME, which Python looks up in the password database: an empty or relative $HOME is taken as
+ * unset, as platformdirs does). $HOME as Python's os.environ has it (the first of two). */
 static int expand_user(const char *path, char *expanded, size_t size) {
     if (path[0] != '~') return snprintf(expanded, size, "%s", path) < (int)size;
     const char *rest = part_end(path, '/');
     const char *home = getenv("HOME");
-    if (rest != path + 1 || home == NULL) return 0;
+    if (rest != path + 1 || home == NULL || home[0] != '/') return 0;
     size_t length = strlen(home);
     while (length > 0 && home[length - 1] == '/') length--;
     if (snprintf(expanded, size, "%.*s%s", (int)length, home, rest) >= (int)size) return 0;

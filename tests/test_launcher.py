@@ -412,9 +412,13 @@ def test_exec_passes_the_callers_environment_not_pythons_locale_coercion(tmp_pat
 
 
 def test_a_relative_home_still_pins_an_absolute_root(tmp_path: Path) -> None:
+    # A relative $HOME is taken as unset (platformdirs' rule): the password database's home, never the working
+    # directory's `relhome` (tests/test_new_user.py::test_an_empty_or_relative_home_is_taken_as_unset).
+    import pwd
+
     env = {"PATH": os.environ["PATH"], "HOME": "relhome"}
     wrapped = seen(run([*PYTHON_CLI, "exec", ENV, "-0"], env, tmp_path))
-    assert wrapped["WASMCACHE_DIR"] == str(tmp_path / "relhome" / ".cache" / "wasmcache")
+    assert wrapped["WASMCACHE_DIR"] == os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".cache", "wasmcache")
 
 
 def test_an_empty_cache_dir_is_refused_and_creates_nothing(tmp_path: Path) -> None:

@@ -373,6 +373,29 @@ def test_the_default_root_is_platformdirs_user_cache_dir(home: Path, xdg: str | 
     assert ours == theirs
 
 
+@pytest.mark.parametrize("home_value", ["", "relative/home"])
+def test_an_empty_or_relative_home_is_taken_as_unset(tmp_path: Path, home_value: str) -> None:
+    # Found by an outside reader: HOME= made the default root /.cache/wasmcache (made at the file system's root);
+    # a relative HOME, one under the working directory. As platformdirs: the password database's home instead.
+    import pwd
+
+    expected = os.path.join(pwd.getpwuid(os.getuid()).pw_dir, ".cache", "wasmcache")
+    code = """
+        import json, os, platformdirs
+        from wasmcache._core import user_cache_dir
+        print(json.dumps([user_cache_dir(), platformdirs.user_cache_dir("wasmcache", appauthor=False)]))
+    """
+    proc = run_fresh(code, tmp_path, cwd=tmp_path, HOME=home_value)
+    assert json.loads(proc.stdout) == [expected, expected], proc.stderr
+    stats = subprocess.run([sys.executable, "-m", "wasmcache.cli", "stats", "--json"], cwd=tmp_path, timeout=120,
+                           env=fresh_env(tmp_path, HOME=home_value), capture_output=True, text=True, check=False)
+    assert stats.stdout.count(f'"root": "{expected}"') == 1, stats.stderr
+    pinned = subprocess.run([sys.executable, "-m", "wasmcache.cli", "exec", sys.executable, "-c",
+                             "import os; print(os.environ['WASMCACHE_DIR'])"], cwd=tmp_path, timeout=120,
+                            env=fresh_env(tmp_path, HOME=home_value), capture_output=True, text=True, check=False)
+    assert pinned.stdout == expected + "\n", pinned.stderr
+
+
 def test_a_default_root_left_with_only_engine_memos_by_wasmcache_0_1_is_adopted(home: Path, tmp_path: Path) -> None:
     # wasmcache 0.1 wrote engine memos into ~/.cache/wasmcache/engines/ before creating the root
     # (item 1): every later ModuleCache() refused that directory as foreign. It is ours: complete it.

@@ -1702,8 +1702,10 @@ def existing_root(root: Path, action: str) -> bool:
 def _missing_home_above(root: Path) -> str | None:
     """Why `root` cannot be made if it lies in the user's home directory and that does not exist, else None:
     a root's missing parents are made (as the XDG spec asks of $XDG_CACHE_HOME), never the home directory."""
-    home = os.path.expanduser("~")
-    if not os.path.isabs(home) or os.path.lexists(home):
+    import _wasmcache_hook  # noqa: PLC0415 - stdlib only: the home directory's one reading
+
+    home = _wasmcache_hook.home_directory()
+    if home is None or os.path.lexists(home):
         return None
     home = os.path.normpath(home)
     if os.path.commonpath([home, str(root)]) != home:
