@@ -102,7 +102,7 @@ def test_stats_verify_and_inspect_name_the_substituter_and_level_of_a_substitute
     data = json.loads(cli(env, "stats", "--json").stdout)
     rows = {row["origin"]: row for row in data["origins"]}
     assert rows["substituted"] == {"origin": "substituted", "substituter": url, "level": level, "entries": 1,
-                                   "size_bytes": entry["size"]}
+                                   "size_bytes": entry["size"], "sharing": 0}
     assert rows["compiled"]["entries"] == 1
     assert rows["compiled"]["substituter"] is None
 
