@@ -112,6 +112,24 @@ def test_a_default_root_under_a_dangling_link_is_refused_by_name_on_a_fresh_home
         wasmcache.ModuleCache(home / ".cache" / "wasmcache").entries()
 
 
+def test_a_root_under_a_file_is_refused_as_a_root_that_is_a_file(tmp_path: Path) -> None:
+    # Found by an outside reader: ModuleCache("hello.wasm/x"), install() and `run`/`compile --cache-dir hello.wasm/x`
+    # warned and cached nothing (a mistyped root silently turning the cache off), where a root that is a file raises
+    # NotACacheError and the other commands exit 2.
+    import wasmcache
+
+    (tmp_path / "a.wat").write_text('(module (func (export "_start")))')
+    root = tmp_path / "a.wat" / "x"
+    for make in (wasmcache.ModuleCache, wasmcache.install):
+        with pytest.raises(wasmcache.NotACacheError, match=r"cannot be reached \(Not a directory: a file is on its way"):
+            make(root)
+    for command in (["run", "a.wat"], ["compile", "a.wat"], ["stats"]):
+        proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(root), *command],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 2, (command, proc.stderr)
+        assert f"{root}: cannot be reached (Not a directory" in one_line_error(proc)
+
+
 def test_a_root_that_is_a_link_to_nothing_is_named_so(tmp_path: Path) -> None:
     # Found by an outside reader: --cache-dir naming a link to a missing directory read "exists and is not a
     # directory" (compile, run) or "not a directory, so not a wasmcache cache root" (ls, stats ...).

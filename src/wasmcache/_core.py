@@ -2738,6 +2738,9 @@ class CacheContext:
             existing: os.stat_result | None = os.stat(self.root)
         except FileNotFoundError:
             existing = None
+        except NotADirectoryError:  # a file on its way: a mistaken path, refused as a root that is a file is
+            raise NotACacheError(f"{self.root}: cannot be reached (Not a directory: a file is on its way); choose a "
+                                 f"new or empty directory as the cache root ({_ROOT_SETTINGS})") from None
         except OSError:
             existing, verb = None, "reach"  # it may well exist: a directory on its way we may not enter
         if existing is not None and not self.safe(self.root, existing):
