@@ -121,7 +121,7 @@ def test_a_root_under_a_file_is_refused_as_a_root_that_is_a_file(tmp_path: Path)
     (tmp_path / "a.wat").write_text('(module (func (export "_start")))')
     root = tmp_path / "a.wat" / "x"
     for make in (wasmcache.ModuleCache, wasmcache.install):
-        with pytest.raises(wasmcache.NotACacheError, match=r"cannot be reached \(Not a directory: a file is on its way"):
+        with pytest.raises(wasmcache.NotACacheError, match=r"\(Not a directory: a file is on its way"):
             make(root)
     for command in (["run", "a.wat"], ["compile", "a.wat"], ["stats"]):
         proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(root), *command],
