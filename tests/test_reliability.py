@@ -651,6 +651,27 @@ def test_the_usage_record_stays_exact_when_a_load_replaces_a_damaged_entry(root:
     assert fresh.stats().entries == 2
 
 
+def test_compile_never_calls_a_module_cached_behind_a_namespace_link(root: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: with the namespace a link to copies of its entries, `compile --json` said
+    # "cached": true with an entry path nothing serves; with a link to an empty directory it blamed the size limit.
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(31))
+    namespace = cache.namespace_dir
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(namespace, elsewhere)
+    namespace.rename(root / "set-aside")
+    namespace.symlink_to(elsewhere)
+    (tmp_path / "m.wasm").write_bytes(answer_module(31))
+    listed = run_cli("compile", "--json", "--cache-dir", str(root), str(tmp_path / "m.wasm"))
+    shown = json.loads(listed.stdout)
+    assert (shown["cached"], shown["entry"]) == (False, None), shown
+    for entry in elsewhere.iterdir():
+        entry.unlink()
+    said = run_cli("compile", "--cache-dir", str(root), str(tmp_path / "m.wasm")).stderr.splitlines()[-1]
+    assert f"not cached ({namespace} is a symbolic link, never followed)" in said
+    assert not list(elsewhere.iterdir())  # nothing written through the link
+
+
 def test_a_link_where_a_namespace_belongs_is_never_followed(root: Path, tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     # Found by an outside reader: with ROOT/ns-... a symbolic link to a directory elsewhere, loads served hits from

@@ -106,7 +106,9 @@ class MissPath:
         `replace`: compile here even over an entry that is there (`ModuleCache.recompile`)."""
         ctx = self._ctx
         lock: KeyLock | None = None
-        if ctx.stores_in(place.namespace):
+        if ctx.stores and not ctx.stores_in(place.namespace):
+            self.not_stored[key] = f"{place.namespace.path} is a symbolic link, never followed"
+        elif ctx.stores_in(place.namespace):
             key_lock = place.namespace.lock(key)
             with contextlib.suppress(OSError):  # no engine file (a full disk): publishing fails later, in its words
                 place.namespace.ensure(place.section)

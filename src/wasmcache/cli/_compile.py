@@ -75,7 +75,8 @@ def compile_(
                 say(one_line(f"wasmcache: error: {exc}"), err=True)
             continue
         entry = cache.entry_path(key)
-        cached = not cache.disabled and os.path.exists(entry)  # False, not OSError, for a path too long
+        # exists: False, not OSError, for a path too long; never through a namespace that is a link (never used)
+        cached = not cache.disabled and not os.path.islink(entry.parent) and os.path.exists(entry)
         substituted = after.substituted > before.substituted
         if after.remote_hits > before.remote_hits:
             state = "from the remote tier"
