@@ -408,8 +408,27 @@ def test_an_immutable_namespace_is_named_by_compile_and_doctor(root: Path, immut
     assert "size limit" not in done.stderr
     doctor = run_cli("doctor", "--cache-dir", str(root))
     assert doctor.returncode == 0, doctor.stdout  # a warning: hits are served, misses compile
-    assert f"warning: {cache.namespace_dir}: namespace cannot be written though the root can" in doctor.stdout
+    assert f"warning: {cache.namespace_dir}: namespace cannot be written: its entries are served" in doctor.stdout
     assert f"chattr -i {cache.namespace_dir}" in doctor.stdout
+
+
+def test_doctor_names_a_root_that_cannot_be_written(root: Path, immutable: Callable[[Path], None],
+                                                    tmp_path: Path) -> None:
+    # Found by an outside reader: a root made immutable stored nothing ("not cached (... is not writable)") while
+    # doctor said "no problems found"; the same one level down was a warning with its fix.
+    wasmcache.ModuleCache(root).load(answer_module(15))
+    immutable(root)
+    doctor = run_cli("doctor", "--cache-dir", str(root))
+    assert f"warning: {root}: cache root cannot be written: its entries are served" in doctor.stdout, doctor.stdout
+    assert f"chattr -i {root}" in doctor.stdout
+    # A read-only file system is a note: an image's cache is meant so.
+    with mounted_tmpfs(tmp_path / "ro", "size=4m") as mount:
+        image = mount / "cache"
+        wasmcache.ModuleCache(image).load(answer_module(15))
+        remount_read_only(mount)
+        seen = run_cli("doctor", "--cache-dir", str(image)).stdout
+        assert f"info: {image}: cache root is on a read-only file system" in seen, seen
+        assert "warning" not in seen
 
 
 def test_inspect_decodes_a_cwasm_that_is_not_ours(tmp_path: Path) -> None:

@@ -101,15 +101,12 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
         out.append(Diagnosis(WARNING, str(root / QUARANTINE_DIR), "quarantine is a symbolic link: nothing is ever "
                              "moved through it (a bad entry is removed instead of set aside)",
                              "move the link out of the cache root (wasmcache makes the directory again)"))
+    root_writable = os.access(root, os.W_OK)
+    if not root_writable:
+        out.append(_unwritable(root, "cache root"))
     for namespace in namespaces(root):
-        mode_fix = own_mode_fix(namespace.path)
-        if mode_fix is not None:
-            out.append(Diagnosis(WARNING, str(namespace.path), "namespace cannot be written (its mode): its entries "
-                                 "are served, anything new compiled in memory and never stored", mode_fix))
-        elif not os.access(namespace.path, os.W_OK) and os.access(root, os.W_OK):  # the root may: not a read-only mount
-            out.append(Diagnosis(WARNING, str(namespace.path), "namespace cannot be written though the root can: "
-                                 "its entries are served, anything new compiled in memory and never stored",
-                                 immutable_fix(namespace.path)))
+        if root_writable and not os.access(namespace.path, os.W_OK):  # else the root's line says it
+            out.append(_unwritable(namespace.path, "namespace"))
         scan = namespace.scan()
         out.extend(_left_by_a_dead_writer(e.path) for e in scan.other_temps if reap_if_dead(e.path, dry_run=True))
         for files in scan.keys:
@@ -129,6 +126,23 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
         severity = WARNING if f.problem in ("orphan", "foreign") else DANGER
         out.append(Diagnosis(severity, f.path, f"{f.problem}: {f.detail}", f.fix))
     return out
+
+
+def _unwritable(directory: Path, what: str) -> Diagnosis:
+    """A root or namespace this user cannot write, and why: its mode (`chmod u+w`), a read-only mount (a note:
+    an image's cache is meant so), else an immutable flag (chattr +i) or the like."""
+    served = "its entries are served, anything new compiled in memory and never stored"
+    mode_fix = own_mode_fix(directory)
+    if mode_fix is not None:
+        return Diagnosis(WARNING, str(directory), f"{what} cannot be written (its mode): {served}", mode_fix)
+    try:
+        read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        return Diagnosis(INFO, str(directory), f"{what} is on a read-only file system: {served}",
+                         "nothing, if it is meant to be read-only (an image's cache); else remount it read-write")
+    return Diagnosis(WARNING, str(directory), f"{what} cannot be written: {served}", immutable_fix(directory))
 
 
 def settle(namespace: Path) -> str:
