@@ -249,6 +249,25 @@ def test_disk_full_still_returns_a_working_module(tiny_tmpfs: Path, caplog: pyte
     _no_partial_files(root)
 
 
+def test_a_new_root_on_a_full_disk_is_named_and_never_left_half_made(tiny_tmpfs: Path, tmp_path: Path) -> None:
+    # Found by an outside reader: on a full disk, "cannot create cache root" left the root behind (an empty
+    # directory), and the drop-in's warning said only "it could not be set up".
+    root = tiny_tmpfs / "cache"
+    free = shutil.disk_usage(tiny_tmpfs).free
+    (tiny_tmpfs / "filler").write_bytes(b"\0" * free)
+    (tmp_path / "m.wasm").write_bytes(answer_module(21))
+    compiled = run_cli("compile", "--cache-dir", str(root), str(tmp_path / "m.wasm"))
+    assert compiled.returncode == 0, compiled.stderr
+    assert "could not be set up: No space left on device" in compiled.stderr
+    assert not root.exists()
+    program = "import wasmtime; wasmtime.Module(wasmtime.Engine(), '(module)'); print('ok')"
+    wrapped = run_cli("--cache-dir", str(root), "exec", sys.executable, "-c", program)
+    assert wrapped.stdout == "ok\n", wrapped.stderr
+    assert wrapped.stderr.count("\n") == 1, wrapped.stderr
+    assert f"drop-in cannot use its cache root ({root} (No space left on device))" in wrapped.stderr
+    assert not root.exists()
+
+
 def test_read_only_filesystem_serves_hits_and_compiles_misses(tiny_tmpfs: Path) -> None:
     root = tiny_tmpfs / "cache"
     wasmcache.ModuleCache(root).load(answer_module(8))

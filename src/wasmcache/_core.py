@@ -1790,7 +1790,18 @@ def initialize_root(root: Path) -> None:
     missing_home = _missing_home_above(root)
     if missing_home is not None:  # HOME=/nonexistent (a service account's): making it is not a cache's business
         raise FileNotFoundError(errno.ENOENT, missing_home)
+    made = not os.path.lexists(root)
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        _complete_root(root)
+    except OSError:
+        if made:  # a full disk ...: no empty root left behind (rmdir fails if a racing process wrote in it)
+            with contextlib.suppress(OSError):
+                os.rmdir(root)
+        raise
+
+
+def _complete_root(root: Path) -> None:
     # Another process may be initializing the same new root right now: once its marker exists,
     # whatever else it has written is ours too (8 processes starting on a new root raced here).
     if not _adoptable(root) and not _read_marker(root).startswith("wasmcache"):
@@ -2687,6 +2698,7 @@ class CacheContext:
         self.disabled = not enabled or disabled_by_environment()
         self.writable = False
         self.initialized = False  # the root carries our marker (memos may be read from it)
+        self.setup_failure: str | None = None  # why the root could not be made or initialized, if so
         self.counters = Counters()
         self._engine_arg = engine
         self._engine: wasmtime.Engine | None = None
@@ -2749,9 +2761,9 @@ class CacheContext:
             initialize_root(self.root)
         except OSError as exc:
             if not has_marker(self.root):
+                self.setup_failure = str(unreachable_reason(self.root) or exc.strerror or exc)
                 log.warning("wasmcache: cannot %s cache root %s (%s); nothing will be cached",
-                            verb if existing is None else "initialize", self.root,
-                            unreachable_reason(self.root) or exc.strerror or exc)
+                            verb if existing is None else "initialize", self.root, self.setup_failure)
                 return
         if existing is None and not self.safe(self.root, os.stat(self.root)):
             return  # created just now (by us, or a racing process): check what is there

@@ -158,7 +158,8 @@ class DropIn:
                 self.unusable = exc if isinstance(exc, CacheError) else CacheError(f"{self.root}: {exc}")
             else:
                 if not cache.disabled and not has_marker(cache.root):
-                    self.unusable = CacheError(f"{cache.root} ({_why_unwritable(cache.root)})")
+                    why = _why_unwritable(cache.root, cache._ctx.setup_failure)  # noqa: SLF001 - the package's own
+                    self.unusable = CacheError(f"{cache.root} ({why})")
                 else:
                     self._root_cache = cache
             self._root_opened = True
@@ -383,9 +384,10 @@ def _resolved_max_size(max_size: int | str | None) -> int | None:
         return None  # as above: opening the root says what is wrong
 
 
-def _why_unwritable(root: Path) -> str:
+def _why_unwritable(root: Path, failure: str | None) -> str:
     """Why wasmcache could not set up `root`, in a few words: what the path itself says (a link to nothing on
-    its way, a loop, a name too long, a file in it), else the nearest existing directory's state."""
+    its way, a loop, a name too long, a file in it), else the nearest existing directory's state, else the
+    error the root's set-up met (`failure`: No space left on device ...)."""
     unreachable = unreachable_reason(root)
     if unreachable is not None:
         return unreachable
@@ -401,7 +403,7 @@ def _why_unwritable(root: Path) -> str:
         return f"{where} is on a read-only file system"
     if not os.access(probe, os.W_OK):
         return f"{where} is not writable"
-    return f"{where} could not be set up"
+    return failure or f"{where} could not be set up"
 
 
 def _wasmtime_error(exc: CompileError, path: str | None) -> BaseException | None:

@@ -109,7 +109,7 @@ def _why_not_cached(cache: ModuleCache, entry: Path, key: str) -> str:
         return "WASMCACHE_DISABLE is set"
     if not cache.writable:
         return f"{cache.root} is not writable" if has_marker(cache.root) else \
-            f"{cache.root} could not be set up (see the warning above)"
+            f"{cache.root} could not be set up: {cache._ctx.setup_failure or 'see the warning above'}"  # noqa: SLF001
     failed = cache._why_not_stored(key)  # noqa: SLF001 - the CLI's own package
     if failed is not None:
         return failed
