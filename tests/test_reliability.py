@@ -422,13 +422,41 @@ def test_an_immutable_namespace_is_named_by_compile_and_doctor(root: Path, immut
     done = run_cli("compile", "--cache-dir", str(root), str(tmp_path / "m.wasm"))
     assert done.returncode == 0, done.stderr
     said = done.stderr.splitlines()[-1]
-    assert "not cached (cannot lock" in said, done.stderr
-    assert "Operation not permitted" in said, done.stderr
+    assert f"not cached ({cache.namespace_dir} cannot be written (Operation not permitted))" in said, done.stderr
+    assert "`wasmcache doctor` says more" in done.stderr  # the warning, where doctor gives the fix
     assert "size limit" not in done.stderr
     doctor = run_cli("doctor", "--cache-dir", str(root))
     assert doctor.returncode == 0, doctor.stdout  # a warning: hits are served, misses compile
     assert f"warning: {cache.namespace_dir}: namespace cannot be written: its entries are served" in doctor.stdout
     assert f"chattr -i {cache.namespace_dir}" in doctor.stdout
+
+
+OWN_FILE = """
+import os, sys, wasmtime
+engine, own = wasmtime.Engine(), sys.argv[1]
+if not os.path.exists(own):
+    with open(own, "wb") as f:
+        f.write(wasmtime.Module(engine, '(module (func (export "f") (result i32) i32.const 9))').serialize())
+module = wasmtime.Module.deserialize_file(engine, own)
+store = wasmtime.Store(engine)
+print(wasmtime.Instance(store, module, []).exports(store)["f"](store))
+"""
+
+
+def test_a_programs_own_file_in_a_namespace_that_cannot_be_written_is_said_to_load_as_a_copy(
+        root: Path, immutable: Callable[[Path], None], tmp_path: Path) -> None:
+    # Found by an outside reader: under exec, a program deserializing its own .cwasm got "cannot lock <key>.lock
+    # (Operation not permitted); compiling without caching": nothing is compiled, and the lock is not the cause.
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(13))
+    immutable(cache.namespace_dir)
+    program, own = tmp_path / "own.py", tmp_path / "own.cwasm"
+    program.write_text(OWN_FILE)
+    assert run_python(OWN_FILE, str(own)).stdout == "9\n"  # its own file, written unwrapped
+    wrapped = run_cli("--cache-dir", str(root), "exec", sys.executable, str(program), str(own))
+    assert (wrapped.returncode, wrapped.stdout) == (0, "9\n"), wrapped.stderr
+    assert wrapped.stderr.count("\n") == 1, wrapped.stderr
+    assert f"{cache.namespace_dir} cannot be written (Operation not permitted); loading it as a copy" in wrapped.stderr
 
 
 def test_doctor_names_a_root_that_cannot_be_written(root: Path, immutable: Callable[[Path], None],

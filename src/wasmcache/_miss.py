@@ -10,6 +10,7 @@ checked load the hit path uses (`load_entry`). It never reaches back into the `M
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 import time
@@ -116,8 +117,12 @@ class MissPath:
                 if self._wait_for(key_lock, name):  # still one compile per key, whoever stores nothing
                     lock = key_lock
             except OSError as exc:
-                self.not_stored[key] = f"cannot lock {key_lock.path} ({exc.strerror or exc})"
-                log.warning("wasmcache: %s; compiling without caching", self.not_stored[key])
+                unwritable = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)  # the namespace's, not the key's
+                self.not_stored[key] = (f"{place.namespace.path} cannot be written ({exc.strerror})" if unwritable
+                                        else f"cannot lock {key_lock.path} ({exc.strerror or exc})")
+                log.warning("wasmcache: %s; %s%s", self.not_stored[key],
+                            "loading it as a copy, not mapped from the file" if place.serialized
+                            else "compiling without caching", "; `wasmcache doctor` says more" if unwritable else "")
         upload: bytes | bytearray | None = None
         try:
             module, added, upload = self._produce(name, path, data, place, key, kind, digest, lock is not None,
