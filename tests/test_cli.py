@@ -179,6 +179,8 @@ def test_compile_of_wat_text_warms_run_of_the_same_file(tmp_path: Path) -> None:
     assert "wasmcache: hit " in ran.stderr
     assert "compiled" not in ran.stderr
     assert len(list(root.glob("ns-*/*.cwasm"))) == 1
+    # and the entry is named after the file, not "<N bytes>" (what a load of bytes says)
+    assert "answer.wat" in run_cli("ls", "--cache-dir", str(root)).stdout.splitlines()[1]
 
 
 def test_ls_keeps_one_row_per_entry_whatever_the_source_name_holds(tmp_path: Path) -> None:

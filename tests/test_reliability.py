@@ -459,6 +459,30 @@ def test_a_programs_own_file_in_a_namespace_that_cannot_be_written_is_said_to_lo
     assert f"{cache.namespace_dir} cannot be written (Operation not permitted); loading it as a copy" in wrapped.stderr
 
 
+def test_a_damaged_entry_that_cannot_be_set_aside_costs_one_line_and_fix_says_when_done(
+        root: Path, immutable: Callable[[Path], None], tmp_path: Path) -> None:
+    # Found by an outside reader: each load printed "bad cache entry ... cannot be set aside" and then "could not
+    # store ... (Operation not permitted)", the same cause twice; verify --fix, having quarantined the entry,
+    # still advised "run `wasmcache verify --fix`".
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(16))
+    entry = cache.entry_path(cache.key_for(answer_module(16)))
+    entry.chmod(0o644)
+    with entry.open("r+b") as f:
+        f.seek(300)
+        f.write(b"GARBAGE")
+    (tmp_path / "m.wasm").write_bytes(answer_module(16))
+    immutable(cache.namespace_dir)
+    ran = run_cli("run", "--cache-dir", str(root), "--invoke", "answer", str(tmp_path / "m.wasm"))
+    assert (ran.returncode, ran.stdout) == (0, "16\n"), ran.stderr
+    assert ran.stderr.count("\n") == 1, ran.stderr
+    assert "cannot be set aside" in ran.stderr
+    subprocess.run(["chattr", "-i", str(cache.namespace_dir)], check=True)
+    fixed = run_cli("verify", "--fix", "--cache-dir", str(root))
+    assert "fix: done: set aside in quarantine/" in fixed.stdout, fixed.stdout
+    assert "run `wasmcache verify --fix`" not in fixed.stdout
+
+
 def test_doctor_names_a_root_that_cannot_be_written(root: Path, immutable: Callable[[Path], None],
                                                     tmp_path: Path) -> None:
     # Found by an outside reader: a root made immutable stored nothing ("not cached (... is not writable)") while

@@ -275,8 +275,10 @@ class MissPath:
             instead = "loading it as a copy, not mapped from the file" if origin == "snapshot" else "using it uncached"
             why = getattr(exc, "strerror", None) or exc
             self.not_stored[key] = f"could not store it in {place.namespace.path} ({why})"
-            log.warning("wasmcache: could not store %s in the cache at %s (%s); %s", name, place.namespace.path, why,
-                        instead)
+            entry = str(place.namespace.entry_path(key))
+            said = any(path == entry for path, _ in self._ctx.bad_entries_said)  # "... cannot be set aside": one line
+            (log.info if said else log.warning)("wasmcache: could not store %s in the cache at %s (%s); %s", name,
+                                                place.namespace.path, why, instead)
             return None, 0
         try:
             module = self._load_entry(self._ctx, place, key, kind, locked=True)[0]

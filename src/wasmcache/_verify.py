@@ -178,6 +178,7 @@ def _verify_entry(namespace: Namespace, key: str, section: bytes | None, report:
         seen = bad.seen
         if fix and namespace.quarantine_if_unchanged(key, seen, f"wasmcache verify --fix: {bad.detail}"):
             report.fixed += 1
+            fix_text = "done: set aside in quarantine/ (the next load recompiles)"
         elif fix and fix_text is _FIX and os.path.lexists(path):
             fix_text = _STUCK_FIX.format(immutable=immutable_fix(path))
         report.findings.append(Finding(str(path), bad.problem, bad.detail, fix_text))

@@ -12,7 +12,7 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any
 
-from .._core import wasm_kind
+from .._core import NamedBytes, wasm_kind
 from ._outcome import USAGE_EXIT, RunError
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def _classify(data: bytes, file: str) -> tuple[str, bytes]:
     except wasmtime.WasmtimeError as exc:
         raise RunError(f"{file}: not a WebAssembly binary, and not valid WAT text: {_wat_reason(str(exc))}",
                        USAGE_EXIT, str(exc)) from None
-    return wasm_kind(wasm[:8]), wasm
+    return wasm_kind(wasm[:8]), wasm if file == "-" else NamedBytes(wasm, file)  # named in records and messages
 
 
 def _wat_reason(message: str) -> str:
