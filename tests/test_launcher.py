@@ -422,7 +422,8 @@ def test_a_relative_home_still_pins_an_absolute_root(tmp_path: Path) -> None:
 
 
 def test_an_empty_cache_dir_is_refused_and_creates_nothing(tmp_path: Path) -> None:
-    for words in (["--cache-dir=", "exec", "true"], ["exec", "--cache-dir=", "true"], ["--cache-dir=", "stats"]):
+    for words in (["--cache-dir=", "exec", "true"], ["exec", "--cache-dir=", "true"], ["--cache-dir=", "stats"],
+                  ["run", "--cache-dir", "", "x.wasm"], ["run", "--cache-dir=", "x.wasm"]):  # run's: found by a reader
         proc = run([*PYTHON_CLI, *words], clean_env(tmp_path), tmp_path)
         assert proc.returncode == 2, words
         assert b"empty path" in proc.stderr

@@ -637,12 +637,14 @@ def test_following_doctors_chmod_fix_leaves_no_warning(root: Path) -> None:
     before = json.loads(run_cli("doctor", "--json", "--cache-dir", str(root)).stdout)
     assert [(d["severity"], d["fix"]) for d in before if d["problem"].startswith("unsafe")] == [
         ("danger", f"chmod o-w {entry}")]
+    # Dangers first (found by the next reader): fixes applied top-down converge, the chmod before the re-record.
+    assert before[0]["severity"] == "danger", before
     subprocess.run(["chmod", "o-w", str(entry)], check=True)  # the fix, as the user runs it
     after = [d for d in json.loads(run_cli("doctor", "--json", "--cache-dir", str(root)).stdout)
              if d["path"].startswith(str(root))]
     assert [(d["severity"], d["path"]) for d in after] == [("info", str(entry))], after
     assert "its content checks out" in after[0]["problem"]
-    run_cli("verify", "--fix", "--cache-dir", str(root))
+    assert "1 re-recorded" in run_cli("verify", "--fix", "--cache-dir", str(root)).stdout  # it says what it did
     settled = json.loads(run_cli("doctor", "--json", "--cache-dir", str(root)).stdout)
     assert [d for d in settled if d["path"].startswith(str(root))] == []
 

@@ -130,6 +130,8 @@ def parse(argv: list[str]) -> Options:
     _apply(options, raw)
     if options.file is None and not options.help:
         raise RunUsageError("run: missing the WASM file to run (wasmcache run [OPTIONS] FILE [ARGS...])")
+    if options.cache_dir == "":  # `--cache-dir "$UNSET"`: refused as every other command refuses it
+        raise RunUsageError("run: --cache-dir: an empty path (an unset variable?)")
     return options
 
 

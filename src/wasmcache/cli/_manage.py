@@ -230,6 +230,7 @@ def verify(cache_dir: Path | None, fix: bool, as_json: bool) -> None:
             say(one_line(f"{f.problem}: {f.path}{where}: {f.detail}; fix: {f.fix}"))  # a name cannot fake a line
         state = "ok" if report.ok else count(len(report.findings), "problem", "problems")
         fixed = f", {report.fixed} quarantined" if fix else ""
+        fixed += f", {report.rerecorded} re-recorded (a chmod, a copy)" if report.rerecorded else ""
         say(f"checked {count(report.checked, 'entry', 'entries')}: {report.intact} intact, {state}{fixed}")
         for o in _origins(root):
             if o["origin"] == "substituted":
@@ -288,7 +289,15 @@ def inspect(cache_dir: Path | None, as_json: bool, target: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
     """Find dangers in the cache root (or in a live process's mapped modules), each with its fix."""
-    from .._doctor import DANGER, diagnose_pid, diagnose_root, diagnose_settings, embedder_of  # noqa: PLC0415
+    from .._doctor import (  # noqa: PLC0415
+        DANGER,
+        INFO,
+        WARNING,
+        diagnose_pid,
+        diagnose_root,
+        diagnose_settings,
+        embedder_of,
+    )
 
     if pid is not None:
         try:
@@ -327,6 +336,9 @@ def doctor(cache_dir: Path | None, pid: int | None, as_json: bool) -> None:
 
     findings = diagnose_settings() + diagnose_root(root_of(cache_dir))
     findings += _substituter_findings(root_of(cache_dir))  # writes nothing: checks refresh in a temporary copy
+    # Dangers first, then warnings, then notes: fixes applied top-down converge (a chmod before a re-record).
+    order = (DANGER, WARNING, INFO)
+    findings.sort(key=lambda f: order.index(f.severity) if f.severity in order else len(order))
     danger = any(f.severity == DANGER for f in findings)
     dropin = dropin_status()
     dropin["exec_launcher"] = launcher_status()  # None: `exec` is served without a Python start
