@@ -427,7 +427,8 @@ def test_an_immutable_namespace_is_named_by_compile_and_doctor(root: Path, immut
     assert "size limit" not in done.stderr
     doctor = run_cli("doctor", "--cache-dir", str(root))
     assert doctor.returncode == 0, doctor.stdout  # a warning: hits are served, misses compile
-    assert f"warning: {cache.namespace_dir}: namespace cannot be written: its entries are served" in doctor.stdout
+    said = f"warning: {cache.namespace_dir}: namespace cannot be written (an immutable flag, or the like): its entries"
+    assert said in doctor.stdout
     assert f"chattr -i {cache.namespace_dir}" in doctor.stdout
 
 
@@ -490,7 +491,8 @@ def test_doctor_names_a_root_that_cannot_be_written(root: Path, immutable: Calla
     wasmcache.ModuleCache(root).load(answer_module(15))
     immutable(root)
     doctor = run_cli("doctor", "--cache-dir", str(root))
-    assert f"warning: {root}: cache root cannot be written: its entries are served" in doctor.stdout, doctor.stdout
+    said = f"warning: {root}: cache root cannot be written (an immutable flag, or the like): its entries"
+    assert said in doctor.stdout, doctor.stdout
     assert f"chattr -i {root}" in doctor.stdout
     # A read-only file system is a note: an image's cache is meant so.
     with mounted_tmpfs(tmp_path / "ro", "size=4m") as mount:
@@ -1081,7 +1083,7 @@ def test_a_namespace_whose_own_write_bit_is_off_gets_chmod_from_gc_and_doctor(ro
                                    "-m", "wasmcache.cli", *args, "--cache-dir", str(root)],
                                   capture_output=True, text=True, check=False, timeout=120)
         collected = cli("gc", "--max-size", "0")
-        assert f"cannot be written (its mode: chmod u+w {cache.namespace_dir})" in collected.stdout
+        assert f"cannot be written (its mode; fix: chmod u+w {cache.namespace_dir})" in collected.stdout
         doctor = cli("doctor")
         assert f"{cache.namespace_dir}: namespace cannot be written (its mode)" in doctor.stdout
         assert f"fix: chmod u+w {cache.namespace_dir}" in doctor.stdout

@@ -2691,6 +2691,7 @@ class Counters:
 
 
 _said_read_only: set[str] = set()
+_said_cannot_set_up: set[tuple[str, str]] = set()  # (root, why): a program making a cache per engine hears it once
 
 
 class CacheContext:
@@ -2774,8 +2775,11 @@ class CacheContext:
         except OSError as exc:
             if not has_marker(self.root):
                 self.setup_failure = str(unreachable_reason(self.root) or exc.strerror or exc)
-                log.warning("wasmcache: cannot %s cache root %s (%s); nothing will be cached",
-                            verb if existing is None else "initialize", self.root, self.setup_failure)
+                said = (str(self.root), self.setup_failure)
+                (log.debug if said in _said_cannot_set_up else log.warning)(  # once per process and cause
+                    "wasmcache: cannot %s cache root %s (%s); nothing will be cached",
+                    verb if existing is None else "initialize", self.root, self.setup_failure)
+                _said_cannot_set_up.add(said)
                 return
         if existing is None and not self.safe(self.root, os.stat(self.root)):
             return  # created just now (by us, or a racing process): check what is there

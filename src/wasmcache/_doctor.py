@@ -23,7 +23,6 @@ from ._core import (
     Identity,
     existing_root,
     fingerprint_of_section,
-    immutable_fix,
     is_entry_name,
     is_memo_name,
     is_namespace_name,
@@ -38,7 +37,7 @@ from ._core import (
 )
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import ConfigError
-from ._maintenance import dead_temp_files, own_mode_fix, small_file_directories, unreadable_fix
+from ._maintenance import dead_temp_files, small_file_directories, unreadable_fix, unwritable_cause
 from ._verify import verify_root
 
 DANGER: Final = "danger"
@@ -129,20 +128,12 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
 
 
 def _unwritable(directory: Path, what: str) -> Diagnosis:
-    """A root or namespace this user cannot write, and why: its mode (`chmod u+w`), a read-only mount (a note:
-    an image's cache is meant so), else an immutable flag (chattr +i) or the like."""
+    """A root or namespace this user cannot write: a warning with its fix, a note on a read-only file system."""
+    cause, fix, meant = unwritable_cause(directory)
     served = "its entries are served, anything new compiled in memory and never stored"
-    mode_fix = own_mode_fix(directory)
-    if mode_fix is not None:
-        return Diagnosis(WARNING, str(directory), f"{what} cannot be written (its mode): {served}", mode_fix)
-    try:
-        read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    if read_only:
-        return Diagnosis(INFO, str(directory), f"{what} is on a read-only file system: {served}",
-                         "nothing, if it is meant to be read-only (an image's cache); else remount it read-write")
-    return Diagnosis(WARNING, str(directory), f"{what} cannot be written: {served}", immutable_fix(directory))
+    if meant:
+        return Diagnosis(INFO, str(directory), f"{what} is on {cause}: {served}", fix)
+    return Diagnosis(WARNING, str(directory), f"{what} cannot be written ({cause}): {served}", fix)
 
 
 def settle(namespace: Path) -> str:

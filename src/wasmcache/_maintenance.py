@@ -24,6 +24,7 @@ from ._core import (
     QUARANTINE_DIR,
     Namespace,
     existing_root,
+    immutable_fix,
     is_entry_name,
     is_memo_name,
     is_namespace_name,
@@ -356,6 +357,23 @@ def own_mode_fix(directory: Path | str) -> str | None:
     if st.st_uid != os.getuid() or st.st_mode & stat.S_IWUSR:
         return None
     return f"chmod u+w {shell_word(directory)}"
+
+
+def unwritable_cause(directory: Path | str) -> tuple[str, str, bool]:
+    """Why this user cannot write `directory` of a root, and what to run: (cause, fix, meant), `meant` for a
+    read-only file system (an image's cache is read-only on purpose). Its mode, else the mount, else an
+    immutable flag (chattr +i) or the like: doctor, gc and clear say it in these words."""
+    mode_fix = own_mode_fix(directory)
+    if mode_fix is not None:
+        return "its mode", mode_fix, False
+    try:
+        read_only = bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:
+        fix = "nothing, if it is meant to be read-only (an image's cache); else remount it read-write"
+        return "a read-only file system", fix, True
+    return "an immutable flag, or the like", immutable_fix(directory), False
 
 
 def unreadable_fix(directory: Path) -> str:

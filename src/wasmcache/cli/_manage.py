@@ -186,12 +186,11 @@ def _why_they_stay(report: GcReport) -> str:
 
     why = []
     if report.unwritable_namespaces:
-        from .._maintenance import own_mode_fix  # noqa: PLC0415
+        from .._maintenance import unwritable_cause  # noqa: PLC0415
 
-        fixes = [fix for path in report.unwritable_namespaces if (fix := own_mode_fix(path)) is not None]
-        why.append(f"{', '.join(report.unwritable_namespaces)} cannot be written ("
-                   + (f"its mode: {'; '.join(fixes)})" if fixes else
-                      "a read-only mount, chattr +i ...); run it where it can be written"))
+        for path in report.unwritable_namespaces:
+            cause, fix, _ = unwritable_cause(path)
+            why.append(f"{path} cannot be written ({cause}; fix: {fix})")
     if report.unremovable:
         more = f" and {len(report.unremovable) - 1} more" if len(report.unremovable) > 1 else ""
         why.append(f"{report.unremovable[0]}{more} refused to go ({immutable_fix(report.unremovable[0])})")
