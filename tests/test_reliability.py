@@ -460,18 +460,24 @@ def test_a_programs_own_file_in_a_namespace_that_cannot_be_written_is_said_to_lo
     assert f"{cache.namespace_dir} cannot be written (Operation not permitted); loading it as a copy" in wrapped.stderr
 
 
+def _an_entry_rewritten_in_place(root: Path, answer: int) -> tuple[wasmcache.ModuleCache, Path]:
+    """The cache of `root` and the entry of answer_module(`answer`), with bytes of its code overwritten."""
+    cache = wasmcache.ModuleCache(root)
+    cache.load(answer_module(answer))
+    entry = cache.entry_path(cache.key_for(answer_module(answer)))
+    entry.chmod(0o644)
+    with entry.open("r+b") as f:
+        f.seek(300)
+        f.write(b"GARBAGE")
+    return cache, entry
+
+
 def test_a_damaged_entry_that_cannot_be_set_aside_costs_one_line_and_fix_says_when_done(
         root: Path, immutable: Callable[[Path], None], tmp_path: Path) -> None:
     # Found by an outside reader: each load printed "bad cache entry ... cannot be set aside" and then "could not
     # store ... (Operation not permitted)", the same cause twice; verify --fix, having quarantined the entry,
     # still advised "run `wasmcache verify --fix`".
-    cache = wasmcache.ModuleCache(root)
-    cache.load(answer_module(16))
-    entry = cache.entry_path(cache.key_for(answer_module(16)))
-    entry.chmod(0o644)
-    with entry.open("r+b") as f:
-        f.seek(300)
-        f.write(b"GARBAGE")
+    cache, _ = _an_entry_rewritten_in_place(root, 16)
     (tmp_path / "m.wasm").write_bytes(answer_module(16))
     immutable(cache.namespace_dir)
     ran = run_cli("run", "--cache-dir", str(root), "--invoke", "answer", str(tmp_path / "m.wasm"))
@@ -523,13 +529,7 @@ def wasmtime_major() -> str:
 
 def test_doctor_reports_a_corrupt_entry_once(root: Path) -> None:
     # An entry rewritten in place: verify's "corrupt" says it all; no second, softer warning about it.
-    cache = wasmcache.ModuleCache(root)
-    cache.load(answer_module(13))
-    entry = cache.entry_path(cache.key_for(answer_module(13)))
-    entry.chmod(0o644)
-    with entry.open("r+b") as f:
-        f.seek(200)
-        f.write(b"\xff")
+    _, entry = _an_entry_rewritten_in_place(root, 13)
     findings = [f for f in json.loads(run_cli("doctor", "--json", "--cache-dir", str(root)).stdout)
                 if f["path"] == str(entry)]
     assert [f["severity"] for f in findings] == ["danger"]
