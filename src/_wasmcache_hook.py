@@ -88,6 +88,71 @@ def auto_enabled(environ: Any = os.environ) -> bool:
     return env_flag(environ, "WASMCACHE_AUTO") and not env_flag(environ, "WASMCACHE_DISABLE")
 
 
+class _ImportsFromElsewhere:
+    """A meta-path finder in place only while a thread of the program is inside wasmcache (`as_a_guest`: the
+    drop-in's import, its install, its work in wasmtime's constructors): a module wasmcache imports there
+    (wasmcache itself, json, importlib.metadata, blake3, zstandard, tuf and all they import) never comes from the
+    program's own directory. Python puts a script's directory first on sys.path (the working directory for `-c`
+    and `-m`): a program named `email.py`, `blake3.py` or `wasmcache.py`, or such a file beside it, would otherwise
+    be imported, and run, under that name (a compile waiting there on its own key's lock hung for good). A module
+    found only there is not found at all: the drop-in falls back to wasmtime, as for any missing dependency (or,
+    for wasmcache itself, takes the copy beside this file). The program's other threads, and the program outside
+    wasmcache, import as before."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> Any:
+        if path is not None or not getattr(_inside, "depth", 0):
+            return None
+        main = sys.modules.get("__main__")
+        main_file = getattr(main, "__file__", None)
+        programs = {os.path.dirname(_real_path(main_file))} if isinstance(main_file, str) else set()
+        if getattr(main, "__spec__", None) is not None or not isinstance(main_file, str):  # -m, -c: where it runs
+            try:
+                programs.add(_real_path(os.getcwd()))
+            except OSError:  # the working directory is gone: nothing of it can be found either
+                pass
+        entries = [p for p in sys.path if isinstance(p, str)]
+        theirs = [p for p in entries if not p or _real_path(p) in programs]
+        finder = sys.modules["_frozen_importlib_external"].PathFinder  # loaded at every start: no import here
+        spec = finder.find_spec(name, [p for p in entries if p not in theirs], target)
+        if spec is None and theirs and finder.find_spec(name, theirs) is not None:
+            raise ModuleNotFoundError(f"No module named {name!r} (but for the program's own file)", name=name)
+        return spec
+
+
+def _real_path(path: str) -> str:
+    """os.path.realpath(path), once per path while a guest is inside (each realpath lstats every component)."""
+    real = _realpaths.get(path)
+    if real is None:
+        real = _realpaths[path] = os.path.realpath(path)
+    return real
+
+
+_realpaths: dict[str, str] = {}  # emptied when the last guest leaves: a link may change between windows
+_inside = _thread._local()  # noqa: SLF001 - threading.local without importing threading (~3 ms)
+_from_elsewhere = _ImportsFromElsewhere()
+_guests = [0]  # threads inside wasmcache now: the finder is in sys.meta_path only while one is
+
+
+class as_a_guest:  # noqa: N801 - used as `with as_a_guest():`, like a function
+    """`with as_a_guest():` around wasmcache's work in the program's process (see _ImportsFromElsewhere)."""
+
+    def __enter__(self) -> None:
+        with _lock:
+            if _guests[0] == 0 and _from_elsewhere not in sys.meta_path:
+                sys.meta_path.insert(0, _from_elsewhere)
+            _guests[0] += 1
+        _inside.depth = getattr(_inside, "depth", 0) + 1
+
+    def __exit__(self, *_exc: object) -> None:
+        _inside.depth -= 1
+        with _lock:
+            _guests[0] -= 1
+            if _guests[0] == 0 and _from_elsewhere in sys.meta_path:
+                sys.meta_path.remove(_from_elsewhere)
+                _realpaths.clear()
+
+
 class _PostImportFinder:
     """A meta-path finder that finds nothing itself: it lets the other finders find a watched
     module and runs the callbacks right after that module's code has run."""
@@ -330,15 +395,16 @@ def _forget_wasmcache() -> None:
 
 
 def _activate(_wasmtime: Any) -> None:
-    try:
-        dropin = _import_dropin()
-    except ImportError as exc:
-        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
-        fix = (f"; to enable it: {sys.executable} -m pip install blake3 platformdirs"
-               if missing in ("blake3", "platformdirs") else "")  # the same advice as `doctor --pid`
-        _warn("import", f"drop-in not active in {sys.executable}: {exc}{fix}")
-        return
-    dropin.auto_install()
+    with as_a_guest():  # wasmcache and what it imports never come from the program's directory
+        try:
+            dropin = _import_dropin()
+        except ImportError as exc:
+            missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+            fix = (f"; to enable it: {sys.executable} -m pip install blake3 platformdirs"
+                   if missing in ("blake3", "platformdirs") else "")  # the same advice as `doctor --pid`
+            _warn("import", f"drop-in not active in {sys.executable}: {exc}{fix}")
+            return
+        dropin.auto_install()
 
 
 _armed = False

@@ -318,7 +318,7 @@ MUTANTS: tuple[Mutant, ...] = (
     _m("guest-imports-the-programs-email-py",
        "the drop-in's own imports never come from the program's directory (a program named email.py ran twice "
        "and hung on a new root; a blake3.py beside a program ran on every wrapped start)",
-       [("_dropin.py", 'if path is not None or not getattr(_inside, "depth", 0):', "if True:")],
+       [("../_wasmcache_hook.py", 'if path is not None or not getattr(_inside, "depth", 0):', "if True:")],
        ["tests/test_guest.py::test_a_program_named_like_a_standard_module_runs_once_and_never_hangs[email]"]),
     # --- the native launcher (bin/wasmcache) serves `exec` as the Python CLI does (tests/test_launcher.py) -----
     _m("launcher-root-not-pinned",

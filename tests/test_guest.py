@@ -852,7 +852,7 @@ print(wasmtime.Instance(s, m, []).exports(s)["f"](s))
 """
 
 
-@pytest.mark.parametrize("name", ["email", "random", "json", "calendar", "blake3"])
+@pytest.mark.parametrize("name", ["email", "random", "json", "calendar", "blake3", "wasmcache"])
 def test_a_program_named_like_a_standard_module_runs_once_and_never_hangs(tmp_path: Path, name: str) -> None:
     # Found by an outside reader: `email.py` (or random.py, json.py, calendar.py) under exec, on a new root, printed
     # its first line twice and hung for good: compiling under its key's lock, the drop-in imported json and
@@ -863,7 +863,8 @@ def test_a_program_named_like_a_standard_module_runs_once_and_never_hangs(tmp_pa
     app = tmp_path / "app"
     app.mkdir()
     (app / f"{name}.py").write_text(NAMED_LIKE_THE_STANDARD_LIBRARY)
-    for beside in {"token", "blake3"} - {name}:  # never imported by the program
+    # wasmcache.py too (the next reader: the drop-in's import of wasmcache itself ran a program named so)
+    for beside in {"token", "blake3", "wasmcache"} - {name}:  # never imported by the program
         (app / f"{beside}.py").write_text(f"print('their {beside} module ran')\n")
     bare = run([sys.executable, str(app / f"{name}.py")], clean_env())
     assert (bare.returncode, bare.stdout) == (0, "start\n7\n"), bare.stderr
@@ -882,12 +883,17 @@ def test_a_blake3_py_in_the_working_directory_of_a_c_or_m_program_is_never_run(t
     work = tmp_path / "work"
     work.mkdir()
     (work / "blake3.py").write_text("print('their blake3 module ran')\n")
+    (work / "wasmcache").mkdir()  # a package of theirs named like ours
+    (work / "wasmcache" / "__init__.py").write_text("print('their wasmcache package ran')\n")
     (work / "prog.py").write_text(NAMED_LIKE_THE_STANDARD_LIBRARY)
     argv = [sys.executable, "-c", NAMED_LIKE_THE_STANDARD_LIBRARY] if how == "-c" else [sys.executable, "-m", "prog"]
     bare = subprocess.run(argv, cwd=work, env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
     assert (bare.returncode, bare.stdout) == (0, "start\n7\n"), bare.stderr
-    proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(tmp_path / "new-root"), "exec",
-                           *argv], cwd=work, env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
+    # The CLI itself started without the working directory on its path: that is where their wasmcache/ is.
+    cli = [sys.executable, "-c", "import runpy, sys; del sys.path[0]; runpy.run_module('wasmcache.cli', "
+                                 "run_name='__main__')"]
+    proc = subprocess.run([*cli, "--cache-dir", str(tmp_path / "new-root"), "exec", *argv], cwd=work,
+                          env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
     assert (proc.returncode, proc.stdout, proc.stderr) == (bare.returncode, bare.stdout, bare.stderr)
     assert list((tmp_path / "new-root").glob("ns-*/*.cwasm"))  # control: the drop-in compiled it, with blake3
 

@@ -26,10 +26,11 @@ import os
 import stat
 import sys
 import time
-from _thread import RLock, _local
+from _thread import RLock
 from typing import TYPE_CHECKING, Any, Final
 
 import _wasmcache_hook
+from _wasmcache_hook import as_a_guest
 
 from . import _core
 from ._cache import ModuleCache
@@ -668,69 +669,6 @@ def regular_file(path: str) -> bool:
         return False
 
 
-class _ImportsFromElsewhere:
-    """A meta-path finder in place only while a thread of the program is inside the drop-in (`_inside`): a
-    module the drop-in imports there (json, importlib.metadata, blake3, zstandard, tuf and all they import) never
-    comes from the program's own directory. Python puts a script's directory first on sys.path (the working
-    directory for `-c` and `-m`): a program named `email.py` or `blake3.py`, or a `token.py` or `blake3.py` beside
-    it, would otherwise be imported, and run, under that name (a compile waiting there on its own key's lock hung
-    for good). A module found only there is not found at all: the drop-in falls back to wasmtime, as for any
-    missing dependency. The program's other threads, and the program outside the drop-in, import as before."""
-
-    @staticmethod
-    def find_spec(name: str, path: Any = None, target: Any = None) -> Any:
-        if path is not None or not getattr(_inside, "depth", 0):
-            return None
-        main = sys.modules.get("__main__")
-        main_file = getattr(main, "__file__", None)
-        programs = {os.path.dirname(_real_path(main_file))} if isinstance(main_file, str) else set()
-        if getattr(main, "__spec__", None) is not None or not isinstance(main_file, str):  # -m, -c: where it runs
-            try:
-                programs.add(_real_path(os.getcwd()))
-            except OSError:  # the working directory is gone: nothing of it can be found either
-                pass
-        entries = [p for p in sys.path if isinstance(p, str)]
-        theirs = [p for p in entries if not p or _real_path(p) in programs]
-        finder = sys.modules["_frozen_importlib_external"].PathFinder  # loaded at every start: no import here
-        spec = finder.find_spec(name, [p for p in entries if p not in theirs], target)
-        if spec is None and theirs and finder.find_spec(name, theirs) is not None:
-            raise ModuleNotFoundError(f"No module named {name!r} (but for the program's own file)", name=name)
-        return spec
-
-
-def _real_path(path: str) -> str:
-    """os.path.realpath(path), once per path while a guest is inside (each realpath lstats every component)."""
-    real = _realpaths.get(path)
-    if real is None:
-        real = _realpaths[path] = os.path.realpath(path)
-    return real
-
-
-_realpaths: dict[str, str] = {}  # emptied when the last guest leaves: a link may change between windows
-_inside = _local()
-_from_elsewhere = _ImportsFromElsewhere()
-_guests = [0]  # threads inside the drop-in now: the finder is in sys.meta_path only while one is
-
-
-class _AsAGuest:
-    """`with _AsAGuest():` around the drop-in's work in the program's process (see _ImportsFromElsewhere)."""
-
-    def __enter__(self) -> None:
-        with _state_lock:
-            if _guests[0] == 0 and _from_elsewhere not in sys.meta_path:
-                sys.meta_path.insert(0, _from_elsewhere)
-            _guests[0] += 1
-        _inside.depth = getattr(_inside, "depth", 0) + 1
-
-    def __exit__(self, *_exc: object) -> None:
-        _inside.depth -= 1
-        with _state_lock:
-            _guests[0] -= 1
-            if _guests[0] == 0 and _from_elsewhere in sys.meta_path:
-                sys.meta_path.remove(_from_elsewhere)
-                _realpaths.clear()
-
-
 def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], Any]) -> dict[str, Any]:
     import wasmtime  # noqa: PLC0415
     from wasmtime import _ffi  # noqa: PLC0415
@@ -753,7 +691,7 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
         if kind == "module" and isinstance(binary, bytearray) and binary[:4] != b"\0asm":
             original_init(self, engine, binary)  # wasmtime reads WAT text from str and bytes only: its error
             return
-        with _AsAGuest():
+        with as_a_guest():
             cached = dropin._load(engine, kind, binary)  # noqa: SLF001
         if cached is None:
             original_init(self, engine, binary)
@@ -767,7 +705,7 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
                 or cls_.__init__ is not __init__ or not isinstance(path, (str, bytes, os.PathLike))):
             return original_from_file(cls_, engine, path)
         name = os.fspath(path)
-        with _AsAGuest():
+        with as_a_guest():
             cached = dropin._load(engine, kind, os.fsdecode(name))  # noqa: SLF001
         if cached is None:
             return original_from_file(cls_, engine, path)
@@ -778,7 +716,7 @@ def _make_patches(kind: Kind, originals: dict[str, Any], serving: Callable[[], A
         if (dropin is None or not isinstance(engine, engine_type) or not isinstance(path, str) or "\0" in path
                 or dropin.owns(path) or not regular_file(path)):
             return original_deserialize_file(cls_, engine, path)
-        with _AsAGuest():
+        with as_a_guest():
             cached = dropin._load_precompiled(engine, kind, path)  # noqa: SLF001
         if cached is None:
             return _deserialize_copy(cls_, engine, path, original_deserialize)
