@@ -144,6 +144,16 @@ def test_a_root_that_is_a_link_to_nothing_is_named_so(tmp_path: Path) -> None:
         assert f"{link}: " in one_line_error(proc)
         assert why in proc.stderr, (command, proc.stderr)
     assert not (tmp_path / "gone").exists()
+    # A loop, and a link to a link to nothing (found by the next reader: both read "a link to X, which does not
+    # exist", X a link that does exist, or the loop itself).
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "chain").symlink_to(link)
+    chained = f"it is a symbolic link to {link} (and on to {tmp_path / 'gone' / 'cache'}), which does not exist"
+    for root, said in ((tmp_path / "loop", "it is a symbolic link that leads back to itself"),
+                       (tmp_path / "chain", chained)):
+        proc = subprocess.run([sys.executable, "-m", "wasmcache.cli", "--cache-dir", str(root), "stats"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+        assert said in one_line_error(proc), proc.stderr
 
 
 @pytest.mark.parametrize("command", [("stats",), ("ls",), ("doctor",), ("--help",)])

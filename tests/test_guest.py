@@ -890,8 +890,8 @@ def test_a_blake3_py_in_the_working_directory_of_a_c_or_m_program_is_never_run(t
     bare = subprocess.run(argv, cwd=work, env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
     assert (bare.returncode, bare.stdout) == (0, "start\n7\n"), bare.stderr
     # The CLI itself started without the working directory on its path: that is where their wasmcache/ is.
-    cli = [sys.executable, "-c", "import runpy, sys; del sys.path[0]; runpy.run_module('wasmcache.cli', "
-                                 "run_name='__main__')"]
+    start = "import runpy, sys; del sys.path[0]; runpy.run_module('wasmcache.cli', run_name='__main__')"
+    cli = [sys.executable, "-c", start]
     proc = subprocess.run([*cli, "--cache-dir", str(tmp_path / "new-root"), "exec", *argv], cwd=work,
                           env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
     assert (proc.returncode, proc.stdout, proc.stderr) == (bare.returncode, bare.stdout, bare.stderr)

@@ -1736,14 +1736,26 @@ def _empty_directory(path: Path) -> bool:
 
 
 def _dangling_link_above(path: Path) -> str | None:
-    """`path` itself, or the nearest of its parents that is there, if that is a link to nothing (in words)."""
+    """`path` itself, or the nearest of its parents that is there, if that is a link to nothing (in words):
+    a loop, or a link (through others, perhaps) to a path that does not exist."""
     above = next((p for p in (path, *path.parents) if os.path.lexists(p)), None)
-    if above is None or not os.path.islink(above) or os.path.exists(above):
+    if above is None or not os.path.islink(above):
         return None
+    which = "it" if above == path else str(above)
     try:
-        return f"{'it' if above == path else above} is a symbolic link to {os.readlink(above)}, which does not exist"
-    except OSError:
-        return None
+        os.stat(above)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{which} is a symbolic link that leads back to itself"
+        try:
+            direct = os.readlink(above)
+        except OSError:
+            return None
+        final = os.path.realpath(above)  # as far as the links go: the first path that is not there
+        through = os.path.normpath(os.path.join(os.path.dirname(above), direct))
+        on = f" (and on to {final})" if final != through else ""
+        return f"{which} is a symbolic link to {direct}{on}, which does not exist"
+    return None
 
 
 def _ours_while_initializing(name: str) -> bool:
