@@ -623,6 +623,9 @@ def test_a_root_made_immutable_is_diagnosed_with_advice_that_can_work(root: Path
         "entry is not the file that was published (a chmod, a copy or a restore since): its content checks out"]
     assert "cannot be written" in found[0].fix
     assert "records it once it can be" in found[0].fix
+    # verify --fix cannot record it there, and does not say it did (the second reader: "1 re-recorded" every run)
+    fixed = run_cli("verify", "--fix", "--cache-dir", str(root))
+    assert "re-recorded" not in fixed.stdout, fixed.stdout
     fresh = wasmcache.ModuleCache(root)
     assert call_answer(fresh.engine, fresh.load(answer_module(17))) == 17
     assert fresh.stats().hits == 1

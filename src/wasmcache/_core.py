@@ -2059,10 +2059,14 @@ class Namespace:
             raise
         return CheckedEntry(fd, st, record, record_stat, content_checked=check, data=data)
 
-    def rerecord(self, key: str, checked: CheckedEntry) -> None:
-        """The entry's content checked out under a new identity (copied root, restore): record that identity."""
-        with contextlib.suppress(OSError):
+    def rerecord(self, key: str, checked: CheckedEntry) -> bool:
+        """The entry's content checked out under a new identity (copied root, restore): record that identity.
+        False if the record could not be written (a namespace nobody may change)."""
+        try:
             write_record(self.record_path(key), checked.record._replace(identity=Identity.of(checked.stat)))
+        except OSError:
+            return False
+        return True
 
     def touch(self, key: str) -> None:
         """Mark the key used now: the LRU clock lives on the record, never on the entry."""

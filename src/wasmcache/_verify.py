@@ -187,9 +187,8 @@ def _verify_entry(namespace: Namespace, key: str, section: bytes | None, report:
     if checked.record.identity != Identity.of(checked.stat):
         if checked.record.identity is not None:  # None: a publication stopped before its last step, not a change
             report.changed.append(str(path))
-        report.rerecorded += fix
-        if fix:
-            namespace.rerecord(key, checked)
+        if fix and namespace.rerecord(key, checked):
+            report.rerecorded += 1
     return True
 
 
