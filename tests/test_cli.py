@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
+import wasmcache
 from conftest import run_cli
 from wasmgen import answer_module, component, wasi_program
 
@@ -181,6 +183,16 @@ def test_compile_of_wat_text_warms_run_of_the_same_file(tmp_path: Path) -> None:
     assert len(list(root.glob("ns-*/*.cwasm"))) == 1
     # and the entry is named after the file, not "<N bytes>" (what a load of bytes says)
     assert "answer.wat" in run_cli("ls", "--cache-dir", str(root)).stdout.splitlines()[1]
+    # The second reader: the library and the drop-in keyed the file by its text, the CLI by its binary: now all
+    # by the path's content, one entry, warm for each.
+    cache = wasmcache.ModuleCache(root)
+    cache.load(wat)
+    assert (cache.stats().hits, cache.stats().compiles) == (1, 0)
+    program = f"import wasmtime; wasmtime.Module.from_file(wasmtime.Engine(), {str(wat)!r})"
+    served = run_cli("-v", "--cache-dir", str(root), "exec", sys.executable, "-c", program)
+    assert "hit" in served.stderr, served.stderr
+    assert "compiled" not in served.stderr
+    assert len(list(root.glob("ns-*/*.cwasm"))) == 1
 
 
 def test_ls_keeps_one_row_per_entry_whatever_the_source_name_holds(tmp_path: Path) -> None:

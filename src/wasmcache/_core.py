@@ -2510,22 +2510,10 @@ def wasm_kind(head: bytes) -> Kind:
     return "component" if head[6:8] == b"\x01\0" else "module"
 
 
-class NamedBytes(bytes):
-    """Bytes named after the file they came from (the binary of a WAT file `run` or `compile` was given):
-    messages and the entry's record name that file, not `<N bytes>`."""
-
-    source_name: str
-
-    def __new__(cls, data: bytes, name: str) -> NamedBytes:  # noqa: PYI034 - final
-        named = super().__new__(cls, data)
-        named.source_name = name
-        return named
-
-
 def source_of(source: Source) -> tuple[str, str | None, bytes | memoryview | None]:
     """(the name messages use, the path or None, the bytes or None) of a load's input."""
     if isinstance(source, bytes):
-        return getattr(source, "source_name", None) or f"<{len(source)} bytes>", None, source
+        return f"<{len(source)} bytes>", None, source
     if isinstance(source, (bytearray, memoryview)):
         # No copy on the hit path (5 ms for 49 MB): hash the caller's buffer; a miss copies it.
         view = memoryview(source).cast("B")

@@ -12,7 +12,7 @@ import os
 import stat
 from typing import TYPE_CHECKING, Any
 
-from .._core import NamedBytes, wasm_kind
+from .._core import wasm_kind
 from ._outcome import USAGE_EXIT, RunError
 
 if TYPE_CHECKING:
@@ -45,11 +45,12 @@ def read_input(file: str) -> tuple[str, str | bytes]:
         head = os.read(fd, 8)
         if head[:4] == b"\0asm":
             return wasm_kind(head), file
-        return _classify(head + _read_all(fd, file), file)
+        kind, _ = _classify(head + _read_all(fd, file), file)  # checked (and its kind known) here
     except OSError as exc:
         raise RunError(f"{file}: cannot read: {exc.strerror or exc}", USAGE_EXIT) from None
     finally:
         os.close(fd)
+    return kind, file  # WAT text by its path, as a library load keys it: a hit reads no WAT
 
 
 def _read_all(fd: int, file: str) -> bytes:
@@ -84,7 +85,7 @@ def _classify(data: bytes, file: str) -> tuple[str, bytes]:
     except wasmtime.WasmtimeError as exc:
         raise RunError(f"{file}: not a WebAssembly binary, and not valid WAT text: {_wat_reason(str(exc))}",
                        USAGE_EXIT, str(exc)) from None
-    return wasm_kind(wasm[:8]), wasm if file == "-" else NamedBytes(wasm, file)  # named in records and messages
+    return wasm_kind(wasm[:8]), wasm
 
 
 def _wat_reason(message: str) -> str:

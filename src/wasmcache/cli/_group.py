@@ -202,8 +202,9 @@ def input_kind(path: Path) -> str:
 
 
 def wasm_input(file: Path) -> tuple[str, Path | bytes]:
-    """(kind, what to load) for `file`: a binary by its path (a hit never reads it); WAT text as its binary,
-    which is how `run` keys it, so `compile x.wat` warms `run x.wat` (one entry for both)."""
+    """(kind, what to load) for `file`: by its path, WAT text too, as `run`, a library load and the drop-in key
+    it (a hit never reads it), so `compile x.wat` warms all of them (one entry); the text's kind (module or
+    component) is read here, and bad WAT is one line. Stdin or a pipe (no path to key): its bytes."""
     kind = input_kind(file)
     if kind != "text":
         return kind, file
