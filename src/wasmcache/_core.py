@@ -2791,7 +2791,7 @@ class CacheContext:
         self.writable = os.access(self.root, os.W_OK)
         if not self.writable and str(self.root) not in _said_read_only:
             _said_read_only.add(str(self.root))  # once per process (the drop-in makes a cache per engine)
-            log.info("wasmcache: %s is read-only: serving hits, compiling misses in memory", self.root)
+            log.info("wasmcache: %s cannot be written: serving hits, compiling misses in memory", self.root)
 
     def safe(self, path: Path, st: os.stat_result) -> bool:
         """Refuse (strict) or stop using (strict=False) a cache path that others could rewrite."""
@@ -2841,8 +2841,9 @@ class CacheContext:
             return False
         if namespace.name not in self._links_said:
             self._links_said.add(namespace.name)
-            log.warning("wasmcache: %s is a symbolic link, never followed: its engine's modules are compiled, not "
-                        "cached (`wasmcache doctor` says more)", namespace.path)
+            log.warning("wasmcache: %s is a symbolic link, never followed: its engine's modules are compiled (a "
+                        "program's own .cwasm files loaded as copies), not cached (`wasmcache doctor` says more)",
+                        namespace.path)
         return True
 
     # --- the engine ---------------------------------------------------------------------------
