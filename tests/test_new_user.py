@@ -441,4 +441,11 @@ def test_a_missing_home_directory_is_never_created(tmp_path: Path) -> None:
     assert (wrapped.returncode, wrapped.stdout) == (0, "7\n"), wrapped.stderr
     assert wrapped.stderr.count("\n") == 1, wrapped.stderr
     assert f"the home directory {home} does not exist" in wrapped.stderr
+    # doctor, what such an account's owner runs to learn why: a danger with its fix, not a refusal (a reader)
+    doctor = subprocess.run([sys.executable, "-m", "wasmcache.cli", "doctor", "--json"], capture_output=True,
+                            text=True, env=fresh_env(home), cwd=tmp_path, timeout=120, check=False)
+    assert doctor.returncode == 1, doctor.stderr
+    first = json.loads(doctor.stdout)[0]
+    assert (first["severity"], first["fix"]) == ("danger", "set WASMCACHE_DIR to a directory this account may write")
+    assert f"the home directory {home} does not exist" in first["problem"]
     assert not (tmp_path / "absent").exists()

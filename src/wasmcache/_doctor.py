@@ -34,6 +34,7 @@ from ._core import (
     reap_if_dead,
     record_path,
     resolve_max_size,
+    unreachable_reason,
 )
 from ._elf import ENGINE_SECTION, find_section
 from ._errors import ConfigError
@@ -89,6 +90,12 @@ _USEFUL_MAX_SIZE: Final = 16 << 20  # below this, most compiled modules outgrow 
 
 def diagnose_root(root: Path) -> list[Diagnosis]:
     out: list[Diagnosis] = []
+    unreachable = unreachable_reason(root)
+    if unreachable is not None:  # a finding, not a refusal: doctor is what a user runs to learn why
+        fix = ("set WASMCACHE_DIR to a directory this account may write" if "home directory" in unreachable
+               else "check the cache root (--cache-dir or $WASMCACHE_DIR)")
+        return [Diagnosis(DANGER, str(root), f"cache root cannot be reached ({unreachable}): nothing can be cached "
+                          "there, and ls, stats, gc, verify and clear refuse it", fix)]
     if not existing_root(root, "diagnose"):  # a directory that is not ours: one line, not advice about its files
         # (an empty directory others could write is refused by every load: verify says so)
         dangers = [Diagnosis(DANGER, f.path, f"{f.problem}: {f.detail}", f.fix) for f in verify_root(root).findings]
