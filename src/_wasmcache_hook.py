@@ -15,6 +15,7 @@ core's `disabled_by_environment` and doctor) and of the line a guest speaks on s
 
 from __future__ import annotations
 
+import _imp
 import _thread
 import _weakref
 import os
@@ -103,6 +104,8 @@ class _ImportsFromElsewhere:
     def find_spec(name: str, path: Any = None, target: Any = None) -> Any:
         if path is not None or not getattr(_inside, "depth", 0):
             return None
+        if name in sys.builtin_module_names or _imp.is_frozen(name):
+            return None  # built into the interpreter (atexit, _ast ...): its own importers, after this one, serve it
         main = sys.modules.get("__main__")
         main_file = getattr(main, "__file__", None)
         programs = {os.path.dirname(_real_path(main_file))} if isinstance(main_file, str) else set()
