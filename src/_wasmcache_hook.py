@@ -118,9 +118,31 @@ class _ImportsFromElsewhere:
         theirs = [p for p in entries if not p or _real_path(p) in programs]
         finder = sys.modules["_frozen_importlib_external"].PathFinder  # loaded at every start: no import here
         spec = finder.find_spec(name, [p for p in entries if p not in theirs], target)
-        if spec is None and theirs and finder.find_spec(name, theirs) is not None:
-            raise ModuleNotFoundError(f"No module named {name!r} (but for the program's own file)", name=name)
+        if theirs and finder.find_spec(name, theirs) is not None:
+            if spec is None:
+                raise ModuleNotFoundError(f"No module named {name!r} (but for the program's own file)", name=name)
+            _taken.add(name)  # the program has its own: the name is given back when the last guest leaves
         return spec
+
+
+def _give_back_names() -> None:
+    """Take the modules wasmcache imported under names the program's directory also provides (and their
+    submodules) out of sys.modules between its windows: the program's own later `import json` (its json.py)
+    finds its file, as in an unwrapped run. They are put back when a guest enters again (`_ours`), the program's
+    own set aside meanwhile (`_displaced`): wasmcache's lazy imports find its modules, and an extension module
+    (blake3, which cannot be initialized twice) is not loaded again."""
+    for name in _taken:
+        for loaded in [m for m in list(sys.modules) if m == name or m.startswith(name + ".")]:
+            _ours[loaded] = sys.modules[loaded]
+    _taken.clear()
+    for loaded, module in _ours.items():
+        if sys.modules.get(loaded) is module:
+            theirs = _displaced.pop(loaded, None)
+            if theirs is None:
+                del sys.modules[loaded]
+            else:
+                sys.modules[loaded] = theirs
+    _displaced.clear()
 
 
 def _real_path(path: str) -> str:
@@ -132,6 +154,9 @@ def _real_path(path: str) -> str:
 
 
 _realpaths: dict[str, str] = {}  # emptied when the last guest leaves: a link may change between windows
+_taken: set[str] = set()  # names imported inside that the program's directory also provides (given back)
+_ours: dict[str, Any] = {}  # the modules under those names: in sys.modules only while a guest is inside
+_displaced: dict[str, Any] = {}  # the program's own modules under those names, set aside while a guest is inside
 _inside = _thread._local()  # noqa: SLF001 - threading.local without importing threading (~3 ms)
 _from_elsewhere = _ImportsFromElsewhere()
 _guests = [0]  # threads inside wasmcache now: the finder is in sys.meta_path only while one is
@@ -144,6 +169,9 @@ class as_a_guest:  # noqa: N801 - used as `with as_a_guest():`, like a function
         with _lock:
             if _guests[0] == 0 and _from_elsewhere not in sys.meta_path:
                 sys.meta_path.insert(0, _from_elsewhere)
+                for loaded, module in _ours.items():  # the program's own, if it imported one since, meanwhile aside
+                    _displaced[loaded] = sys.modules.get(loaded)
+                    sys.modules[loaded] = module
             _guests[0] += 1
         _inside.depth = getattr(_inside, "depth", 0) + 1
 
@@ -154,6 +182,7 @@ class as_a_guest:  # noqa: N801 - used as `with as_a_guest():`, like a function
             if _guests[0] == 0 and _from_elsewhere in sys.meta_path:
                 sys.meta_path.remove(_from_elsewhere)
                 _realpaths.clear()
+                _give_back_names()
 
 
 class _PostImportFinder:

@@ -320,6 +320,11 @@ MUTANTS: tuple[Mutant, ...] = (
        "and hung on a new root; a blake3.py beside a program ran on every wrapped start)",
        [("../_wasmcache_hook.py", 'if path is not None or not getattr(_inside, "depth", 0):', "if True:")],
        ["tests/test_guest.py::test_a_program_named_like_a_standard_module_runs_once_and_never_hangs[email]"]),
+    _m("guest-keeps-the-programs-names",
+       "a name the drop-in imported that the program's directory also provides is the program's again once the "
+       "drop-in is done (a program's own json.py imported after its first load got the standard one)",
+       [("../_wasmcache_hook.py", "                _give_back_names()\n", "")],
+       ["tests/test_guest.py::test_a_program_importing_its_own_json_py_after_a_load_gets_its_own"]),
     # --- the native launcher (bin/wasmcache) serves `exec` as the Python CLI does (tests/test_launcher.py) -----
     _m("launcher-root-not-pinned",
        "exec pins one root for CMD and everything it starts, through the native launcher too",

@@ -900,6 +900,39 @@ def test_a_blake3_py_in_the_working_directory_of_a_c_or_m_program_is_never_run(t
     assert list((tmp_path / "new-root").glob("ns-*/*.cwasm"))  # control: the drop-in compiled it, with blake3
 
 
+IMPORTS_ITS_OWN_LATER = """
+import sys, wasmtime
+engine = wasmtime.Engine()
+wasmtime.Module(engine, '(module (func (export "f") (result i32) i32.const 7))')
+def later():
+    import json, random, csv, email, blake3, threading
+    return json.MINE, random.MINE, csv.MINE, email.MINE, blake3.MINE, threading.MINE
+print(later())
+wasmtime.Module(engine, '(module (func (export "g") (result i32) i32.const 8))')  # after it has its own
+print("done")
+"""
+
+
+def test_a_program_importing_its_own_json_py_after_a_load_gets_its_own(tmp_path: Path) -> None:
+    # Found by the third outside reader: a program with its own json.py (random.py, blake3.py, threading.py ...)
+    # imported lazily after its first load got the module the drop-in had imported under that name, and crashed
+    # (AttributeError); unwrapped, it gets its own. The drop-in's modules are out of sys.modules between its
+    # windows, the program's set aside within them.
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "prog.py").write_text(IMPORTS_ITS_OWN_LATER)
+    for name in ("json", "random", "csv", "blake3", "threading"):
+        (app / f"{name}.py").write_text(f"MINE = '{name} of theirs'\n")
+    (app / "email").mkdir()
+    (app / "email" / "__init__.py").write_text("MINE = 'email of theirs'\n")
+    bare = run([sys.executable, str(app / "prog.py")], clean_env())
+    assert bare.returncode == 0, bare.stderr
+    for _ in range(2):  # a miss (the drop-in imports json, random ... for it), then a hit
+        proc = wrapped("--cache-dir", str(tmp_path / "root"), "exec", sys.executable, str(app / "prog.py"),
+                       env=clean_env())
+        assert (proc.returncode, proc.stdout, proc.stderr) == (bare.returncode, bare.stdout, bare.stderr)
+
+
 HOLD_THE_KEY = """
 import fcntl, os, signal, sys, wasmcache
 cache = wasmcache.ModuleCache(sys.argv[1])

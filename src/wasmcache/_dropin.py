@@ -445,11 +445,12 @@ _handles: list[DropIn] = []  # every drop-in this process installed: each report
 
 
 def _record_exits() -> None:
-    for dropin in _handles:
-        try:
-            dropin.record_exit()
-        except Exception as exc:  # at exit, a report must never turn into a traceback
-            log.debug("wasmcache: no exit record: %s", exc)
+    with as_a_guest():  # what it imports (json ...) comes from where the drop-in's imports come from
+        for dropin in _handles:
+            try:
+                dropin.record_exit()
+            except Exception as exc:  # at exit, a report must never turn into a traceback
+                log.debug("wasmcache: no exit record: %s", exc)
 
 
 def _before_fork() -> None:
