@@ -122,7 +122,7 @@ def test_an_unusable_root_is_reported_with_its_own_reason(tmp_path: Path) -> Non
     program = tmp_path / "own.py"
     program.write_text(OWN_CACHE)
     own = tmp_path / "own.cwasm"
-    for root, reason in ((a_file / "cache", "(Not a directory: a file is on its way)"),
+    for root, reason in ((a_file / "cache", f"(Not a directory: {a_file} is a file)"),
                          (tmp_path / "gone" / "cache", f"{tmp_path / 'gone'} is a symbolic link to")):
         proc = wrapped("--cache-dir", str(root), "exec", sys.executable, str(program), str(own), env=clean_env())
         assert (proc.returncode, proc.stdout) == (0, "7\n"), proc.stderr

@@ -36,7 +36,7 @@ def test_a_copied_read_only_root_is_verified_by_content_and_says_it_cannot_recor
         again = subprocess.run([sys.executable, "-c", LOAD, str(tmpfs / "cache"), str(wasm)], capture_output=True,
                                text=True, check=True, timeout=120)
         assert again.stdout.split() == ["1", "0"], again.stderr
-        assert "content verified (a read-only root cannot record" in again.stderr
+        assert "content verified (its namespace cannot be written, so its new identity is not recorded" in again.stderr
         assert "re-recorded" not in again.stderr
 
 

@@ -654,6 +654,14 @@ def test_following_doctors_chmod_fix_leaves_no_warning(root: Path) -> None:
     assert [d for d in settled if d["path"].startswith(str(root))] == []
 
 
+def test_doctor_writes_nothing_into_the_root(root: Path) -> None:
+    # Found by the third outside reader: every doctor run rewrote ROOT/usage (verify's recount).
+    wasmcache.ModuleCache(root).load(answer_module(19))
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    run_cli("doctor", "--cache-dir", str(root))
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()} == before
+
+
 def test_a_python_without_blake3_gets_one_line_naming_the_fix_not_a_traceback(root: Path) -> None:
     # Found by an outside reader: blake3 is a declared dependency, but a broken installation without it got a
     # raw ModuleNotFoundError from deep inside a miss.

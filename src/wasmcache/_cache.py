@@ -464,12 +464,11 @@ def load_entry(ctx: CacheContext, place: Place, key: str, kind: Kind, *, locked:
         if reason is not None and not ctx.unsafe(namespace.entry_path(key), reason):
             return None, None
         if checked.content_checked:
-            if ctx.writable:
+            if ctx.writable and namespace.rerecord(key, checked):
                 log.info("wasmcache: entry %s moved or copied; content verified, identity re-recorded", key[:16])
-                namespace.rerecord(key, checked)
             else:  # an image's read-only root whose files were copied: each process verifies by content
-                log.info("wasmcache: entry %s moved or copied; content verified (a read-only root cannot record "
-                         "its new identity, so every process verifies it again)", key[:16])
+                log.info("wasmcache: entry %s moved or copied; content verified (its namespace cannot be written, "
+                         "so its new identity is not recorded and every process verifies it again)", key[:16])
         try:
             module = _deserialize(ctx, checked, kind)
         except _EntryChangedError:

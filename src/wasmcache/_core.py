@@ -1722,6 +1722,9 @@ def unreachable_reason(root: Path) -> str | None:
         st = os.lstat(root)
     except FileNotFoundError:
         return _dangling_link_above(root) or _missing_home_above(root)
+    except NotADirectoryError:
+        on_its_way = next((p for p in reversed(root.parents) if os.path.lexists(p) and not os.path.isdir(p)), None)
+        return f"Not a directory: {on_its_way} is a file" if on_its_way else "Not a directory"
     except OSError as exc:
         return exc.strerror or str(exc)
     return _dangling_link_above(root) if stat.S_ISLNK(st.st_mode) else None  # a root that is a link to nothing
@@ -2768,7 +2771,7 @@ class CacheContext:
         except FileNotFoundError:
             existing = None
         except NotADirectoryError:  # a file on its way: a mistaken path, refused as a root that is a file is
-            raise NotACacheError(f"{self.root}: cannot be reached (Not a directory: a file is on its way); choose a "
+            raise NotACacheError(f"{self.root}: cannot be reached ({unreachable_reason(self.root)}); choose a "
                                  f"new or empty directory as the cache root ({_ROOT_SETTINGS})") from None
         except OSError:
             existing, verb = None, "reach"  # it may well exist: a directory on its way we may not enter

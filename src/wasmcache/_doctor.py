@@ -98,7 +98,8 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
                           "there, and ls, stats, gc, verify and clear refuse it", fix)]
     if not existing_root(root, "diagnose"):  # a directory that is not ours: one line, not advice about its files
         # (an empty directory others could write is refused by every load: verify says so)
-        dangers = [Diagnosis(DANGER, f.path, f"{f.problem}: {f.detail}", f.fix) for f in verify_root(root).findings]
+        dangers = [Diagnosis(DANGER, f.path, f"{f.problem}: {f.detail}", f.fix)
+                   for f in verify_root(root, record_usage=False).findings]
         return dangers or [Diagnosis(INFO, str(root), "cache root does not exist yet, or is empty", "nothing to do")]
     out.extend(_memo_directories(root))
     out.extend(_left_by_a_dead_writer(path) for directory in small_file_directories(root)
@@ -125,7 +126,8 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
                     if free:
                         out.append(Diagnosis(INFO, files.record.path, "record of an interrupted publication",
                                              "`wasmcache gc` removes it"))
-    report = verify_root(root)  # each entry's content checked: what doctor says of an entry is verify's verdict
+    # each entry's content checked: what doctor says of an entry is verify's verdict (doctor writes nothing)
+    report = verify_root(root, record_usage=False)
     out.extend(Diagnosis(INFO, path, "entry is not the file that was published (a chmod, a copy or a restore since): "
                          "its content checks out", settle(Path(path).parent)) for path in report.changed)
     for f in report.findings:

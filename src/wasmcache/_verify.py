@@ -81,7 +81,7 @@ _STUCK_FIX: Final = ("it could not be set aside now: the file cannot be moved ({
 _FOREIGN_FIX: Final = "not wasmcache's, so it is left alone (verify --fix included); move it out of the cache root"
 
 
-def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
+def verify_root(root: Path, *, fix: bool = False, record_usage: bool = True) -> VerifyReport:
     """Check each namespace against its own recorded fingerprint and each entry against its record.
 
     A root that does not exist has nothing to verify; a directory that is not ours is refused.
@@ -151,7 +151,7 @@ def verify_root(root: Path, *, fix: bool = False) -> VerifyReport:
             unsafe(Path(files.entry.path), "entry")
             if _verify_entry(namespace, files.key, section, report, fix=fix):
                 report.intact += 1
-    if os.access(root, os.W_OK) and not disabled_by_environment():  # disabled: touch nothing, even here
+    if record_usage and os.access(root, os.W_OK) and not disabled_by_environment():  # disabled: touch nothing
         with contextlib.suppress(OSError):
             write_usage(root, *scan_usage(root))  # the usage record is exact after a verify
     return report
