@@ -107,9 +107,10 @@ class MissPath:
         `replace`: compile here even over an entry that is there (`ModuleCache.recompile`)."""
         ctx = self._ctx
         lock: KeyLock | None = None
-        if ctx.stores and not ctx.stores_in(place.namespace):
+        stores = ctx.stores_in(place.namespace)  # one lstat of the namespace
+        if ctx.stores and not stores:  # the cache stores, this namespace does not: a link (see stores_in)
             self.not_stored[key] = f"{place.namespace.path} is a symbolic link, never followed"
-        elif ctx.stores_in(place.namespace):
+        elif stores:
             key_lock = place.namespace.lock(key)
             with contextlib.suppress(OSError):  # no engine file (a full disk): publishing fails later, in its words
                 place.namespace.ensure(place.section)
