@@ -1699,7 +1699,7 @@ def existing_root(root: Path, action: str) -> bool:
     return True
 
 
-def _missing_home_above(root: Path) -> str | None:
+def missing_home_above(root: Path) -> str | None:
     """Why `root` cannot be made if it lies in the user's home directory and that does not exist, else None:
     a root's missing parents are made (as the XDG spec asks of $XDG_CACHE_HOME), never the home directory."""
     import _wasmcache_hook  # noqa: PLC0415 - stdlib only: the home directory's one reading
@@ -1717,11 +1717,11 @@ def unreachable_reason(root: Path) -> str | None:
     """Why nothing can ever be at `root`, in a few words, or None (it is there, or merely not created yet):
     what looking it up says (Not a directory, a loop, a name too long, no permission), the link to nothing
     a missing root lies under (`~/.cache` -> an unmounted disk), which mkdir would report as "File exists",
-    or the missing home directory it lies in (never made: `_missing_home_above`)."""
+    or the missing home directory it lies in (never made: `missing_home_above`)."""
     try:
         st = os.lstat(root)
     except FileNotFoundError:
-        return _dangling_link_above(root) or _missing_home_above(root)
+        return _dangling_link_above(root) or missing_home_above(root)
     except NotADirectoryError:
         on_its_way = next((p for p in reversed(root.parents) if os.path.lexists(p) and not os.path.isdir(p)), None)
         return f"Not a directory: {on_its_way} is a file" if on_its_way else "Not a directory"
@@ -1802,7 +1802,7 @@ def initialize_root(root: Path) -> None:
         if _read_marker(root).startswith("wasmcache"):
             return  # another process completed this root a moment ago
         raise NotACacheError(f"{not_a_root_message(root)}; refusing to use it")  # garbage, empty, a directory ...
-    missing_home = _missing_home_above(root)
+    missing_home = missing_home_above(root)
     if missing_home is not None:  # HOME=/nonexistent (a service account's): making it is not a cache's business
         raise FileNotFoundError(errno.ENOENT, missing_home)
     made = not os.path.lexists(root)

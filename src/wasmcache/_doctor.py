@@ -27,6 +27,7 @@ from ._core import (
     is_memo_name,
     is_namespace_name,
     key_of,
+    missing_home_above,
     namespaces,
     parse_engine_memo,
     read_record,
@@ -92,7 +93,7 @@ def diagnose_root(root: Path) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     unreachable = unreachable_reason(root)
     if unreachable is not None:  # a finding, not a refusal: doctor is what a user runs to learn why
-        fix = ("set WASMCACHE_DIR to a directory this account may write" if "home directory" in unreachable
+        fix = ("set WASMCACHE_DIR to a directory this account may write" if missing_home_above(root) is not None
                else "check the cache root (--cache-dir or $WASMCACHE_DIR)")
         return [Diagnosis(DANGER, str(root), f"cache root cannot be reached ({unreachable}): nothing can be cached "
                           "there, and ls, stats, gc, verify and clear refuse it", fix)]
